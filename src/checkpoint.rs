@@ -1,0 +1,287 @@
+//! Checkpoint files and run folders: safetensors written atomically, read back with
+//! every name and shape checked, the resolved config beside them, and a lock so that
+//! two processes never write into one run folder.
+//!
+//! A checkpoint is a safetensors file of f32 tensors named `fc1.weight`, `fc1.bias`, ...
+//! whose `__metadata__` records the architecture, the epoch, the best validation metric
+//! and the resolved config. Every file is written as `.<name>.tmp`, flushed to disk,
+//! then renamed over the old one, so a crash or `kill -9` at any moment leaves either the
+//! old file or the new one, never a torn one.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::UsageError;
+use crate::model::{Arch, Mlp};
+
+/// Metadata keys in the safetensors header.
+pub const META_ARCH: &str = "kdtrain.arch";
+pub const META_CONFIG: &str = "kdtrain.config";
+pub const META_EPOCH: &str = "kdtrain.epoch";
+pub const META_VERSION: &str = "kdtrain.version";
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, `fsync`,
+/// rename, then `fsync` of the folder.
+///
+/// # Errors
+/// Names the path. The previous file at `path`, if any, is untouched on error.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("cannot write {}: {e}; check free space and permissions", path.display());
+    }
+    Ok(())
+}
+
+/// Serialises named f32 tensors (any device) and `metadata` as safetensors bytes.
+pub fn to_safetensors(tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let host: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            let values: Vec<f32> = Vec::try_from(t.flatten(0, -1))?;
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Ok((name.clone(), shape, bytes))
+        })
+        .collect::<Result<_>>()?;
+    let views = host
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    Ok(safetensors::serialize(views, Some(metadata))?)
+}
+
+/// A checkpoint read from disk.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Reads and parses a safetensors file. Only f32 tensors are accepted.
+    ///
+    /// # Errors
+    /// A missing file (a usage error), or a truncated or corrupt file, naming the path.
+    pub fn read(path: &Path) -> Result<Checkpoint> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(UsageError(format!("checkpoint {} does not exist", path.display())).into());
+            }
+            Err(e) => bail!("cannot read checkpoint {}: {e}", path.display()),
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "checkpoint {} is truncated or corrupt ({e}); use another checkpoint or train again",
+                path.display()
+            )
+        })?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| anyhow::anyhow!("checkpoint {}: unreadable header ({e})", path.display()))?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                bail!("checkpoint {}: tensor `{name}` is {:?}, expected F32", path.display(), view.dtype());
+            }
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            tensors.insert(name, Tensor::from_slice(&values).view(shape.as_slice()));
+        }
+        Ok(Checkpoint { path: path.to_path_buf(), tensors, metadata })
+    }
+
+    /// The architecture recorded in the metadata, or inferred from the tensor names.
+    pub fn arch(&self) -> Option<Arch> {
+        if let Some(a) = self.metadata.get(META_ARCH).and_then(|s| Arch::from_name(s)) {
+            return Some(a);
+        }
+        if self.tensors.contains_key("fc4.weight") {
+            Some(Arch::Teacher)
+        } else if self.tensors.contains_key("fc2.weight") {
+            Some(Arch::Student)
+        } else {
+            None
+        }
+    }
+
+    /// Copies the weights into `model`, checking that every tensor is present with the
+    /// right shape.
+    ///
+    /// # Errors
+    /// Names the tensor and both shapes, e.g. a student checkpoint given as the teacher.
+    pub fn load_into(&self, model: &Mlp) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for (name, mut p) in model.named_parameters() {
+                let Some(src) = self.tensors.get(&name) else {
+                    bail!(
+                        "checkpoint {} has no tensor `{name}` that the {} needs; is it a {} checkpoint?",
+                        self.path.display(),
+                        model.arch,
+                        model.arch
+                    );
+                };
+                if src.size() != p.size() {
+                    bail!(
+                        "checkpoint {}: tensor `{name}` has shape {:?} but the {} expects {:?}; \
+                         it holds a {} (expected a {})",
+                        self.path.display(),
+                        src.size(),
+                        model.arch,
+                        p.size(),
+                        self.arch().map(|a| a.name()).unwrap_or("different model"),
+                        model.arch
+                    );
+                }
+                p.copy_(src);
+            }
+            Ok(())
+        })
+    }
+
+    /// Builds a model of the expected architecture from this checkpoint.
+    ///
+    /// # Errors
+    /// When the checkpoint records another architecture, or as [`Checkpoint::load_into`].
+    pub fn model(&self, expected: Arch, device: Device) -> Result<Mlp> {
+        let model = Mlp::new(expected, device);
+        self.load_into(&model)?;
+        Ok(model)
+    }
+}
+
+/// The metadata every checkpoint carries.
+pub fn metadata(arch: Arch, config_toml: &str, epoch: usize) -> HashMap<String, String> {
+    HashMap::from([
+        (META_ARCH.to_string(), arch.name().to_string()),
+        (META_CONFIG.to_string(), config_toml.to_string()),
+        (META_EPOCH.to_string(), epoch.to_string()),
+        (META_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
+    ])
+}
+
+/// Saves `model`'s weights to `path` atomically.
+pub fn save_model(path: &Path, model: &Mlp, meta: HashMap<String, String>) -> Result<()> {
+    write_atomic(path, &to_safetensors(&model.named_parameters(), meta)?)
+}
+
+/// An exclusive lock on a run folder, held for the life of the value (an OS file lock
+/// on `<run>/run.lock`, released by the kernel even after `kill -9`).
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes the lock.
+    ///
+    /// # Errors
+    /// A usage error when another process holds it.
+    pub fn acquire(run_dir: &Path) -> Result<RunLock> {
+        use fs2::FileExt;
+        let path = run_dir.join("run.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot create lock file {}", path.display()))?;
+        if file.try_lock_exclusive().is_err() {
+            return Err(UsageError(format!(
+                "run folder {} is in use by another kdtrain process (lock {} is held); \
+                 wait for it to finish or choose another --run-name",
+                run_dir.display(),
+                path.display()
+            ))
+            .into());
+        }
+        let mut f = &file;
+        let _ = f.write_all(format!("{}\n", std::process::id()).as_bytes());
+        Ok(RunLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kdtrain-ckpt-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let d = tmpdir("rt");
+        let m = Mlp::new(Arch::Student, Device::Cpu);
+        let p = d.join("model.safetensors");
+        save_model(&p, &m, metadata(Arch::Student, "seed = 1\n", 3)).unwrap();
+        let c = Checkpoint::read(&p).unwrap();
+        assert_eq!(c.arch(), Some(Arch::Student));
+        assert_eq!(c.metadata[META_EPOCH], "3");
+        let m2 = c.model(Arch::Student, Device::Cpu).unwrap();
+        for (a, b) in m.parameters().iter().zip(m2.parameters()) {
+            assert!(a.equal(&b));
+        }
+        assert!(!d.join(".model.safetensors.tmp").exists());
+    }
+
+    #[test]
+    fn student_as_teacher_names_the_tensor_and_shapes() {
+        let d = tmpdir("shape");
+        let p = d.join("s.safetensors");
+        let mut meta = metadata(Arch::Student, "", 1);
+        meta.remove(META_ARCH);
+        save_model(&p, &Mlp::new(Arch::Student, Device::Cpu), meta).unwrap();
+        let e = Checkpoint::read(&p).unwrap().model(Arch::Teacher, Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("fc1.weight") && e.contains("[128, 784]") && e.contains("[512, 784]"), "{e}");
+    }
+
+    #[test]
+    fn truncated_file_is_an_error_not_a_panic() {
+        let d = tmpdir("trunc");
+        let p = d.join("m.safetensors");
+        save_model(&p, &Mlp::new(Arch::Student, Device::Cpu), metadata(Arch::Student, "", 1)).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        for cut in [0, 4, 8, 100, bytes.len() / 2, bytes.len() - 1] {
+            std::fs::write(&p, &bytes[..cut]).unwrap();
+            let e = Checkpoint::read(&p).err().unwrap().to_string();
+            assert!(e.contains("truncated or corrupt"), "cut {cut}: {e}");
+        }
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let d = tmpdir("lock");
+        let l = RunLock::acquire(&d).unwrap();
+        // fs2 locks are per open file description, so a second open in the same process conflicts.
+        let e = RunLock::acquire(&d).err().unwrap().to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(l);
+        RunLock::acquire(&d).unwrap();
+    }
+}

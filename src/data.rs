@@ -1,0 +1,460 @@
+//! Fashion-MNIST: finding the four IDX files, parsing them (gzipped or not), and turning
+//! them into tensors on the training device.
+//!
+//! The parser works on bytes and never trusts a header: it checks the magic number,
+//! the dimensions and the length before it allocates, so no input makes it panic or
+//! allocate more than the input's own size. Validation of the content (28x28 images,
+//! labels < 10, matching counts) happens here too, before any training starts.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::UsageError;
+
+/// Where `--download` fetches from unless `data.download_url` says otherwise.
+pub const OFFICIAL_URL: &str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/";
+
+/// Folder `--download` writes to, relative to the working directory.
+pub const DOWNLOAD_DIR: &str = "data/fashion-mnist";
+
+/// Where Debian's package `dataset-fashion-mnist` installs the files.
+pub const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// The four files, their gzipped names and the MD5 of each published `.gz` file
+/// (Fashion-MNIST README).
+pub const FILES: [(&str, &str); 4] = [
+    ("train-images-idx3-ubyte", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    ("train-labels-idx1-ubyte", "25c81989df183df01b3e8a0aad5dffbe"),
+    ("t10k-images-idx3-ubyte", "bef4ecab320f06d8554ea6380940ec79"),
+    ("t10k-labels-idx1-ubyte", "bb300cfdad3c16e7a12a480ee83cd310"),
+];
+
+/// Fashion-MNIST's class names, by label.
+pub const CLASS_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// Images are 28x28 pixels.
+pub const SIDE: usize = 28;
+/// Number of classes.
+pub const CLASSES: i64 = 10;
+
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// A parsed IDX file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Idx {
+    /// `count` images of `rows x cols` u8 pixels, row-major.
+    Images { count: usize, rows: usize, cols: usize, pixels: Vec<u8> },
+    /// `count` u8 labels.
+    Labels(Vec<u8>),
+}
+
+/// Parses the bytes of one IDX file (already decompressed).
+///
+/// Format (LeCun's MNIST page): a big-endian u32 magic, `0x00000803` for u8 images with
+/// 3 dimensions or `0x00000801` for u8 labels with 1, then one big-endian u32 per
+/// dimension, then the data.
+///
+/// # Errors
+/// A message saying what was expected and found: a file too short for its header, an
+/// unknown magic number, or a header that claims more (or fewer) bytes than follow.
+pub fn parse_idx(bytes: &[u8]) -> std::result::Result<Idx, String> {
+    let be = |i: usize| -> Option<usize> {
+        bytes.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    if bytes.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let magic = be(0).ok_or_else(|| format!("{} bytes is too short for an IDX header", bytes.len()))?;
+    let (dims, magic_kind) = match magic as u32 {
+        IMAGES_MAGIC => (3, "images"),
+        LABELS_MAGIC => (1, "labels"),
+        m => {
+            return Err(format!(
+                "magic number 0x{m:08x} is not an IDX u8 file (expected 0x{IMAGES_MAGIC:08x} for \
+                 images or 0x{LABELS_MAGIC:08x} for labels)"
+            ));
+        }
+    };
+    let header = 4 + 4 * dims;
+    let shape: Vec<usize> = (0..dims)
+        .map(|d| be(4 + 4 * d))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{} bytes is too short for an IDX {magic_kind} header of {header} bytes", bytes.len()))?;
+    // Checked product: a header can claim up to (2^32)^3 bytes.
+    let need = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let have = bytes.len() - header;
+    match need {
+        Some(n) if n == have => {}
+        Some(n) if n > have => {
+            return Err(format!(
+                "header claims {shape:?} = {n} data bytes but the file holds {have}; it is truncated"
+            ));
+        }
+        Some(n) => return Err(format!("header claims {shape:?} = {n} data bytes but the file holds {have}")),
+        None => return Err(format!("header dimensions {shape:?} overflow")),
+    }
+    let data = bytes[header..].to_vec();
+    Ok(match dims {
+        3 => Idx::Images { count: shape[0], rows: shape[1], cols: shape[2], pixels: data },
+        _ => Idx::Labels(data),
+    })
+}
+
+/// Reads one IDX file, gunzipping it when it starts with the gzip magic bytes.
+///
+/// The decompressed size is capped at 64 MiB more than the largest Fashion-MNIST file,
+/// so a gzip bomb cannot exhaust memory.
+///
+/// # Errors
+/// Names the file: unreadable, empty, `.gz` but not gzip, a truncated gzip stream, or
+/// any [`parse_idx`] error.
+pub fn read_idx(path: &Path) -> Result<Idx> {
+    const LIMIT: u64 = 128 << 20;
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let is_gz = raw.starts_with(&[0x1f, 0x8b]);
+    let named_gz = path.extension().is_some_and(|e| e == "gz");
+    if raw.is_empty() {
+        bail!("{}: the file is empty; delete it and get the data again (see --download)", path.display());
+    }
+    if named_gz && !is_gz {
+        bail!(
+            "{}: the name ends in .gz but the file is not gzip (it starts with {:02x?}); \
+             it may be an error page or a partial download; delete it and get the data again",
+            path.display(),
+            &raw[..raw.len().min(4)]
+        );
+    }
+    let bytes = if is_gz {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(LIMIT + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: the gzip stream is corrupt or truncated ({e}); delete it and get the data again",
+                    path.display()
+                )
+            })?;
+        if out.len() as u64 > LIMIT {
+            bail!("{}: decompresses to more than {} MiB; this is not a Fashion-MNIST file", path.display(), LIMIT >> 20);
+        }
+        out
+    } else {
+        raw
+    };
+    parse_idx(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// One split (train or test), validated.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// `count * 784` u8 pixels, row-major.
+    pub pixels: Vec<u8>,
+    /// `count` labels in `0..10`.
+    pub labels: Vec<u8>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Reads and checks an images file and a labels file that belong together.
+///
+/// # Errors
+/// Names the file: wrong kind (images and labels swapped), images other than 28x28,
+/// zero items, counts that differ, or a label of 10 or more.
+pub fn read_split(images: &Path, labels: &Path) -> Result<Split> {
+    let (count, pixels) = match read_idx(images)? {
+        Idx::Images { count, rows, cols, pixels } => {
+            if (rows, cols) != (SIDE, SIDE) {
+                bail!("{}: images are {rows}x{cols}, expected {SIDE}x{SIDE} (Fashion-MNIST)", images.display());
+            }
+            (count, pixels)
+        }
+        Idx::Labels(_) => bail!(
+            "{}: this is an IDX labels file (magic 0x{LABELS_MAGIC:08x}) where images were expected; \
+             are the images and labels files swapped?",
+            images.display()
+        ),
+    };
+    let labels_v = match read_idx(labels)? {
+        Idx::Labels(l) => l,
+        Idx::Images { .. } => bail!(
+            "{}: this is an IDX images file (magic 0x{IMAGES_MAGIC:08x}) where labels were expected; \
+             are the images and labels files swapped?",
+            labels.display()
+        ),
+    };
+    if count == 0 {
+        bail!("{}: the file holds 0 images; get the data again", images.display());
+    }
+    if labels_v.len() != count {
+        bail!(
+            "{} holds {count} images but {} holds {} labels; the two files do not belong together",
+            images.display(),
+            labels.display(),
+            labels_v.len()
+        );
+    }
+    if let Some((i, &l)) = labels_v.iter().enumerate().find(|&(_, &l)| l as i64 >= CLASSES) {
+        bail!("{}: label {l} at index {i} is out of range; expected 0 to {}", labels.display(), CLASSES - 1);
+    }
+    Ok(Split { pixels, labels: labels_v })
+}
+
+/// The file for `stem` in `dir`: `stem.gz` if present, else `stem`.
+fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [format!("{stem}.gz"), stem.to_string()].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
+}
+
+fn has_all_files(dir: &Path) -> bool {
+    FILES.iter().all(|(stem, _)| find_file(dir, stem).is_some())
+}
+
+/// Finds the data folder. Order: `--data-dir`, then `data.dir` in the config, then the
+/// environment variable `FASHION_MNIST_DIR`, then `data/fashion-mnist`, then
+/// `/usr/share/datasets/fashion-mnist`. A folder the user named (the first three) must
+/// hold the data: it is an error, not skipped.
+///
+/// # Errors
+/// A [`UsageError`] that lists where it looked and how to get the data.
+pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
+    let how = format!(
+        "install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist, \
+         into {DEBIAN_DIR}) or rerun with --download (into {DOWNLOAD_DIR})"
+    );
+    let named = flag_or_config
+        .map(|p| (p.to_path_buf(), "--data-dir / data.dir"))
+        .or_else(|| std::env::var_os("FASHION_MNIST_DIR").map(|p| (PathBuf::from(p), "FASHION_MNIST_DIR")));
+    if let Some((dir, source)) = named {
+        if has_all_files(&dir) {
+            return Ok(dir);
+        }
+        let missing: Vec<&str> = FILES.iter().filter(|(s, _)| find_file(&dir, s).is_none()).map(|(s, _)| *s).collect();
+        return Err(UsageError(format!(
+            "{source} names {} but it lacks {} (.gz or not); {how}",
+            dir.display(),
+            missing.join(", ")
+        ))
+        .into());
+    }
+    for dir in [Path::new(DOWNLOAD_DIR), Path::new(DEBIAN_DIR)] {
+        if has_all_files(dir) {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    Err(UsageError(format!(
+        "Fashion-MNIST not found in {DOWNLOAD_DIR} or {DEBIAN_DIR} (and neither --data-dir, data.dir \
+         nor FASHION_MNIST_DIR is set); {how}"
+    ))
+    .into())
+}
+
+/// Both splits, as read from disk.
+pub struct RawData {
+    pub dir: PathBuf,
+    pub train: Split,
+    pub test: Split,
+}
+
+/// Reads and validates the four files in `dir`.
+pub fn load_dir(dir: &Path) -> Result<RawData> {
+    let f = |i: usize| find_file(dir, FILES[i].0).with_context(|| format!("{} missing in {}", FILES[i].0, dir.display()));
+    let train = read_split(&f(0)?, &f(1)?)?;
+    let test = read_split(&f(2)?, &f(3)?)?;
+    Ok(RawData { dir: dir.to_path_buf(), train, test })
+}
+
+/// Examples on the device.
+pub struct Examples {
+    /// `[n, 784] f32 in [0, 1]` (pixels / 255).
+    pub images: Tensor,
+    /// `[n] i64 in [0, 10)`.
+    pub labels: Tensor,
+}
+
+impl Examples {
+    /// Builds the tensors on `device` from the u8 bytes: one host->device copy of u8
+    /// (a quarter of the f32 size), then the conversion on the device.
+    pub fn from_split(split: &Split, device: Device) -> Examples {
+        let n = split.len() as i64;
+        let images = Tensor::from_slice(&split.pixels)
+            .to_device(device)
+            .view([n, (SIDE * SIDE) as i64])
+            .to_kind(Kind::Float)
+            / 255.0;
+        let labels = Tensor::from_slice(&split.labels).to_device(device).to_kind(Kind::Int64);
+        Examples { images, labels }
+    }
+
+    pub fn len(&self) -> i64 {
+        self.labels.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The examples at `index` (`[k] i64` on the same device).
+    pub fn select(&self, index: &Tensor) -> Examples {
+        Examples { images: self.images.index_select(0, index), labels: self.labels.index_select(0, index) }
+    }
+}
+
+/// The three sets a run uses.
+pub struct Dataset {
+    pub train: Examples,
+    /// Early stopping and model selection look only at this set.
+    pub val: Examples,
+    /// Reported, never used to choose anything (unless `validation = "test"`).
+    pub test: Examples,
+    /// Where the files came from.
+    pub dir: PathBuf,
+    /// Indices into the original 60,000 training images of `train`, then of `val`.
+    pub train_index: Vec<i64>,
+}
+
+/// Splits off a validation set and moves everything to `device`.
+///
+/// With `validation_size > 0` the held-out images are drawn by `seed` (a permutation
+/// from libtorch's CPU generator, seeded just for this); with `None` the test set doubles
+/// as the validation set, as in the Keras reference.
+pub fn prepare(raw: &RawData, validation_size: Option<usize>, seed: u64, device: Device) -> Result<Dataset> {
+    let all = Examples::from_split(&raw.train, device);
+    let test = Examples::from_split(&raw.test, device);
+    let n = all.len();
+    let (train, val, train_index) = match validation_size {
+        Some(v) => {
+            if v as i64 >= n {
+                return Err(UsageError(format!(
+                    "data.validation_size = {v} but the training set has only {n} images; use a smaller value"
+                ))
+                .into());
+            }
+            tch::manual_seed(seed as i64 ^ 0x5eed_5b1d);
+            let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+            let val_idx = perm.narrow(0, 0, v as i64);
+            let mut train_idx = perm.narrow(0, v as i64, n - v as i64);
+            // Sorted, so the training set keeps the file's order before shuffling.
+            train_idx = train_idx.sort(0, false).0;
+            let order: Vec<i64> = Vec::try_from(&train_idx)?;
+            let (t, vset) = (all.select(&train_idx.to_device(device)), all.select(&val_idx.to_device(device)));
+            (t, vset, order)
+        }
+        None => {
+            let val = Examples { images: test.images.shallow_clone(), labels: test.labels.shallow_clone() };
+            (all, val, (0..n).collect())
+        }
+    };
+    Ok(Dataset { train, val, test, dir: raw.dir.clone(), train_index })
+}
+
+/// Writes an IDX file (for tests and fixtures): images `[count, rows, cols]` or labels.
+pub fn encode_idx(idx: &Idx) -> Vec<u8> {
+    let mut out = Vec::new();
+    match idx {
+        Idx::Images { count, rows, cols, pixels } => {
+            out.extend(IMAGES_MAGIC.to_be_bytes());
+            for d in [count, rows, cols] {
+                out.extend((*d as u32).to_be_bytes());
+            }
+            out.extend(pixels);
+        }
+        Idx::Labels(l) => {
+            out.extend(LABELS_MAGIC.to_be_bytes());
+            out.extend((l.len() as u32).to_be_bytes());
+            out.extend(l);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(count: usize, side: usize) -> Vec<u8> {
+        encode_idx(&Idx::Images { count, rows: side, cols: side, pixels: vec![7; count * side * side] })
+    }
+
+    #[test]
+    fn round_trip() {
+        let b = images(3, 28);
+        assert!(matches!(parse_idx(&b), Ok(Idx::Images { count: 3, rows: 28, cols: 28, .. })));
+        let l = encode_idx(&Idx::Labels(vec![1, 2, 9]));
+        assert_eq!(parse_idx(&l), Ok(Idx::Labels(vec![1, 2, 9])));
+    }
+
+    #[test]
+    fn parser_errors_say_what_is_wrong() {
+        assert!(parse_idx(&[]).unwrap_err().contains("empty"));
+        assert!(parse_idx(&[0, 0, 8]).unwrap_err().contains("too short"));
+        assert!(parse_idx(&[0, 0, 9, 3, 0, 0, 0, 0]).unwrap_err().contains("magic"));
+        let mut b = images(3, 28);
+        b.truncate(b.len() - 10);
+        assert!(parse_idx(&b).unwrap_err().contains("truncated"));
+        let mut b = images(3, 28);
+        b.push(0);
+        assert!(parse_idx(&b).unwrap_err().contains("holds"));
+        // A header claiming 2^32-1 images of 2^32-1 x 2^32-1 must not allocate or overflow.
+        let mut huge = IMAGES_MAGIC.to_be_bytes().to_vec();
+        for _ in 0..3 {
+            huge.extend(u32::MAX.to_be_bytes());
+        }
+        assert!(parse_idx(&huge).is_err());
+    }
+
+    #[test]
+    fn zero_item_file_parses_but_split_rejects_it() {
+        assert!(matches!(parse_idx(&images(0, 28)), Ok(Idx::Images { count: 0, .. })));
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            /// No input makes the parser panic, and it never returns more data than it was given.
+            #[test]
+            fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                if let Ok(idx) = parse_idx(&bytes) {
+                    let n = match idx { Idx::Images { pixels, .. } => pixels.len(), Idx::Labels(l) => l.len() };
+                    prop_assert!(n <= bytes.len());
+                }
+            }
+
+            /// Valid headers with random dimensions and random truncation.
+            #[test]
+            fn parser_handles_any_header(dims in proptest::array::uniform3(0u32..70000), cut in 0usize..64, images in any::<bool>()) {
+                let mut b = if images { IMAGES_MAGIC } else { LABELS_MAGIC }.to_be_bytes().to_vec();
+                let nd = if images { 3 } else { 1 };
+                for d in &dims[..nd] { b.extend(d.to_be_bytes()); }
+                b.extend(vec![0u8; 64]);
+                b.truncate(b.len() - cut);
+                let _ = parse_idx(&b);
+            }
+        }
+    }
+}

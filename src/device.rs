@@ -1,0 +1,103 @@
+//! Device selection: `auto`, `cpu`, `cuda` or `cuda:N`, and the intra-op thread count.
+
+use anyhow::Result;
+use tch::Device;
+
+use crate::config::usage;
+
+/// What the user asked for, before checking that it exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// Parses `auto | cpu | cuda | cuda:N`.
+pub fn parse(s: &str) -> std::result::Result<Request, String> {
+    match s {
+        "auto" => Ok(Request::Auto),
+        "cpu" => Ok(Request::Cpu),
+        "cuda" => Ok(Request::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Request::Cuda(n)),
+            _ => Err(format!("expected auto, cpu, cuda or cuda:N, found {s:?}")),
+        },
+    }
+}
+
+/// Resolves a device string to a device that exists on this machine.
+///
+/// # Errors
+/// A usage error when CUDA is asked for but libtorch sees no GPU, or `cuda:N` is past
+/// the last GPU.
+pub fn resolve(s: &str) -> Result<Device> {
+    let req = parse(s).map_err(|e| crate::config::UsageError(format!("--device: {e}")))?;
+    let gpus = tch::Cuda::device_count().max(0) as usize;
+    match req {
+        Request::Auto if gpus > 0 => Ok(Device::Cuda(0)),
+        Request::Auto | Request::Cpu => Ok(Device::Cpu),
+        Request::Cuda(_) if gpus == 0 => usage(format!(
+            "--device {s}: libtorch finds no CUDA device on this machine; use --device cpu \
+             (or auto), or build against a CUDA libtorch with a working driver"
+        )),
+        Request::Cuda(n) if n >= gpus => usage(format!(
+            "--device {s}: this machine has {gpus} CUDA device(s), numbered 0 to {}",
+            gpus - 1
+        )),
+        Request::Cuda(n) => Ok(Device::Cuda(n)),
+    }
+}
+
+/// Sets libtorch's intra-op thread count; 0 means the number of physical cores.
+/// Returns the count in force.
+pub fn set_threads(requested: usize) -> usize {
+    let n = if requested == 0 { physical_cores() } else { requested };
+    tch::set_num_threads(n as i32);
+    tch::get_num_threads() as usize
+}
+
+/// Physical cores (not hyper-threads), from `/proc/cpuinfo` where it tells, else the
+/// logical count.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let mut cores = std::collections::BTreeSet::new();
+    let (mut phys, mut core) = (None, None);
+    for line in info.lines() {
+        let mut kv = line.splitn(2, ':').map(str::trim);
+        match (kv.next(), kv.next()) {
+            (Some("physical id"), Some(v)) => phys = Some(v.to_string()),
+            (Some("core id"), Some(v)) => core = Some(v.to_string()),
+            (Some(""), None) | (None, _) => {}
+            _ => {}
+        }
+        if line.trim().is_empty() {
+            if let (Some(p), Some(c)) = (phys.take(), core.take()) {
+                cores.insert((p, c));
+            }
+        }
+    }
+    if let (Some(p), Some(c)) = (phys, core) {
+        cores.insert((p, c));
+    }
+    if cores.is_empty() { logical } else { cores.len().min(logical) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_strings() {
+        assert_eq!(parse("auto"), Ok(Request::Auto));
+        assert_eq!(parse("cuda:3"), Ok(Request::Cuda(3)));
+        assert!(parse("cuda:x").is_err());
+        assert!(parse("gpu").is_err());
+    }
+
+    #[test]
+    fn physical_cores_is_at_least_one() {
+        assert!(physical_cores() >= 1);
+    }
+}

@@ -1,0 +1,193 @@
+//! Evaluation: forward passes under `no_grad` in large batches, and the figures computed
+//! from the logits (loss, accuracy, per-class accuracy, confusion matrix, calibration,
+//! agreement with a teacher). Nothing here trains or writes files.
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::data::{CLASS_NAMES, CLASSES, Examples};
+use crate::loss::{DistillLoss, cross_entropy, kl_divergence};
+use crate::model::Mlp;
+
+/// Examples per forward pass when evaluating (no activations are kept, so large is cheap).
+pub const EVAL_BATCH: i64 = 10_000;
+
+/// Logits of `model` for every row of `images`, computed under `no_grad`.
+///
+/// # Shapes
+/// `images: [n, 784] f32` -> `[n, 10] f32`.
+pub fn logits(model: &Mlp, images: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let n = images.size()[0];
+        let parts: Vec<Tensor> = (0..n)
+            .step_by(EVAL_BATCH as usize)
+            .map(|s| model.forward(&images.narrow(0, s, EVAL_BATCH.min(n - s))))
+            .collect();
+        Tensor::cat(&parts, 0)
+    })
+}
+
+/// Mean losses and accuracy over a set of examples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Metrics {
+    /// The objective minimised: cross-entropy alone, or the distillation sum.
+    pub loss: f64,
+    /// Cross-entropy on the hard labels (nats).
+    pub clf_loss: f64,
+    /// KL divergence at temperature T (distillation only; 0 otherwise).
+    pub kd_loss: f64,
+    /// Top-1 accuracy in [0, 1].
+    pub acc: f64,
+}
+
+/// Metrics of precomputed logits: cross-entropy and accuracy, plus the distillation
+/// terms when `distill` holds the loss and the teacher's logits for the same rows.
+///
+/// # Shapes
+/// `logits`, `teacher_logits`: `[n, 10] f32`; `labels`: `[n] i64`.
+pub fn metrics(logits: &Tensor, labels: &Tensor, distill: Option<(&DistillLoss, &Tensor)>) -> Metrics {
+    tch::no_grad(|| {
+        let acc = crate::model::correct(logits, labels).double_value(&[]) / labels.size()[0].max(1) as f64;
+        match distill {
+            None => {
+                let ce = cross_entropy(logits, labels).double_value(&[]);
+                Metrics { loss: ce, clf_loss: ce, kd_loss: 0.0, acc }
+            }
+            Some((loss, teacher)) => {
+                let p = loss.compute(logits, teacher, labels);
+                Metrics {
+                    loss: p.sum.double_value(&[]),
+                    clf_loss: p.clf.double_value(&[]),
+                    kd_loss: p.kd.double_value(&[]),
+                    acc,
+                }
+            }
+        }
+    })
+}
+
+/// The full evaluation of one model on one set, for the `evaluate` command.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub examples: i64,
+    pub loss: f64,
+    pub acc: f64,
+    /// `(class name, accuracy in [0, 1], examples)` per class, by label.
+    pub per_class: Vec<(String, f64, i64)>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+    /// Expected calibration error over 15 equal-width confidence bins (Guo et al. 2017,
+    /// "On Calibration of Modern Neural Networks", eq. 3).
+    pub ece: f64,
+    /// Against a teacher: fraction of examples where the top-1 classes agree.
+    pub teacher_agreement: Option<f64>,
+    /// Against a teacher: mean KL(teacher || model) at T = 1 (nats, batchmean).
+    pub teacher_kl: Option<f64>,
+}
+
+/// Number of confidence bins for the ECE.
+pub const ECE_BINS: usize = 15;
+
+/// Computes a [`Report`] from logits.
+///
+/// # Shapes
+/// `logits`, `teacher_logits`: `[n, 10] f32`; `labels`: `[n] i64`.
+pub fn report(logits: &Tensor, labels: &Tensor, teacher_logits: Option<&Tensor>) -> anyhow::Result<Report> {
+    tch::no_grad(|| {
+        let n = labels.size()[0];
+        let m = metrics(logits, labels, None);
+        let probs = logits.softmax(-1, Kind::Float);
+        let (conf, pred) = probs.max_dim(-1, false);
+        let conf: Vec<f32> = Vec::try_from(conf.to_device(tch::Device::Cpu))?;
+        let pred: Vec<i64> = Vec::try_from(pred.to_device(tch::Device::Cpu))?;
+        let truth: Vec<i64> = Vec::try_from(labels.to_device(tch::Device::Cpu))?;
+        let k = CLASSES as usize;
+        let mut confusion = vec![vec![0u64; k]; k];
+        for (&t, &p) in truth.iter().zip(&pred) {
+            confusion[t as usize][p as usize] += 1;
+        }
+        let per_class = (0..k)
+            .map(|c| {
+                let total: u64 = confusion[c].iter().sum();
+                let acc = if total == 0 { 0.0 } else { confusion[c][c] as f64 / total as f64 };
+                (CLASS_NAMES[c].to_string(), acc, total as i64)
+            })
+            .collect();
+        let ece = expected_calibration_error(&conf, &pred, &truth, ECE_BINS);
+        let (teacher_agreement, teacher_kl) = match teacher_logits {
+            Some(t) => {
+                let agree = crate::model::predictions(logits).eq_tensor(&crate::model::predictions(t));
+                let agree = agree.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+                (Some(agree), Some(kl_divergence(t, logits, 1.0).double_value(&[])))
+            }
+            None => (None, None),
+        };
+        Ok(Report { examples: n, loss: m.loss, acc: m.acc, per_class, confusion, ece, teacher_agreement, teacher_kl })
+    })
+}
+
+/// ECE = sum over bins b of |B_b|/n * |acc(B_b) - conf(B_b)|, with `bins` equal-width
+/// bins of the top-1 confidence over (0, 1] (Guo et al. 2017, eq. 3).
+pub fn expected_calibration_error(conf: &[f32], pred: &[i64], truth: &[i64], bins: usize) -> f64 {
+    let n = conf.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let mut count = vec![0usize; bins];
+    let mut conf_sum = vec![0f64; bins];
+    let mut correct = vec![0usize; bins];
+    for i in 0..n {
+        let c = conf[i] as f64;
+        // Bin b holds (b/bins, (b+1)/bins]; a confidence of exactly 0 goes to bin 0.
+        let b = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
+        count[b] += 1;
+        conf_sum[b] += c;
+        correct[b] += usize::from(pred[i] == truth[i]);
+    }
+    (0..bins)
+        .filter(|&b| count[b] > 0)
+        .map(|b| {
+            let k = count[b] as f64;
+            (k / n as f64) * (correct[b] as f64 / k - conf_sum[b] / k).abs()
+        })
+        .sum()
+}
+
+/// Builds the evaluation's inputs on the device: convenience for a whole [`Examples`] set.
+pub fn model_report(model: &Mlp, set: &Examples, teacher: Option<&Mlp>) -> anyhow::Result<Report> {
+    let z = logits(model, &set.images);
+    let t = teacher.map(|t| logits(t, &set.images));
+    report(&z, &set.labels, t.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ece_of_a_perfectly_calibrated_set_is_zero() {
+        // Four examples at confidence 0.5, two right: acc 0.5 = conf 0.5.
+        let e = expected_calibration_error(&[0.5; 4], &[0, 1, 0, 1], &[0, 1, 1, 0], 15);
+        assert!(e.abs() < 1e-12);
+    }
+
+    #[test]
+    fn ece_hand_checked() {
+        // Two examples at 0.9 (one right: |0.5-0.9| = 0.4), two at 0.6 (both right: 0.4).
+        let e = expected_calibration_error(&[0.9, 0.9, 0.6, 0.6], &[0, 0, 1, 1], &[0, 1, 1, 1], 15);
+        assert!((e - 0.4).abs() < 1e-6, "{e}");
+    }
+
+    #[test]
+    fn report_counts_and_agreement() {
+        let logits = Tensor::from_slice(&[5.0f32, 0., 0., 0., 0., 0., 0., 0., 0., 0.]).view([1, 10]).repeat([3, 1]);
+        let labels = Tensor::from_slice(&[0i64, 0, 3]);
+        let r = report(&logits, &labels, Some(&logits)).unwrap();
+        assert_eq!(r.confusion[0][0], 2);
+        assert_eq!(r.confusion[3][0], 1);
+        assert!((r.acc - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(r.teacher_agreement, Some(1.0));
+        assert!(r.teacher_kl.unwrap().abs() < 1e-6);
+        assert_eq!(r.per_class[0].0, "T-shirt/top");
+    }
+}

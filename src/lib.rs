@@ -1,0 +1,41 @@
+//! kdtrain: knowledge distillation (Hinton, Vinyals and Dean 2015) of an MLP teacher into
+//! a small MLP student on Fashion-MNIST, on libtorch through `tch`.
+//!
+//! Data flows one way: [`config`] -> [`data`] -> [`model`] -> [`train`] (with [`loss`],
+//! [`schedule`], [`optim`]) -> [`checkpoint`], [`run`] and the reports ([`eval`],
+//! [`tensorboard`], [`plot`]). [`app`] wires the commands of [`cli`] to these stages.
+
+pub mod app;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod download;
+pub mod eval;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod run;
+pub mod schedule;
+pub mod tensorboard;
+pub mod train;
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The libtorch version this binary was built against (read by build.rs).
+pub const LIBTORCH_VERSION: &str = env!("KDTRAIN_LIBTORCH_VERSION");
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Marks the process start; call first thing in `main`.
+pub fn mark_start() {
+    START.get_or_init(Instant::now);
+}
+
+/// Seconds since [`mark_start`].
+pub fn process_seconds() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}

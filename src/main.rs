@@ -1,0 +1,42 @@
+//! Entry point: parse the command line, run, print the error chain once and map it to an
+//! exit code (0 ok, 1 runtime error, 2 usage or config error, 130 interrupted).
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use clap::Parser;
+use kdtrain::config::UsageError;
+use kdtrain::train::{INTERRUPTED, Interrupted};
+
+fn main() -> ExitCode {
+    kdtrain::mark_start();
+    // A bug must still end in one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("kdtrain: internal error: {info}; please report it with the command line you used");
+    }));
+    let cli = match kdtrain::cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => e.exit(), // exit code 2 for usage errors, 0 for --help/--version
+    };
+    // First Ctrl-C: stop at the next step boundary. Second: exit now (every file is
+    // written atomically, so nothing is torn).
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nkdtrain: interrupt received; stopping at the next step (Ctrl-C again to quit now)");
+    });
+    match kdtrain::app::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<Interrupted>().is_some() {
+                ExitCode::from(130)
+            } else if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! A run folder and everything written into it while training: the resolved config,
+//! the checkpoints, the resume state, `metrics.csv`, the TensorBoard events, the plots
+//! and `summary.json`; plus the progress bar and the per-epoch summary line.
+//!
+//! Layout of `<out_dir>/<name>/`:
+//! - `config.toml`: the resolved config; `meta.json`: seed, versions, device, threads
+//! - `model.safetensors`: the best weights so far (by validation clf_loss); at the end,
+//!   the weights the run selected
+//! - `last.safetensors` + `state.json`: the last completed epoch (weights, Adam moments,
+//!   step, early-stopping state, history), for `--resume`
+//! - `metrics.csv`, `events.out.tfevents.*`, `curves.png`, `summary.json`
+//! - `run.lock`: held while a process writes here
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::checkpoint::{self, Checkpoint, RunLock, write_atomic};
+use crate::config::{Config, UsageError, usage};
+use crate::eval::Metrics;
+use crate::model::{Arch, Mlp};
+use crate::optim::Adam;
+use crate::tensorboard::EventWriter;
+
+/// One epoch's figures.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    /// LR of the epoch's last optimizer step.
+    pub lr: f64,
+    /// Training-loop seconds (no evaluation).
+    pub seconds: f64,
+    pub train: Metrics,
+    pub val: Metrics,
+}
+
+/// Everything `--resume` needs besides the tensors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Last completed epoch (0 = none).
+    pub epoch: usize,
+    /// Optimizer steps taken (the LR schedule's position).
+    pub step: u64,
+    /// Best validation clf_loss so far.
+    pub best_metric: f64,
+    /// Epoch of `best_metric` (0 = none yet).
+    pub best_epoch: usize,
+    /// Epochs since the last improvement (early stopping's counter).
+    pub bad_epochs: usize,
+    pub history: Vec<EpochRecord>,
+    /// The run ended normally (early stop or last epoch).
+    pub finished: bool,
+}
+
+/// What a resumed run restores.
+pub struct Resumed {
+    pub state: TrainState,
+    pub best_weights: Vec<Tensor>,
+}
+
+/// What kind of model a run trains; names the run folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Teacher,
+    Student,
+    Distilled,
+}
+
+impl RunKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKind::Teacher => "teacher",
+            RunKind::Student => "student",
+            RunKind::Distilled => "distilled",
+        }
+    }
+
+    pub fn arch(self) -> Arch {
+        match self {
+            RunKind::Teacher => Arch::Teacher,
+            RunKind::Student | RunKind::Distilled => Arch::Student,
+        }
+    }
+}
+
+/// An open run folder, locked for this process.
+pub struct Run {
+    pub dir: PathBuf,
+    pub kind: RunKind,
+    pub quiet: bool,
+    config: Config,
+    config_toml: String,
+    resuming: bool,
+    histograms: bool,
+    events: Option<EventWriter>,
+    _lock: RunLock,
+}
+
+/// Names of the files in a run folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const LAST_FILE: &str = "last.safetensors";
+pub const STATE_FILE: &str = "state.json";
+
+impl Run {
+    /// Opens `<out_dir>/<name>` for a new run, or an existing one with `resume`.
+    /// Without a name, a new run is `<kind>-<YYYYmmdd-HHMMSS>` and a resumed one is the
+    /// newest unfinished `<kind>-*` folder.
+    ///
+    /// Checks, before any training: the folder can be created and written, it is not
+    /// in use by another process, a new run does not overwrite an earlier one, and a
+    /// resumed run's config agrees with this command's.
+    ///
+    /// # Errors
+    /// Usage errors for each of the above, naming the folder.
+    pub fn open(config: &Config, kind: RunKind, name: Option<&str>, resume: bool, quiet: bool) -> Result<Run> {
+        let out = PathBuf::from(&config.runtime.out_dir);
+        if let Err(e) = std::fs::create_dir_all(&out) {
+            return usage(format!("--out-dir {}: cannot create it ({e}); choose a writable folder", out.display()));
+        }
+        let dir = match (name, resume) {
+            (Some(n), _) => {
+                if n.is_empty() || n.contains('/') || n == "." || n == ".." {
+                    return usage(format!("--run-name {n:?}: expected a plain folder name"));
+                }
+                out.join(n)
+            }
+            (None, true) => newest_unfinished(&out, kind)?,
+            (None, false) => {
+                let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+                let base = out.join(format!("{}-{stamp}", kind.name()));
+                let mut dir = base.clone();
+                let mut i = 2;
+                while dir.exists() {
+                    dir = PathBuf::from(format!("{}-{i}", base.display()));
+                    i += 1;
+                }
+                dir
+            }
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return usage(format!("cannot create run folder {} ({e}); choose a writable --out-dir", dir.display()));
+        }
+        let lock = RunLock::acquire(&dir).map_err(|e| {
+            if e.downcast_ref::<UsageError>().is_some() {
+                e
+            } else {
+                UsageError(format!("{e:#}; choose a writable --out-dir")).into()
+            }
+        })?;
+        let state_path = dir.join(STATE_FILE);
+        if resume {
+            if !state_path.exists() {
+                return usage(format!(
+                    "--resume: {} holds no completed epoch ({} is missing); start a new run without --resume",
+                    dir.display(),
+                    STATE_FILE
+                ));
+            }
+            let saved = std::fs::read_to_string(dir.join("config.toml"))
+                .with_context(|| format!("--resume: cannot read {}/config.toml", dir.display()))?;
+            let saved = Config::parse(&saved)
+                .map_err(|e| UsageError(format!("--resume: {}/config.toml: {e}", dir.display())))?;
+            check_same_training(&saved, config, &dir)?;
+        } else if dir.join(MODEL_FILE).exists() || state_path.exists() {
+            return usage(format!(
+                "run folder {} already holds a trained model; use --resume to continue it, or another --run-name",
+                dir.display()
+            ));
+        }
+        let config_toml = config.to_toml()?;
+        // Also the writability probe: it fails here, before any data is loaded.
+        write_atomic(&dir.join("config.toml"), config_toml.as_bytes())
+            .map_err(|e| UsageError(format!("{e:#}; choose a writable --out-dir")))?;
+        let meta = serde_json::json!({
+            "kind": kind.name(),
+            "seed": config.seed,
+            "version": env!("CARGO_PKG_VERSION"),
+            "libtorch": crate::LIBTORCH_VERSION,
+            "device": config.runtime.device,
+        });
+        write_atomic(&dir.join("meta.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        Ok(Run {
+            dir,
+            kind,
+            quiet,
+            config: config.clone(),
+            config_toml,
+            resuming: resume,
+            histograms: config.logging.histograms,
+            events: None,
+            _lock: lock,
+        })
+    }
+
+    /// The run folder's name.
+    pub fn name(&self) -> String {
+        self.dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// Prints a line to stderr unless quiet.
+    pub fn say(&self, line: &str) {
+        if !self.quiet {
+            eprintln!("{line}");
+        }
+    }
+
+    /// For a resumed run: loads the last completed epoch into `model` and `opt`.
+    pub fn resume_state(&self, model: &Mlp, opt: &mut Adam, names: &[String]) -> Result<Option<Resumed>> {
+        if !self.resuming {
+            return Ok(None);
+        }
+        let state_path = self.dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
+        let state: TrainState = serde_json::from_str(&text)
+            .with_context(|| format!("{} is corrupt; start a new run without --resume", state_path.display()))?;
+        if state.finished {
+            return usage(format!("--resume: the run in {} already finished; nothing to resume", self.dir.display()));
+        }
+        let last = Checkpoint::read(&self.dir.join(LAST_FILE))?;
+        last.load_into(model)?;
+        opt.load_state(names, |k| last.tensors.get(k).map(|t| t.to_device(model.device())), state.step)
+            .with_context(|| format!("{}", last.path.display()))?;
+        let best = Checkpoint::read(&self.dir.join(MODEL_FILE))?.model(model.arch, model.device())?;
+        self.say(&format!(
+            "resuming {} after epoch {} (step {}, best epoch {}, {} epoch(s) without improvement)",
+            self.dir.display(),
+            state.epoch,
+            state.step,
+            state.best_epoch,
+            state.bad_epochs
+        ));
+        Ok(Some(Resumed { state, best_weights: best.snapshot() }))
+    }
+
+    /// Writes an epoch's results: the best checkpoint if it improved, the resume
+    /// checkpoint and state, `metrics.csv`, the TensorBoard scalars and histograms, and
+    /// the summary line.
+    pub fn end_epoch(
+        &mut self,
+        model: &Mlp,
+        opt: &Adam,
+        names: &[String],
+        state: &TrainState,
+        rec: &EpochRecord,
+        improved: bool,
+    ) -> Result<()> {
+        let meta = checkpoint::metadata(model.arch, &self.config_toml, rec.epoch);
+        if improved {
+            checkpoint::save_model(&self.dir.join(MODEL_FILE), model, meta.clone())?;
+        }
+        let mut tensors = model.named_parameters();
+        tensors.extend(opt.state(names));
+        write_atomic(&self.dir.join(LAST_FILE), &checkpoint::to_safetensors(&tensors, meta)?)?;
+        // state.json last: it names an epoch only once that epoch's tensors are on disk.
+        write_atomic(&self.dir.join(STATE_FILE), serde_json::to_string(state)?.as_bytes())?;
+        self.write_csv(&state.history)?;
+        self.log_tensorboard(model, rec)?;
+        if !self.quiet {
+            let t = &rec.train;
+            let v = &rec.val;
+            let kd = if self.kind == RunKind::Distilled {
+                format!(" clf {:.4} kd {:.4}", t.clf_loss, t.kd_loss)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "epoch {:>3}/{}  train loss {:.4}{kd} acc {:.4} | val loss {:.4} clf {:.4} acc {:.4} | lr {:.2e} | {:.2} s{}",
+                rec.epoch,
+                self.config.train.epochs,
+                t.loss,
+                t.acc,
+                v.loss,
+                v.clf_loss,
+                v.acc,
+                rec.lr,
+                rec.seconds,
+                if improved { "  *best" } else { "" }
+            );
+        }
+        Ok(())
+    }
+
+    /// The CSV columns (besides `epoch`) and how to read each from a record; the same
+    /// names, with `/` for `_`, are the TensorBoard tags.
+    fn columns(&self) -> Vec<(&'static str, fn(&EpochRecord) -> f64)> {
+        let mut cols: Vec<(&'static str, fn(&EpochRecord) -> f64)> = vec![
+            ("train_loss", |r| r.train.loss),
+            ("train_acc", |r| r.train.acc),
+            ("val_loss", |r| r.val.loss),
+            ("val_acc", |r| r.val.acc),
+        ];
+        if self.kind == RunKind::Distilled {
+            cols.extend([
+                ("train_clf_loss", (|r| r.train.clf_loss) as fn(&EpochRecord) -> f64),
+                ("train_kd_loss", |r| r.train.kd_loss),
+                ("val_clf_loss", |r| r.val.clf_loss),
+                ("val_kd_loss", |r| r.val.kd_loss),
+            ]);
+        }
+        cols.extend([("lr", (|r| r.lr) as fn(&EpochRecord) -> f64), ("time_epoch_seconds", |r| r.seconds)]);
+        cols
+    }
+
+    fn write_csv(&self, history: &[EpochRecord]) -> Result<()> {
+        let cols = self.columns();
+        let mut out = String::from("epoch");
+        for (name, _) in &cols {
+            out.push(',');
+            out.push_str(name);
+        }
+        out.push('\n');
+        for r in history {
+            out.push_str(&r.epoch.to_string());
+            for (_, get) in &cols {
+                out.push_str(&format!(",{}", get(r)));
+            }
+            out.push('\n');
+        }
+        write_atomic(&self.dir.join("metrics.csv"), out.as_bytes())
+    }
+
+    fn log_tensorboard(&mut self, model: &Mlp, rec: &EpochRecord) -> Result<()> {
+        if self.events.is_none() {
+            self.events = Some(EventWriter::create(&self.dir)?);
+        }
+        let cols = self.columns();
+        let histograms = self.histograms;
+        let ev = self.events.as_mut().expect("created above");
+        let step = rec.epoch as i64;
+        for (name, get) in cols {
+            let tag = name.replacen('_', "/", 1);
+            ev.add_scalar(&tag, get(rec), step)?;
+        }
+        if histograms {
+            for (name, t) in model.named_parameters() {
+                let values: Vec<f32> = Vec::try_from(t.detach().to_device(tch::Device::Cpu).flatten(0, -1))?;
+                ev.add_histogram(&name.replace('.', "/"), &values, step)?;
+            }
+        }
+        ev.flush()
+    }
+
+    /// Marks the run finished (so `--resume` will not reopen it) and writes the final
+    /// model with the selected weights.
+    pub fn finish(&mut self, model: &Mlp, state_epoch: usize) -> Result<()> {
+        let meta = checkpoint::metadata(model.arch, &self.config_toml, state_epoch);
+        checkpoint::save_model(&self.dir.join(MODEL_FILE), model, meta)?;
+        let path = self.dir.join(STATE_FILE);
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(mut s) = serde_json::from_str::<TrainState>(&text)
+        {
+            s.finished = true;
+            write_atomic(&path, serde_json::to_string(&s)?.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The whole history, as saved in `state.json`.
+    pub fn history(&self) -> Vec<EpochRecord> {
+        std::fs::read_to_string(self.dir.join(STATE_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
+            .map(|s| s.history)
+            .unwrap_or_default()
+    }
+}
+
+/// A resumed run must train the same thing: everything but the epoch budget, the
+/// device, threads, out-dir and logging must match the run's saved config.
+fn check_same_training(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
+    let norm = |c: &Config| {
+        let mut c = c.clone();
+        c.train.epochs = 0;
+        c.runtime = Default::default();
+        c.logging = Default::default();
+        c.data.dir = String::new();
+        c.distill.teacher = String::new();
+        c
+    };
+    let (a, b) = (norm(saved), norm(now));
+    if a != b {
+        let (ta, tb) = (a.to_toml()?, b.to_toml()?);
+        let diff: Vec<String> = ta
+            .lines()
+            .zip(tb.lines())
+            .filter(|(x, y)| x != y)
+            .map(|(x, y)| format!("saved `{x}` vs now `{y}`"))
+            .take(3)
+            .collect();
+        return usage(format!(
+            "--resume: the config saved in {}/config.toml disagrees with this command ({}); \
+             rerun with the same settings, or start a new run",
+            dir.display(),
+            if diff.is_empty() { "sections differ".to_string() } else { diff.join("; ") }
+        ));
+    }
+    Ok(())
+}
+
+/// The newest `<kind>-*` folder in `out` with a `state.json` that is not finished.
+fn newest_unfinished(out: &Path, kind: RunKind) -> Result<PathBuf> {
+    let prefix = format!("{}-", kind.name());
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(out)
+        .with_context(|| format!("cannot list {}", out.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .filter(|p| {
+            std::fs::read_to_string(p.join(STATE_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
+                .is_some_and(|s| !s.finished)
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().ok_or_else(|| {
+        UsageError(format!(
+            "--resume: no unfinished {} run in {}; name one with --run-name, or start a new run",
+            kind.name(),
+            out.display()
+        ))
+        .into()
+    })
+}
+
+/// The newest `<out>/teacher-*/model.safetensors` (by folder name, which sorts by time).
+pub fn newest_model(out: &Path, kind: RunKind) -> Option<PathBuf> {
+    let prefix = format!("{}-", kind.name());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .map(|p| p.join(MODEL_FILE))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// The per-epoch progress bar: drawn on stderr only when it is a terminal, refreshed
+/// at most every `REFRESH_STEPS` steps (reading the metrics is a device sync).
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+const REFRESH_STEPS: u64 = 16;
+
+impl Progress {
+    pub fn epoch(quiet: bool, epoch: usize, epochs: usize, steps: u64) -> Progress {
+        let target = ProgressDrawTarget::stderr_with_hz(10);
+        if quiet || target.is_hidden() {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::with_draw_target(Some(steps), target);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps {elapsed}<{eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        Progress { bar: Some(bar) }
+    }
+
+    /// Advances to `pos`; calls `metrics` (a device sync) only when the bar is shown and
+    /// due for a refresh.
+    pub fn step(&mut self, pos: u64, metrics: impl FnOnce() -> Metrics) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+            if pos % REFRESH_STEPS == 0 {
+                let m = metrics();
+                bar.set_message(format!("loss {:.4} acc {:.4}", m.loss, m.acc));
+            }
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

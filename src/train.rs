@@ -1,0 +1,279 @@
+//! The one training loop. It serves the teacher, the student and distillation: they
+//! differ only in the [`Objective`] (the loss, and where the teacher's logits come from)
+//! and in which model's parameters the optimizer holds.
+//!
+//! Per epoch: a seeded permutation of the training set, minibatches indexed out of the
+//! on-device tensors, one fused Adam step per batch at the cosine-decayed LR, metrics
+//! accumulated on the device and read back at the progress bar's refresh or at the end of
+//! the epoch, then validation, early stopping and the epoch's checkpoint (through
+//! [`crate::run::Run`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::Dataset;
+use crate::eval::{self, Metrics};
+use crate::loss::{DistillLoss, cross_entropy};
+use crate::model::Mlp;
+use crate::optim::{Adam, AdamConfig};
+use crate::run::{EpochRecord, Progress, Run, TrainState};
+use crate::schedule::CosineDecay;
+
+/// Set by the SIGINT handler; the loop checks it at every step boundary.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The run was stopped by Ctrl-C; `main` exits 130.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// What is minimised.
+pub enum Objective {
+    /// Cross-entropy on the labels (teacher or student alone).
+    Supervised,
+    /// Hinton et al.'s loss against a frozen teacher (in its own VarStore, eval mode;
+    /// every forward pass under `no_grad`).
+    Distill { teacher: Mlp, loss: DistillLoss, cache: bool },
+}
+
+/// Loop settings, resolved from the config.
+pub struct LoopConfig {
+    pub epochs: usize,
+    pub batch_size: i64,
+    pub schedule: CosineDecay,
+    pub adam: AdamConfig,
+    /// Early-stopping patience in epochs; `None` disables early stopping.
+    pub patience: Option<usize>,
+    pub seed: u64,
+    pub threads: usize,
+}
+
+/// How the run ended.
+pub struct FitResult {
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub stopped_early: bool,
+    /// Training-loop seconds of each epoch run in this process (no evaluation).
+    pub epoch_seconds: Vec<f64>,
+    /// Seconds from process start to the first optimizer step.
+    pub startup_seconds: f64,
+}
+
+/// The seed of epoch `epoch`'s shuffle: a function of the run's seed and the epoch
+/// alone, so a resumed run draws the same permutations as an uninterrupted one.
+fn epoch_seed(seed: u64, epoch: usize) -> i64 {
+    // splitmix64 finaliser
+    let mut z = seed.wrapping_add((epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as i64 & i64::MAX
+}
+
+/// Teacher logits for every row of `images`, `[n, 10] f32`, computed once under `no_grad`.
+fn teacher_logits(teacher: &Mlp, images: &Tensor) -> Tensor {
+    eval::logits(teacher, images)
+}
+
+/// Trains `model` on `data` and leaves it holding the best weights (by validation
+/// `clf_loss`, which for supervised training is the validation loss).
+///
+/// # Errors
+/// A non-finite loss (naming the epoch and step; the best checkpoint so far stays on
+/// disk), [`Interrupted`] on Ctrl-C, or an I/O error from the run folder.
+pub fn fit(run: &mut Run, model: &Mlp, objective: &Objective, data: &Dataset, cfg: &LoopConfig) -> Result<FitResult> {
+    let device = model.device();
+    let n = data.train.len();
+    let bs = cfg.batch_size;
+    let steps_per_epoch = (n + bs - 1) / bs;
+    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let mut opt = Adam::new(model.parameters(), cfg.adam, cfg.threads);
+
+    // Resume: weights, optimizer moments and step, epoch, best metric and patience
+    // counter from the last completed epoch.
+    let mut state = TrainState::default();
+    let mut best_weights = model.snapshot();
+    if let Some(resumed) = run.resume_state(model, &mut opt, &names)? {
+        state = resumed.state;
+        best_weights = resumed.best_weights;
+    }
+
+    let (train_cache, val_teacher) = match objective {
+        Objective::Distill { teacher, cache, .. } => {
+            // Keyed by row of `data.train`, i.e. by sample, not by batch position.
+            let train_cache = cache.then(|| teacher_logits(teacher, &data.train.images));
+            (train_cache, Some(teacher_logits(teacher, &data.val.images)))
+        }
+        Objective::Supervised => (None, None),
+    };
+
+    let mut epoch_seconds = Vec::new();
+    let mut startup_seconds = None;
+    let mut stopped_early = false;
+    let first_epoch = state.epoch + 1;
+    for epoch in first_epoch..=cfg.epochs {
+        tch::manual_seed(epoch_seed(cfg.seed, epoch));
+        let perm = Tensor::randperm(n, (Kind::Int64, device));
+        // Device-side accumulators: sums over examples, read back rarely.
+        let acc = Tensor::zeros([4], (Kind::Float, device)); // [sum_loss, clf, kd, correct]
+        let mut progress = Progress::epoch(run.quiet, epoch, cfg.epochs, steps_per_epoch as u64);
+        let t0 = Instant::now();
+        for step in 0..steps_per_epoch {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                progress.finish();
+                let msg = match state.epoch {
+                    0 => format!(
+                        "interrupted during epoch {epoch}; no epoch had completed, so nothing was saved in {}",
+                        run.dir.display()
+                    ),
+                    e => format!(
+                        "interrupted during epoch {epoch}; the checkpoint of epoch {e} is in {}; \
+                         continue with the same command plus --resume --run-name {}",
+                        run.dir.display(),
+                        run.name()
+                    ),
+                };
+                return Err(Interrupted(msg).into());
+            }
+            let start = step * bs;
+            let len = bs.min(n - start);
+            let idx = perm.narrow(0, start, len); // [len] i64
+            let x = data.train.images.index_select(0, &idx); // [len, 784]
+            let y = data.train.labels.index_select(0, &idx); // [len]
+            let logits = model.forward(&x); // [len, 10]
+            let (loss, clf, kd) = match objective {
+                Objective::Supervised => {
+                    let ce = cross_entropy(&logits, &y);
+                    (ce.shallow_clone(), ce, None)
+                }
+                Objective::Distill { teacher, loss, .. } => {
+                    let t = match &train_cache {
+                        Some(c) => c.index_select(0, &idx),
+                        None => tch::no_grad(|| teacher.forward(&x)),
+                    };
+                    let p = loss.compute(&logits, &t, &y);
+                    (p.sum, p.clf, Some(p.kd))
+                }
+            };
+            let lr = cfg.schedule.lr(opt.step);
+            opt.zero_grad();
+            loss.backward();
+            // Stop before a non-finite loss reaches the weights. On the CPU the read is
+            // free; on a GPU it is one scalar copy per step.
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                progress.finish();
+                bail!(
+                    "the loss became {value} at epoch {epoch}, step {} (global step {}, LR {lr:.3e}); training \
+                     stopped and the best checkpoint so far is kept in {}; lower lr_schedule.initial_lr (--lr)",
+                    step + 1,
+                    opt.step,
+                    run.dir.display()
+                );
+            }
+            opt.step(lr);
+            if startup_seconds.is_none() {
+                startup_seconds = Some(crate::process_seconds());
+            }
+            tch::no_grad(|| {
+                let kd = kd.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
+                let correct = crate::model::correct(&logits, &y).to_kind(Kind::Float);
+                let row = Tensor::stack(&[loss.detach(), clf.detach(), kd.detach(), correct / len as f64], 0);
+                let _ = acc.shallow_clone().g_add_(&(row * len as f64));
+            });
+            progress.step(step as u64 + 1, || read_means(&acc, (start + len) as f64));
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        epoch_seconds.push(seconds);
+        progress.finish();
+
+        let train = read_means(&acc, n as f64);
+        let train = if matches!(objective, Objective::Supervised) { Metrics { kd_loss: 0.0, ..train } } else { train };
+        let val_logits = eval::logits(model, &data.val.images);
+        let val = match (objective, &val_teacher) {
+            (Objective::Distill { loss, .. }, Some(t)) => eval::metrics(&val_logits, &data.val.labels, Some((loss, t))),
+            _ => eval::metrics(&val_logits, &data.val.labels, None),
+        };
+        let lr = cfg.schedule.lr(opt.step.saturating_sub(1));
+        let improved = state.best_epoch == 0 || val.clf_loss < state.best_metric;
+        if improved {
+            state.best_metric = val.clf_loss;
+            state.best_epoch = epoch;
+            state.bad_epochs = 0;
+            best_weights = model.snapshot();
+        } else {
+            state.bad_epochs += 1;
+        }
+        state.epoch = epoch;
+        state.step = opt.step;
+        let record = EpochRecord { epoch, lr, seconds, train, val };
+        state.history.push(record.clone());
+        run.end_epoch(model, &opt, &names, &state, &record, improved)?;
+        if let Some(p) = cfg.patience
+            && state.bad_epochs >= p
+        {
+            run.say(&format!(
+                "early stopping: validation clf_loss has not improved for {p} epochs; restoring epoch {}",
+                state.best_epoch
+            ));
+            stopped_early = true;
+            break;
+        }
+    }
+    model.restore(&best_weights);
+    Ok(FitResult {
+        epochs_run: state.epoch,
+        best_epoch: state.best_epoch,
+        stopped_early,
+        epoch_seconds,
+        startup_seconds: startup_seconds.unwrap_or(0.0),
+    })
+}
+
+/// Means from the accumulator `[sum_loss, clf, kd, correct]` over `count` examples.
+fn read_means(acc: &Tensor, count: f64) -> Metrics {
+    let v: Vec<f32> = Vec::try_from(acc.to_device(Device::Cpu)).unwrap_or_else(|_| vec![f32::NAN; 4]);
+    let m = |i: usize| v[i] as f64 / count.max(1.0);
+    Metrics { loss: m(0), clf_loss: m(1), kd_loss: m(2), acc: m(3) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_seeds_differ_and_are_stable() {
+        assert_eq!(epoch_seed(42, 3), epoch_seed(42, 3));
+        assert_ne!(epoch_seed(42, 3), epoch_seed(42, 4));
+        assert_ne!(epoch_seed(42, 3), epoch_seed(43, 3));
+        assert!(epoch_seed(u64::MAX, usize::MAX) >= 0);
+    }
+
+    /// The cache is keyed by sample: the cached logits gathered by a shuffled epoch's
+    /// indices equal the teacher's fresh logits for the same examples.
+    #[test]
+    fn cached_teacher_logits_equal_fresh_ones_on_a_shuffled_epoch() {
+        tch::manual_seed(11);
+        let mut teacher = Mlp::new(crate::model::Arch::Teacher, Device::Cpu);
+        teacher.freeze();
+        let images = Tensor::rand([1000, 784], (Kind::Float, Device::Cpu));
+        let cache = teacher_logits(&teacher, &images);
+        let perm = Tensor::randperm(1000, (Kind::Int64, Device::Cpu));
+        for start in (0..1000).step_by(256) {
+            let idx = perm.narrow(0, start, 256.min(1000 - start));
+            let fresh = tch::no_grad(|| teacher.forward(&images.index_select(0, &idx)));
+            let cached = cache.index_select(0, &idx);
+            let diff = (fresh - cached).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "batch at {start}: {diff}");
+        }
+    }
+}
