@@ -33,7 +33,12 @@ pub fn run(cli: Cli) -> Result<()> {
     config.validate()?;
     let device = crate::device::resolve(&config.runtime.device)?;
     let threads = crate::device::set_threads(config.runtime.threads);
-    let env = Env { config, device, threads, cli: &cli };
+    let env = Env {
+        config,
+        device,
+        threads,
+        cli: &cli,
+    };
     match &cli.command {
         Command::Train { model } => {
             let kind = match model {
@@ -41,7 +46,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 ModelArg::Student => RunKind::Student,
             };
             let data_dir = env.data_dir()?;
-            let mut run = Run::open(&env.config, kind, cli.common.run_name.as_deref(), cli.common.resume, cli.common.quiet)?;
+            let mut run = Run::open(
+                &env.config,
+                kind,
+                cli.common.run_name.as_deref(),
+                cli.common.resume,
+                cli.common.quiet,
+            )?;
             let data = env.load(&data_dir)?;
             let out = env.train(&mut run, kind, Objective::Supervised, &data)?;
             print_result(&out);
@@ -49,12 +60,27 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Distill(_) => {
             let data_dir = env.data_dir()?;
             let teacher = env.teacher()?;
-            let mut run = Run::open(&env.config, RunKind::Distilled, cli.common.run_name.as_deref(), cli.common.resume, cli.common.quiet)?;
+            let mut run = Run::open(
+                &env.config,
+                RunKind::Distilled,
+                cli.common.run_name.as_deref(),
+                cli.common.resume,
+                cli.common.quiet,
+            )?;
             let data = env.load(&data_dir)?;
-            let out = env.train(&mut run, RunKind::Distilled, env.distill_objective(teacher), &data)?;
+            let out = env.train(
+                &mut run,
+                RunKind::Distilled,
+                env.distill_objective(teacher),
+                &data,
+            )?;
             print_result(&out);
         }
-        Command::Evaluate { checkpoint, teacher, json } => evaluate(&env, checkpoint, teacher.as_deref(), *json)?,
+        Command::Evaluate {
+            checkpoint,
+            teacher,
+            json,
+        } => evaluate(&env, checkpoint, teacher.as_deref(), *json)?,
         Command::Reproduce(_) => reproduce(&env)?,
     }
     Ok(())
@@ -106,15 +132,24 @@ pub struct RunOutcome {
 impl Env<'_> {
     /// The data folder, found (or downloaded with `--download`) before anything else runs.
     fn data_dir(&self) -> Result<PathBuf> {
-        let named = (!self.config.data.dir.is_empty()).then(|| PathBuf::from(&self.config.data.dir));
+        let named =
+            (!self.config.data.dir.is_empty()).then(|| PathBuf::from(&self.config.data.dir));
         match data::locate(named.as_deref()) {
             Ok(d) => Ok(d),
             Err(e) if self.cli.common.download && named.is_none() => {
                 let _ = e;
                 if !self.cli.common.quiet {
-                    eprintln!("downloading Fashion-MNIST from {} into {}", self.config.data.download_url, data::DOWNLOAD_DIR);
+                    eprintln!(
+                        "downloading Fashion-MNIST from {} into {}",
+                        self.config.data.download_url,
+                        data::DOWNLOAD_DIR
+                    );
                 }
-                crate::download::download_all(&self.config.data.download_url, Path::new(data::DOWNLOAD_DIR), self.cli.common.quiet)
+                crate::download::download_all(
+                    &self.config.data.download_url,
+                    Path::new(data::DOWNLOAD_DIR),
+                    self.cli.common.quiet,
+                )
             }
             Err(e) => Err(e),
         }
@@ -161,7 +196,10 @@ impl Env<'_> {
             PathBuf::from(&self.config.distill.teacher)
         };
         let ckpt = Checkpoint::read(&path).map_err(|e| match e.downcast_ref::<UsageError>() {
-            Some(_) => UsageError(format!("{e}; run `train teacher` first, or pass --teacher PATH")).into(),
+            Some(_) => UsageError(format!(
+                "{e}; run `train teacher` first, or pass --teacher PATH"
+            ))
+            .into(),
             None => e,
         })?;
         if let Some(a) = ckpt.metadata.get(crate::checkpoint::META_ARCH)
@@ -172,7 +210,9 @@ impl Env<'_> {
                 path.display()
             ));
         }
-        let mut teacher = ckpt.model(Arch::Teacher, self.device).map_err(|e| UsageError(format!("{e:#}")))?;
+        let mut teacher = ckpt
+            .model(Arch::Teacher, self.device)
+            .map_err(|e| UsageError(format!("{e:#}")))?;
         teacher.freeze();
         if !self.cli.common.quiet {
             eprintln!("teacher: {}", path.display());
@@ -182,28 +222,58 @@ impl Env<'_> {
 
     fn distill_loss(&self) -> DistillLoss {
         let d = &self.config.distill;
-        DistillLoss { temperature: d.temperature, alpha: d.alpha, t_squared_scaling: d.t_squared_scaling }
+        DistillLoss {
+            temperature: d.temperature,
+            alpha: d.alpha,
+            t_squared_scaling: d.t_squared_scaling,
+        }
     }
 
     fn distill_objective(&self, teacher: Mlp) -> Objective {
-        Objective::Distill { teacher, loss: self.distill_loss(), cache: self.config.distill.teacher_cache }
+        Objective::Distill {
+            teacher,
+            loss: self.distill_loss(),
+            cache: self.config.distill.teacher_cache,
+        }
     }
 
     /// Trains one model in `run` and writes its final checkpoint and reports.
-    fn train(&self, run: &mut Run, kind: RunKind, objective: Objective, data: &(Dataset, f64)) -> Result<RunOutcome> {
+    fn train(
+        &self,
+        run: &mut Run,
+        kind: RunKind,
+        objective: Objective,
+        data: &(Dataset, f64),
+    ) -> Result<RunOutcome> {
         let (data, data_load_seconds) = (&data.0, data.1);
         let c = &self.config;
         let arch = kind.arch();
         tch::manual_seed(c.seed as i64);
         let model = Mlp::new(arch, self.device);
         let steps_per_epoch = (data.train.len() as usize).div_ceil(c.data.batch_size);
-        let alpha = if kind == RunKind::Teacher { c.lr_schedule.teacher_alpha } else { c.lr_schedule.alpha };
+        let alpha = if kind == RunKind::Teacher {
+            c.lr_schedule.teacher_alpha
+        } else {
+            c.lr_schedule.alpha
+        };
         let loop_cfg = LoopConfig {
             epochs: c.train.epochs,
             batch_size: c.data.batch_size as i64,
-            schedule: CosineDecay { initial_lr: c.lr_schedule.initial_lr, decay_steps: c.decay_steps(steps_per_epoch), alpha },
-            adam: AdamConfig { beta1: c.optimizer.beta1, beta2: c.optimizer.beta2, eps: c.optimizer.eps, amsgrad: c.optimizer.amsgrad },
-            patience: c.early_stopping.enabled.then_some(c.early_stopping.patience),
+            schedule: CosineDecay {
+                initial_lr: c.lr_schedule.initial_lr,
+                decay_steps: c.decay_steps(steps_per_epoch),
+                alpha,
+            },
+            adam: AdamConfig {
+                beta1: c.optimizer.beta1,
+                beta2: c.optimizer.beta2,
+                eps: c.optimizer.eps,
+                amsgrad: c.optimizer.amsgrad,
+            },
+            patience: c
+                .early_stopping
+                .enabled
+                .then_some(c.early_stopping.patience),
             seed: c.seed,
             threads: self.threads,
         };
@@ -223,7 +293,11 @@ impl Env<'_> {
         let test_logits = eval::logits(&model, &data.test.images);
         let test = eval::report(&test_logits, &data.test.labels, None)?;
         let eval_test_seconds = t0.elapsed().as_secs_f64();
-        let train_m: Metrics = eval::metrics(&eval::logits(&model, &data.train.images), &data.train.labels, None);
+        let train_m: Metrics = eval::metrics(
+            &eval::logits(&model, &data.train.images),
+            &data.train.labels,
+            None,
+        );
         let history = run.history();
         let mut secs = fit.epoch_seconds.clone();
         secs.sort_by(f64::total_cmp);
@@ -253,10 +327,14 @@ impl Env<'_> {
             seed: c.seed,
             val_acc: history.iter().map(|r| r.val.acc).collect(),
         };
-        crate::checkpoint::write_atomic(&run.dir.join("summary.json"), serde_json::to_string_pretty(&out)?.as_bytes())?;
+        crate::checkpoint::write_atomic(
+            &run.dir.join("summary.json"),
+            serde_json::to_string_pretty(&out)?.as_bytes(),
+        )?;
         if c.logging.plots {
             let h = &history;
-            let col = |f: fn(&crate::run::EpochRecord) -> f64| h.iter().map(f).collect::<Vec<f64>>();
+            let col =
+                |f: fn(&crate::run::EpochRecord) -> f64| h.iter().map(f).collect::<Vec<f64>>();
             let title = format!("{} ({})", kind.name(), run.name());
             crate::plot::curves_png(
                 &run.dir.join("curves.png"),
@@ -292,13 +370,19 @@ fn print_result(o: &RunOutcome) {
 fn evaluate(env: &Env, path: &Path, teacher: Option<&Path>, json: bool) -> Result<()> {
     let ckpt = Checkpoint::read(path)?;
     let Some(arch) = ckpt.arch() else {
-        return usage(format!("{} holds neither a teacher nor a student (no fc*.weight tensors)", path.display()));
+        return usage(format!(
+            "{} holds neither a teacher nor a student (no fc*.weight tensors)",
+            path.display()
+        ));
     };
     let model = ckpt.model(arch, env.device)?;
     let teacher = match teacher {
         Some(p) => {
             let t = Checkpoint::read(p)?;
-            Some(t.model(Arch::Teacher, env.device).map_err(|e| UsageError(format!("--teacher: {e:#}")))?)
+            Some(
+                t.model(Arch::Teacher, env.device)
+                    .map_err(|e| UsageError(format!("--teacher: {e:#}")))?,
+            )
         }
         None => None,
     };
@@ -309,7 +393,11 @@ fn evaluate(env: &Env, path: &Path, teacher: Option<&Path>, json: bool) -> Resul
     let train_r = eval::model_report(&model, &train, teacher.as_ref())?;
     let test_r = eval::model_report(&model, &test, teacher.as_ref())?;
     let confusion_png = path.with_file_name("confusion.png");
-    let title = format!("{} on the test set: accuracy {:.4}", path.display(), test_r.acc);
+    let title = format!(
+        "{} on the test set: accuracy {:.4}",
+        path.display(),
+        test_r.acc
+    );
     let names: Vec<&str> = data::CLASS_NAMES.to_vec();
     crate::plot::confusion_png(&confusion_png, &title, &names, &test_r.confusion)?;
     if json {
@@ -324,9 +412,17 @@ fn evaluate(env: &Env, path: &Path, teacher: Option<&Path>, json: bool) -> Resul
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{} ({}, {} parameters)", path.display(), arch, arch.num_params());
+    println!(
+        "{} ({}, {} parameters)",
+        path.display(),
+        arch,
+        arch.num_params()
+    );
     for (name, r) in [("train", &train_r), ("test", &test_r)] {
-        println!("{name:>5}: loss {:.4}  acc {:.4}  ECE {:.4}  ({} examples)", r.loss, r.acc, r.ece, r.examples);
+        println!(
+            "{name:>5}: loss {:.4}  acc {:.4}  ECE {:.4}  ({} examples)",
+            r.loss, r.acc, r.ece, r.examples
+        );
         if let (Some(a), Some(k)) = (r.teacher_agreement, r.teacher_kl) {
             println!("       teacher agreement {a:.4}  mean KL(teacher || model) at T=1 {k:.4}");
         }
@@ -360,27 +456,59 @@ fn truncate(s: &str, n: usize) -> String {
 fn reproduce(env: &Env) -> Result<()> {
     let cli = env.cli;
     if cli.common.resume || cli.common.run_name.is_some() {
-        return usage("reproduce takes neither --resume nor --run-name; it makes a new reproduce-<time> folder");
+        return usage(
+            "reproduce takes neither --resume nor --run-name; it makes a new reproduce-<time> folder",
+        );
     }
     let data_dir = env.data_dir()?;
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
     let root = Path::new(&env.config.runtime.out_dir).join(format!("reproduce-{stamp}"));
     let mut config = env.config.clone();
     config.runtime.out_dir = root.display().to_string();
-    let sub = Env { config, device: env.device, threads: env.threads, cli };
+    let sub = Env {
+        config,
+        device: env.device,
+        threads: env.threads,
+        cli,
+    };
     let q = cli.common.quiet;
     let mut teacher_run = Run::open(&sub.config, RunKind::Teacher, Some("teacher"), false, q)?;
     let data = sub.load(&data_dir)?;
-    let teacher = sub.train(&mut teacher_run, RunKind::Teacher, Objective::Supervised, &data)?;
+    let teacher = sub.train(
+        &mut teacher_run,
+        RunKind::Teacher,
+        Objective::Supervised,
+        &data,
+    )?;
     print_result(&teacher);
     drop(teacher_run);
     let mut student_run = Run::open(&sub.config, RunKind::Student, Some("student"), false, q)?;
-    let student = sub.train(&mut student_run, RunKind::Student, Objective::Supervised, &data)?;
+    let student = sub.train(
+        &mut student_run,
+        RunKind::Student,
+        Objective::Supervised,
+        &data,
+    )?;
     print_result(&student);
     let mut config = sub.config.clone();
-    config.distill.teacher = teacher.run_dir.join(crate::run::MODEL_FILE).display().to_string();
-    let dist_env = Env { config, device: env.device, threads: env.threads, cli };
-    let mut dist_run = Run::open(&dist_env.config, RunKind::Distilled, Some("distilled"), false, q)?;
+    config.distill.teacher = teacher
+        .run_dir
+        .join(crate::run::MODEL_FILE)
+        .display()
+        .to_string();
+    let dist_env = Env {
+        config,
+        device: env.device,
+        threads: env.threads,
+        cli,
+    };
+    let mut dist_run = Run::open(
+        &dist_env.config,
+        RunKind::Distilled,
+        Some("distilled"),
+        false,
+        q,
+    )?;
     let objective = dist_env.distill_objective(dist_env.teacher()?);
     let distilled = dist_env.train(&mut dist_run, RunKind::Distilled, objective, &data)?;
     print_result(&distilled);
@@ -389,9 +517,20 @@ fn reproduce(env: &Env) -> Result<()> {
     let table = results_table(&rows, &dist_env.config);
     println!("\n{table}");
     crate::checkpoint::write_atomic(&root.join("results.md"), table.as_bytes())?;
-    let runs: Vec<(&str, &[f64])> = rows.iter().map(|r| (r.model, r.val_acc.as_slice())).collect();
-    crate::plot::comparison_png(&root.join("comparison.png"), "Validation accuracy per epoch", &runs)?;
-    println!("wrote {} and {}", root.join("results.md").display(), root.join("comparison.png").display());
+    let runs: Vec<(&str, &[f64])> = rows
+        .iter()
+        .map(|r| (r.model, r.val_acc.as_slice()))
+        .collect();
+    crate::plot::comparison_png(
+        &root.join("comparison.png"),
+        "Validation accuracy per epoch",
+        &runs,
+    )?;
+    println!(
+        "wrote {} and {}",
+        root.join("results.md").display(),
+        root.join("comparison.png").display()
+    );
     Ok(())
 }
 
@@ -403,14 +542,23 @@ pub fn results_table(rows: &[&RunOutcome], config: &Config) -> String {
         "Fashion-MNIST test set; T = {}, alpha = {}, KL scaling {}; seed {}; validation: {}.\n\n",
         d.temperature,
         d.alpha,
-        if d.t_squared_scaling { "T^2" } else { "1 (Keras reference)" },
+        if d.t_squared_scaling {
+            "T^2"
+        } else {
+            "1 (Keras reference)"
+        },
         config.seed,
         match config.data.validation {
-            Validation::Split => format!("{} images held out of the training set", config.data.validation_size),
+            Validation::Split => format!(
+                "{} images held out of the training set",
+                config.data.validation_size
+            ),
             Validation::Test => "the test set (as the Keras reference)".to_string(),
         }
     ));
-    s.push_str("| model | test acc | test loss | ECE | parameters | epochs run (best) | s/epoch |\n");
+    s.push_str(
+        "| model | test acc | test loss | ECE | parameters | epochs run (best) | s/epoch |\n",
+    );
     s.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
     for r in rows {
         let name = match r.model {
@@ -419,7 +567,13 @@ pub fn results_table(rows: &[&RunOutcome], config: &Config) -> String {
         };
         s.push_str(&format!(
             "| {name} | {:.4} | {:.4} | {:.4} | {} | {} ({}) | {:.2} |\n",
-            r.test_acc, r.test_loss, r.test_ece, r.params, r.epochs_run, r.best_epoch, r.median_epoch_seconds
+            r.test_acc,
+            r.test_loss,
+            r.test_ece,
+            r.params,
+            r.epochs_run,
+            r.best_epoch,
+            r.median_epoch_seconds
         ));
     }
     s

@@ -32,8 +32,13 @@ pub const META_VERSION: &str = "kdtrain.version";
 /// # Errors
 /// Names the path. The previous file at `path`, if any, is untouched on error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let result = (|| -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
@@ -48,17 +53,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        bail!("cannot write {}: {e}; check free space and permissions", path.display());
+        bail!(
+            "cannot write {}: {e}; check free space and permissions",
+            path.display()
+        );
     }
     Ok(())
 }
 
 /// Serialises named f32 tensors (any device) and `metadata` as safetensors bytes.
-pub fn to_safetensors(tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn to_safetensors(
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let host: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, t)| {
-            let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            let t = t
+                .detach()
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous();
             let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
             let values: Vec<f32> = Vec::try_from(t.flatten(0, -1))?;
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -88,7 +103,9 @@ impl Checkpoint {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(UsageError(format!("checkpoint {} does not exist", path.display())).into());
+                return Err(
+                    UsageError(format!("checkpoint {} does not exist", path.display())).into(),
+                );
             }
             Err(e) => bail!("cannot read checkpoint {}: {e}", path.display()),
         };
@@ -98,25 +115,41 @@ impl Checkpoint {
                 path.display()
             )
         })?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| anyhow::anyhow!("checkpoint {}: unreadable header ({e})", path.display()))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            anyhow::anyhow!("checkpoint {}: unreadable header ({e})", path.display())
+        })?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != Dtype::F32 {
-                bail!("checkpoint {}: tensor `{name}` is {:?}, expected F32", path.display(), view.dtype());
+                bail!(
+                    "checkpoint {}: tensor `{name}` is {:?}, expected F32",
+                    path.display(),
+                    view.dtype()
+                );
             }
-            let values: Vec<f32> =
-                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             tensors.insert(name, Tensor::from_slice(&values).view(shape.as_slice()));
         }
-        Ok(Checkpoint { path: path.to_path_buf(), tensors, metadata })
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            tensors,
+            metadata,
+        })
     }
 
     /// The architecture recorded in the metadata, or inferred from the tensor names.
     pub fn arch(&self) -> Option<Arch> {
-        if let Some(a) = self.metadata.get(META_ARCH).and_then(|s| Arch::from_name(s)) {
+        if let Some(a) = self
+            .metadata
+            .get(META_ARCH)
+            .and_then(|s| Arch::from_name(s))
+        {
             return Some(a);
         }
         if self.tensors.contains_key("fc4.weight") {
@@ -179,7 +212,10 @@ pub fn metadata(arch: Arch, config_toml: &str, epoch: usize) -> HashMap<String, 
         (META_ARCH.to_string(), arch.name().to_string()),
         (META_CONFIG.to_string(), config_toml.to_string()),
         (META_EPOCH.to_string(), epoch.to_string()),
-        (META_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        (
+            META_VERSION.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
     ])
 }
 
@@ -257,15 +293,28 @@ mod tests {
         let mut meta = metadata(Arch::Student, "", 1);
         meta.remove(META_ARCH);
         save_model(&p, &Mlp::new(Arch::Student, Device::Cpu), meta).unwrap();
-        let e = Checkpoint::read(&p).unwrap().model(Arch::Teacher, Device::Cpu).err().unwrap().to_string();
-        assert!(e.contains("fc1.weight") && e.contains("[128, 784]") && e.contains("[512, 784]"), "{e}");
+        let e = Checkpoint::read(&p)
+            .unwrap()
+            .model(Arch::Teacher, Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("fc1.weight") && e.contains("[128, 784]") && e.contains("[512, 784]"),
+            "{e}"
+        );
     }
 
     #[test]
     fn truncated_file_is_an_error_not_a_panic() {
         let d = tmpdir("trunc");
         let p = d.join("m.safetensors");
-        save_model(&p, &Mlp::new(Arch::Student, Device::Cpu), metadata(Arch::Student, "", 1)).unwrap();
+        save_model(
+            &p,
+            &Mlp::new(Arch::Student, Device::Cpu),
+            metadata(Arch::Student, "", 1),
+        )
+        .unwrap();
         let bytes = std::fs::read(&p).unwrap();
         for cut in [0, 4, 8, 100, bytes.len() / 2, bytes.len() - 1] {
             std::fs::write(&p, &bytes[..cut]).unwrap();

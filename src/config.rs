@@ -207,13 +207,21 @@ impl Default for LrScheduleConfig {
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        OptimizerConfig { beta1: 0.9, beta2: 0.999, eps: 1e-7, amsgrad: true }
+        OptimizerConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-7,
+            amsgrad: true,
+        }
     }
 }
 
 impl Default for EarlyStoppingConfig {
     fn default() -> Self {
-        EarlyStoppingConfig { enabled: true, patience: 5 }
+        EarlyStoppingConfig {
+            enabled: true,
+            patience: 5,
+        }
     }
 }
 
@@ -231,13 +239,20 @@ impl Default for DistillConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        LoggingConfig { histograms: true, plots: true }
+        LoggingConfig {
+            histograms: true,
+            plots: true,
+        }
     }
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { device: "auto".into(), threads: 0, out_dir: "runs".into() }
+        RuntimeConfig {
+            device: "auto".into(),
+            threads: 0,
+            out_dir: "runs".into(),
+        }
     }
 }
 
@@ -279,9 +294,8 @@ impl Config {
                 ));
             }
         };
-        Config::parse(&text).map_err(|e| {
-            UsageError(format!("config file {}: {e}", path.display())).into()
-        })
+        Config::parse(&text)
+            .map_err(|e| UsageError(format!("config file {}: {e}", path.display())).into())
     }
 
     /// Parses TOML text; the error message names the key and what was expected.
@@ -367,7 +381,11 @@ impl Config {
             );
         }
         if self.data.validation_size >= 60_000 {
-            return bad("data.validation_size", self.data.validation_size, "fewer than 60000");
+            return bad(
+                "data.validation_size",
+                self.data.validation_size,
+                "fewer than 60000",
+            );
         }
         if self.train.epochs == 0 {
             return bad("train.epochs", 0, "an integer >= 1");
@@ -381,11 +399,18 @@ impl Config {
                 return bad("lr_schedule.decay_steps", n, "an integer >= 1 or \"auto\"");
             }
             DecaySteps::Named(s) if s != "auto" => {
-                return bad("lr_schedule.decay_steps", format!("{s:?}"), "an integer >= 1 or \"auto\"");
+                return bad(
+                    "lr_schedule.decay_steps",
+                    format!("{s:?}"),
+                    "an integer >= 1 or \"auto\"",
+                );
             }
             _ => {}
         }
-        for (key, a) in [("lr_schedule.alpha", lr.alpha), ("lr_schedule.teacher_alpha", lr.teacher_alpha)] {
+        for (key, a) in [
+            ("lr_schedule.alpha", lr.alpha),
+            ("lr_schedule.teacher_alpha", lr.teacher_alpha),
+        ] {
             if !(0.0..=1.0).contains(&a) {
                 return bad(key, a, "a number in [0, 1]");
             }
@@ -400,7 +425,11 @@ impl Config {
             return bad("optimizer.eps", o.eps, positive);
         }
         if self.early_stopping.enabled && self.early_stopping.patience == 0 {
-            return bad("early_stopping.patience", 0, "an integer >= 1 (or enabled = false)");
+            return bad(
+                "early_stopping.patience",
+                0,
+                "an integer >= 1 (or enabled = false)",
+            );
         }
         let d = &self.distill;
         if !(d.temperature.is_finite() && d.temperature > 0.0) {
@@ -412,7 +441,11 @@ impl Config {
         crate::device::parse(&self.runtime.device)
             .map_err(|e| UsageError(format!("config key `runtime.device`: {e}")))?;
         if self.runtime.threads > 1024 {
-            return bad("runtime.threads", self.runtime.threads, "0 (physical cores) to 1024");
+            return bad(
+                "runtime.threads",
+                self.runtime.threads,
+                "0 (physical cores) to 1024",
+            );
         }
         if self.runtime.out_dir.is_empty() {
             return bad("runtime.out_dir", "\"\"", "a folder path");
@@ -477,17 +510,36 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_their_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Case = (&'static str, Box<dyn Fn(&mut Config)>);
+        let cases: Vec<Case> = vec![
             ("data.batch_size", Box::new(|c| c.data.batch_size = 0)),
             ("train.epochs", Box::new(|c| c.train.epochs = 0)),
-            ("lr_schedule.initial_lr", Box::new(|c| c.lr_schedule.initial_lr = 0.0)),
-            ("lr_schedule.initial_lr", Box::new(|c| c.lr_schedule.initial_lr = f64::NAN)),
-            ("lr_schedule.decay_steps", Box::new(|c| c.lr_schedule.decay_steps = DecaySteps::Steps(0))),
-            ("distill.temperature", Box::new(|c| c.distill.temperature = -1.0)),
-            ("distill.temperature", Box::new(|c| c.distill.temperature = f64::NAN)),
+            (
+                "lr_schedule.initial_lr",
+                Box::new(|c| c.lr_schedule.initial_lr = 0.0),
+            ),
+            (
+                "lr_schedule.initial_lr",
+                Box::new(|c| c.lr_schedule.initial_lr = f64::NAN),
+            ),
+            (
+                "lr_schedule.decay_steps",
+                Box::new(|c| c.lr_schedule.decay_steps = DecaySteps::Steps(0)),
+            ),
+            (
+                "distill.temperature",
+                Box::new(|c| c.distill.temperature = -1.0),
+            ),
+            (
+                "distill.temperature",
+                Box::new(|c| c.distill.temperature = f64::NAN),
+            ),
             ("distill.alpha", Box::new(|c| c.distill.alpha = 1.5)),
             ("distill.alpha", Box::new(|c| c.distill.alpha = f64::NAN)),
-            ("runtime.device", Box::new(|c| c.runtime.device = "tpu".into())),
+            (
+                "runtime.device",
+                Box::new(|c| c.runtime.device = "tpu".into()),
+            ),
         ];
         for (key, f) in cases {
             let mut c = Config::default();

@@ -26,8 +26,14 @@ pub const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// The four files, their gzipped names and the MD5 of each published `.gz` file
 /// (Fashion-MNIST README).
 pub const FILES: [(&str, &str); 4] = [
-    ("train-images-idx3-ubyte", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-    ("train-labels-idx1-ubyte", "25c81989df183df01b3e8a0aad5dffbe"),
+    (
+        "train-images-idx3-ubyte",
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "25c81989df183df01b3e8a0aad5dffbe",
+    ),
     ("t10k-images-idx3-ubyte", "bef4ecab320f06d8554ea6380940ec79"),
     ("t10k-labels-idx1-ubyte", "bb300cfdad3c16e7a12a480ee83cd310"),
 ];
@@ -58,7 +64,12 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Idx {
     /// `count` images of `rows x cols` u8 pixels, row-major.
-    Images { count: usize, rows: usize, cols: usize, pixels: Vec<u8> },
+    Images {
+        count: usize,
+        rows: usize,
+        cols: usize,
+        pixels: Vec<u8>,
+    },
     /// `count` u8 labels.
     Labels(Vec<u8>),
 }
@@ -74,12 +85,15 @@ pub enum Idx {
 /// unknown magic number, or a header that claims more (or fewer) bytes than follow.
 pub fn parse_idx(bytes: &[u8]) -> std::result::Result<Idx, String> {
     let be = |i: usize| -> Option<usize> {
-        bytes.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        bytes
+            .get(i..i + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
-    let magic = be(0).ok_or_else(|| format!("{} bytes is too short for an IDX header", bytes.len()))?;
+    let magic =
+        be(0).ok_or_else(|| format!("{} bytes is too short for an IDX header", bytes.len()))?;
     let (dims, magic_kind) = match magic as u32 {
         IMAGES_MAGIC => (3, "images"),
         LABELS_MAGIC => (1, "labels"),
@@ -94,7 +108,12 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<Idx, String> {
     let shape: Vec<usize> = (0..dims)
         .map(|d| be(4 + 4 * d))
         .collect::<Option<_>>()
-        .ok_or_else(|| format!("{} bytes is too short for an IDX {magic_kind} header of {header} bytes", bytes.len()))?;
+        .ok_or_else(|| {
+            format!(
+                "{} bytes is too short for an IDX {magic_kind} header of {header} bytes",
+                bytes.len()
+            )
+        })?;
     // Checked product: a header can claim up to (2^32)^3 bytes.
     let need = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let have = bytes.len() - header;
@@ -105,12 +124,21 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<Idx, String> {
                 "header claims {shape:?} = {n} data bytes but the file holds {have}; it is truncated"
             ));
         }
-        Some(n) => return Err(format!("header claims {shape:?} = {n} data bytes but the file holds {have}")),
+        Some(n) => {
+            return Err(format!(
+                "header claims {shape:?} = {n} data bytes but the file holds {have}"
+            ));
+        }
         None => return Err(format!("header dimensions {shape:?} overflow")),
     }
     let data = bytes[header..].to_vec();
     Ok(match dims {
-        3 => Idx::Images { count: shape[0], rows: shape[1], cols: shape[2], pixels: data },
+        3 => Idx::Images {
+            count: shape[0],
+            rows: shape[1],
+            cols: shape[2],
+            pixels: data,
+        },
         _ => Idx::Labels(data),
     })
 }
@@ -129,7 +157,10 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
     let is_gz = raw.starts_with(&[0x1f, 0x8b]);
     let named_gz = path.extension().is_some_and(|e| e == "gz");
     if raw.is_empty() {
-        bail!("{}: the file is empty; delete it and get the data again (see --download)", path.display());
+        bail!(
+            "{}: the file is empty; delete it and get the data again (see --download)",
+            path.display()
+        );
     }
     if named_gz && !is_gz {
         bail!(
@@ -151,7 +182,11 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
                 )
             })?;
         if out.len() as u64 > LIMIT {
-            bail!("{}: decompresses to more than {} MiB; this is not a Fashion-MNIST file", path.display(), LIMIT >> 20);
+            bail!(
+                "{}: decompresses to more than {} MiB; this is not a Fashion-MNIST file",
+                path.display(),
+                LIMIT >> 20
+            );
         }
         out
     } else {
@@ -186,9 +221,17 @@ impl Split {
 /// zero items, counts that differ, or a label of 10 or more.
 pub fn read_split(images: &Path, labels: &Path) -> Result<Split> {
     let (count, pixels) = match read_idx(images)? {
-        Idx::Images { count, rows, cols, pixels } => {
+        Idx::Images {
+            count,
+            rows,
+            cols,
+            pixels,
+        } => {
             if (rows, cols) != (SIDE, SIDE) {
-                bail!("{}: images are {rows}x{cols}, expected {SIDE}x{SIDE} (Fashion-MNIST)", images.display());
+                bail!(
+                    "{}: images are {rows}x{cols}, expected {SIDE}x{SIDE} (Fashion-MNIST)",
+                    images.display()
+                );
             }
             (count, pixels)
         }
@@ -207,7 +250,10 @@ pub fn read_split(images: &Path, labels: &Path) -> Result<Split> {
         ),
     };
     if count == 0 {
-        bail!("{}: the file holds 0 images; get the data again", images.display());
+        bail!(
+            "{}: the file holds 0 images; get the data again",
+            images.display()
+        );
     }
     if labels_v.len() != count {
         bail!(
@@ -217,15 +263,29 @@ pub fn read_split(images: &Path, labels: &Path) -> Result<Split> {
             labels_v.len()
         );
     }
-    if let Some((i, &l)) = labels_v.iter().enumerate().find(|&(_, &l)| l as i64 >= CLASSES) {
-        bail!("{}: label {l} at index {i} is out of range; expected 0 to {}", labels.display(), CLASSES - 1);
+    if let Some((i, &l)) = labels_v
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| l as i64 >= CLASSES)
+    {
+        bail!(
+            "{}: label {l} at index {i} is out of range; expected 0 to {}",
+            labels.display(),
+            CLASSES - 1
+        );
     }
-    Ok(Split { pixels, labels: labels_v })
+    Ok(Split {
+        pixels,
+        labels: labels_v,
+    })
 }
 
 /// The file for `stem` in `dir`: `stem.gz` if present, else `stem`.
 fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [format!("{stem}.gz"), stem.to_string()].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
+    [format!("{stem}.gz"), stem.to_string()]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
 }
 
 fn has_all_files(dir: &Path) -> bool {
@@ -246,12 +306,18 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
     );
     let named = flag_or_config
         .map(|p| (p.to_path_buf(), "--data-dir / data.dir"))
-        .or_else(|| std::env::var_os("FASHION_MNIST_DIR").map(|p| (PathBuf::from(p), "FASHION_MNIST_DIR")));
+        .or_else(|| {
+            std::env::var_os("FASHION_MNIST_DIR").map(|p| (PathBuf::from(p), "FASHION_MNIST_DIR"))
+        });
     if let Some((dir, source)) = named {
         if has_all_files(&dir) {
             return Ok(dir);
         }
-        let missing: Vec<&str> = FILES.iter().filter(|(s, _)| find_file(&dir, s).is_none()).map(|(s, _)| *s).collect();
+        let missing: Vec<&str> = FILES
+            .iter()
+            .filter(|(s, _)| find_file(&dir, s).is_none())
+            .map(|(s, _)| *s)
+            .collect();
         return Err(UsageError(format!(
             "{source} names {} but it lacks {} (.gz or not); {how}",
             dir.display(),
@@ -280,10 +346,17 @@ pub struct RawData {
 
 /// Reads and validates the four files in `dir`.
 pub fn load_dir(dir: &Path) -> Result<RawData> {
-    let f = |i: usize| find_file(dir, FILES[i].0).with_context(|| format!("{} missing in {}", FILES[i].0, dir.display()));
+    let f = |i: usize| {
+        find_file(dir, FILES[i].0)
+            .with_context(|| format!("{} missing in {}", FILES[i].0, dir.display()))
+    };
     let train = read_split(&f(0)?, &f(1)?)?;
     let test = read_split(&f(2)?, &f(3)?)?;
-    Ok(RawData { dir: dir.to_path_buf(), train, test })
+    Ok(RawData {
+        dir: dir.to_path_buf(),
+        train,
+        test,
+    })
 }
 
 /// Examples on the device.
@@ -304,7 +377,9 @@ impl Examples {
             .view([n, (SIDE * SIDE) as i64])
             .to_kind(Kind::Float)
             / 255.0;
-        let labels = Tensor::from_slice(&split.labels).to_device(device).to_kind(Kind::Int64);
+        let labels = Tensor::from_slice(&split.labels)
+            .to_device(device)
+            .to_kind(Kind::Int64);
         Examples { images, labels }
     }
 
@@ -318,7 +393,10 @@ impl Examples {
 
     /// The examples at `index` (`[k] i64` on the same device).
     pub fn select(&self, index: &Tensor) -> Examples {
-        Examples { images: self.images.index_select(0, index), labels: self.labels.index_select(0, index) }
+        Examples {
+            images: self.images.index_select(0, index),
+            labels: self.labels.index_select(0, index),
+        }
     }
 }
 
@@ -340,7 +418,12 @@ pub struct Dataset {
 /// With `validation_size > 0` the held-out images are drawn by `seed` (a permutation
 /// from libtorch's CPU generator, seeded just for this); with `None` the test set doubles
 /// as the validation set, as in the Keras reference.
-pub fn prepare(raw: &RawData, validation_size: Option<usize>, seed: u64, device: Device) -> Result<Dataset> {
+pub fn prepare(
+    raw: &RawData,
+    validation_size: Option<usize>,
+    seed: u64,
+    device: Device,
+) -> Result<Dataset> {
     let all = Examples::from_split(&raw.train, device);
     let test = Examples::from_split(&raw.test, device);
     let n = all.len();
@@ -359,22 +442,39 @@ pub fn prepare(raw: &RawData, validation_size: Option<usize>, seed: u64, device:
             // Sorted, so the training set keeps the file's order before shuffling.
             train_idx = train_idx.sort(0, false).0;
             let order: Vec<i64> = Vec::try_from(&train_idx)?;
-            let (t, vset) = (all.select(&train_idx.to_device(device)), all.select(&val_idx.to_device(device)));
+            let (t, vset) = (
+                all.select(&train_idx.to_device(device)),
+                all.select(&val_idx.to_device(device)),
+            );
             (t, vset, order)
         }
         None => {
-            let val = Examples { images: test.images.shallow_clone(), labels: test.labels.shallow_clone() };
+            let val = Examples {
+                images: test.images.shallow_clone(),
+                labels: test.labels.shallow_clone(),
+            };
             (all, val, (0..n).collect())
         }
     };
-    Ok(Dataset { train, val, test, dir: raw.dir.clone(), train_index })
+    Ok(Dataset {
+        train,
+        val,
+        test,
+        dir: raw.dir.clone(),
+        train_index,
+    })
 }
 
 /// Writes an IDX file (for tests and fixtures): images `[count, rows, cols]` or labels.
 pub fn encode_idx(idx: &Idx) -> Vec<u8> {
     let mut out = Vec::new();
     match idx {
-        Idx::Images { count, rows, cols, pixels } => {
+        Idx::Images {
+            count,
+            rows,
+            cols,
+            pixels,
+        } => {
             out.extend(IMAGES_MAGIC.to_be_bytes());
             for d in [count, rows, cols] {
                 out.extend((*d as u32).to_be_bytes());
@@ -395,13 +495,26 @@ mod tests {
     use super::*;
 
     fn images(count: usize, side: usize) -> Vec<u8> {
-        encode_idx(&Idx::Images { count, rows: side, cols: side, pixels: vec![7; count * side * side] })
+        encode_idx(&Idx::Images {
+            count,
+            rows: side,
+            cols: side,
+            pixels: vec![7; count * side * side],
+        })
     }
 
     #[test]
     fn round_trip() {
         let b = images(3, 28);
-        assert!(matches!(parse_idx(&b), Ok(Idx::Images { count: 3, rows: 28, cols: 28, .. })));
+        assert!(matches!(
+            parse_idx(&b),
+            Ok(Idx::Images {
+                count: 3,
+                rows: 28,
+                cols: 28,
+                ..
+            })
+        ));
         let l = encode_idx(&Idx::Labels(vec![1, 2, 9]));
         assert_eq!(parse_idx(&l), Ok(Idx::Labels(vec![1, 2, 9])));
     }
@@ -410,7 +523,11 @@ mod tests {
     fn parser_errors_say_what_is_wrong() {
         assert!(parse_idx(&[]).unwrap_err().contains("empty"));
         assert!(parse_idx(&[0, 0, 8]).unwrap_err().contains("too short"));
-        assert!(parse_idx(&[0, 0, 9, 3, 0, 0, 0, 0]).unwrap_err().contains("magic"));
+        assert!(
+            parse_idx(&[0, 0, 9, 3, 0, 0, 0, 0])
+                .unwrap_err()
+                .contains("magic")
+        );
         let mut b = images(3, 28);
         b.truncate(b.len() - 10);
         assert!(parse_idx(&b).unwrap_err().contains("truncated"));
@@ -427,7 +544,10 @@ mod tests {
 
     #[test]
     fn zero_item_file_parses_but_split_rejects_it() {
-        assert!(matches!(parse_idx(&images(0, 28)), Ok(Idx::Images { count: 0, .. })));
+        assert!(matches!(
+            parse_idx(&images(0, 28)),
+            Ok(Idx::Images { count: 0, .. })
+        ));
     }
 
     mod prop {

@@ -52,7 +52,11 @@ pub fn resolve(s: &str) -> Result<Device> {
 /// Sets libtorch's intra-op thread count; 0 means the number of physical cores.
 /// Returns the count in force.
 pub fn set_threads(requested: usize) -> usize {
-    let n = if requested == 0 { physical_cores() } else { requested };
+    let n = if requested == 0 {
+        physical_cores()
+    } else {
+        requested
+    };
     tch::set_num_threads(n as i32);
     tch::get_num_threads() as usize
 }
@@ -60,8 +64,12 @@ pub fn set_threads(requested: usize) -> usize {
 /// Physical cores (not hyper-threads), from `/proc/cpuinfo` where it tells, else the
 /// logical count.
 pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
     let mut cores = std::collections::BTreeSet::new();
     let (mut phys, mut core) = (None, None);
     for line in info.lines() {
@@ -72,16 +80,20 @@ pub fn physical_cores() -> usize {
             (Some(""), None) | (None, _) => {}
             _ => {}
         }
-        if line.trim().is_empty() {
-            if let (Some(p), Some(c)) = (phys.take(), core.take()) {
-                cores.insert((p, c));
-            }
+        if line.trim().is_empty()
+            && let (Some(p), Some(c)) = (phys.take(), core.take())
+        {
+            cores.insert((p, c));
         }
     }
     if let (Some(p), Some(c)) = (phys, core) {
         cores.insert((p, c));
     }
-    if cores.is_empty() { logical } else { cores.len().min(logical) }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,11 @@ const MAX_BYTES: u64 = 64 << 20;
 /// that differs from the published one (the file is deleted).
 pub fn download_all(base_url: &str, dir: &Path, quiet: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let base = if base_url.ends_with('/') { base_url.to_string() } else { format!("{base_url}/") };
+    let base = if base_url.ends_with('/') {
+        base_url.to_string()
+    } else {
+        format!("{base_url}/")
+    };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(600)))
         .timeout_connect(Some(std::time::Duration::from_secs(20)))
@@ -46,31 +50,50 @@ pub fn download_all(base_url: &str, dir: &Path, quiet: bool) -> Result<PathBuf> 
 fn fetch(agent: &ureq::Agent, url: &str, target: &Path, md5: &str, quiet: bool) -> Result<()> {
     let part = PathBuf::from(format!("{}.part", target.display()));
     let result = (|| -> Result<()> {
-        let resp = agent.get(url).call().map_err(|e| anyhow::anyhow!("downloading {url}: {e}"))?;
+        let resp = agent
+            .get(url)
+            .call()
+            .map_err(|e| anyhow::anyhow!("downloading {url}: {e}"))?;
         let total = resp.body().content_length();
-        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr()) };
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
+        };
         bar.set_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        bar.set_message(target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar.set_message(
+            target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         let mut reader = resp.into_body().into_reader().take(MAX_BYTES + 1);
-        let mut file = std::fs::File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
+        let mut file = std::fs::File::create(&part)
+            .with_context(|| format!("cannot create {}", part.display()))?;
         let mut hasher = Md5::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut got: u64 = 0;
         loop {
-            let k = reader.read(&mut buf).map_err(|e| anyhow::anyhow!("downloading {url}: connection lost ({e})"))?;
+            let k = reader
+                .read(&mut buf)
+                .map_err(|e| anyhow::anyhow!("downloading {url}: connection lost ({e})"))?;
             if k == 0 {
                 break;
             }
             got += k as u64;
             if got > MAX_BYTES {
-                bail!("{url}: more than {} MiB; this is not a Fashion-MNIST file", MAX_BYTES >> 20);
+                bail!(
+                    "{url}: more than {} MiB; this is not a Fashion-MNIST file",
+                    MAX_BYTES >> 20
+                );
             }
             hasher.update(&buf[..k]);
-            file.write_all(&buf[..k]).with_context(|| format!("writing {}", part.display()))?;
+            file.write_all(&buf[..k])
+                .with_context(|| format!("writing {}", part.display()))?;
             bar.inc(k as u64);
         }
         bar.finish_and_clear();
@@ -79,7 +102,11 @@ fn fetch(agent: &ureq::Agent, url: &str, target: &Path, md5: &str, quiet: bool) 
         {
             bail!("{url}: the download stopped after {got} of {t} bytes; run the command again");
         }
-        let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if digest != md5 {
             bail!(
                 "{}: MD5 {digest} does not match the published {md5}; the file was removed. \
@@ -90,7 +117,8 @@ fn fetch(agent: &ureq::Agent, url: &str, target: &Path, md5: &str, quiet: bool) 
         }
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&part, target).with_context(|| format!("cannot rename {} to {}", part.display(), target.display()))?;
+        std::fs::rename(&part, target)
+            .with_context(|| format!("cannot rename {} to {}", part.display(), target.display()))?;
         Ok(())
     })();
     if result.is_err() {

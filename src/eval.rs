@@ -45,13 +45,23 @@ pub struct Metrics {
 ///
 /// # Shapes
 /// `logits`, `teacher_logits`: `[n, 10] f32`; `labels`: `[n] i64`.
-pub fn metrics(logits: &Tensor, labels: &Tensor, distill: Option<(&DistillLoss, &Tensor)>) -> Metrics {
+pub fn metrics(
+    logits: &Tensor,
+    labels: &Tensor,
+    distill: Option<(&DistillLoss, &Tensor)>,
+) -> Metrics {
     tch::no_grad(|| {
-        let acc = crate::model::correct(logits, labels).double_value(&[]) / labels.size()[0].max(1) as f64;
+        let acc = crate::model::correct(logits, labels).double_value(&[])
+            / labels.size()[0].max(1) as f64;
         match distill {
             None => {
                 let ce = cross_entropy(logits, labels).double_value(&[]);
-                Metrics { loss: ce, clf_loss: ce, kd_loss: 0.0, acc }
+                Metrics {
+                    loss: ce,
+                    clf_loss: ce,
+                    kd_loss: 0.0,
+                    acc,
+                }
             }
             Some((loss, teacher)) => {
                 let p = loss.compute(logits, teacher, labels);
@@ -92,7 +102,11 @@ pub const ECE_BINS: usize = 15;
 ///
 /// # Shapes
 /// `logits`, `teacher_logits`: `[n, 10] f32`; `labels`: `[n] i64`.
-pub fn report(logits: &Tensor, labels: &Tensor, teacher_logits: Option<&Tensor>) -> anyhow::Result<Report> {
+pub fn report(
+    logits: &Tensor,
+    labels: &Tensor,
+    teacher_logits: Option<&Tensor>,
+) -> anyhow::Result<Report> {
     tch::no_grad(|| {
         let n = labels.size()[0];
         let m = metrics(logits, labels, None);
@@ -109,20 +123,40 @@ pub fn report(logits: &Tensor, labels: &Tensor, teacher_logits: Option<&Tensor>)
         let per_class = (0..k)
             .map(|c| {
                 let total: u64 = confusion[c].iter().sum();
-                let acc = if total == 0 { 0.0 } else { confusion[c][c] as f64 / total as f64 };
+                let acc = if total == 0 {
+                    0.0
+                } else {
+                    confusion[c][c] as f64 / total as f64
+                };
                 (CLASS_NAMES[c].to_string(), acc, total as i64)
             })
             .collect();
         let ece = expected_calibration_error(&conf, &pred, &truth, ECE_BINS);
         let (teacher_agreement, teacher_kl) = match teacher_logits {
             Some(t) => {
-                let agree = crate::model::predictions(logits).eq_tensor(&crate::model::predictions(t));
-                let agree = agree.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-                (Some(agree), Some(kl_divergence(t, logits, 1.0).double_value(&[])))
+                let agree =
+                    crate::model::predictions(logits).eq_tensor(&crate::model::predictions(t));
+                let agree = agree
+                    .to_kind(Kind::Float)
+                    .mean(Kind::Float)
+                    .double_value(&[]);
+                (
+                    Some(agree),
+                    Some(kl_divergence(t, logits, 1.0).double_value(&[])),
+                )
             }
             None => (None, None),
         };
-        Ok(Report { examples: n, loss: m.loss, acc: m.acc, per_class, confusion, ece, teacher_agreement, teacher_kl })
+        Ok(Report {
+            examples: n,
+            loss: m.loss,
+            acc: m.acc,
+            per_class,
+            confusion,
+            ece,
+            teacher_agreement,
+            teacher_kl,
+        })
     })
 }
 
@@ -180,7 +214,9 @@ mod tests {
 
     #[test]
     fn report_counts_and_agreement() {
-        let logits = Tensor::from_slice(&[5.0f32, 0., 0., 0., 0., 0., 0., 0., 0., 0.]).view([1, 10]).repeat([3, 1]);
+        let logits = Tensor::from_slice(&[5.0f32, 0., 0., 0., 0., 0., 0., 0., 0., 0.])
+            .view([1, 10])
+            .repeat([3, 1]);
         let labels = Tensor::from_slice(&[0i64, 0, 3]);
         let r = report(&logits, &labels, Some(&logits)).unwrap();
         assert_eq!(r.confusion[0][0], 2);

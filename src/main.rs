@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     kdtrain::mark_start();
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("kdtrain: internal error: {info}; please report it with the command line you used");
+        eprintln!(
+            "kdtrain: internal error: {info}; please report it with the command line you used"
+        );
     }));
     let cli = match kdtrain::cli::Cli::try_parse() {
         Ok(c) => c,
@@ -24,7 +26,9 @@ fn main() -> ExitCode {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\nkdtrain: interrupt received; stopping at the next step (Ctrl-C again to quit now)");
+        eprintln!(
+            "\nkdtrain: interrupt received; stopping at the next step (Ctrl-C again to quit now)"
+        );
     });
     match kdtrain::app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,7 +81,14 @@ impl Mlp {
                 let (fan_in, fan_out) = (w[0], w[1]);
                 let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
                 let p = &root / format!("fc{}", i + 1);
-                let weight = p.var("weight", &[fan_out, fan_in], nn::Init::Uniform { lo: -limit, up: limit });
+                let weight = p.var(
+                    "weight",
+                    &[fan_out, fan_in],
+                    nn::Init::Uniform {
+                        lo: -limit,
+                        up: limit,
+                    },
+                );
                 let bias = p.var("bias", &[fan_out], nn::Init::Const(0.0));
                 (weight, bias)
             })
@@ -117,12 +124,20 @@ impl Mlp {
 
     /// The parameters as tensors, in the order of [`Mlp::named_parameters`].
     pub fn parameters(&self) -> Vec<Tensor> {
-        self.named_parameters().into_iter().map(|(_, t)| t).collect()
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
     }
 
     /// A detached copy of every parameter (for early stopping's best weights).
     pub fn snapshot(&self) -> Vec<Tensor> {
-        tch::no_grad(|| self.parameters().iter().map(|t| t.detach().copy()).collect())
+        tch::no_grad(|| {
+            self.parameters()
+                .iter()
+                .map(|t| t.detach().copy())
+                .collect()
+        })
     }
 
     /// Copies `values` (same order and shapes as [`Mlp::parameters`]) into the parameters.
@@ -173,7 +188,11 @@ mod tests {
     #[test]
     fn stable_names_and_shapes() {
         let s = Mlp::new(Arch::Student, Device::Cpu);
-        let names: Vec<_> = s.named_parameters().into_iter().map(|(n, t)| (n, t.size())).collect();
+        let names: Vec<_> = s
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
         assert_eq!(
             names,
             vec![

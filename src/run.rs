@@ -100,6 +100,9 @@ pub struct Run {
     _lock: RunLock,
 }
 
+/// A metrics column: its CSV name and how to read it from a record.
+type Column = (&'static str, fn(&EpochRecord) -> f64);
+
 /// Names of the files in a run folder.
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const LAST_FILE: &str = "last.safetensors";
@@ -116,10 +119,19 @@ impl Run {
     ///
     /// # Errors
     /// Usage errors for each of the above, naming the folder.
-    pub fn open(config: &Config, kind: RunKind, name: Option<&str>, resume: bool, quiet: bool) -> Result<Run> {
+    pub fn open(
+        config: &Config,
+        kind: RunKind,
+        name: Option<&str>,
+        resume: bool,
+        quiet: bool,
+    ) -> Result<Run> {
         let out = PathBuf::from(&config.runtime.out_dir);
         if let Err(e) = std::fs::create_dir_all(&out) {
-            return usage(format!("--out-dir {}: cannot create it ({e}); choose a writable folder", out.display()));
+            return usage(format!(
+                "--out-dir {}: cannot create it ({e}); choose a writable folder",
+                out.display()
+            ));
         }
         let dir = match (name, resume) {
             (Some(n), _) => {
@@ -142,7 +154,10 @@ impl Run {
             }
         };
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            return usage(format!("cannot create run folder {} ({e}); choose a writable --out-dir", dir.display()));
+            return usage(format!(
+                "cannot create run folder {} ({e}); choose a writable --out-dir",
+                dir.display()
+            ));
         }
         let lock = RunLock::acquire(&dir).map_err(|e| {
             if e.downcast_ref::<UsageError>().is_some() {
@@ -182,7 +197,10 @@ impl Run {
             "libtorch": crate::LIBTORCH_VERSION,
             "device": config.runtime.device,
         });
-        write_atomic(&dir.join("meta.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        write_atomic(
+            &dir.join("meta.json"),
+            serde_json::to_string_pretty(&meta)?.as_bytes(),
+        )?;
         Ok(Run {
             dir,
             kind,
@@ -198,7 +216,10 @@ impl Run {
 
     /// The run folder's name.
     pub fn name(&self) -> String {
-        self.dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        self.dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// Prints a line to stderr unless quiet.
@@ -209,22 +230,40 @@ impl Run {
     }
 
     /// For a resumed run: loads the last completed epoch into `model` and `opt`.
-    pub fn resume_state(&self, model: &Mlp, opt: &mut Adam, names: &[String]) -> Result<Option<Resumed>> {
+    pub fn resume_state(
+        &self,
+        model: &Mlp,
+        opt: &mut Adam,
+        names: &[String],
+    ) -> Result<Option<Resumed>> {
         if !self.resuming {
             return Ok(None);
         }
         let state_path = self.dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
-        let state: TrainState = serde_json::from_str(&text)
-            .with_context(|| format!("{} is corrupt; start a new run without --resume", state_path.display()))?;
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("cannot read {}", state_path.display()))?;
+        let state: TrainState = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is corrupt; start a new run without --resume",
+                state_path.display()
+            )
+        })?;
         if state.finished {
-            return usage(format!("--resume: the run in {} already finished; nothing to resume", self.dir.display()));
+            return usage(format!(
+                "--resume: the run in {} already finished; nothing to resume",
+                self.dir.display()
+            ));
         }
         let last = Checkpoint::read(&self.dir.join(LAST_FILE))?;
         last.load_into(model)?;
-        opt.load_state(names, |k| last.tensors.get(k).map(|t| t.to_device(model.device())), state.step)
-            .with_context(|| format!("{}", last.path.display()))?;
-        let best = Checkpoint::read(&self.dir.join(MODEL_FILE))?.model(model.arch, model.device())?;
+        opt.load_state(
+            names,
+            |k| last.tensors.get(k).map(|t| t.to_device(model.device())),
+            state.step,
+        )
+        .with_context(|| format!("{}", last.path.display()))?;
+        let best =
+            Checkpoint::read(&self.dir.join(MODEL_FILE))?.model(model.arch, model.device())?;
         self.say(&format!(
             "resuming {} after epoch {} (step {}, best epoch {}, {} epoch(s) without improvement)",
             self.dir.display(),
@@ -233,7 +272,10 @@ impl Run {
             state.best_epoch,
             state.bad_epochs
         ));
-        Ok(Some(Resumed { state, best_weights: best.snapshot() }))
+        Ok(Some(Resumed {
+            state,
+            best_weights: best.snapshot(),
+        }))
     }
 
     /// Writes an epoch's results: the best checkpoint if it improved, the resume
@@ -254,9 +296,15 @@ impl Run {
         }
         let mut tensors = model.named_parameters();
         tensors.extend(opt.state(names));
-        write_atomic(&self.dir.join(LAST_FILE), &checkpoint::to_safetensors(&tensors, meta)?)?;
+        write_atomic(
+            &self.dir.join(LAST_FILE),
+            &checkpoint::to_safetensors(&tensors, meta)?,
+        )?;
         // state.json last: it names an epoch only once that epoch's tensors are on disk.
-        write_atomic(&self.dir.join(STATE_FILE), serde_json::to_string(state)?.as_bytes())?;
+        write_atomic(
+            &self.dir.join(STATE_FILE),
+            serde_json::to_string(state)?.as_bytes(),
+        )?;
         self.write_csv(&state.history)?;
         self.log_tensorboard(model, rec)?;
         if !self.quiet {
@@ -286,8 +334,8 @@ impl Run {
 
     /// The CSV columns (besides `epoch`) and how to read each from a record; the same
     /// names, with `/` for `_`, are the TensorBoard tags.
-    fn columns(&self) -> Vec<(&'static str, fn(&EpochRecord) -> f64)> {
-        let mut cols: Vec<(&'static str, fn(&EpochRecord) -> f64)> = vec![
+    fn columns(&self) -> Vec<Column> {
+        let mut cols: Vec<Column> = vec![
             ("train_loss", |r| r.train.loss),
             ("train_acc", |r| r.train.acc),
             ("val_loss", |r| r.val.loss),
@@ -295,13 +343,19 @@ impl Run {
         ];
         if self.kind == RunKind::Distilled {
             cols.extend([
-                ("train_clf_loss", (|r| r.train.clf_loss) as fn(&EpochRecord) -> f64),
+                (
+                    "train_clf_loss",
+                    (|r| r.train.clf_loss) as fn(&EpochRecord) -> f64,
+                ),
                 ("train_kd_loss", |r| r.train.kd_loss),
                 ("val_clf_loss", |r| r.val.clf_loss),
                 ("val_kd_loss", |r| r.val.kd_loss),
             ]);
         }
-        cols.extend([("lr", (|r| r.lr) as fn(&EpochRecord) -> f64), ("time_epoch_seconds", |r| r.seconds)]);
+        cols.extend([
+            ("lr", (|r| r.lr) as fn(&EpochRecord) -> f64),
+            ("time_epoch_seconds", |r| r.seconds),
+        ]);
         cols
     }
 
@@ -337,7 +391,8 @@ impl Run {
         }
         if histograms {
             for (name, t) in model.named_parameters() {
-                let values: Vec<f32> = Vec::try_from(t.detach().to_device(tch::Device::Cpu).flatten(0, -1))?;
+                let values: Vec<f32> =
+                    Vec::try_from(t.detach().to_device(tch::Device::Cpu).flatten(0, -1))?;
                 ev.add_histogram(&name.replace('.', "/"), &values, step)?;
             }
         }
@@ -395,7 +450,11 @@ fn check_same_training(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
             "--resume: the config saved in {}/config.toml disagrees with this command ({}); \
              rerun with the same settings, or start a new run",
             dir.display(),
-            if diff.is_empty() { "sections differ".to_string() } else { diff.join("; ") }
+            if diff.is_empty() {
+                "sections differ".to_string()
+            } else {
+                diff.join("; ")
+            }
         ));
     }
     Ok(())
@@ -407,7 +466,10 @@ fn newest_unfinished(out: &Path, kind: RunKind) -> Result<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(out)
         .with_context(|| format!("cannot list {}", out.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
         .filter(|p| {
             std::fs::read_to_string(p.join(STATE_FILE))
                 .ok()
@@ -432,7 +494,10 @@ pub fn newest_model(out: &Path, kind: RunKind) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(out)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
         .map(|p| p.join(MODEL_FILE))
         .filter(|p| p.is_file())
         .collect();
@@ -456,9 +521,11 @@ impl Progress {
         }
         let bar = ProgressBar::with_draw_target(Some(steps), target);
         bar.set_style(
-            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps {elapsed}<{eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} steps {elapsed}<{eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{epoch}/{epochs}"));
         Progress { bar: Some(bar) }
@@ -469,7 +536,7 @@ impl Progress {
     pub fn step(&mut self, pos: u64, metrics: impl FnOnce() -> Metrics) {
         if let Some(bar) = &self.bar {
             bar.set_position(pos);
-            if pos % REFRESH_STEPS == 0 {
+            if pos.is_multiple_of(REFRESH_STEPS) {
                 let m = metrics();
                 bar.set_message(format!("loss {:.4} acc {:.4}", m.loss, m.acc));
             }

@@ -35,16 +35,34 @@ mod tests {
     #[test]
     fn matches_keras_check_values() {
         // tf.keras.optimizers.schedules.CosineDecay(1e-3, 2000, alpha=0.1)(step)
-        let s = CosineDecay { initial_lr: 1e-3, decay_steps: 2000, alpha: 0.1 };
-        let expected = [(0, 1e-3), (500, 8.68198052e-4), (1000, 5.5e-4), (2000, 1e-4), (5000, 1e-4)];
+        let s = CosineDecay {
+            initial_lr: 1e-3,
+            decay_steps: 2000,
+            alpha: 0.1,
+        };
+        let expected = [
+            (0, 1e-3),
+            (500, 8.68198052e-4),
+            (1000, 5.5e-4),
+            (2000, 1e-4),
+            (5000, 1e-4),
+        ];
         for (step, lr) in expected {
-            assert!((s.lr(step) - lr).abs() < 1e-11, "step {step}: {} vs {lr}", s.lr(step));
+            assert!(
+                (s.lr(step) - lr).abs() < 1e-11,
+                "step {step}: {} vs {lr}",
+                s.lr(step)
+            );
         }
     }
 
     #[test]
     fn is_monotone_non_increasing() {
-        let s = CosineDecay { initial_lr: 1e-3, decay_steps: 100, alpha: 0.01 };
+        let s = CosineDecay {
+            initial_lr: 1e-3,
+            decay_steps: 100,
+            alpha: 0.01,
+        };
         for step in 0..200 {
             assert!(s.lr(step + 1) <= s.lr(step));
         }

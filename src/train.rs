@@ -43,7 +43,11 @@ pub enum Objective {
     Supervised,
     /// Hinton et al.'s loss against a frozen teacher (in its own VarStore, eval mode;
     /// every forward pass under `no_grad`).
-    Distill { teacher: Mlp, loss: DistillLoss, cache: bool },
+    Distill {
+        teacher: Mlp,
+        loss: DistillLoss,
+        cache: bool,
+    },
 }
 
 /// Loop settings, resolved from the config.
@@ -90,12 +94,22 @@ fn teacher_logits(teacher: &Mlp, images: &Tensor) -> Tensor {
 /// # Errors
 /// A non-finite loss (naming the epoch and step; the best checkpoint so far stays on
 /// disk), [`Interrupted`] on Ctrl-C, or an I/O error from the run folder.
-pub fn fit(run: &mut Run, model: &Mlp, objective: &Objective, data: &Dataset, cfg: &LoopConfig) -> Result<FitResult> {
+pub fn fit(
+    run: &mut Run,
+    model: &Mlp,
+    objective: &Objective,
+    data: &Dataset,
+    cfg: &LoopConfig,
+) -> Result<FitResult> {
     let device = model.device();
     let n = data.train.len();
     let bs = cfg.batch_size;
     let steps_per_epoch = (n + bs - 1) / bs;
-    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let mut opt = Adam::new(model.parameters(), cfg.adam, cfg.threads);
 
     // Resume: weights, optimizer moments and step, epoch, best metric and patience
@@ -187,7 +201,15 @@ pub fn fit(run: &mut Run, model: &Mlp, objective: &Objective, data: &Dataset, cf
             tch::no_grad(|| {
                 let kd = kd.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
                 let correct = crate::model::correct(&logits, &y).to_kind(Kind::Float);
-                let row = Tensor::stack(&[loss.detach(), clf.detach(), kd.detach(), correct / len as f64], 0);
+                let row = Tensor::stack(
+                    &[
+                        loss.detach(),
+                        clf.detach(),
+                        kd.detach(),
+                        correct / len as f64,
+                    ],
+                    0,
+                );
                 let _ = acc.shallow_clone().g_add_(&(row * len as f64));
             });
             progress.step(step as u64 + 1, || read_means(&acc, (start + len) as f64));
@@ -197,10 +219,19 @@ pub fn fit(run: &mut Run, model: &Mlp, objective: &Objective, data: &Dataset, cf
         progress.finish();
 
         let train = read_means(&acc, n as f64);
-        let train = if matches!(objective, Objective::Supervised) { Metrics { kd_loss: 0.0, ..train } } else { train };
+        let train = if matches!(objective, Objective::Supervised) {
+            Metrics {
+                kd_loss: 0.0,
+                ..train
+            }
+        } else {
+            train
+        };
         let val_logits = eval::logits(model, &data.val.images);
         let val = match (objective, &val_teacher) {
-            (Objective::Distill { loss, .. }, Some(t)) => eval::metrics(&val_logits, &data.val.labels, Some((loss, t))),
+            (Objective::Distill { loss, .. }, Some(t)) => {
+                eval::metrics(&val_logits, &data.val.labels, Some((loss, t)))
+            }
             _ => eval::metrics(&val_logits, &data.val.labels, None),
         };
         let lr = cfg.schedule.lr(opt.step.saturating_sub(1));
@@ -215,7 +246,13 @@ pub fn fit(run: &mut Run, model: &Mlp, objective: &Objective, data: &Dataset, cf
         }
         state.epoch = epoch;
         state.step = opt.step;
-        let record = EpochRecord { epoch, lr, seconds, train, val };
+        let record = EpochRecord {
+            epoch,
+            lr,
+            seconds,
+            train,
+            val,
+        };
         state.history.push(record.clone());
         run.end_epoch(model, &opt, &names, &state, &record, improved)?;
         if let Some(p) = cfg.patience
@@ -241,9 +278,15 @@ pub fn fit(run: &mut Run, model: &Mlp, objective: &Objective, data: &Dataset, cf
 
 /// Means from the accumulator `[sum_loss, clf, kd, correct]` over `count` examples.
 fn read_means(acc: &Tensor, count: f64) -> Metrics {
-    let v: Vec<f32> = Vec::try_from(acc.to_device(Device::Cpu)).unwrap_or_else(|_| vec![f32::NAN; 4]);
+    let v: Vec<f32> =
+        Vec::try_from(acc.to_device(Device::Cpu)).unwrap_or_else(|_| vec![f32::NAN; 4]);
     let m = |i: usize| v[i] as f64 / count.max(1.0);
-    Metrics { loss: m(0), clf_loss: m(1), kd_loss: m(2), acc: m(3) }
+    Metrics {
+        loss: m(0),
+        clf_loss: m(1),
+        kd_loss: m(2),
+        acc: m(3),
+    }
 }
 
 #[cfg(test)]
