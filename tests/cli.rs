@@ -1,0 +1,269 @@
+//! End-to-end runs of the real binary on a small synthetic IDX data set: train teacher,
+//! train student, distill, evaluate and reproduce, with their artifacts. One test runs a
+//! teacher epoch on the real Fashion-MNIST.
+
+mod common;
+
+use common::*;
+use kdtrain::checkpoint::Checkpoint;
+use kdtrain::model::Arch;
+
+fn sandbox() -> Sandbox {
+    let s = Sandbox::new();
+    s.write_data(1200, 300);
+    s.write_config("[logging]\nhistograms = true\n");
+    s
+}
+
+#[test]
+fn train_teacher_then_student_then_distill_then_evaluate() {
+    let s = sandbox();
+    let o = s.kd(&["train", "teacher", "--epochs", "3"]);
+    assert_ok(&o);
+    let teacher = run_dir(&s.runs(), "teacher-");
+    for f in [
+        "model.safetensors",
+        "last.safetensors",
+        "state.json",
+        "config.toml",
+        "meta.json",
+        "metrics.csv",
+        "summary.json",
+        "curves.png",
+    ] {
+        assert!(
+            teacher.join(f).is_file(),
+            "{f} missing in {}",
+            teacher.display()
+        );
+    }
+    assert!(std::fs::read_dir(&teacher).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("events.out.tfevents.")
+    }));
+    // The loss falls.
+    let (header, rows) = read_csv(&teacher.join("metrics.csv"));
+    let col = header.iter().position(|h| h == "train_loss").unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows[2][col] < rows[0][col],
+        "train loss did not fall: {rows:?}"
+    );
+    let ckpt = Checkpoint::read(&teacher.join("model.safetensors")).unwrap();
+    assert_eq!(ckpt.arch(), Some(Arch::Teacher));
+    assert_eq!(ckpt.tensors["fc1.weight"].size(), vec![512, 784]);
+    assert!(stdout(&o).contains("teacher: train loss"), "{}", stdout(&o));
+
+    assert_ok(&s.kd(&["train", "student", "--epochs", "2"]));
+    let student = run_dir(&s.runs(), "student-");
+    assert_eq!(
+        Checkpoint::read(&student.join("model.safetensors"))
+            .unwrap()
+            .arch(),
+        Some(Arch::Student)
+    );
+
+    // distill finds the newest teacher by itself.
+    let o = s.kd(&["distill", "--t", "4", "--alpha", "0.5", "--epochs", "2"]);
+    assert_ok(&o);
+    let distilled = run_dir(&s.runs(), "distilled-");
+    let (header, rows) = read_csv(&distilled.join("metrics.csv"));
+    for h in [
+        "train_loss",
+        "train_clf_loss",
+        "train_kd_loss",
+        "train_acc",
+        "val_loss",
+        "val_clf_loss",
+        "val_kd_loss",
+        "val_acc",
+        "lr",
+    ] {
+        assert!(header.iter().any(|x| x == h), "{h} missing in {header:?}");
+    }
+    let kd = header.iter().position(|h| h == "train_kd_loss").unwrap();
+    assert!(rows.iter().all(|r| r[kd] > 0.0));
+    let cfg = std::fs::read_to_string(distilled.join("config.toml")).unwrap();
+    assert!(
+        cfg.contains("temperature = 4.0") && cfg.contains("alpha = 0.5"),
+        "{cfg}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(distilled.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["model"], "distilled");
+    assert!(summary["test_acc"].as_f64().unwrap() > 0.5, "{summary}");
+
+    // evaluate, human and JSON, with the teacher.
+    let model = distilled.join("model.safetensors");
+    let teacher_ckpt = teacher.join("model.safetensors");
+    let o = s.kd(&[
+        "evaluate",
+        model.to_str().unwrap(),
+        "--teacher",
+        teacher_ckpt.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    for needle in [
+        "train: loss",
+        "test: loss",
+        "ECE",
+        "teacher agreement",
+        "Ankle boot",
+        "confusion matrix",
+    ] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+    let o = s.kd(&["evaluate", model.to_str().unwrap(), "--json"]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["test"]["confusion"].as_array().unwrap().len(), 10);
+    assert_eq!(v["test"]["examples"], 300);
+    let png = std::fs::read(distilled.join("confusion.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn reproduce_writes_the_table_and_the_comparison() {
+    let s = sandbox();
+    let o = s.kd(&["reproduce", "--epochs", "2", "--quiet"]);
+    assert_ok(&o);
+    let root = run_dir(&s.runs(), "reproduce-");
+    let table = std::fs::read_to_string(root.join("results.md")).unwrap();
+    for needle in [
+        "| teacher |",
+        "| student |",
+        "distilled student (T=2, alpha=0.9)",
+        "567434",
+        "101770",
+        "ECE",
+    ] {
+        assert!(table.contains(needle), "{needle} missing:\n{table}");
+    }
+    assert!(stdout(&o).contains("| model |"));
+    for sub in ["teacher", "student", "distilled"] {
+        assert!(root.join(sub).join("model.safetensors").is_file());
+    }
+    assert_eq!(
+        &std::fs::read(root.join("comparison.png")).unwrap()[..4],
+        b"\x89PNG"
+    );
+    // --quiet: no per-epoch lines.
+    assert!(!stderr(&o).contains("epoch   1/2"), "{}", stderr(&o));
+}
+
+#[test]
+fn same_seed_same_result() {
+    let s = sandbox();
+    for name in ["a", "b"] {
+        assert_ok(&s.kd(&[
+            "train",
+            "student",
+            "--epochs",
+            "2",
+            "--seed",
+            "7",
+            "--run-name",
+            name,
+            "--quiet",
+        ]));
+    }
+    let a = Checkpoint::read(&s.runs().join("a/model.safetensors")).unwrap();
+    let b = Checkpoint::read(&s.runs().join("b/model.safetensors")).unwrap();
+    for (name, t) in &a.tensors {
+        assert!(
+            t.equal(&b.tensors[name]),
+            "{name} differs between two runs with seed 7"
+        );
+    }
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let s = sandbox();
+    let p = s.path().join("test.toml");
+    std::fs::write(
+        &p,
+        "[train]\nepochs = 1\n[data]\nvalidation_size = 100\nbatch_size = 100\n",
+    )
+    .unwrap();
+    assert_ok(&s.kd(&[
+        "train",
+        "student",
+        "--batch-size",
+        "64",
+        "--run-name",
+        "x",
+        "--quiet",
+    ]));
+    let cfg = std::fs::read_to_string(s.runs().join("x/config.toml")).unwrap();
+    assert!(
+        cfg.contains("batch_size = 64") && cfg.contains("epochs = 1"),
+        "{cfg}"
+    );
+    let (_, rows) = read_csv(&s.runs().join("x/metrics.csv"));
+    assert_eq!(rows.len(), 1);
+}
+
+#[test]
+fn early_stopping_restores_the_best_epoch() {
+    let s = sandbox();
+    // A constant, high LR (alpha = 1) and patience 1 on a task the model fits at once:
+    // the validation loss soon stops improving, and the saved model is the best epoch's.
+    let p = s.path().join("test.toml");
+    std::fs::write(&p, "[data]\nvalidation_size = 100\n[early_stopping]\npatience = 1\n[lr_schedule]\ninitial_lr = 0.02\nalpha = 1.0\n").unwrap();
+    let o = s.kd(&["train", "student", "--epochs", "30", "--run-name", "es"]);
+    assert_ok(&o);
+    let dir = s.runs().join("es");
+    let (header, rows) = read_csv(&dir.join("metrics.csv"));
+    let v = header.iter().position(|h| h == "val_loss").unwrap();
+    let best = rows
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1[v].total_cmp(&b.1[v]))
+        .unwrap()
+        .0
+        + 1;
+    assert!(rows.len() < 30, "never stopped early");
+    assert_eq!(
+        rows.len(),
+        best + 1,
+        "stopped {} epochs after the best ({best})",
+        rows.len() - best
+    );
+    let ckpt = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
+    assert_eq!(ckpt.metadata["kdtrain.epoch"], best.to_string());
+    assert!(stderr(&o).contains("early stopping"));
+}
+
+/// One epoch of the teacher on the real Fashion-MNIST reaches test accuracy >= 0.80.
+/// Needs the data (Debian's dataset-fashion-mnist, or FASHION_MNIST_DIR); .ci/run
+/// installs it. Without it the test fails rather than passing silently.
+#[test]
+fn real_data_one_teacher_epoch() {
+    let s = Sandbox::new();
+    let dir = std::env::var("FASHION_MNIST_DIR")
+        .unwrap_or_else(|_| kdtrain::data::DEBIAN_DIR.to_string());
+    let o = s.raw(&[
+        "train",
+        "teacher",
+        "--epochs",
+        "1",
+        "--data-dir",
+        &dir,
+        "--out-dir",
+        s.runs().to_str().unwrap(),
+        "--run-name",
+        "real",
+        "--quiet",
+    ]);
+    assert_ok(&o);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.runs().join("real/summary.json")).unwrap())
+            .unwrap();
+    let acc = summary["test_acc"].as_f64().unwrap();
+    assert!(acc >= 0.80, "test accuracy after one teacher epoch: {acc}");
+    assert_eq!(summary["params"], 567434);
+}
