@@ -6,7 +6,7 @@
 # Environment:
 #   KDTRAIN_CACHE   where the shared virtual environment lives
 #                   (default: ${XDG_CACHE_HOME:-$HOME/.cache}/kdtrain)
-#   LIBTORCH        if set, your own libtorch is used and nothing is installed for it
+#   LIBTORCH        if set, cargo builds against your own libtorch instead
 #   PYTHON          the python used to create the environment (default: python3)
 set -euo pipefail
 
@@ -35,21 +35,26 @@ else
   say "Fashion-MNIST found in /usr/share/datasets/fashion-mnist"
 fi
 
-# 2. libtorch.
+# 2. libtorch: PyTorch from PyPI in a virtual environment shared by all clones. The
+#    same environment holds the Python tools the tests and the benchmark use, so it is
+#    made even when your own LIBTORCH is set (then only cargo's pointer differs).
+packages="torch==$TORCH_VERSION numpy safetensors tensorboard"
+marker="$venv/.complete-$(printf '%s' "$packages" | md5sum | cut -c1-8)"
+if [ ! -f "$marker" ]; then
+  say "installing $packages into $venv (about 4.7 GB, once per machine)"
+  mkdir -p "$cache"
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  # shellcheck disable=SC2086
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check $packages
+  touch "$marker"
+else
+  say "torch $TORCH_VERSION and the test tools already in $venv"
+fi
 if [ -n "${LIBTORCH:-}" ]; then
-  say "LIBTORCH is set ($LIBTORCH): using it, installing nothing"
+  say "LIBTORCH is set: building against $LIBTORCH"
   libtorch=$LIBTORCH
 else
-  if [ ! -f "$venv/.complete" ]; then
-    say "installing torch==$TORCH_VERSION into $venv (about 4.7 GB, once per machine)"
-    mkdir -p "$cache"
-    [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy safetensors
-    touch "$venv/.complete"
-  else
-    say "torch $TORCH_VERSION already in $venv"
-  fi
-  libtorch=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+  libtorch=$("$venv/bin/python" -W ignore -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 fi
 
 # 3. Point cargo at it. Cargo's [env] never overrides a variable already set, so a
@@ -59,7 +64,7 @@ cat > "$repo/.cargo/config.toml" <<TOML
 # Written by scripts/setup.sh; not tracked by git. A LIBTORCH in your environment wins.
 [env]
 LIBTORCH = "$libtorch"
-# scripts/bench.sh runs the PyTorch reference with this interpreter.
+# The tests (TensorBoard's reader) and scripts/bench.sh (the PyTorch reference) use this python.
 KDTRAIN_PYTHON = "$venv/bin/python"
 TOML
 say "wrote .cargo/config.toml (LIBTORCH=$libtorch)"
