@@ -202,6 +202,10 @@ impl Env<'_> {
             .into(),
             None => e,
         })?;
+        // Shapes first: that message names the tensor and both shapes.
+        let mut teacher = ckpt
+            .model(Arch::Teacher, self.device)
+            .map_err(|e| UsageError(format!("{e:#}")))?;
         if let Some(a) = ckpt.metadata.get(crate::checkpoint::META_ARCH)
             && a != "teacher"
         {
@@ -210,9 +214,6 @@ impl Env<'_> {
                 path.display()
             ));
         }
-        let mut teacher = ckpt
-            .model(Arch::Teacher, self.device)
-            .map_err(|e| UsageError(format!("{e:#}")))?;
         teacher.freeze();
         if !self.cli.common.quiet {
             eprintln!("teacher: {}", path.display());
