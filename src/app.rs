@@ -336,7 +336,10 @@ impl Env<'_> {
             let h = &history;
             let col =
                 |f: fn(&crate::run::EpochRecord) -> f64| h.iter().map(f).collect::<Vec<f64>>();
-            let title = format!("{} ({})", kind.name(), run.name());
+            let title = match run.name() {
+                n if n == kind.name() => n,
+                n => format!("{} ({n})", kind.name()),
+            };
             crate::plot::curves_png(
                 &run.dir.join("curves.png"),
                 &crate::plot::Curves {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::data::{CLASS_NAMES, CLASSES, Examples};
-use crate::loss::{DistillLoss, cross_entropy, kl_divergence};
+use crate::loss::{DistillLoss, SoftTargets, cross_entropy, kl_divergence};
 use crate::model::Mlp;
 
 /// Examples per forward pass when evaluating (no activations are kept, so large is cheap).
@@ -41,14 +41,14 @@ pub struct Metrics {
 }
 
 /// Metrics of precomputed logits: cross-entropy and accuracy, plus the distillation
-/// terms when `distill` holds the loss and the teacher's logits for the same rows.
+/// terms when `distill` holds the loss and the teacher's soft targets for the same rows.
 ///
 /// # Shapes
-/// `logits`, `teacher_logits`: `[n, 10] f32`; `labels`: `[n] i64`.
+/// `logits`: `[n, 10] f32`; `labels`: `[n] i64`.
 pub fn metrics(
     logits: &Tensor,
     labels: &Tensor,
-    distill: Option<(&DistillLoss, &Tensor)>,
+    distill: Option<(&DistillLoss, &SoftTargets)>,
 ) -> Metrics {
     tch::no_grad(|| {
         let acc = crate::model::correct(logits, labels).double_value(&[])
@@ -64,7 +64,7 @@ pub fn metrics(
                 }
             }
             Some((loss, teacher)) => {
-                let p = loss.compute(logits, teacher, labels);
+                let p = loss.compute_soft(logits, teacher, labels);
                 Metrics {
                     loss: p.sum.double_value(&[]),
                     clf_loss: p.clf.double_value(&[]),

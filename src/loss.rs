@@ -1,7 +1,7 @@
 //! The training objectives: cross-entropy on hard labels, and the distillation loss of
 //! Hinton, Vinyals and Dean (2015), "Distilling the Knowledge in a Neural Network".
 
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
 /// Mean cross-entropy of `logits` against `labels`.
 ///
@@ -12,18 +12,58 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.log_softmax(-1, Kind::Float).nll_loss(labels)
 }
 
+/// The teacher's soft targets at temperature T, precomputed once per example: what the
+/// KL term needs of the teacher, so that a cached teacher costs nothing per step.
+///
+/// KL(p || q) = sum_c p_c log p_c - sum_c p_c log q_c; the first sum depends on the
+/// teacher alone and is stored per example.
+pub struct SoftTargets {
+    /// p = softmax(t / T): `[n, classes] f32`.
+    pub probs: Tensor,
+    /// sum_c p_c log p_c (minus the entropy): `[n] f32`, computed from log-softmax, so a
+    /// probability that underflows to 0 contributes 0, never `0 * log 0 = NaN`.
+    pub neg_entropy: Tensor,
+}
+
+impl SoftTargets {
+    /// Soft targets of `teacher_logits` (`[n, classes] f32`) at `temperature`, detached.
+    pub fn new(teacher_logits: &Tensor, temperature: f64) -> SoftTargets {
+        tch::no_grad(|| {
+            let log_p = (teacher_logits / temperature).log_softmax(-1, Kind::Float); // [n, classes]
+            let probs = log_p.exp();
+            let neg_entropy = (&probs * &log_p).sum_dim_intlist(-1, false, Kind::Float); // [n]
+            SoftTargets { probs, neg_entropy }
+        })
+    }
+
+    /// The rows at `index` (`[k] i64`).
+    pub fn select(&self, index: &Tensor) -> SoftTargets {
+        SoftTargets {
+            probs: self.probs.index_select(0, index),
+            neg_entropy: self.neg_entropy.index_select(0, index),
+        }
+    }
+
+    /// KL(p || softmax(z/T)) summed over classes, averaged over the batch ("batchmean").
+    ///
+    /// # Shapes
+    /// `student_logits` z: `[batch, classes] f32` (the same rows as `self`); returns a
+    /// scalar f32.
+    pub fn kl(&self, student_logits: &Tensor, temperature: f64) -> Tensor {
+        let log_q = (student_logits / temperature).log_softmax(-1, Kind::Float); // [batch, classes]
+        let batch = student_logits.size()[0].max(1) as f64;
+        (self.neg_entropy.sum(Kind::Float) - (&self.probs * log_q).sum(Kind::Float)) / batch
+    }
+}
+
 /// KL(softmax(t/T) || softmax(z/T)), summed over classes and averaged over the batch
-/// (PyTorch's `reduction="batchmean"`), computed from log-softmax so that a teacher
-/// probability of 0 gives a finite 0 contribution instead of `0 * log 0`.
+/// (PyTorch's `F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")`), computed
+/// from log-softmax so that a teacher probability of 0 gives a finite 0 contribution.
 ///
 /// # Shapes
 /// `teacher_logits` (t), `student_logits` (z): `[batch, classes] f32`; returns a scalar f32.
 pub fn kl_divergence(teacher_logits: &Tensor, student_logits: &Tensor, temperature: f64) -> Tensor {
-    let log_p = (teacher_logits / temperature).log_softmax(-1, Kind::Float); // [batch, classes]
-    let log_q = (student_logits / temperature).log_softmax(-1, Kind::Float); // [batch, classes]
-    // F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
-    let batch = student_logits.size()[0].max(1) as f64;
-    log_q.kl_div(&log_p, Reduction::Sum, true) / batch
+    SoftTargets::new(teacher_logits, temperature).kl(student_logits, temperature)
 }
 
 /// The distillation loss's settings.
@@ -71,8 +111,23 @@ impl DistillLoss {
         teacher_logits: &Tensor,
         labels: &Tensor,
     ) -> LossParts {
+        self.compute_soft(
+            student_logits,
+            &SoftTargets::new(teacher_logits, self.temperature),
+            labels,
+        )
+    }
+
+    /// [`DistillLoss::compute`] with the teacher's soft targets at this loss's temperature
+    /// already computed (the teacher cache).
+    pub fn compute_soft(
+        &self,
+        student_logits: &Tensor,
+        soft: &SoftTargets,
+        labels: &Tensor,
+    ) -> LossParts {
         let clf = cross_entropy(student_logits, labels);
-        let kd = kl_divergence(teacher_logits, student_logits, self.temperature);
+        let kd = soft.kl(student_logits, self.temperature);
         let sum = &clf * self.alpha + &kd * ((1.0 - self.alpha) * self.scale());
         LossParts { sum, clf, kd }
     }
@@ -138,6 +193,21 @@ mod tests {
         let kl = scalar(&kl_divergence(&t(&[[0.0, -200.0]]), &t(&[[0.0, 0.0]]), 1.0));
         assert!(kl.is_finite());
         assert!((kl - std::f64::consts::LN_2).abs() < 1e-6); // 0.693147
+    }
+
+    #[test]
+    fn kl_matches_libtorch_kl_div() {
+        let t = Tensor::from_slice(&[3.0f32, -1.0, 0.5, 2.0, 2.0, -4.0]).view([2, 3]);
+        let z = Tensor::from_slice(&[0.1f32, 0.2, -0.3, 1.0, -1.0, 0.0]).view([2, 3]);
+        for temp in [1.0, 2.0, 5.0] {
+            let log_p = (&t / temp).log_softmax(-1, Kind::Float);
+            let log_q = (&z / temp).log_softmax(-1, Kind::Float);
+            let torch = log_q
+                .kl_div(&log_p, tch::Reduction::Sum, true)
+                .double_value(&[])
+                / 2.0;
+            assert!((scalar(&kl_divergence(&t, &z, temp)) - torch).abs() < 1e-6);
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::eval::{self, Metrics};
-use crate::loss::{DistillLoss, cross_entropy};
+use crate::loss::{DistillLoss, SoftTargets, cross_entropy};
 use crate::model::Mlp;
 use crate::optim::{Adam, AdamConfig};
 use crate::run::{EpochRecord, Progress, Run, TrainState};
@@ -83,9 +83,10 @@ fn epoch_seed(seed: u64, epoch: usize) -> i64 {
     (z ^ (z >> 31)) as i64 & i64::MAX
 }
 
-/// Teacher logits for every row of `images`, `[n, 10] f32`, computed once under `no_grad`.
-fn teacher_logits(teacher: &Mlp, images: &Tensor) -> Tensor {
-    eval::logits(teacher, images)
+/// The teacher's soft targets at temperature T for every row of `images`
+/// (`[n, 784] f32`), from one pass under `no_grad`.
+fn soft_targets(teacher: &Mlp, images: &Tensor, temperature: f64) -> SoftTargets {
+    SoftTargets::new(&eval::logits(teacher, images), temperature)
 }
 
 /// Trains `model` on `data` and leaves it holding the best weights (by validation
@@ -122,10 +123,18 @@ pub fn fit(
     }
 
     let (train_cache, val_teacher) = match objective {
-        Objective::Distill { teacher, cache, .. } => {
+        Objective::Distill {
+            teacher,
+            cache,
+            loss,
+        } => {
             // Keyed by row of `data.train`, i.e. by sample, not by batch position.
-            let train_cache = cache.then(|| teacher_logits(teacher, &data.train.images));
-            (train_cache, Some(teacher_logits(teacher, &data.val.images)))
+            let t = loss.temperature;
+            let train_cache = cache.then(|| soft_targets(teacher, &data.train.images, t));
+            (
+                train_cache,
+                Some(soft_targets(teacher, &data.val.images, t)),
+            )
         }
         Objective::Supervised => (None, None),
     };
@@ -133,7 +142,14 @@ pub fn fit(
     let mut epoch_seconds = Vec::new();
     let mut startup_seconds = None;
     let mut stopped_early = false;
-    let first_epoch = state.epoch + 1;
+    // A run killed after early stopping fired but before it finished does not train on.
+    let first_epoch = match cfg.patience {
+        Some(p) if state.bad_epochs >= p => {
+            stopped_early = true;
+            cfg.epochs + 1
+        }
+        _ => state.epoch + 1,
+    };
     for epoch in first_epoch..=cfg.epochs {
         tch::manual_seed(epoch_seed(cfg.seed, epoch));
         let perm = Tensor::randperm(n, (Kind::Int64, device));
@@ -170,11 +186,14 @@ pub fn fit(
                     (ce.shallow_clone(), ce, None)
                 }
                 Objective::Distill { teacher, loss, .. } => {
-                    let t = match &train_cache {
-                        Some(c) => c.index_select(0, &idx),
-                        None => tch::no_grad(|| teacher.forward(&x)),
+                    let soft = match &train_cache {
+                        Some(c) => c.select(&idx),
+                        None => SoftTargets::new(
+                            &tch::no_grad(|| teacher.forward(&x)),
+                            loss.temperature,
+                        ),
                     };
-                    let p = loss.compute(&logits, &t, &y);
+                    let p = loss.compute_soft(&logits, &soft, &y);
                     (p.sum, p.clf, Some(p.kd))
                 }
             };
@@ -235,6 +254,17 @@ pub fn fit(
             _ => eval::metrics(&val_logits, &data.val.labels, None),
         };
         let lr = cfg.schedule.lr(opt.step.saturating_sub(1));
+        // Weights that blew up on the epoch's last step show here first; stop before they
+        // are saved as a checkpoint.
+        if !(val.loss.is_finite() && val.clf_loss.is_finite()) {
+            bail!(
+                "the validation loss became {} after epoch {epoch} (global step {}, LR {lr:.3e}); training \
+                 stopped and the best checkpoint so far is kept in {}; lower lr_schedule.initial_lr (--lr)",
+                val.loss,
+                opt.step,
+                run.dir.display()
+            );
+        }
         let improved = state.best_epoch == 0 || val.clf_loss < state.best_metric;
         if improved {
             state.best_metric = val.clf_loss;
@@ -301,22 +331,30 @@ mod tests {
         assert!(epoch_seed(u64::MAX, usize::MAX) >= 0);
     }
 
-    /// The cache is keyed by sample: the cached logits gathered by a shuffled epoch's
-    /// indices equal the teacher's fresh logits for the same examples.
+    /// The cache is keyed by sample: the cached soft targets gathered by a shuffled
+    /// epoch's indices equal those of the teacher's fresh logits for the same examples.
     #[test]
-    fn cached_teacher_logits_equal_fresh_ones_on_a_shuffled_epoch() {
+    fn cached_soft_targets_equal_fresh_ones_on_a_shuffled_epoch() {
         tch::manual_seed(11);
         let mut teacher = Mlp::new(crate::model::Arch::Teacher, Device::Cpu);
         teacher.freeze();
         let images = Tensor::rand([1000, 784], (Kind::Float, Device::Cpu));
-        let cache = teacher_logits(&teacher, &images);
+        let cache = soft_targets(&teacher, &images, 2.0);
         let perm = Tensor::randperm(1000, (Kind::Int64, Device::Cpu));
         for start in (0..1000).step_by(256) {
             let idx = perm.narrow(0, start, 256.min(1000 - start));
-            let fresh = tch::no_grad(|| teacher.forward(&images.index_select(0, &idx)));
-            let cached = cache.index_select(0, &idx);
-            let diff = (fresh - cached).abs().max().double_value(&[]);
-            assert!(diff < 1e-5, "batch at {start}: {diff}");
+            let fresh = SoftTargets::new(
+                &tch::no_grad(|| teacher.forward(&images.index_select(0, &idx))),
+                2.0,
+            );
+            let cached = cache.select(&idx);
+            let diff = (&fresh.probs - &cached.probs).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "batch at {start}: probs differ by {diff}");
+            let diff = (&fresh.neg_entropy - &cached.neg_entropy)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-5, "batch at {start}: entropies differ by {diff}");
         }
     }
 }
