@@ -6,14 +6,16 @@
 //! - `config.toml`: the resolved config; `meta.json`: seed, versions, device, threads
 //! - `model.safetensors`: the best weights so far (by validation clf_loss); at the end,
 //!   the weights the run selected
-//! - `last.safetensors` + `state.json`: the last completed epoch (weights, Adam moments,
-//!   step, early-stopping state, history), for `--resume`
+//! - `last.safetensors`: the last completed epoch for `--resume`: weights, Adam moments,
+//!   and in its metadata the [`TrainState`] (step, best metric, early-stopping counter,
+//!   history), all in one atomically written file; `state.json`: the same state, for
+//!   people and tools, plus whether the run finished
 //! - `metrics.csv`, `events.out.tfevents.*`, `curves.png`, `summary.json`
 //! - `run.lock`: held while a process writes here
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -107,6 +109,8 @@ type Column = (&'static str, fn(&EpochRecord) -> f64);
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const LAST_FILE: &str = "last.safetensors";
 pub const STATE_FILE: &str = "state.json";
+/// Metadata key of `last.safetensors` that holds the [`TrainState`] as JSON.
+pub const META_STATE: &str = "kdtrain.state";
 
 impl Run {
     /// Opens `<out_dir>/<name>` for a new run, or an existing one with `resume`.
@@ -168,11 +172,33 @@ impl Run {
         })?;
         let state_path = dir.join(STATE_FILE);
         if resume {
-            if !state_path.exists() {
+            if !state_path.exists() && !dir.join(LAST_FILE).exists() {
                 return usage(format!(
                     "--resume: {} holds no completed epoch ({} is missing); start a new run without --resume",
                     dir.display(),
                     STATE_FILE
+                ));
+            }
+            if let Some(k) = std::fs::read_to_string(dir.join("meta.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["kind"].as_str().map(String::from))
+                && k != kind.name()
+            {
+                return usage(format!(
+                    "--resume: {} holds a {k} run, not a {} run; resume it with the command that started it",
+                    dir.display(),
+                    kind.name()
+                ));
+            }
+            if std::fs::read_to_string(&state_path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
+                .is_some_and(|s| s.finished)
+            {
+                return usage(format!(
+                    "--resume: the run in {} already finished; nothing to resume",
+                    dir.display()
                 ));
             }
             let saved = std::fs::read_to_string(dir.join("config.toml"))
@@ -180,7 +206,10 @@ impl Run {
             let saved = Config::parse(&saved)
                 .map_err(|e| UsageError(format!("--resume: {}/config.toml: {e}", dir.display())))?;
             check_same_training(&saved, config, &dir)?;
-        } else if dir.join(MODEL_FILE).exists() || state_path.exists() {
+        } else if [MODEL_FILE, LAST_FILE, STATE_FILE]
+            .iter()
+            .any(|f| dir.join(f).exists())
+        {
             return usage(format!(
                 "run folder {} already holds a trained model; use --resume to continue it, or another --run-name",
                 dir.display()
@@ -240,21 +269,31 @@ impl Run {
             return Ok(None);
         }
         let state_path = self.dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&state_path)
-            .with_context(|| format!("cannot read {}", state_path.display()))?;
-        let state: TrainState = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is corrupt; start a new run without --resume",
-                state_path.display()
-            )
-        })?;
-        if state.finished {
+        let from_json = std::fs::read_to_string(&state_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<TrainState>(&t).ok());
+        if from_json.as_ref().is_some_and(|s| s.finished) {
             return usage(format!(
                 "--resume: the run in {} already finished; nothing to resume",
                 self.dir.display()
             ));
         }
         let last = Checkpoint::read(&self.dir.join(LAST_FILE))?;
+        // The state saved inside last.safetensors belongs to its tensors; state.json may
+        // lag it by one epoch (or be missing) after a kill between the two writes.
+        let state = match (last.metadata.get(META_STATE), from_json) {
+            (Some(json), _) => serde_json::from_str::<TrainState>(json).with_context(|| {
+                format!(
+                    "{}: the saved training state is corrupt; start a new run without --resume",
+                    last.path.display()
+                )
+            })?,
+            (None, Some(s)) => s,
+            (None, None) => bail!(
+                "{} is missing or corrupt; start a new run without --resume",
+                state_path.display()
+            ),
+        };
         last.load_into(model)?;
         opt.load_state(
             names,
@@ -262,8 +301,16 @@ impl Run {
             state.step,
         )
         .with_context(|| format!("{}", last.path.display()))?;
-        let best =
-            Checkpoint::read(&self.dir.join(MODEL_FILE))?.model(model.arch, model.device())?;
+        // The best weights: those of the last epoch if it was the best (model.safetensors
+        // is written after last.safetensors, so it may not have them yet), else
+        // model.safetensors.
+        let best = if state.best_epoch == state.epoch {
+            model.snapshot()
+        } else {
+            Checkpoint::read(&self.dir.join(MODEL_FILE))?
+                .model(model.arch, model.device())?
+                .snapshot()
+        };
         self.say(&format!(
             "resuming {} after epoch {} (step {}, best epoch {}, {} epoch(s) without improvement)",
             self.dir.display(),
@@ -274,7 +321,7 @@ impl Run {
         ));
         Ok(Some(Resumed {
             state,
-            best_weights: best.snapshot(),
+            best_weights: best,
         }))
     }
 
@@ -291,15 +338,19 @@ impl Run {
         improved: bool,
     ) -> Result<()> {
         let meta = checkpoint::metadata(model.arch, &self.config_toml, rec.epoch);
-        if improved {
-            checkpoint::save_model(&self.dir.join(MODEL_FILE), model, meta.clone())?;
-        }
+        // last.safetensors first, with the state inside: one atomic file that `--resume`
+        // can trust whatever moment a kill strikes.
         let mut tensors = model.named_parameters();
         tensors.extend(opt.state(names));
+        let mut last_meta = meta.clone();
+        last_meta.insert(META_STATE.to_string(), serde_json::to_string(state)?);
         write_atomic(
             &self.dir.join(LAST_FILE),
-            &checkpoint::to_safetensors(&tensors, meta)?,
+            &checkpoint::to_safetensors(&tensors, last_meta)?,
         )?;
+        if improved {
+            checkpoint::save_model(&self.dir.join(MODEL_FILE), model, meta)?;
+        }
         // state.json last: it names an epoch only once that epoch's tensors are on disk.
         write_atomic(
             &self.dir.join(STATE_FILE),
