@@ -165,7 +165,8 @@ impl Checkpoint {
     /// right shape.
     ///
     /// # Errors
-    /// Names the tensor and both shapes, e.g. a student checkpoint given as the teacher.
+    /// Names the tensor and both shapes, e.g. a student checkpoint given as the teacher;
+    /// or names a tensor that holds NaN or infinite values.
     pub fn load_into(&self, model: &Mlp) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             for (name, mut p) in model.named_parameters() {
@@ -187,6 +188,13 @@ impl Checkpoint {
                         p.size(),
                         self.arch().map(|a| a.name()).unwrap_or("different model"),
                         model.arch
+                    );
+                }
+                if !bool::try_from(src.isfinite().all()).unwrap_or(false) {
+                    bail!(
+                        "checkpoint {}: tensor `{name}` holds NaN or infinite values; the checkpoint \
+                         is corrupt or comes from a diverged run; use another one or train again",
+                        self.path.display()
                     );
                 }
                 p.copy_(src);

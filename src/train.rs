@@ -25,6 +25,14 @@ use crate::schedule::CosineDecay;
 /// Set by the SIGINT handler; the loop checks it at every step boundary.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// A loss above this is divergence, treated like NaN or infinity: the run stops.
+/// Cross-entropy over 10 classes starts at ln 10 = 2.3 and a mean of 1e6 means the true
+/// class trails by about a million logits; no healthy run (nor a distillation loss, whose
+/// T^2-scaled KL term is of the order of the squared logit gap) gets near it. Adam with a
+/// huge LR (`--lr 1e6`) drives the loss to 1e20 and beyond while staying finite, because
+/// log-softmax is computed stably.
+pub const DIVERGED_LOSS: f64 = 1e6;
+
 /// The run was stopped by Ctrl-C; `main` exits 130.
 #[derive(Debug)]
 pub struct Interrupted(pub String);
@@ -200,17 +208,18 @@ pub fn fit(
             let lr = cfg.schedule.lr(opt.step);
             opt.zero_grad();
             loss.backward();
-            // Stop before a non-finite loss reaches the weights. On the CPU the read is
-            // free; on a GPU it is one scalar copy per step.
+            // Stop before a non-finite or diverged loss reaches the weights. On the CPU the
+            // read is free; on a GPU it is one scalar copy per step.
             let value = loss.double_value(&[]);
-            if !value.is_finite() {
+            if !(value.is_finite() && value <= DIVERGED_LOSS) {
                 progress.finish();
                 bail!(
-                    "the loss became {value} at epoch {epoch}, step {} (global step {}, LR {lr:.3e}); training \
-                     stopped and the best checkpoint so far is kept in {}; lower lr_schedule.initial_lr (--lr)",
+                    "the loss became {value:e} at epoch {epoch}, step {} (global step {}, LR {lr:.3e}): training \
+                     diverged (NaN, infinite or above {DIVERGED_LOSS:e}) and stopped; {}; lower \
+                     lr_schedule.initial_lr (--lr)",
                     step + 1,
                     opt.step,
-                    run.dir.display()
+                    kept_note(&state, run)
                 );
             }
             opt.step(lr);
@@ -256,13 +265,14 @@ pub fn fit(
         let lr = cfg.schedule.lr(opt.step.saturating_sub(1));
         // Weights that blew up on the epoch's last step show here first; stop before they
         // are saved as a checkpoint.
-        if !(val.loss.is_finite() && val.clf_loss.is_finite()) {
+        if !(val.loss.is_finite() && val.loss <= DIVERGED_LOSS && val.clf_loss.is_finite()) {
             bail!(
-                "the validation loss became {} after epoch {epoch} (global step {}, LR {lr:.3e}); training \
-                 stopped and the best checkpoint so far is kept in {}; lower lr_schedule.initial_lr (--lr)",
+                "the validation loss became {:e} after epoch {epoch} (global step {}, LR {lr:.3e}): training \
+                 diverged (NaN, infinite or above {DIVERGED_LOSS:e}) and stopped; {}; lower \
+                 lr_schedule.initial_lr (--lr)",
                 val.loss,
                 opt.step,
-                run.dir.display()
+                kept_note(&state, run)
             );
         }
         let improved = state.best_epoch == 0 || val.clf_loss < state.best_metric;
@@ -304,6 +314,20 @@ pub fn fit(
         epoch_seconds,
         startup_seconds: startup_seconds.unwrap_or(0.0),
     })
+}
+
+/// What a stopped run leaves: the best checkpoint so far, or none.
+fn kept_note(state: &TrainState, run: &Run) -> String {
+    match state.best_epoch {
+        0 => format!(
+            "no epoch had completed, so no checkpoint was written in {}",
+            run.dir.display()
+        ),
+        e => format!(
+            "the best checkpoint so far (epoch {e}) is kept in {}",
+            run.dir.join(crate::run::MODEL_FILE).display()
+        ),
+    }
 }
 
 /// Means from the accumulator `[sum_loss, clf, kd, correct]` over `count` examples.
