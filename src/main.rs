@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     // written atomically, so nothing is torn).
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            exit_now(130);
         }
         eprintln!(
             "\nkdtrain: interrupt received; stopping at the next step (Ctrl-C again to quit now)"
@@ -43,4 +43,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Ends the process at once with `code`, from the Ctrl-C thread while the main thread
+/// may be inside libtorch. `std::process::exit` would run C++ static destructors under
+/// the running main thread (heap corruption, then SIGABRT instead of exit 130); `_exit`
+/// skips them. Files are safe either way: each is written to a temporary and renamed.
+fn exit_now(code: i32) -> ! {
+    #[cfg(unix)]
+    {
+        unsafe extern "C" {
+            fn _exit(status: std::ffi::c_int) -> !;
+        }
+        // SAFETY: `_exit` (POSIX) takes any int and never returns; it touches no Rust state.
+        unsafe { _exit(code) }
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
 }
