@@ -256,6 +256,26 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The dotted key (`section.key`) of the `key = value` line that holds byte `at` of a
+/// TOML text, if that line is one; the section is the last `[header]` above it.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    if key.is_empty() || !key.chars().all(plain) {
+        return None;
+    }
+    let section = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.split('#').next().unwrap_or("").trim();
+        l.strip_prefix('[')?.strip_suffix(']').map(str::trim)
+    });
+    Some(match section {
+        Some(s) if !s.is_empty() => format!("{s}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
 /// Values given on the command line; `None` leaves the config file's value.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -298,15 +318,20 @@ impl Config {
             .map_err(|e| UsageError(format!("config file {}: {e}", path.display())).into())
     }
 
-    /// Parses TOML text; the error message names the key and what was expected.
+    /// Parses TOML text; the error message names the line, the key (`section.key`) and
+    /// what was expected.
     pub fn parse(text: &str) -> std::result::Result<Config, String> {
         toml::from_str::<Config>(text).map_err(|e| {
             // toml's message spans several lines with a source excerpt; keep it on one.
             let msg = e.message().trim().to_string();
             match e.span() {
                 Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
-                    format!("line {line}: {msg}")
+                    let start = span.start.min(text.len());
+                    let line = text[..start].matches('\n').count() + 1;
+                    match key_at(text, start) {
+                        Some(key) => format!("line {line}, key `{key}`: {msg}"),
+                        None => format!("line {line}: {msg}"),
+                    }
                 }
                 None => msg,
             }
@@ -360,7 +385,20 @@ impl Config {
     /// found and what is allowed.
     pub fn validate(&self) -> Result<()> {
         fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
-            usage(format!("config key `{key}` = {found}: expected {expected}"))
+            // The flag that sets the key, if any, so a bad flag value is recognisable.
+            let flag = match key {
+                "data.batch_size" => " (--batch-size)",
+                "train.epochs" => " (--epochs)",
+                "lr_schedule.initial_lr" => " (--lr)",
+                "distill.temperature" => " (--t)",
+                "distill.alpha" => " (--alpha)",
+                "runtime.threads" => " (--threads)",
+                "runtime.out_dir" => " (--out-dir)",
+                _ => "",
+            };
+            usage(format!(
+                "config key `{key}`{flag} = {found}: expected {expected}"
+            ))
         }
         let positive = "a finite number > 0";
         if self.data.batch_size == 0 {
@@ -505,7 +543,19 @@ mod tests {
     #[test]
     fn wrong_type_is_reported() {
         let e = Config::parse("[data]\nbatch_size = \"big\"\n").unwrap_err();
-        assert!(e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("`data.batch_size`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_dotted_key() {
+        let e = Config::parse("seed = 1\n\n[distill] # KD\nalpha = 0.5\ntemprature = 2.0\n")
+            .unwrap_err();
+        assert!(e.starts_with("line 5, key `distill.temprature`"), "{e}");
+        let e = Config::parse("seed = \"x\"\n").unwrap_err();
+        assert!(e.starts_with("line 1, key `seed`"), "{e}");
     }
 
     #[test]
