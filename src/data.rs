@@ -292,14 +292,24 @@ fn has_all_files(dir: &Path) -> bool {
     FILES.iter().all(|(stem, _)| find_file(dir, stem).is_some())
 }
 
+/// Environment variable that replaces [`DEBIAN_DIR`] as the system-wide data folder.
+/// Meant for tests (and unusual installs): it lets a test see a machine on which the
+/// Debian package is not installed.
+pub const SYSTEM_DIR_ENV: &str = "KDTRAIN_SYSTEM_DATA_DIR";
+
 /// Finds the data folder. Order: `--data-dir`, then `data.dir` in the config, then the
 /// environment variable `FASHION_MNIST_DIR`, then `data/fashion-mnist`, then
-/// `/usr/share/datasets/fashion-mnist`. A folder the user named (the first three) must
-/// hold the data: it is an error, not skipped.
+/// `/usr/share/datasets/fashion-mnist` (or `$KDTRAIN_SYSTEM_DATA_DIR`, see
+/// [`SYSTEM_DIR_ENV`]). A folder the user named (the first three) must hold the data: it
+/// is an error, not skipped.
 ///
 /// # Errors
 /// A [`UsageError`] that lists where it looked and how to get the data.
 pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
+    let system = std::env::var_os(SYSTEM_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEBIAN_DIR), PathBuf::from);
+    let system = system.as_path();
     let how = format!(
         "install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist, \
          into {DEBIAN_DIR}) or rerun with --download (into {DOWNLOAD_DIR})"
@@ -325,14 +335,15 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
         ))
         .into());
     }
-    for dir in [Path::new(DOWNLOAD_DIR), Path::new(DEBIAN_DIR)] {
+    for dir in [Path::new(DOWNLOAD_DIR), system] {
         if has_all_files(dir) {
             return Ok(dir.to_path_buf());
         }
     }
     Err(UsageError(format!(
-        "Fashion-MNIST not found in {DOWNLOAD_DIR} or {DEBIAN_DIR} (and neither --data-dir, data.dir \
-         nor FASHION_MNIST_DIR is set); {how}"
+        "Fashion-MNIST not found in {DOWNLOAD_DIR} or {} (and neither --data-dir, data.dir \
+         nor FASHION_MNIST_DIR is set); {how}",
+        system.display()
     ))
     .into())
 }

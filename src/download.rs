@@ -4,6 +4,13 @@
 //! Each file is streamed to `<name>.part`, checked, then renamed: an interrupted or
 //! corrupted download never leaves a file under the final name. Plain HTTP only (the
 //! official mirror is HTTP); the base URL can be changed with `data.download_url`.
+//!
+//! The expected MD5s are the published ones ([`FILES`]). A mirror that serves other
+//! bytes (recompressed files, or the test suite's synthetic fixtures) can be checked
+//! against its own MD5s with the environment variable [`MD5S_ENV`]
+//! (`KDTRAIN_DOWNLOAD_MD5S`): four lowercase hex digests separated by commas, in the
+//! order train images, train labels, test images, test labels. It exists for testing
+//! mirrors; leave it unset to get the official data.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,13 +24,40 @@ use crate::data::FILES;
 /// Largest file accepted (the train images are about 26 MB).
 const MAX_BYTES: u64 = 64 << 20;
 
+/// Environment variable with four comma-separated MD5s that replace the published ones
+/// (for testing mirrors; see the module documentation).
+pub const MD5S_ENV: &str = "KDTRAIN_DOWNLOAD_MD5S";
+
+/// The MD5 expected for each of [`FILES`]: the published ones, or those of [`MD5S_ENV`].
+///
+/// # Errors
+/// A usage error when the variable is set but is not four 32-digit hex digests.
+fn expected_md5s() -> Result<[String; 4]> {
+    let published = FILES.map(|(_, m)| m.to_string());
+    let Some(v) = std::env::var_os(MD5S_ENV) else {
+        return Ok(published);
+    };
+    let v = v.to_string_lossy().to_ascii_lowercase();
+    let parts: Vec<String> = v.split(',').map(|p| p.trim().to_string()).collect();
+    let ok = |p: &String| p.len() == 32 && p.chars().all(|c| c.is_ascii_hexdigit());
+    match <[String; 4]>::try_from(parts) {
+        Ok(a) if a.iter().all(ok) => Ok(a),
+        _ => Err(crate::config::UsageError(format!(
+            "{MD5S_ENV} = {v:?}: expected four comma-separated MD5 hex digests (train images, \
+             train labels, test images, test labels); unset it to check the published MD5s"
+        ))
+        .into()),
+    }
+}
+
 /// Downloads every missing file of [`FILES`] (as `<stem>.gz`) from `base_url` into
 /// `dir`, skipping files already present. Returns `dir`.
 ///
 /// # Errors
 /// Names the URL or file: a connection or HTTP error, a file over 64 MiB, or an MD5
-/// that differs from the published one (the file is deleted).
+/// that differs from the published one (or [`MD5S_ENV`]'s; the file is deleted).
 pub fn download_all(base_url: &str, dir: &Path, quiet: bool) -> Result<PathBuf> {
+    let md5s = expected_md5s()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let base = if base_url.ends_with('/') {
         base_url.to_string()
@@ -35,7 +69,7 @@ pub fn download_all(base_url: &str, dir: &Path, quiet: bool) -> Result<PathBuf> 
         .timeout_connect(Some(std::time::Duration::from_secs(20)))
         .build()
         .into();
-    for (stem, md5) in FILES {
+    for ((stem, _), md5) in FILES.iter().zip(&md5s) {
         let name = format!("{stem}.gz");
         let target = dir.join(&name);
         if target.is_file() {
@@ -80,7 +114,11 @@ fn fetch(agent: &ureq::Agent, url: &str, target: &Path, md5: &str, quiet: bool) 
         loop {
             let k = reader
                 .read(&mut buf)
-                .map_err(|e| anyhow::anyhow!("downloading {url}: connection lost ({e})"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "downloading {url}: connection lost after {got} bytes ({e}); run the command again"
+                    )
+                })?;
             if k == 0 {
                 break;
             }
