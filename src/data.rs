@@ -329,9 +329,12 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
             .map(|(s, _)| *s)
             .collect();
         return Err(UsageError(format!(
-            "{source} names {} but it lacks {} (.gz or not); {how}",
+            "{source} names {} but it lacks {} (.gz or not); point it at the folder that holds \
+             them, or {}",
             dir.display(),
-            missing.join(", ")
+            missing.join(", "),
+            // --download fills data/fashion-mnist only when no folder is named.
+            how.replace("rerun with --download", "drop it and rerun with --download")
         ))
         .into());
     }
