@@ -16,7 +16,9 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().expect("temp dir") }
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -38,8 +40,19 @@ impl Sandbox {
         std::fs::create_dir_all(&dir).unwrap();
         for (prefix, n, seed) in [("train", n_train, 1u64), ("t10k", n_test, 2u64)] {
             let (pixels, labels) = synthetic(n, seed);
-            write_gz(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &encode_idx(&Idx::Images { count: n, rows: 28, cols: 28, pixels }));
-            write_gz(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), &encode_idx(&Idx::Labels(labels)));
+            write_gz(
+                &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+                &encode_idx(&Idx::Images {
+                    count: n,
+                    rows: 28,
+                    cols: 28,
+                    pixels,
+                }),
+            );
+            write_gz(
+                &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+                &encode_idx(&Idx::Labels(labels)),
+            );
         }
         dir
     }
@@ -56,12 +69,20 @@ impl Sandbox {
     pub fn kd(&self, args: &[&str]) -> Output {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !args.contains(&"--config") {
-            full.extend(["--config".into(), self.path().join("test.toml").display().to_string()]);
+            full.extend([
+                "--config".into(),
+                self.path().join("test.toml").display().to_string(),
+            ]);
         }
         if !args.contains(&"--data-dir") {
             full.extend(["--data-dir".into(), self.data_dir().display().to_string()]);
         }
-        full.extend(["--out-dir".into(), self.runs().display().to_string(), "--threads".into(), "1".into()]);
+        full.extend([
+            "--out-dir".into(),
+            self.runs().display().to_string(),
+            "--threads".into(),
+            "1".into(),
+        ]);
         self.raw(&full)
     }
 
@@ -72,7 +93,10 @@ impl Sandbox {
 
     pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kdtrain"));
-        c.args(args).current_dir(self.path()).env_remove("FASHION_MNIST_DIR").env("RUST_BACKTRACE", "1");
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("FASHION_MNIST_DIR")
+            .env("RUST_BACKTRACE", "1");
         c
     }
 }
@@ -129,13 +153,31 @@ pub fn assert_fails(o: &Output, code: i32, needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
     }
-    assert!(!err.contains("panicked") && !err.contains("stack backtrace") && !err.contains("internal error"), "panic:\n{err}");
-    assert_eq!(err.trim().lines().filter(|l| l.starts_with("error:")).count(), 1, "one error line:\n{err}");
+    assert!(
+        !err.contains("panicked")
+            && !err.contains("stack backtrace")
+            && !err.contains("internal error"),
+        "panic:\n{err}"
+    );
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1,
+        "one error line:\n{err}"
+    );
 }
 
 #[track_caller]
 pub fn assert_ok(o: &Output) {
-    assert!(o.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", o.status.code(), stdout(o), stderr(o));
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
 }
 
 /// The only run folder in `runs` whose name starts with `prefix`.
@@ -146,7 +188,9 @@ pub fn run_dir(runs: &Path, prefix: &str) -> PathBuf {
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
         .collect();
     found.sort();
-    found.pop().unwrap_or_else(|| panic!("no {prefix}* in {}", runs.display()))
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("no {prefix}* in {}", runs.display()))
 }
 
 /// Rows of a metrics.csv as (header, rows of f64).
@@ -154,6 +198,8 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    let rows = lines.map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    let rows = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
     (header, rows)
 }
