@@ -276,7 +276,6 @@ impl Env<'_> {
                 .enabled
                 .then_some(c.early_stopping.patience),
             seed: c.seed,
-            threads: self.threads,
         };
         run.say(&format!(
             "training {} ({} parameters) in {}: up to {} epochs of {steps_per_epoch} steps, LR {} cosine over {} steps",

@@ -40,16 +40,15 @@ pub struct Adam {
     vmax: Vec<Tensor>,
     /// Optimizer steps taken so far.
     pub step: u64,
-    /// Threads for the CPU update of large tensors.
-    threads: usize,
 }
-
-/// Tensors above this many elements are split across threads.
-const PARALLEL_MIN: usize = 1 << 16;
 
 impl Adam {
     /// An optimizer over `params` (f32, contiguous, requiring grad), moments at zero.
-    pub fn new(params: Vec<Tensor>, cfg: AdamConfig, threads: usize) -> Adam {
+    ///
+    /// The CPU update runs on the calling thread. Splitting it across threads made
+    /// training slower, not faster: libtorch's OpenMP workers spin between parallel
+    /// regions and the extra threads had to wait for a core.
+    pub fn new(params: Vec<Tensor>, cfg: AdamConfig) -> Adam {
         let zeros = |p: &Tensor| p.zeros_like();
         let m = params.iter().map(zeros).collect();
         let v = params.iter().map(zeros).collect();
@@ -61,7 +60,6 @@ impl Adam {
             v,
             vmax,
             step: 0,
-            threads: threads.max(1),
         }
     }
 
@@ -119,38 +117,25 @@ impl Adam {
                 std::slice::from_raw_parts_mut(self.vmax[i].data_ptr() as *mut f32, n),
             )
         };
-        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], vm: &mut [f32]| {
-            for j in 0..p.len() {
-                let gj = g[j];
-                let mj = m[j] * b1 + one_minus_b1 * gj;
-                let vj = v[j] * b2 + one_minus_b2 * gj * gj;
-                m[j] = mj;
-                v[j] = vj;
-                let second = if ams {
-                    let mx = vm[j].max(vj);
-                    vm[j] = mx;
-                    mx
-                } else {
-                    vj
-                };
-                p[j] += neg_step * mj / (second.sqrt() / bc2_sqrt + eps);
-            }
-        };
-        if self.threads > 1 && n >= PARALLEL_MIN {
-            let chunk = n.div_ceil(self.threads);
-            std::thread::scope(|s| {
-                let parts = p
-                    .chunks_mut(chunk)
-                    .zip(g.chunks(chunk))
-                    .zip(m.chunks_mut(chunk))
-                    .zip(v.chunks_mut(chunk))
-                    .zip(vm.chunks_mut(chunk));
-                for ((((p, g), m), v), vm) in parts {
-                    s.spawn(move || update(p, g, m, v, vm));
-                }
-            });
-        } else {
-            update(p, g, m, v, vm);
+        // Zipped iterators, so the loop has no bounds checks and can be vectorised.
+        let it = p
+            .iter_mut()
+            .zip(g)
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+            .zip(vm.iter_mut());
+        for ((((p, &g), m), v), vm) in it {
+            let mj = *m * b1 + one_minus_b1 * g;
+            let vj = *v * b2 + one_minus_b2 * g * g;
+            *m = mj;
+            *v = vj;
+            let second = if ams {
+                *vm = vm.max(vj);
+                *vm
+            } else {
+                vj
+            };
+            *p += neg_step * mj / (second.sqrt() / bc2_sqrt + eps);
         }
     }
 
@@ -235,7 +220,7 @@ mod tests {
     /// amsgrad and eps 1e-7, 100 steps on the student MLP with a changing LR.
     #[test]
     fn matches_libtorch_adam_over_100_steps() {
-        for threads in [1, 2] {
+        {
             // Tests run in parallel and share libtorch's generator: copy, don't reseed.
             let ours = Mlp::new(Arch::Student, Device::Cpu);
             let theirs = Mlp::new(Arch::Student, Device::Cpu);
@@ -246,7 +231,7 @@ mod tests {
                 eps: 1e-7,
                 amsgrad: true,
             };
-            let mut opt = Adam::new(ours.parameters(), cfg, threads);
+            let mut opt = Adam::new(ours.parameters(), cfg);
             let mut ref_opt = tch::nn::Adam {
                 beta1: 0.9,
                 beta2: 0.999,
@@ -278,10 +263,7 @@ mod tests {
                 .zip(theirs.named_parameters())
             {
                 let diff = (a - &b).abs().max().double_value(&[]);
-                assert!(
-                    diff < 1e-6,
-                    "{name}: max |ours - libtorch| = {diff} (threads {threads})"
-                );
+                assert!(diff < 1e-6, "{name}: max |ours - libtorch| = {diff}");
                 // and it did move
                 assert!(a.abs().sum(Kind::Float).double_value(&[]) > 0.0);
             }
@@ -299,8 +281,8 @@ mod tests {
             eps: 1e-7,
             amsgrad: true,
         };
-        let mut oa = Adam::new(a.parameters(), cfg, 1);
-        let mut ob = Adam::new(b.parameters(), cfg, 1);
+        let mut oa = Adam::new(a.parameters(), cfg);
+        let mut ob = Adam::new(b.parameters(), cfg);
         let x = Tensor::rand([16, 784], (Kind::Float, Device::Cpu));
         let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
         for _ in 0..10 {

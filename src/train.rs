@@ -67,7 +67,6 @@ pub struct LoopConfig {
     /// Early-stopping patience in epochs; `None` disables early stopping.
     pub patience: Option<usize>,
     pub seed: u64,
-    pub threads: usize,
 }
 
 /// How the run ended.
@@ -119,7 +118,7 @@ pub fn fit(
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let mut opt = Adam::new(model.parameters(), cfg.adam, cfg.threads);
+    let mut opt = Adam::new(model.parameters(), cfg.adam);
 
     // Resume: weights, optimizer moments and step, epoch, best metric and patience
     // counter from the last completed epoch.
