@@ -70,7 +70,9 @@ impl Adam {
         }
     }
 
-    /// One update with learning rate `lr`, using the gradients left by `backward`.
+    /// One update with learning rate `lr`, using the gradients left by `backward`, which
+    /// it then clears (so no separate `zero_grad` pass is needed before the next
+    /// `backward`).
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let t = self.step as i32;
@@ -111,7 +113,7 @@ impl Adam {
         let (p, g, m, v, vm) = unsafe {
             (
                 std::slice::from_raw_parts_mut(self.params[i].data_ptr() as *mut f32, n),
-                std::slice::from_raw_parts(g.data_ptr() as *const f32, n),
+                std::slice::from_raw_parts_mut(g.data_ptr() as *mut f32, n),
                 std::slice::from_raw_parts_mut(self.m[i].data_ptr() as *mut f32, n),
                 std::slice::from_raw_parts_mut(self.v[i].data_ptr() as *mut f32, n),
                 std::slice::from_raw_parts_mut(self.vmax[i].data_ptr() as *mut f32, n),
@@ -124,7 +126,8 @@ impl Adam {
             .zip(m.iter_mut())
             .zip(v.iter_mut())
             .zip(vm.iter_mut());
-        for ((((p, &g), m), v), vm) in it {
+        for ((((p, g), m), v), vm) in it {
+            let g = std::mem::take(g); // read the gradient and clear it in the same pass
             let mj = *m * b1 + one_minus_b1 * g;
             let vj = *v * b2 + one_minus_b2 * g * g;
             *m = mj;
@@ -139,9 +142,9 @@ impl Adam {
         }
     }
 
-    fn step_ops(&mut self, i: usize, g: &Tensor, step_size: f64, bc2_sqrt: f64) {
+    fn step_ops(&mut self, i: usize, grad: &Tensor, step_size: f64, bc2_sqrt: f64) {
         let c = self.cfg;
-        let g = g.to_kind(Kind::Float);
+        let g = grad.to_kind(Kind::Float);
         let _ = self.m[i]
             .g_mul_scalar_(c.beta1)
             .g_add_(&(&g * (1.0 - c.beta1)));
@@ -158,6 +161,7 @@ impl Adam {
         let denom = second.sqrt() / bc2_sqrt + c.eps;
         let upd = (&self.m[i] / denom) * step_size;
         let _ = self.params[i].g_sub_(&upd);
+        let _ = grad.shallow_clone().zero_();
     }
 
     /// The moments as named tensors, for a checkpoint: `adam.<name>.m`, `.v`, `.vmax`,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::eval::{self, Metrics};
@@ -160,8 +160,7 @@ pub fn fit(
     for epoch in first_epoch..=cfg.epochs {
         tch::manual_seed(epoch_seed(cfg.seed, epoch));
         let perm = Tensor::randperm(n, (Kind::Int64, device));
-        // Device-side accumulators: sums over examples, read back rarely.
-        let acc = Tensor::zeros([4], (Kind::Float, device)); // [sum_loss, clf, kd, correct]
+        let mut meter = Meter::default();
         let mut progress = Progress::epoch(run.quiet, epoch, cfg.epochs, steps_per_epoch as u64);
         let t0 = Instant::now();
         for step in 0..steps_per_epoch {
@@ -187,11 +186,8 @@ pub fn fit(
             let x = data.train.images.index_select(0, &idx); // [len, 784]
             let y = data.train.labels.index_select(0, &idx); // [len]
             let logits = model.forward(&x); // [len, 10]
-            let (loss, clf, kd) = match objective {
-                Objective::Supervised => {
-                    let ce = cross_entropy(&logits, &y);
-                    (ce.shallow_clone(), ce, None)
-                }
+            let (loss, parts) = match objective {
+                Objective::Supervised => (cross_entropy(&logits, &y), None),
                 Objective::Distill { teacher, loss, .. } => {
                     let soft = match &train_cache {
                         Some(c) => c.select(&idx),
@@ -201,11 +197,11 @@ pub fn fit(
                         ),
                     };
                     let p = loss.compute_soft(&logits, &soft, &y);
-                    (p.sum, p.clf, Some(p.kd))
+                    (p.sum, Some((p.clf, p.kd)))
                 }
             };
             let lr = cfg.schedule.lr(opt.step);
-            opt.zero_grad();
+            // No zero_grad: `opt.step` clears each gradient as it consumes it.
             loss.backward();
             // Stop before a non-finite or diverged loss reaches the weights. On the CPU the
             // read is free; on a GPU it is one scalar copy per step.
@@ -225,35 +221,14 @@ pub fn fit(
             if startup_seconds.is_none() {
                 startup_seconds = Some(crate::process_seconds());
             }
-            tch::no_grad(|| {
-                let kd = kd.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, device)));
-                let correct = crate::model::correct(&logits, &y).to_kind(Kind::Float);
-                let row = Tensor::stack(
-                    &[
-                        loss.detach(),
-                        clf.detach(),
-                        kd.detach(),
-                        correct / len as f64,
-                    ],
-                    0,
-                );
-                let _ = acc.shallow_clone().g_add_(&(row * len as f64));
-            });
-            progress.step(step as u64 + 1, || read_means(&acc, (start + len) as f64));
+            meter.push(&loss, parts, &logits, &y, len);
+            progress.step(step as u64 + 1, || meter.means());
         }
         let seconds = t0.elapsed().as_secs_f64();
         epoch_seconds.push(seconds);
         progress.finish();
 
-        let train = read_means(&acc, n as f64);
-        let train = if matches!(objective, Objective::Supervised) {
-            Metrics {
-                kd_loss: 0.0,
-                ..train
-            }
-        } else {
-            train
-        };
+        let train = meter.means();
         let val_logits = eval::logits(model, &data.val.images);
         let val = match (objective, &val_teacher) {
             (Objective::Distill { loss, .. }, Some(t)) => {
@@ -329,22 +304,75 @@ fn kept_note(state: &TrainState, run: &Run) -> String {
     }
 }
 
-/// Means from the accumulator `[sum_loss, clf, kd, correct]` over `count` examples.
-fn read_means(acc: &Tensor, count: f64) -> Metrics {
-    let v: Vec<f32> =
-        Vec::try_from(acc.to_device(Device::Cpu)).unwrap_or_else(|_| vec![f32::NAN; 4]);
-    let m = |i: usize| v[i] as f64 / count.max(1.0);
-    Metrics {
-        loss: m(0),
-        clf_loss: m(1),
-        kd_loss: m(2),
-        acc: m(3),
+/// An epoch's training metrics, kept on the device: each step only records its
+/// (detached) loss tensors and its count of correct predictions, a few cheap ops; the
+/// means are computed and read back when asked for (progress refresh, end of epoch).
+#[derive(Default)]
+struct Meter {
+    /// Per step: the summed loss, and for distillation the clf and kd parts (scalars).
+    loss: Vec<Tensor>,
+    clf: Vec<Tensor>,
+    kd: Vec<Tensor>,
+    /// Per step: correct predictions (scalar i64).
+    correct: Vec<Tensor>,
+    /// Per step: batch size.
+    len: Vec<f64>,
+}
+
+impl Meter {
+    fn push(
+        &mut self,
+        loss: &Tensor,
+        parts: Option<(Tensor, Tensor)>,
+        logits: &Tensor,
+        labels: &Tensor,
+        len: i64,
+    ) {
+        tch::no_grad(|| {
+            self.loss.push(loss.detach());
+            if let Some((clf, kd)) = parts {
+                self.clf.push(clf.detach());
+                self.kd.push(kd.detach());
+            }
+            self.correct.push(crate::model::correct(logits, labels));
+        });
+        self.len.push(len as f64);
+    }
+
+    /// Example-weighted means so far. Supervised runs report clf_loss = loss and kd_loss 0.
+    fn means(&self) -> Metrics {
+        let count: f64 = self.len.iter().sum();
+        if self.loss.is_empty() {
+            return Metrics::default();
+        }
+        let weights = Tensor::from_slice(&self.len)
+            .to_device(self.loss[0].device())
+            .to_kind(Kind::Float);
+        let mean = |v: &[Tensor]| -> f64 {
+            let s = tch::no_grad(|| (Tensor::stack(v, 0) * &weights).sum(Kind::Float));
+            s.double_value(&[]) / count
+        };
+        let loss = mean(&self.loss);
+        let (clf_loss, kd_loss) = if self.clf.is_empty() {
+            (loss, 0.0)
+        } else {
+            (mean(&self.clf), mean(&self.kd))
+        };
+        let correct =
+            tch::no_grad(|| Tensor::stack(&self.correct, 0).sum(Kind::Int64)).int64_value(&[]);
+        Metrics {
+            loss,
+            clf_loss,
+            kd_loss,
+            acc: correct as f64 / count,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     #[test]
     fn epoch_seeds_differ_and_are_stable() {
