@@ -12,7 +12,7 @@ bin=${KDTRAIN_BIN:-target/release/kdtrain}
 data=${1:-/usr/share/datasets/fashion-mnist}
 out=${OUT:-$(mktemp -d)}/gpu-check
 python=${PYTHON:-python3}
-if ! ldd "$bin" | grep -q 'libtorch.so =>'; then
+if ldd "$bin" | grep -q 'not found'; then
   lib=$("$python" -W ignore -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
   export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
