@@ -53,7 +53,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 cli.common.resume,
                 cli.common.quiet,
             )?;
-            let data = env.load(&data_dir)?;
+            // A bad data file leaves no empty run folder behind.
+            let data = env.load(&data_dir).inspect_err(|_| run.abandon())?;
             let out = env.train(&mut run, kind, Objective::Supervised, &data)?;
             print_result(&out);
         }
@@ -67,7 +68,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 cli.common.resume,
                 cli.common.quiet,
             )?;
-            let data = env.load(&data_dir)?;
+            // A bad data file leaves no empty run folder behind.
+            let data = env.load(&data_dir).inspect_err(|_| run.abandon())?;
             let out = env.train(
                 &mut run,
                 RunKind::Distilled,
@@ -139,7 +141,7 @@ impl Env<'_> {
             Err(e) if self.cli.common.download && named.is_none() => {
                 let _ = e;
                 if !self.cli.common.quiet {
-                    eprintln!(
+                    crate::errln!(
                         "downloading Fashion-MNIST from {} into {}",
                         self.config.data.download_url,
                         data::DOWNLOAD_DIR
@@ -165,7 +167,7 @@ impl Env<'_> {
         let ds = data::prepare(&raw, val, self.config.seed, self.device)?;
         let secs = t0.elapsed().as_secs_f64();
         if !self.cli.common.quiet {
-            eprintln!(
+            crate::errln!(
                 "data: {} ({} train, {} validation, {} test) in {secs:.2} s; device {:?}, {} threads",
                 dir.display(),
                 ds.train.len(),
@@ -216,7 +218,7 @@ impl Env<'_> {
         }
         teacher.freeze();
         if !self.cli.common.quiet {
-            eprintln!("teacher: {}", path.display());
+            crate::errln!("teacher: {}", path.display());
         }
         Ok(teacher)
     }
@@ -355,7 +357,7 @@ impl Env<'_> {
 }
 
 fn print_result(o: &RunOutcome) {
-    println!(
+    crate::outln!(
         "{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {} epochs (best {}) at {:.2} s/epoch | {}",
         o.model,
         o.train_loss,
@@ -402,7 +404,13 @@ fn evaluate(env: &Env, path: &Path, teacher: Option<&Path>, json: bool) -> Resul
         test_r.acc
     );
     let names: Vec<&str> = data::CLASS_NAMES.to_vec();
-    crate::plot::confusion_png(&confusion_png, &title, &names, &test_r.confusion)?;
+    // The chart is a by-product: when it cannot be written (a read-only folder, say) the
+    // report is still printed, with a warning.
+    let chart = crate::plot::confusion_png(&confusion_png, &title, &names, &test_r.confusion);
+    if let Err(e) = &chart {
+        crate::errln!("warning: {e:#}; the report is complete without it");
+    }
+    let confusion_png = chart.is_ok().then_some(confusion_png);
     if json {
         let v = serde_json::json!({
             "checkpoint": path,
@@ -412,42 +420,49 @@ fn evaluate(env: &Env, path: &Path, teacher: Option<&Path>, json: bool) -> Resul
             "test": test_r,
             "confusion_png": confusion_png,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{} ({}, {} parameters)",
         path.display(),
         arch,
         arch.num_params()
     );
     for (name, r) in [("train", &train_r), ("test", &test_r)] {
-        println!(
+        crate::outln!(
             "{name:>5}: loss {:.4}  acc {:.4}  ECE {:.4}  ({} examples)",
-            r.loss, r.acc, r.ece, r.examples
+            r.loss,
+            r.acc,
+            r.ece,
+            r.examples
         );
         if let (Some(a), Some(k)) = (r.teacher_agreement, r.teacher_kl) {
-            println!("       teacher agreement {a:.4}  mean KL(teacher || model) at T=1 {k:.4}");
+            crate::outln!(
+                "       teacher agreement {a:.4}  mean KL(teacher || model) at T=1 {k:.4}"
+            );
         }
     }
-    println!("\nper-class test accuracy:");
+    crate::outln!("\nper-class test accuracy:");
     for (name, acc, count) in &test_r.per_class {
-        println!("  {name:<12} {acc:.4}  ({count})");
+        crate::outln!("  {name:<12} {acc:.4}  ({count})");
     }
-    println!("\ntest confusion matrix (rows: true class, columns: predicted):");
-    print!("{:>12}", "");
+    crate::outln!("\ntest confusion matrix (rows: true class, columns: predicted):");
+    crate::out!("{:>12}", "");
     for i in 0..data::CLASS_NAMES.len() {
-        print!("{i:>6}");
+        crate::out!("{i:>6}");
     }
-    println!();
+    crate::outln!();
     for (i, row) in test_r.confusion.iter().enumerate() {
-        print!("{:>9} {i:>2}", truncate(data::CLASS_NAMES[i], 9));
+        crate::out!("{:>9} {i:>2}", truncate(data::CLASS_NAMES[i], 9));
         for c in row {
-            print!("{c:>6}");
+            crate::out!("{c:>6}");
         }
-        println!();
+        crate::outln!();
     }
-    println!("\nwrote {}", confusion_png.display());
+    if let Some(p) = confusion_png {
+        crate::outln!("\nwrote {}", p.display());
+    }
     Ok(())
 }
 
@@ -465,7 +480,27 @@ fn reproduce(env: &Env) -> Result<()> {
     }
     let data_dir = env.data_dir()?;
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-    let root = Path::new(&env.config.runtime.out_dir).join(format!("reproduce-{stamp}"));
+    let base = Path::new(&env.config.runtime.out_dir).join(format!("reproduce-{stamp}"));
+    // Two reproduce runs started in the same second get their own folders: create_dir
+    // is atomic, so only one of them can take a name.
+    let _ = std::fs::create_dir_all(&env.config.runtime.out_dir);
+    let mut root = base.clone();
+    let mut i = 2;
+    loop {
+        match std::fs::create_dir(&root) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 1000 => {
+                root = PathBuf::from(format!("{}-{i}", base.display()));
+                i += 1;
+            }
+            Err(e) => {
+                return usage(format!(
+                    "cannot create {} ({e}); choose a writable --out-dir",
+                    root.display()
+                ));
+            }
+        }
+    }
     let mut config = env.config.clone();
     config.runtime.out_dir = root.display().to_string();
     let sub = Env {
@@ -476,7 +511,10 @@ fn reproduce(env: &Env) -> Result<()> {
     };
     let q = cli.common.quiet;
     let mut teacher_run = Run::open(&sub.config, RunKind::Teacher, Some("teacher"), false, q)?;
-    let data = sub.load(&data_dir)?;
+    let data = sub.load(&data_dir).inspect_err(|_| {
+        teacher_run.abandon();
+        let _ = std::fs::remove_dir(&root);
+    })?;
     let teacher = sub.train(
         &mut teacher_run,
         RunKind::Teacher,
@@ -518,7 +556,7 @@ fn reproduce(env: &Env) -> Result<()> {
 
     let rows = [&teacher, &student, &distilled];
     let table = results_table(&rows, &dist_env.config);
-    println!("\n{table}");
+    crate::outln!("\n{table}");
     crate::checkpoint::write_atomic(&root.join("results.md"), table.as_bytes())?;
     let runs: Vec<(&str, &[f64])> = rows
         .iter()
@@ -529,7 +567,7 @@ fn reproduce(env: &Env) -> Result<()> {
         "Validation accuracy per epoch",
         &runs,
     )?;
-    println!(
+    crate::outln!(
         "wrote {} and {}",
         root.join("results.md").display(),
         root.join("comparison.png").display()

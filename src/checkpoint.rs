@@ -100,6 +100,13 @@ impl Checkpoint {
     /// # Errors
     /// A missing file (a usage error), or a truncated or corrupt file, naming the path.
     pub fn read(path: &Path) -> Result<Checkpoint> {
+        if path.is_dir() {
+            return Err(UsageError(format!(
+                "checkpoint {} is a folder; pass the model.safetensors inside it",
+                path.display()
+            ))
+            .into());
+        }
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -55,7 +55,7 @@ pub struct DataConfig {
     /// Examples per optimizer step; the last partial batch of an epoch is kept.
     pub batch_size: usize,
     /// Image shape `[height, width, channels]`; Fashion-MNIST is `[28, 28, 1]`.
-    pub data_shape: [usize; 3],
+    pub data_shape: Vec<usize>,
     /// `"split"`: hold out `validation_size` training images, drawn by the seed.
     /// `"test"`: validate on the test set, as the Keras reference did (optimistic).
     pub validation: Validation,
@@ -96,7 +96,7 @@ pub struct LrScheduleConfig {
 
 /// `decay_steps`: a positive number of optimizer steps, or `"auto"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "an integer >= 1 or \"auto\"")]
 pub enum DecaySteps {
     Steps(i64),
     Named(String),
@@ -180,7 +180,7 @@ impl Default for DataConfig {
         DataConfig {
             dir: String::new(),
             batch_size: 256,
-            data_shape: [28, 28, 1],
+            data_shape: vec![28, 28, 1],
             validation: Validation::Split,
             validation_size: 5000,
             download_url: crate::data::OFFICIAL_URL.to_string(),
@@ -302,14 +302,29 @@ impl Config {
     /// [`UsageError`] for a missing required file, a TOML syntax error, an unknown key or
     /// a wrong type, each naming the file and the key.
     pub fn load(path: &Path, required: bool) -> Result<Config> {
-        let text = match std::fs::read_to_string(path) {
+        // At most 1 MiB: a config is a few hundred bytes, and `--config /dev/zero` must
+        // not read forever.
+        let read = |p: &Path| -> std::io::Result<String> {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            std::fs::File::open(p)?
+                .take(1 << 20)
+                .read_to_end(&mut bytes)?;
+            if bytes.len() >= 1 << 20 {
+                return Err(std::io::Error::other(
+                    "larger than 1 MiB; this is not a config file",
+                ));
+            }
+            String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8 text"))
+        };
+        let text = match read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
                 return Ok(Config::default());
             }
             Err(e) => {
                 return usage(format!(
-                    "cannot read config file {}: {e}; pass an existing file with --config",
+                    "cannot read config file {}: {e}; pass a TOML config file with --config",
                     path.display()
                 ));
             }
@@ -401,8 +416,13 @@ impl Config {
             ))
         }
         let positive = "a finite number > 0";
-        if self.data.batch_size == 0 {
-            return bad("data.batch_size", 0, "an integer >= 1");
+        // Upper bounds keep step and schedule arithmetic far from overflow.
+        if !(1..=1 << 24).contains(&self.data.batch_size) {
+            return bad(
+                "data.batch_size",
+                self.data.batch_size,
+                "an integer from 1 to 16777216",
+            );
         }
         if self.data.data_shape != [28, 28, 1] {
             return bad(
@@ -425,8 +445,12 @@ impl Config {
                 "fewer than 60000",
             );
         }
-        if self.train.epochs == 0 {
-            return bad("train.epochs", 0, "an integer >= 1");
+        if !(1..=1_000_000).contains(&self.train.epochs) {
+            return bad(
+                "train.epochs",
+                self.train.epochs,
+                "an integer from 1 to 1000000",
+            );
         }
         let lr = &self.lr_schedule;
         if !(lr.initial_lr.is_finite() && lr.initial_lr > 0.0) {
@@ -470,8 +494,14 @@ impl Config {
             );
         }
         let d = &self.distill;
-        if !(d.temperature.is_finite() && d.temperature > 0.0) {
-            return bad("distill.temperature", d.temperature, positive);
+        // Below 1e-3 the logits / T overflow f32; above 1e3 the soft targets are uniform
+        // to f32 precision and T^2 overflows the loss. The paper uses T from 1 to 20.
+        if !(d.temperature.is_finite() && (1e-3..=1e3).contains(&d.temperature)) {
+            return bad(
+                "distill.temperature",
+                d.temperature,
+                "a number from 0.001 to 1000 (> 0)",
+            );
         }
         if !(0.0..=1.0).contains(&d.alpha) {
             return bad("distill.alpha", d.alpha, "a number in [0, 1]");
@@ -532,6 +562,25 @@ mod tests {
         assert_eq!(c.lr_schedule.teacher_alpha, 0.01);
         assert!(!c.distill.t_squared_scaling);
         assert_eq!(c.data.validation, Validation::Test);
+    }
+
+    #[test]
+    fn decay_steps_type_error_says_what_is_allowed() {
+        for v in ["1e3", "true", "[1]"] {
+            let e = Config::parse(&format!("[lr_schedule]\ndecay_steps = {v}\n")).unwrap_err();
+            assert!(e.contains("an integer >= 1 or \"auto\""), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn data_shape_must_be_exactly_28_28_1() {
+        let c = Config::parse("[data]\ndata_shape = [28, 28, 1, 1]\n").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("data.data_shape")
+        );
     }
 
     #[test]

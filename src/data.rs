@@ -172,7 +172,8 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
     }
     let bytes = if is_gz {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        // Multi-member streams (`cat a.gz b.gz`) are valid gzip, as `gzip -d` reads them.
+        flate2::read::MultiGzDecoder::new(&raw[..])
             .take(LIMIT + 1)
             .read_to_end(&mut out)
             .map_err(|e| {
@@ -317,7 +318,9 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
     let named = flag_or_config
         .map(|p| (p.to_path_buf(), "--data-dir / data.dir"))
         .or_else(|| {
-            std::env::var_os("FASHION_MNIST_DIR").map(|p| (PathBuf::from(p), "FASHION_MNIST_DIR"))
+            std::env::var_os("FASHION_MNIST_DIR")
+                .filter(|p| !p.is_empty()) // set but empty counts as unset
+                .map(|p| (PathBuf::from(p), "FASHION_MNIST_DIR"))
         });
     if let Some((dir, source)) = named {
         if has_all_files(&dir) {

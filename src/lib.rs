@@ -22,6 +22,35 @@ pub mod schedule;
 pub mod tensorboard;
 pub mod train;
 
+/// `println!` that never panics: a closed pipe (`| head`) or a full disk on stdout is
+/// ignored, since every result is also in the run folder's files.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln!`]).
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics: progress and status lines are not worth a crash when
+/// stderr is closed or full.
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 use std::sync::OnceLock;
 use std::time::Instant;
 

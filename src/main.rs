@@ -13,13 +13,36 @@ fn main() -> ExitCode {
     keep_freed_memory();
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!(
+        kdtrain::errln!(
             "kdtrain: internal error: {info}; please report it with the command line you used"
         );
     }));
     let cli = match kdtrain::cli::Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => e.exit(), // exit code 2 for usage errors, 0 for --help/--version
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                // --help, --version, and no command at all: clap's own output.
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+                _ => {
+                    // One line, like every other error: clap's first line, then a pointer.
+                    // clap's message up to its usage block, on one line.
+                    let text = e.render().to_string();
+                    let msg: Vec<&str> = text
+                        .lines()
+                        .map(str::trim)
+                        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                        .filter(|l| !l.is_empty())
+                        .collect();
+                    let msg = msg.join(" ");
+                    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+                    kdtrain::errln!("error: {msg}; see kdtrain --help");
+                    return ExitCode::from(2);
+                }
+            }
+        }
     };
     // First Ctrl-C: stop at the next step boundary. Second: exit now (every file is
     // written atomically, so nothing is torn).
@@ -27,14 +50,14 @@ fn main() -> ExitCode {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             exit_now(130);
         }
-        eprintln!(
+        kdtrain::errln!(
             "\nkdtrain: interrupt received; stopping at the next step (Ctrl-C again to quit now)"
         );
     });
     match kdtrain::app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            kdtrain::errln!("error: {e:#}");
             if e.downcast_ref::<Interrupted>().is_some() {
                 ExitCode::from(130)
             } else if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {

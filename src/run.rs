@@ -81,6 +81,15 @@ impl RunKind {
         }
     }
 
+    /// The command that trains this kind of run.
+    pub fn command(self) -> &'static str {
+        match self {
+            RunKind::Teacher => "train teacher",
+            RunKind::Student => "train student",
+            RunKind::Distilled => "distill",
+        }
+    }
+
     pub fn arch(self) -> Arch {
         match self {
             RunKind::Teacher => Arch::Teacher,
@@ -99,6 +108,8 @@ pub struct Run {
     resuming: bool,
     histograms: bool,
     events: Option<EventWriter>,
+    /// This process made the folder (so [`Run::abandon`] may remove it).
+    created: bool,
     _lock: RunLock,
 }
 
@@ -157,6 +168,7 @@ impl Run {
                 dir
             }
         };
+        let created = !dir.exists();
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return usage(format!(
                 "cannot create run folder {} ({e}); choose a writable --out-dir",
@@ -239,8 +251,22 @@ impl Run {
             resuming: resume,
             histograms: config.logging.histograms,
             events: None,
+            created,
             _lock: lock,
         })
+    }
+
+    /// Removes a folder this process created when the run fails before its first epoch
+    /// (bad data, say), so that no empty run folder is left behind. Anything but the
+    /// files [`Run::open`] wrote keeps the folder.
+    pub fn abandon(&self) {
+        if !self.created {
+            return;
+        }
+        for f in ["config.toml", "meta.json", "run.lock"] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        let _ = std::fs::remove_dir(&self.dir); // fails, harmlessly, if anything else is there
     }
 
     /// The run folder's name.
@@ -254,7 +280,7 @@ impl Run {
     /// Prints a line to stderr unless quiet.
     pub fn say(&self, line: &str) {
         if !self.quiet {
-            eprintln!("{line}");
+            crate::errln!("{line}");
         }
     }
 
@@ -366,7 +392,7 @@ impl Run {
             } else {
                 String::new()
             };
-            eprintln!(
+            crate::errln!(
                 "epoch {:>3}/{}  train loss {:.4}{kd} acc {:.4} | val loss {:.4} clf {:.4} acc {:.4} | lr {:.2e} | {:.2} s{}",
                 rec.epoch,
                 self.config.train.epochs,

@@ -360,7 +360,7 @@ impl EventWriter {
 impl Drop for EventWriter {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
-            eprintln!("warning: {e:#}");
+            crate::errln!("warning: {e:#}");
         }
     }
 }

@@ -173,8 +173,14 @@ pub fn fit(
                     ),
                     e => format!(
                         "interrupted during epoch {epoch}; the checkpoint of epoch {e} is in {}; \
-                         continue with the same command plus --resume --run-name {}",
+                         continue it with `kdtrain {} --out-dir {} --run-name {} --resume` \
+                         (plus the options you started it with)",
                         run.dir.display(),
+                        run.kind.command(),
+                        run.dir
+                            .parent()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
                         run.name()
                     ),
                 };
