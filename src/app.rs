@@ -61,6 +61,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Distill(_) => {
             let data_dir = env.data_dir()?;
             let teacher = env.teacher()?;
+            // Record the teacher actually used in the run's config.toml, also when it was
+            // picked automatically.
+            let mut env = env;
+            env.config.distill.teacher = teacher.1.display().to_string();
+            let teacher = teacher.0;
             let mut run = Run::open(
                 &env.config,
                 RunKind::Distilled,
@@ -181,14 +186,15 @@ impl Env<'_> {
     }
 
     /// The teacher checkpoint for distillation, read and checked before training.
-    fn teacher(&self) -> Result<Mlp> {
+    fn teacher(&self) -> Result<(Mlp, PathBuf)> {
         let path = if self.config.distill.teacher.is_empty() {
             let out = Path::new(&self.config.runtime.out_dir);
             match crate::run::newest_model(out, RunKind::Teacher) {
                 Some(p) => p,
                 None => {
                     return usage(format!(
-                        "no teacher checkpoint in {}/teacher-*/model.safetensors; run `train teacher` first, \
+                        "no teacher checkpoint in {0}/teacher-*/model.safetensors or \
+                         {0}/reproduce-*/teacher/model.safetensors; run `train teacher` first, \
                          or pass --teacher PATH",
                         out.display()
                     ));
@@ -220,7 +226,7 @@ impl Env<'_> {
         if !self.cli.common.quiet {
             crate::errln!("teacher: {}", path.display());
         }
-        Ok(teacher)
+        Ok((teacher, path))
     }
 
     fn distill_loss(&self) -> DistillLoss {
@@ -550,7 +556,7 @@ fn reproduce(env: &Env) -> Result<()> {
         false,
         q,
     )?;
-    let objective = dist_env.distill_objective(dist_env.teacher()?);
+    let objective = dist_env.distill_objective(dist_env.teacher()?.0);
     let distilled = dist_env.train(&mut dist_run, RunKind::Distilled, objective, &data)?;
     print_result(&distilled);
 

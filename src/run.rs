@@ -565,21 +565,28 @@ fn newest_unfinished(out: &Path, kind: RunKind) -> Result<PathBuf> {
     })
 }
 
-/// The newest `<out>/teacher-*/model.safetensors` (by folder name, which sorts by time).
+/// The newest trained model of `kind` in `out` (by modification time).
 pub fn newest_model(out: &Path, kind: RunKind) -> Option<PathBuf> {
+    // `<out>/<kind>-*/model.safetensors` from `train`/`distill`, and
+    // `<out>/reproduce-*/<kind>/model.safetensors` from `reproduce`; the newest file wins.
     let prefix = format!("{}-", kind.name());
-    let mut found: Vec<PathBuf> = std::fs::read_dir(out)
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(out)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                Some(p.join(MODEL_FILE))
+            } else if name.starts_with("reproduce-") {
+                Some(p.join(kind.name()).join(MODEL_FILE))
+            } else {
+                None
+            }
         })
-        .map(|p| p.join(MODEL_FILE))
-        .filter(|p| p.is_file())
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     found.sort();
-    found.pop()
+    found.pop().map(|(_, p)| p)
 }
 
 /// The per-epoch progress bar: drawn on stderr only when it is a terminal, refreshed

@@ -152,6 +152,11 @@ fn reproduce_writes_the_table_and_the_comparison() {
     );
     // --quiet: no per-epoch lines.
     assert!(!stderr(&o).contains("epoch   1/2"), "{}", stderr(&o));
+    // distill finds the teacher that reproduce trained, and records which one it used.
+    assert_ok(&s.kd(&["distill", "--epochs", "1", "--run-name", "after", "--quiet"]));
+    let cfg = std::fs::read_to_string(s.runs().join("after/config.toml")).unwrap();
+    let used = root.join("teacher/model.safetensors").display().to_string();
+    assert!(cfg.contains(&format!("teacher = \"{used}\"")), "{cfg}");
 }
 
 #[test]
