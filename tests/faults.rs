@@ -41,27 +41,6 @@ fn sandbox() -> Sandbox {
     sandbox_with(200, 50, "")
 }
 
-/// The arguments `Sandbox::kd` would pass.
-fn kd_args(s: &Sandbox, args: &[&str]) -> Vec<String> {
-    let mut full: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    if !args.contains(&"--config") {
-        full.extend([
-            "--config".into(),
-            s.path().join("test.toml").display().to_string(),
-        ]);
-    }
-    if !args.contains(&"--data-dir") {
-        full.extend(["--data-dir".into(), s.data_dir().display().to_string()]);
-    }
-    full.extend([
-        "--out-dir".into(),
-        s.runs().display().to_string(),
-        "--threads".into(),
-        "1".into(),
-    ]);
-    full
-}
-
 /// A background kdtrain process and the file that collects its stderr.
 struct Proc {
     child: Child,
@@ -92,7 +71,7 @@ fn spawn(s: &Sandbox, args: &[&str], name: &str) -> Proc {
     let err = s.path().join(format!("{name}.err"));
     let file = std::fs::File::create(&err).unwrap();
     let child = s
-        .command(&kd_args(s, args))
+        .command(&s.args(args))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(file))
@@ -1727,10 +1706,7 @@ fn download_errors_name_the_url() {
 #[test]
 fn closed_stdout_and_full_stderr_do_not_crash_a_run() {
     let s = sandbox();
-    let mut c = s.command(&kd_args(
-        &s,
-        &["train", "student", "--epochs", "2", "--run-name", "pipe"],
-    ));
+    let mut c = s.command(&s.args(&["train", "student", "--epochs", "2", "--run-name", "pipe"]));
     c.stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create("/dev/full").unwrap());
     let mut child = c.spawn().unwrap();

@@ -64,9 +64,9 @@ impl Sandbox {
         p
     }
 
-    /// Runs the binary in the sandbox with `args`, the synthetic config and data, and
-    /// `--out-dir runs`, `--threads 1`.
-    pub fn kd(&self, args: &[&str]) -> Output {
+    /// `args` plus the synthetic config and data (unless given), `--out-dir runs` and
+    /// `--threads 1`: what [`Sandbox::kd`] runs.
+    pub fn args(&self, args: &[&str]) -> Vec<String> {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !args.contains(&"--config") {
             full.extend([
@@ -83,7 +83,12 @@ impl Sandbox {
             "--threads".into(),
             "1".into(),
         ]);
-        self.raw(&full)
+        full
+    }
+
+    /// Runs the binary in the sandbox with [`Sandbox::args`].
+    pub fn kd(&self, args: &[&str]) -> Output {
+        self.raw(&self.args(args))
     }
 
     /// Runs the binary in the sandbox with exactly `args`.
