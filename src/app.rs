@@ -32,6 +32,11 @@ pub fn run(cli: Cli) -> Result<()> {
     config.apply(&cli.overrides());
     config.validate()?;
     let device = crate::device::resolve(&config.runtime.device)?;
+    // The resolved config (written next to each checkpoint) names the device used.
+    config.runtime.device = match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".to_string(),
+    };
     let threads = crate::device::set_threads(config.runtime.threads);
     let env = Env {
         config,
