@@ -1,4 +1,4 @@
-//! GitHub issue 3: every bad input and every fault ends in one clear `error:` line, the
+//! Faults: every bad input and every fault ends in one clear `error:` line, the
 //! right exit code (1 runtime, 2 usage/config, 130 interrupted), no panic, and no lost or
 //! torn checkpoint. Each test runs the real binary on a tiny synthetic IDX data set.
 //!
