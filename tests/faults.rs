@@ -132,6 +132,22 @@ fn state_epoch(dir: &Path) -> Option<usize> {
     v["epoch"].as_u64().map(|e| e as usize)
 }
 
+/// Starts `train student --epochs 500 --run-name NAME` plus `extra` (a run that goes on
+/// far longer than any test waits), and returns once its first epoch is on disk.
+fn start_long_run(s: &Sandbox, name: &str, extra: &[&str], log: &str) -> (Proc, PathBuf) {
+    let dir = s.runs().join(name);
+    let args = [
+        &["train", "student", "--epochs", "500", "--run-name", name][..],
+        extra,
+    ]
+    .concat();
+    let mut child = spawn(s, &args, log);
+    wait_until(&mut child, Duration::from_secs(60), "state.json", || {
+        state_epoch(&dir).is_some()
+    });
+    (child, dir)
+}
+
 fn state_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap()
 }
@@ -731,23 +747,7 @@ fn truncated_or_corrupt_checkpoint() {
         let _ = what;
     }
     // A corrupt resume checkpoint: --resume refuses and leaves the run folder alone.
-    let r = s.runs().join("resumable");
-    let mut child = spawn(
-        &s,
-        &[
-            "train",
-            "student",
-            "--epochs",
-            "500",
-            "--run-name",
-            "resumable",
-            "-q",
-        ],
-        "r",
-    );
-    wait_until(&mut child, Duration::from_secs(60), "state.json", || {
-        state_epoch(&r).is_some()
-    });
+    let (mut child, r) = start_long_run(&s, "resumable", &["-q"], "r");
     sigint(&child);
     assert_eq!(wait(&mut child, Duration::from_secs(60)).code(), Some(130));
     let last = std::fs::read(r.join("last.safetensors")).unwrap();
@@ -778,25 +778,7 @@ fn truncated_or_corrupt_checkpoint() {
 #[test]
 fn resume_with_a_config_that_disagrees() {
     let s = sandbox();
-    let r = s.runs().join("r");
-    let mut child = spawn(
-        &s,
-        &[
-            "train",
-            "student",
-            "--epochs",
-            "500",
-            "--run-name",
-            "r",
-            "--seed",
-            "5",
-            "-q",
-        ],
-        "r",
-    );
-    wait_until(&mut child, Duration::from_secs(60), "state.json", || {
-        state_epoch(&r).is_some()
-    });
+    let (mut child, r) = start_long_run(&s, "r", &["--seed", "5", "-q"], "r");
     sigint(&child);
     assert_eq!(wait(&mut child, Duration::from_secs(60)).code(), Some(130));
     let before = files(&r);
@@ -1023,15 +1005,7 @@ fn checkpoint_with_nan_weights_is_refused() {
 #[test]
 fn sigint_stops_at_a_step_and_keeps_the_last_epoch() {
     let s = sandbox_with(2000, 100, "batch_size = 32");
-    let r = s.runs().join("int");
-    let mut child = spawn(
-        &s,
-        &["train", "student", "--epochs", "500", "--run-name", "int"],
-        "int",
-    );
-    wait_until(&mut child, Duration::from_secs(60), "state.json", || {
-        state_epoch(&r).is_some()
-    });
+    let (mut child, r) = start_long_run(&s, "int", &[], "int");
     let t0 = Instant::now();
     sigint(&child);
     let st = wait(&mut child, Duration::from_secs(60));
@@ -1367,23 +1341,7 @@ fn resume_continues_exactly_where_the_run_stopped() {
 #[test]
 fn second_run_into_the_same_folder_is_refused() {
     let s = sandbox_with(2000, 100, "batch_size = 32");
-    let r = s.runs().join("same");
-    let mut first = spawn(
-        &s,
-        &[
-            "train",
-            "student",
-            "--epochs",
-            "500",
-            "--run-name",
-            "same",
-            "-q",
-        ],
-        "first",
-    );
-    wait_until(&mut first, Duration::from_secs(60), "state.json", || {
-        state_epoch(&r).is_some()
-    });
+    let (mut first, r) = start_long_run(&s, "same", &["-q"], "first");
     let config = std::fs::read(r.join("config.toml")).unwrap();
     let meta = std::fs::read(r.join("meta.json")).unwrap();
     for extra in [&[][..], &["--resume"][..]] {
