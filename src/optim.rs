@@ -220,73 +220,71 @@ mod tests {
     use crate::model::{Arch, Mlp};
     use tch::nn::OptimizerConfig;
 
+    /// Keras's Adam defaults, amsgrad on.
+    const KERAS: AdamConfig = AdamConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-7,
+        amsgrad: true,
+    };
+
+    /// Two students with the same weights. Tests run in parallel and share libtorch's
+    /// generator, so the second is a copy, not a reseeded draw.
+    fn twins() -> (Mlp, Mlp) {
+        let a = Mlp::new(Arch::Student, Device::Cpu);
+        let b = Mlp::new(Arch::Student, Device::Cpu);
+        b.restore(&a.snapshot());
+        (a, b)
+    }
+
     /// Our fused update against `tch::nn::Adam` (libtorch's `torch::optim::Adam`) with
     /// amsgrad and eps 1e-7, 100 steps on the student MLP with a changing LR.
     #[test]
     fn matches_libtorch_adam_over_100_steps() {
+        let (ours, theirs) = twins();
+        let mut opt = Adam::new(ours.parameters(), KERAS);
+        let mut ref_opt = tch::nn::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            wd: 0.0,
+            eps: 1e-7,
+            amsgrad: true,
+        }
+        .build(&theirs.vs, 1e-3)
+        .unwrap();
+        // Fixed inputs, so the test does not depend on the shared generator.
+        let x = (Tensor::arange(64 * 784, (Kind::Float, Device::Cpu)).view([64, 784]) * 0.37)
+            .sin()
+            .abs();
+        let y = Tensor::arange(64, (Kind::Int64, Device::Cpu)).remainder(10);
+        for step in 0..100u64 {
+            let lr = 1e-3 * (1.0 - step as f64 / 200.0);
+            let xs = &x * (1.0 + 0.01 * step as f64); // a different gradient each step
+            opt.zero_grad();
+            crate::loss::cross_entropy(&ours.forward(&xs), &y).backward();
+            opt.step(lr);
+            ref_opt.zero_grad();
+            crate::loss::cross_entropy(&theirs.forward(&xs), &y).backward();
+            ref_opt.set_lr(lr);
+            ref_opt.step();
+        }
+        for ((name, a), (_, b)) in ours
+            .named_parameters()
+            .iter()
+            .zip(theirs.named_parameters())
         {
-            // Tests run in parallel and share libtorch's generator: copy, don't reseed.
-            let ours = Mlp::new(Arch::Student, Device::Cpu);
-            let theirs = Mlp::new(Arch::Student, Device::Cpu);
-            theirs.restore(&ours.snapshot());
-            let cfg = AdamConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-7,
-                amsgrad: true,
-            };
-            let mut opt = Adam::new(ours.parameters(), cfg);
-            let mut ref_opt = tch::nn::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                wd: 0.0,
-                eps: 1e-7,
-                amsgrad: true,
-            }
-            .build(&theirs.vs, 1e-3)
-            .unwrap();
-            // Fixed inputs, so the test does not depend on the shared generator.
-            let x = (Tensor::arange(64 * 784, (Kind::Float, Device::Cpu)).view([64, 784]) * 0.37)
-                .sin()
-                .abs();
-            let y = Tensor::arange(64, (Kind::Int64, Device::Cpu)).remainder(10);
-            for step in 0..100u64 {
-                let lr = 1e-3 * (1.0 - step as f64 / 200.0);
-                let xs = &x * (1.0 + 0.01 * step as f64); // a different gradient each step
-                opt.zero_grad();
-                crate::loss::cross_entropy(&ours.forward(&xs), &y).backward();
-                opt.step(lr);
-                ref_opt.zero_grad();
-                crate::loss::cross_entropy(&theirs.forward(&xs), &y).backward();
-                ref_opt.set_lr(lr);
-                ref_opt.step();
-            }
-            for ((name, a), (_, b)) in ours
-                .named_parameters()
-                .iter()
-                .zip(theirs.named_parameters())
-            {
-                let diff = (a - &b).abs().max().double_value(&[]);
-                assert!(diff < 1e-6, "{name}: max |ours - libtorch| = {diff}");
-                // and it did move
-                assert!(a.abs().sum(Kind::Float).double_value(&[]) > 0.0);
-            }
+            let diff = (a - &b).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: max |ours - libtorch| = {diff}");
+            // and it did move
+            assert!(a.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         }
     }
 
     #[test]
     fn tensor_ops_path_matches_fused_path() {
-        let a = Mlp::new(Arch::Student, Device::Cpu);
-        let b = Mlp::new(Arch::Student, Device::Cpu);
-        b.restore(&a.snapshot());
-        let cfg = AdamConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-7,
-            amsgrad: true,
-        };
-        let mut oa = Adam::new(a.parameters(), cfg);
-        let mut ob = Adam::new(b.parameters(), cfg);
+        let (a, b) = twins();
+        let mut oa = Adam::new(a.parameters(), KERAS);
+        let mut ob = Adam::new(b.parameters(), KERAS);
         let x = Tensor::rand([16, 784], (Kind::Float, Device::Cpu));
         let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
         for _ in 0..10 {
