@@ -18,10 +18,14 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::UsageError;
-use crate::model::{Arch, Mlp};
+use crate::data::SplitInfo;
+use crate::model::{Arch, Network};
 
 /// Metadata keys in the safetensors header.
+/// The architecture spec (`mlp:512,256,128`, see [`Arch::parse`]).
 pub const META_ARCH: &str = "kdtrain.arch";
+/// The role the network was trained for: `teacher`, `student` or `distilled`.
+pub const META_ROLE: &str = "kdtrain.role";
 pub const META_CONFIG: &str = "kdtrain.config";
 pub const META_EPOCH: &str = "kdtrain.epoch";
 pub const META_VERSION: &str = "kdtrain.version";
@@ -150,51 +154,66 @@ impl Checkpoint {
         })
     }
 
-    /// The architecture recorded in the metadata, or inferred from the tensor names.
+    /// The architecture recorded in the metadata (`kdtrain.arch`); `None` when the file
+    /// has none or an unreadable one. Nothing is guessed from tensor names.
     pub fn arch(&self) -> Option<Arch> {
-        if let Some(a) = self
-            .metadata
-            .get(META_ARCH)
-            .and_then(|s| Arch::from_name(s))
-        {
-            return Some(a);
-        }
-        if self.tensors.contains_key("fc4.weight") {
-            Some(Arch::Teacher)
-        } else if self.tensors.contains_key("fc2.weight") {
-            Some(Arch::Student)
-        } else {
-            None
-        }
+        Arch::parse(self.metadata.get(META_ARCH)?).ok()
+    }
+
+    /// The role recorded in the metadata: `kdtrain.role`, or for checkpoints written
+    /// before roles were recorded, the old `kdtrain.arch` values `teacher`/`student`.
+    pub fn role(&self) -> Option<&str> {
+        self.metadata
+            .get(META_ROLE)
+            .map(String::as_str)
+            .or_else(|| {
+                self.metadata
+                    .get(META_ARCH)
+                    .map(String::as_str)
+                    .filter(|a| matches!(*a, "teacher" | "student"))
+            })
+    }
+
+    /// The validation split the network was trained with, if recorded.
+    pub fn split(&self) -> Option<SplitInfo> {
+        SplitInfo::from_metadata(&self.metadata)
     }
 
     /// Copies the weights into `model`, checking that every tensor is present with the
     /// right shape.
     ///
     /// # Errors
-    /// Names the tensor and both shapes, e.g. a student checkpoint given as the teacher;
-    /// or names a tensor that holds NaN or infinite values.
-    pub fn load_into(&self, model: &Mlp) -> Result<()> {
+    /// Names the tensor and both shapes; or names a tensor that holds NaN or infinite
+    /// values.
+    pub fn load_into(&self, model: &dyn Network) -> Result<()> {
+        let arch = model.arch().spec();
+        let holds = || {
+            self.role()
+                .map(|r| {
+                    format!(
+                        "a {r} ({})",
+                        self.arch().map(|a| a.spec()).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "another model".into())
+        };
         tch::no_grad(|| -> Result<()> {
             for (name, mut p) in model.named_parameters() {
                 let Some(src) = self.tensors.get(&name) else {
                     bail!(
-                        "checkpoint {} has no tensor `{name}` that the {} needs; is it a {} checkpoint?",
+                        "checkpoint {} has no tensor `{name}` that {arch} needs; it holds {}",
                         self.path.display(),
-                        model.arch,
-                        model.arch
+                        holds()
                     );
                 };
                 if src.size() != p.size() {
                     bail!(
-                        "checkpoint {}: tensor `{name}` has shape {:?} but the {} expects {:?}; \
-                         it holds a {} (expected a {})",
+                        "checkpoint {}: tensor `{name}` has shape {:?} but {arch} expects {:?}; \
+                         it holds {}",
                         self.path.display(),
                         src.size(),
-                        model.arch,
                         p.size(),
-                        self.arch().map(|a| a.name()).unwrap_or("different model"),
-                        model.arch
+                        holds()
                     );
                 }
                 if !bool::try_from(src.isfinite().all()).unwrap_or(false) {
@@ -210,32 +229,65 @@ impl Checkpoint {
         })
     }
 
-    /// Builds a model of the expected architecture from this checkpoint.
+    /// Builds the network this checkpoint records (`kdtrain.arch`) and loads it.
     ///
     /// # Errors
-    /// When the checkpoint records another architecture, or as [`Checkpoint::load_into`].
-    pub fn model(&self, expected: Arch, device: Device) -> Result<Mlp> {
-        let model = Mlp::new(expected, device);
-        self.load_into(&model)?;
+    /// A usage error when the metadata names no architecture, or as
+    /// [`Checkpoint::load_into`].
+    pub fn network(&self, device: Device) -> Result<Box<dyn Network>> {
+        let Some(arch) = self.arch() else {
+            return Err(UsageError(format!(
+                "checkpoint {} records no architecture (metadata `{META_ARCH}` is {}); \
+                 pass a model.safetensors written by kdtrain",
+                self.path.display(),
+                match self.metadata.get(META_ARCH) {
+                    Some(a) => format!("{a:?}"),
+                    None => "missing".into(),
+                }
+            ))
+            .into());
+        };
+        self.model(&arch, device)
+    }
+
+    /// Builds a network of the expected architecture and loads this checkpoint into it.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::load_into`] (names the tensor and both shapes).
+    pub fn model(&self, expected: &Arch, device: Device) -> Result<Box<dyn Network>> {
+        let model = expected.build(device);
+        self.load_into(model.as_ref())?;
         Ok(model)
     }
 }
 
-/// The metadata every checkpoint carries.
-pub fn metadata(arch: Arch, config_toml: &str, epoch: usize) -> HashMap<String, String> {
-    HashMap::from([
-        (META_ARCH.to_string(), arch.name().to_string()),
+/// The metadata every checkpoint carries: architecture, role, epoch, resolved config,
+/// version, and the validation split (when known).
+pub fn metadata(
+    arch: &Arch,
+    role: &str,
+    config_toml: &str,
+    epoch: usize,
+    split: Option<&SplitInfo>,
+) -> HashMap<String, String> {
+    let mut m = HashMap::from([
+        (META_ARCH.to_string(), arch.spec()),
+        (META_ROLE.to_string(), role.to_string()),
         (META_CONFIG.to_string(), config_toml.to_string()),
         (META_EPOCH.to_string(), epoch.to_string()),
         (
             META_VERSION.to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
-    ])
+    ]);
+    if let Some(s) = split {
+        m.extend(s.to_metadata());
+    }
+    m
 }
 
 /// Saves `model`'s weights to `path` atomically.
-pub fn save_model(path: &Path, model: &Mlp, meta: HashMap<String, String>) -> Result<()> {
+pub fn save_model(path: &Path, model: &dyn Network, meta: HashMap<String, String>) -> Result<()> {
     write_atomic(path, &to_safetensors(&model.named_parameters(), meta)?)
 }
 
@@ -288,13 +340,15 @@ mod tests {
     #[test]
     fn save_and_load_round_trip() {
         let d = tmpdir("rt");
-        let m = Mlp::new(Arch::Student, Device::Cpu);
+        let m = Arch::student().build(Device::Cpu);
         let p = d.join("model.safetensors");
-        save_model(&p, &m, metadata(Arch::Student, "seed = 1\n", 3)).unwrap();
+        let meta = metadata(&Arch::student(), "student", "seed = 1\n", 3, None);
+        save_model(&p, m.as_ref(), meta).unwrap();
         let c = Checkpoint::read(&p).unwrap();
-        assert_eq!(c.arch(), Some(Arch::Student));
+        assert_eq!(c.arch(), Some(Arch::student()));
+        assert_eq!(c.role(), Some("student"));
         assert_eq!(c.metadata[META_EPOCH], "3");
-        let m2 = c.model(Arch::Student, Device::Cpu).unwrap();
+        let m2 = c.network(Device::Cpu).unwrap();
         for (a, b) in m.parameters().iter().zip(m2.parameters()) {
             assert!(a.equal(&b));
         }
@@ -305,12 +359,12 @@ mod tests {
     fn student_as_teacher_names_the_tensor_and_shapes() {
         let d = tmpdir("shape");
         let p = d.join("s.safetensors");
-        let mut meta = metadata(Arch::Student, "", 1);
+        let mut meta = metadata(&Arch::student(), "student", "", 1, None);
         meta.remove(META_ARCH);
-        save_model(&p, &Mlp::new(Arch::Student, Device::Cpu), meta).unwrap();
-        let e = Checkpoint::read(&p)
-            .unwrap()
-            .model(Arch::Teacher, Device::Cpu)
+        save_model(&p, Arch::student().build(Device::Cpu).as_ref(), meta).unwrap();
+        let c = Checkpoint::read(&p).unwrap();
+        let e = c
+            .model(&Arch::teacher(), Device::Cpu)
             .err()
             .unwrap()
             .to_string();
@@ -318,6 +372,10 @@ mod tests {
             e.contains("fc1.weight") && e.contains("[128, 784]") && e.contains("[512, 784]"),
             "{e}"
         );
+        // Without `kdtrain.arch` nothing is guessed.
+        assert_eq!(c.arch(), None);
+        let e = c.network(Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("records no architecture"), "{e}");
     }
 
     #[test]
@@ -326,8 +384,8 @@ mod tests {
         let p = d.join("m.safetensors");
         save_model(
             &p,
-            &Mlp::new(Arch::Student, Device::Cpu),
-            metadata(Arch::Student, "", 1),
+            Arch::student().build(Device::Cpu).as_ref(),
+            metadata(&Arch::student(), "student", "", 1, None),
         )
         .unwrap();
         let bytes = std::fs::read(&p).unwrap();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Overrides;
+use crate::config::{ObjectiveFlags, Overrides, UsageError, parse_seeds};
 
 /// Knowledge distillation (Hinton et al. 2015) of an MLP teacher into a small MLP student
 /// on Fashion-MNIST, on libtorch.
@@ -28,19 +28,12 @@ pub enum Command {
     },
     /// Distil the trained teacher into a fresh student.
     Distill(DistillArgs),
-    /// Report loss, accuracy, per-class accuracy, confusion matrix and calibration of a checkpoint.
-    Evaluate {
-        /// A `model.safetensors` written by train or distill.
-        checkpoint: PathBuf,
-        /// Also report top-1 agreement with this teacher checkpoint and the mean KL at T=1.
-        #[arg(long)]
-        teacher: Option<PathBuf>,
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Train the teacher, then the student, then distil, and compare the three in a table.
-    Reproduce(DistillArgs),
+    /// Report loss, accuracy, per-class accuracy, confusion matrix and calibration of a
+    /// checkpoint; with --teacher, agreement and an objective's terms against it.
+    Evaluate(EvaluateArgs),
+    /// Train the teacher, then per seed the student alone and the distilled student(s),
+    /// and compare them over seeds (mean, sd, paired gain with its 95% interval).
+    Reproduce(ReproduceArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -49,25 +42,91 @@ pub enum ModelArg {
     Student,
 }
 
-/// Distillation settings (override `[distill]` in the config).
-#[derive(Debug, Args, Default)]
-pub struct DistillArgs {
-    /// Temperature T of the soft targets (> 0) [config: distill.temperature, default 2].
+/// The distillation objective and its hyper-parameters (override `[distill]` and
+/// `[distill.<objective>]` in the config). A flag the chosen objective does not have is
+/// an error.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ObjectiveArgs {
+    /// Distillation objective: kd (Hinton 2015), dkd (Zhao 2022), lskd (Sun 2024), dist
+    /// (Huang 2022) or mse (Ba & Caruana 2014) [config: distill.objective, default kd].
+    /// reproduce takes a comma list (kd,dkd).
+    #[arg(long, value_name = "NAME")]
+    pub objective: Option<String>,
+    /// Temperature T (> 0) of the chosen objective (dist: tau); without it each
+    /// objective takes its own [config: distill.<objective>.temperature; kd 2, dkd 4,
+    /// lskd 2, dist 1].
     #[arg(long = "t", visible_alias = "temperature", value_name = "T")]
     pub t: Option<f64>,
-    /// Weight of the hard-label cross-entropy, in [0, 1]; the KL term gets 1 - alpha
-    /// [config: distill.alpha, default 0.9].
+    /// kd, mse: weight of the hard-label cross-entropy in [0, 1], the soft term gets
+    /// 1 - alpha [kd 0.9, mse 0.5]; dkd: weight of TCKD [1].
     #[arg(long)]
     pub alpha: Option<f64>,
+    /// dkd: weight of NCKD [8]; dist: weight of the inter-class term [1].
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// dist: weight of the intra-class term [1].
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// dkd, lskd, dist: weight of the hard-label cross-entropy [dkd 1, lskd 0.1, dist 1].
+    #[arg(long)]
+    pub ce_weight: Option<f64>,
+    /// lskd: weight of the T^2-scaled KL of standardised logits [9].
+    #[arg(long)]
+    pub kd_weight: Option<f64>,
+    /// dkd: epochs over which the KD part ramps up from 0 [20].
+    #[arg(long, value_name = "EPOCHS")]
+    pub warmup: Option<usize>,
+    /// kd: leave the KL term unscaled (s = 1, as the Keras reference) instead of T^2.
+    #[arg(long)]
+    pub no_t_squared: bool,
+}
+
+/// Distillation settings (override `[distill]` in the config).
+#[derive(Debug, Args, Default, Clone)]
+pub struct DistillArgs {
+    #[command(flatten)]
+    pub objective: ObjectiveArgs,
     /// Teacher checkpoint [default: the newest <out-dir>/teacher-*/model.safetensors].
     #[arg(long, value_name = "PATH")]
     pub teacher: Option<PathBuf>,
     /// Run the teacher on every batch instead of caching its logits once.
     #[arg(long)]
     pub no_teacher_cache: bool,
-    /// Leave the KL term unscaled (s = 1, as the Keras reference) instead of T^2.
+    /// Distil even when the teacher was trained with another validation split (its
+    /// training images may then be in this run's validation set).
     #[arg(long)]
-    pub no_t_squared: bool,
+    pub allow_split_mismatch: bool,
+}
+
+/// `reproduce`'s settings.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ReproduceArgs {
+    #[command(flatten)]
+    pub objective: ObjectiveArgs,
+    /// Seeds: a comma list (0,1,2; one seed as 7,) or a count N for seeds 0 to N-1
+    /// [config: reproduce.seeds, default 0,1,2].
+    #[arg(long, value_name = "LIST|N")]
+    pub seeds: Option<String>,
+    /// Run the teacher on every batch instead of caching its logits once.
+    #[arg(long)]
+    pub no_teacher_cache: bool,
+}
+
+/// `evaluate`'s arguments.
+#[derive(Debug, Args, Clone)]
+pub struct EvaluateArgs {
+    /// A `model.safetensors` written by train or distill.
+    pub checkpoint: PathBuf,
+    /// Also report top-1 agreement with this teacher checkpoint, the mean KL at T=1,
+    /// the teacher's accuracy, and the objective's terms (--objective).
+    #[arg(long, value_name = "PATH")]
+    pub teacher: Option<PathBuf>,
+    /// With --teacher: report this objective's terms on each set (kd: ce, kl).
+    #[command(flatten)]
+    pub objective: ObjectiveArgs,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags shared by every command.
@@ -114,9 +173,37 @@ pub struct Common {
     pub quiet: bool,
 }
 
+impl ObjectiveArgs {
+    fn apply(&self, o: &mut Overrides) {
+        o.objectives = self
+            .objective
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if self.objective.is_some() && o.objectives.is_empty() {
+            o.objectives = vec![String::new()]; // `--objective ''`: named as unknown
+        }
+        o.params = ObjectiveFlags {
+            t: self.t,
+            alpha: self.alpha,
+            beta: self.beta,
+            gamma: self.gamma,
+            ce_weight: self.ce_weight,
+            kd_weight: self.kd_weight,
+            warmup: self.warmup,
+            no_t_squared: self.no_t_squared,
+        };
+    }
+}
+
 impl Cli {
     /// The flags that override config values.
-    pub fn overrides(&self) -> Overrides {
+    ///
+    /// # Errors
+    /// A [`crate::config::UsageError`] for a malformed `--seeds`.
+    pub fn overrides(&self) -> anyhow::Result<Overrides> {
         let c = &self.common;
         let mut o = Overrides {
             data_dir: c.data_dir.clone(),
@@ -129,13 +216,23 @@ impl Cli {
             lr: c.lr,
             ..Default::default()
         };
-        if let Command::Distill(d) | Command::Reproduce(d) = &self.command {
-            o.temperature = d.t;
-            o.alpha = d.alpha;
-            o.no_teacher_cache = d.no_teacher_cache;
-            o.no_t_squared = d.no_t_squared;
-            o.teacher = d.teacher.clone();
+        match &self.command {
+            Command::Distill(d) => {
+                d.objective.apply(&mut o);
+                o.no_teacher_cache = d.no_teacher_cache;
+                o.teacher = d.teacher.clone();
+            }
+            Command::Reproduce(r) => {
+                r.objective.apply(&mut o);
+                o.many_objectives = true;
+                o.no_teacher_cache = r.no_teacher_cache;
+                if let Some(s) = &r.seeds {
+                    o.seeds = Some(parse_seeds(s).map_err(UsageError)?);
+                }
+            }
+            Command::Evaluate(e) => e.objective.apply(&mut o),
+            Command::Train { .. } => {}
         }
-        o
+        Ok(o)
     }
 }

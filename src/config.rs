@@ -41,9 +41,33 @@ pub struct Config {
     pub lr_schedule: LrScheduleConfig,
     pub optimizer: OptimizerConfig,
     pub early_stopping: EarlyStoppingConfig,
+    pub model: ModelConfig,
     pub distill: DistillConfig,
+    pub reproduce: ReproduceConfig,
     pub logging: LoggingConfig,
     pub runtime: RuntimeConfig,
+}
+
+/// The networks that play each role, as architecture specs (see [`crate::model::Arch`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The teacher's architecture, e.g. `"mlp:512,256,128"` (784-512-256-128-10).
+    pub teacher: String,
+    /// The student's architecture, e.g. `"mlp:128"` (784-128-10).
+    pub student: String,
+}
+
+/// `reproduce`: which seeds and objectives, and whether each seed gets its own teacher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReproduceConfig {
+    /// Training seeds; each gets a student alone and a distilled student per objective.
+    pub seeds: Vec<u64>,
+    /// Distillation objectives to compare; empty = `distill.objective` alone.
+    pub objectives: Vec<String>,
+    /// Train one teacher per seed instead of one (with the first seed) for all.
+    pub teacher_per_seed: bool,
 }
 
 /// The reference's `DATA_CONFIG`, plus where the data lives and how validation is drawn.
@@ -56,11 +80,14 @@ pub struct DataConfig {
     pub batch_size: usize,
     /// Image shape `[height, width, channels]`; Fashion-MNIST is `[28, 28, 1]`.
     pub data_shape: Vec<usize>,
-    /// `"split"`: hold out `validation_size` training images, drawn by the seed.
+    /// `"split"`: hold out `validation_size` training images, drawn by `split_seed`.
     /// `"test"`: validate on the test set, as the Keras reference did (optimistic).
     pub validation: Validation,
     /// Images held out of the training set when `validation = "split"`.
     pub validation_size: usize,
+    /// Seed of the validation split, separate from the training seed, so that every
+    /// seed of a run, and the teacher, hold out the same images.
+    pub split_seed: u64,
     /// Base URL for `--download`; the four official file names are appended.
     pub download_url: String,
 }
@@ -121,20 +148,82 @@ pub struct EarlyStoppingConfig {
     pub patience: usize,
 }
 
-/// Distillation (Hinton et al. 2015, section 2).
+/// Distillation: the objective, its hyper-parameters (one table per objective), and the
+/// teacher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistillConfig {
+    /// One of [`crate::objective::NAMES`]: `kd`, `dkd`, `lskd`, `dist`, `mse`.
+    pub objective: String,
+    /// Compute the frozen teacher's logits for the training set once and reuse them.
+    pub teacher_cache: bool,
+    /// Teacher checkpoint; empty = the newest `<out_dir>/teacher-*/model.safetensors`.
+    pub teacher: String,
+    pub kd: KdConfig,
+    pub dkd: DkdConfig,
+    pub lskd: LskdConfig,
+    pub dist: DistConfig,
+    pub mse: MseConfig,
+}
+
+/// `kd` (Hinton et al. 2015, section 2), see [`crate::objective::kd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KdConfig {
     /// Temperature T of the soft targets, > 0.
     pub temperature: f64,
     /// Weight of the hard-label cross-entropy, in [0, 1]; the KL term gets 1 - alpha.
     pub alpha: f64,
     /// Multiply the KL term by T^2 (the paper). `false` reproduces the Keras reference.
     pub t_squared_scaling: bool,
-    /// Compute the frozen teacher's logits for the training set once and reuse them.
-    pub teacher_cache: bool,
-    /// Teacher checkpoint; empty = the newest `<out_dir>/teacher-*/model.safetensors`.
-    pub teacher: String,
+}
+
+/// `dkd` (Zhao et al., CVPR 2022), see [`crate::objective::dkd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkdConfig {
+    pub temperature: f64,
+    /// Weight of TCKD, the target-class term (the paper's alpha).
+    pub alpha: f64,
+    /// Weight of NCKD, the non-target term (the paper's beta).
+    pub beta: f64,
+    /// Weight of the hard-label cross-entropy.
+    pub ce_weight: f64,
+    /// Epochs over which the KD part ramps up linearly from 0 (0 = none).
+    pub warmup_epochs: usize,
+}
+
+/// `lskd` (Sun et al., CVPR 2024), see [`crate::objective::lskd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LskdConfig {
+    pub temperature: f64,
+    /// Weight of the T^2-scaled KL of the standardised logits.
+    pub kd_weight: f64,
+    /// Weight of the hard-label cross-entropy.
+    pub ce_weight: f64,
+}
+
+/// `dist` (Huang et al., NeurIPS 2022), see [`crate::objective::dist`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// The paper's tau.
+    pub temperature: f64,
+    /// Weight of the inter-class relation term.
+    pub beta: f64,
+    /// Weight of the intra-class relation term.
+    pub gamma: f64,
+    /// Weight of the hard-label cross-entropy.
+    pub ce_weight: f64,
+}
+
+/// `mse` (Ba & Caruana 2014), see [`crate::objective::mse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MseConfig {
+    /// Weight of the hard-label cross-entropy, in [0, 1]; the logit MSE gets 1 - alpha.
+    pub alpha: f64,
 }
 
 /// What each run writes besides its checkpoint.
@@ -168,7 +257,9 @@ impl Default for Config {
             lr_schedule: LrScheduleConfig::default(),
             optimizer: OptimizerConfig::default(),
             early_stopping: EarlyStoppingConfig::default(),
+            model: ModelConfig::default(),
             distill: DistillConfig::default(),
+            reproduce: ReproduceConfig::default(),
             logging: LoggingConfig::default(),
             runtime: RuntimeConfig::default(),
         }
@@ -183,6 +274,7 @@ impl Default for DataConfig {
             data_shape: vec![28, 28, 1],
             validation: Validation::Split,
             validation_size: 5000,
+            split_seed: DEFAULT_SPLIT_SEED,
             download_url: crate::data::OFFICIAL_URL.to_string(),
         }
     }
@@ -225,15 +317,89 @@ impl Default for EarlyStoppingConfig {
     }
 }
 
+/// The default `data.split_seed`.
+pub const DEFAULT_SPLIT_SEED: u64 = 20_150_309;
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            teacher: "mlp:512,256,128".into(),
+            student: "mlp:128".into(),
+        }
+    }
+}
+
+impl Default for ReproduceConfig {
+    fn default() -> Self {
+        ReproduceConfig {
+            seeds: vec![0, 1, 2],
+            objectives: Vec::new(),
+            teacher_per_seed: false,
+        }
+    }
+}
+
 impl Default for DistillConfig {
     fn default() -> Self {
         DistillConfig {
+            objective: "kd".into(),
+            teacher_cache: true,
+            teacher: String::new(),
+            kd: KdConfig::default(),
+            dkd: DkdConfig::default(),
+            lskd: LskdConfig::default(),
+            dist: DistConfig::default(),
+            mse: MseConfig::default(),
+        }
+    }
+}
+
+impl Default for KdConfig {
+    fn default() -> Self {
+        KdConfig {
             temperature: 2.0,
             alpha: 0.9,
             t_squared_scaling: true,
-            teacher_cache: true,
-            teacher: String::new(),
         }
+    }
+}
+
+impl Default for DkdConfig {
+    fn default() -> Self {
+        DkdConfig {
+            temperature: 4.0,
+            alpha: 1.0,
+            beta: 8.0,
+            ce_weight: 1.0,
+            warmup_epochs: 20,
+        }
+    }
+}
+
+impl Default for LskdConfig {
+    fn default() -> Self {
+        LskdConfig {
+            temperature: 2.0,
+            kd_weight: 9.0,
+            ce_weight: 0.1,
+        }
+    }
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            temperature: 1.0,
+            beta: 1.0,
+            gamma: 1.0,
+            ce_weight: 1.0,
+        }
+    }
+}
+
+impl Default for MseConfig {
+    fn default() -> Self {
+        MseConfig { alpha: 0.5 }
     }
 }
 
@@ -287,11 +453,86 @@ pub struct Overrides {
     pub device: Option<String>,
     pub threads: Option<usize>,
     pub lr: Option<f64>,
-    pub temperature: Option<f64>,
-    pub alpha: Option<f64>,
+    /// `--objective`: one name, or (reproduce) several.
+    pub objectives: Vec<String>,
+    /// Whether several objectives may be given (reproduce).
+    pub many_objectives: bool,
+    /// `--seeds` (reproduce).
+    pub seeds: Option<Vec<u64>>,
+    pub params: ObjectiveFlags,
     pub no_teacher_cache: bool,
-    pub no_t_squared: bool,
     pub teacher: Option<PathBuf>,
+}
+
+/// The objectives' hyper-parameter flags; each applies to the chosen objective(s) that
+/// have the parameter, and is an error for an objective without it.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectiveFlags {
+    /// `--t`: the temperature (kd, dkd, lskd; dist's tau).
+    pub t: Option<f64>,
+    /// `--alpha`: kd's and mse's CE weight; dkd's TCKD weight.
+    pub alpha: Option<f64>,
+    /// `--beta`: dkd's NCKD weight; dist's inter-class weight.
+    pub beta: Option<f64>,
+    /// `--gamma`: dist's intra-class weight.
+    pub gamma: Option<f64>,
+    /// `--ce-weight`: dkd, lskd, dist.
+    pub ce_weight: Option<f64>,
+    /// `--kd-weight`: lskd.
+    pub kd_weight: Option<f64>,
+    /// `--warmup`: dkd's warm-up epochs.
+    pub warmup: Option<usize>,
+    /// `--no-t-squared`: kd without the T^2 factor.
+    pub no_t_squared: bool,
+}
+
+/// The flags each objective takes, by objective name.
+pub fn objective_flags(name: &str) -> &'static [&'static str] {
+    match name {
+        "kd" => &["--t", "--alpha", "--no-t-squared"],
+        "dkd" => &["--t", "--alpha", "--beta", "--ce-weight", "--warmup"],
+        "lskd" => &["--t", "--kd-weight", "--ce-weight"],
+        "dist" => &["--t", "--beta", "--gamma", "--ce-weight"],
+        "mse" => &["--alpha"],
+        _ => &[],
+    }
+}
+
+/// Checks an objective name against [`crate::objective::NAMES`].
+pub fn check_objective(name: &str, key: &str) -> Result<()> {
+    if crate::objective::NAMES.contains(&name) {
+        Ok(())
+    } else {
+        usage(format!(
+            "{key} = {name:?}: expected one of {}",
+            crate::objective::NAMES.join(", ")
+        ))
+    }
+}
+
+/// Parses `--seeds`: a comma list (`0,1,2`; one seed as `7,`) or a count N (seeds 0 to
+/// N-1).
+pub fn parse_seeds(s: &str) -> std::result::Result<Vec<u64>, String> {
+    let s = s.trim();
+    let expected =
+        "expected a comma list of seeds (0,1,2; one seed as 7,) or a count from 1 to 1000";
+    if !s.contains(',') {
+        return match s.parse::<u64>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok((0..n).collect()),
+            _ => Err(format!("--seeds {s:?}: {expected}")),
+        };
+    }
+    let seeds: Vec<u64> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| format!("--seeds {s:?}: {expected}"))?;
+    if seeds.is_empty() {
+        return Err(format!("--seeds {s:?}: {expected}"));
+    }
+    Ok(seeds)
 }
 
 impl Config {
@@ -354,7 +595,11 @@ impl Config {
     }
 
     /// Applies command-line overrides (flags win over the file).
-    pub fn apply(&mut self, o: &Overrides) {
+    ///
+    /// # Errors
+    /// [`UsageError`] for an unknown objective, several objectives where one is taken,
+    /// or a hyper-parameter flag that the chosen objective does not have.
+    pub fn apply(&mut self, o: &Overrides) -> Result<()> {
         if let Some(d) = &o.data_dir {
             self.data.dir = d.display().to_string();
         }
@@ -379,21 +624,123 @@ impl Config {
         if let Some(v) = o.lr {
             self.lr_schedule.initial_lr = v;
         }
-        if let Some(v) = o.temperature {
-            self.distill.temperature = v;
-        }
-        if let Some(v) = o.alpha {
-            self.distill.alpha = v;
-        }
         if o.no_teacher_cache {
             self.distill.teacher_cache = false;
-        }
-        if o.no_t_squared {
-            self.distill.t_squared_scaling = false;
         }
         if let Some(t) = &o.teacher {
             self.distill.teacher = t.display().to_string();
         }
+        if let Some(s) = &o.seeds {
+            self.reproduce.seeds = s.clone();
+        }
+        if o.objectives.len() > 1 && !o.many_objectives {
+            return usage(format!(
+                "--objective {}: this command takes one objective (reproduce takes several)",
+                o.objectives.join(",")
+            ));
+        }
+        for name in &o.objectives {
+            check_objective(name, "--objective")?;
+        }
+        if let Some(first) = o.objectives.first() {
+            self.distill.objective = first.clone();
+            if o.many_objectives {
+                self.reproduce.objectives = o.objectives.clone();
+            }
+        }
+        let active = if o.many_objectives && !self.reproduce.objectives.is_empty() {
+            self.reproduce.objectives.clone()
+        } else {
+            vec![self.distill.objective.clone()]
+        };
+        for name in &active {
+            check_objective(name, "config key `distill.objective`")?;
+        }
+        let p = &o.params;
+        let given: [(&str, bool); 8] = [
+            ("--t", p.t.is_some()),
+            ("--alpha", p.alpha.is_some()),
+            ("--beta", p.beta.is_some()),
+            ("--gamma", p.gamma.is_some()),
+            ("--ce-weight", p.ce_weight.is_some()),
+            ("--kd-weight", p.kd_weight.is_some()),
+            ("--warmup", p.warmup.is_some()),
+            ("--no-t-squared", p.no_t_squared),
+        ];
+        for (flag, is_given) in given {
+            if is_given && !active.iter().any(|n| objective_flags(n).contains(&flag)) {
+                let takes: Vec<String> = active
+                    .iter()
+                    .map(|n| format!("{n} takes {}", objective_flags(n).join(", ")))
+                    .collect();
+                return usage(format!(
+                    "{flag} is not a parameter of objective {}; {}",
+                    active.join(", "),
+                    takes.join("; ")
+                ));
+            }
+        }
+        let d = &mut self.distill;
+        let uses = |n: &str, flag: &str| {
+            active.iter().any(|a| a == n) && objective_flags(n).contains(&flag)
+        };
+        if let Some(v) = p.t {
+            if uses("kd", "--t") {
+                d.kd.temperature = v;
+            }
+            if uses("dkd", "--t") {
+                d.dkd.temperature = v;
+            }
+            if uses("lskd", "--t") {
+                d.lskd.temperature = v;
+            }
+            if uses("dist", "--t") {
+                d.dist.temperature = v;
+            }
+        }
+        if let Some(v) = p.alpha {
+            if uses("kd", "--alpha") {
+                d.kd.alpha = v;
+            }
+            if uses("dkd", "--alpha") {
+                d.dkd.alpha = v;
+            }
+            if uses("mse", "--alpha") {
+                d.mse.alpha = v;
+            }
+        }
+        if let Some(v) = p.beta {
+            if uses("dkd", "--beta") {
+                d.dkd.beta = v;
+            }
+            if uses("dist", "--beta") {
+                d.dist.beta = v;
+            }
+        }
+        if let Some(v) = p.gamma {
+            d.dist.gamma = v;
+        }
+        if let Some(v) = p.ce_weight {
+            if uses("dkd", "--ce-weight") {
+                d.dkd.ce_weight = v;
+            }
+            if uses("lskd", "--ce-weight") {
+                d.lskd.ce_weight = v;
+            }
+            if uses("dist", "--ce-weight") {
+                d.dist.ce_weight = v;
+            }
+        }
+        if let Some(v) = p.kd_weight {
+            d.lskd.kd_weight = v;
+        }
+        if let Some(v) = p.warmup {
+            d.dkd.warmup_epochs = v;
+        }
+        if p.no_t_squared {
+            d.kd.t_squared_scaling = false;
+        }
+        Ok(())
     }
 
     /// Checks every value's range. The error names the key (`section.key`), the value
@@ -405,8 +752,14 @@ impl Config {
                 "data.batch_size" => " (--batch-size)",
                 "train.epochs" => " (--epochs)",
                 "lr_schedule.initial_lr" => " (--lr)",
-                "distill.temperature" => " (--t)",
-                "distill.alpha" => " (--alpha)",
+                k if k.ends_with(".temperature") && k.starts_with("distill.") => " (--t)",
+                "distill.kd.alpha" | "distill.dkd.alpha" | "distill.mse.alpha" => " (--alpha)",
+                "distill.dkd.beta" | "distill.dist.beta" => " (--beta)",
+                "distill.dist.gamma" => " (--gamma)",
+                k if k.ends_with(".ce_weight") => " (--ce-weight)",
+                "distill.lskd.kd_weight" => " (--kd-weight)",
+                "distill.dkd.warmup_epochs" => " (--warmup)",
+                "reproduce.seeds" => " (--seeds)",
                 "runtime.threads" => " (--threads)",
                 "runtime.out_dir" => " (--out-dir)",
                 _ => "",
@@ -494,17 +847,76 @@ impl Config {
             );
         }
         let d = &self.distill;
+        check_objective(&d.objective, "config key `distill.objective`")?;
         // Below 1e-3 the logits / T overflow f32; above 1e3 the soft targets are uniform
         // to f32 precision and T^2 overflows the loss. The paper uses T from 1 to 20.
-        if !(d.temperature.is_finite() && (1e-3..=1e3).contains(&d.temperature)) {
+        for (key, t) in [
+            ("distill.kd.temperature", d.kd.temperature),
+            ("distill.dkd.temperature", d.dkd.temperature),
+            ("distill.lskd.temperature", d.lskd.temperature),
+            ("distill.dist.temperature", d.dist.temperature),
+        ] {
+            if !(t.is_finite() && (1e-3..=1e3).contains(&t)) {
+                return bad(key, t, "a number from 0.001 to 1000 (> 0)");
+            }
+        }
+        for (key, a) in [
+            ("distill.kd.alpha", d.kd.alpha),
+            ("distill.mse.alpha", d.mse.alpha),
+        ] {
+            if !(0.0..=1.0).contains(&a) {
+                return bad(key, a, "a number in [0, 1]");
+            }
+        }
+        for (key, w) in [
+            ("distill.dkd.alpha", d.dkd.alpha),
+            ("distill.dkd.beta", d.dkd.beta),
+            ("distill.dkd.ce_weight", d.dkd.ce_weight),
+            ("distill.lskd.kd_weight", d.lskd.kd_weight),
+            ("distill.lskd.ce_weight", d.lskd.ce_weight),
+            ("distill.dist.beta", d.dist.beta),
+            ("distill.dist.gamma", d.dist.gamma),
+            ("distill.dist.ce_weight", d.dist.ce_weight),
+        ] {
+            if !(w.is_finite() && (0.0..=1e4).contains(&w)) {
+                return bad(key, w, "a weight from 0 to 10000");
+            }
+        }
+        if d.dkd.warmup_epochs > 1_000_000 {
             return bad(
-                "distill.temperature",
-                d.temperature,
-                "a number from 0.001 to 1000 (> 0)",
+                "distill.dkd.warmup_epochs",
+                d.dkd.warmup_epochs,
+                "an integer from 0 to 1000000",
             );
         }
-        if !(0.0..=1.0).contains(&d.alpha) {
-            return bad("distill.alpha", d.alpha, "a number in [0, 1]");
+        for (key, spec) in [
+            ("model.teacher", &self.model.teacher),
+            ("model.student", &self.model.student),
+        ] {
+            if let Err(e) = crate::model::Arch::parse(spec) {
+                return bad(key, format!("{spec:?}"), &e);
+            }
+        }
+        let r = &self.reproduce;
+        if r.seeds.is_empty() || r.seeds.len() > 1000 {
+            return bad(
+                "reproduce.seeds",
+                format!("{:?}", r.seeds),
+                "from 1 to 1000 seeds",
+            );
+        }
+        let mut uniq = r.seeds.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        if uniq.len() != r.seeds.len() {
+            return bad(
+                "reproduce.seeds",
+                format!("{:?}", r.seeds),
+                "distinct seeds",
+            );
+        }
+        for name in &r.objectives {
+            check_objective(name, "config key `reproduce.objectives`")?;
         }
         crate::device::parse(&self.runtime.device)
             .map_err(|e| UsageError(format!("config key `runtime.device`: {e}")))?;
@@ -560,7 +972,7 @@ mod tests {
         let c = Config::load(&path, true).unwrap();
         assert_eq!(c.lr_schedule.decay_steps, DecaySteps::Steps(2000));
         assert_eq!(c.lr_schedule.teacher_alpha, 0.01);
-        assert!(!c.distill.t_squared_scaling);
+        assert!(!c.distill.kd.t_squared_scaling);
         assert_eq!(c.data.validation, Validation::Test);
     }
 
@@ -600,9 +1012,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_and_dotted_key() {
-        let e = Config::parse("seed = 1\n\n[distill] # KD\nalpha = 0.5\ntemprature = 2.0\n")
+        let e = Config::parse("seed = 1\n\n[distill.kd] # KD\nalpha = 0.5\ntemprature = 2.0\n")
             .unwrap_err();
-        assert!(e.starts_with("line 5, key `distill.temprature`"), "{e}");
+        assert!(e.starts_with("line 5, key `distill.kd.temprature`"), "{e}");
         let e = Config::parse("seed = \"x\"\n").unwrap_err();
         assert!(e.starts_with("line 1, key `seed`"), "{e}");
     }
@@ -626,15 +1038,36 @@ mod tests {
                 Box::new(|c| c.lr_schedule.decay_steps = DecaySteps::Steps(0)),
             ),
             (
-                "distill.temperature",
-                Box::new(|c| c.distill.temperature = -1.0),
+                "distill.kd.temperature",
+                Box::new(|c| c.distill.kd.temperature = -1.0),
             ),
             (
-                "distill.temperature",
-                Box::new(|c| c.distill.temperature = f64::NAN),
+                "distill.dkd.temperature",
+                Box::new(|c| c.distill.dkd.temperature = f64::NAN),
             ),
-            ("distill.alpha", Box::new(|c| c.distill.alpha = 1.5)),
-            ("distill.alpha", Box::new(|c| c.distill.alpha = f64::NAN)),
+            ("distill.kd.alpha", Box::new(|c| c.distill.kd.alpha = 1.5)),
+            (
+                "distill.mse.alpha",
+                Box::new(|c| c.distill.mse.alpha = f64::NAN),
+            ),
+            ("distill.dkd.beta", Box::new(|c| c.distill.dkd.beta = -1.0)),
+            (
+                "distill.dist.gamma",
+                Box::new(|c| c.distill.dist.gamma = f64::INFINITY),
+            ),
+            (
+                "distill.objective",
+                Box::new(|c| c.distill.objective = "kl".into()),
+            ),
+            (
+                "model.student",
+                Box::new(|c| c.model.student = "mlp:0".into()),
+            ),
+            ("reproduce.seeds", Box::new(|c| c.reproduce.seeds = vec![])),
+            (
+                "reproduce.seeds",
+                Box::new(|c| c.reproduce.seeds = vec![1, 1]),
+            ),
             (
                 "runtime.device",
                 Box::new(|c| c.runtime.device = "tpu".into()),
@@ -654,5 +1087,86 @@ mod tests {
         c.lr_schedule.decay_steps = DecaySteps::Steps(2000);
         let back = Config::parse(&c.to_toml().unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    fn flags(f: impl FnOnce(&mut Overrides)) -> Overrides {
+        let mut o = Overrides::default();
+        f(&mut o);
+        o
+    }
+
+    #[test]
+    fn objective_flags_go_to_the_chosen_objective() {
+        let mut c = Config::default();
+        c.apply(&flags(|o| {
+            o.objectives = vec!["dkd".into()];
+            o.params.t = Some(3.0);
+            o.params.beta = Some(2.0);
+        }))
+        .unwrap();
+        assert_eq!(c.distill.objective, "dkd");
+        assert_eq!((c.distill.dkd.temperature, c.distill.dkd.beta), (3.0, 2.0));
+        // kd keeps its own default temperature.
+        assert_eq!(c.distill.kd.temperature, 2.0);
+    }
+
+    #[test]
+    fn a_flag_the_objective_lacks_is_refused_by_name() {
+        let e = Config::default()
+            .apply(&flags(|o| o.params.gamma = Some(1.0)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--gamma") && e.contains("kd takes --t"), "{e}");
+        let e = Config::default()
+            .apply(&flags(|o| {
+                o.objectives = vec!["mse".into()];
+                o.params.t = Some(2.0);
+            }))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--t is not a parameter of objective mse"), "{e}");
+    }
+
+    #[test]
+    fn unknown_objective_lists_the_valid_names() {
+        let e = Config::default()
+            .apply(&flags(|o| o.objectives = vec!["kdd".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"kdd\"") && e.contains("kd, dkd, lskd, dist, mse"),
+            "{e}"
+        );
+        let e = Config::default()
+            .apply(&flags(|o| o.objectives = vec!["kd".into(), "dkd".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("takes one objective"), "{e}");
+    }
+
+    #[test]
+    fn several_objectives_share_a_flag_in_reproduce() {
+        let mut c = Config::default();
+        c.apply(&flags(|o| {
+            o.objectives = vec!["kd".into(), "dkd".into()];
+            o.many_objectives = true;
+            o.params.t = Some(3.0);
+        }))
+        .unwrap();
+        assert_eq!(c.reproduce.objectives, vec!["kd", "dkd"]);
+        assert_eq!(
+            (c.distill.kd.temperature, c.distill.dkd.temperature),
+            (3.0, 3.0)
+        );
+    }
+
+    #[test]
+    fn seeds_parse_as_a_list_or_a_count() {
+        assert_eq!(parse_seeds("0,1,2").unwrap(), vec![0, 1, 2]);
+        assert_eq!(parse_seeds("3").unwrap(), vec![0, 1, 2]);
+        assert_eq!(parse_seeds("7,").unwrap(), vec![7]);
+        for bad in ["", "0", "a,b", "1,-2", ",", "1001"] {
+            assert!(parse_seeds(bad).is_err(), "{bad:?}");
+        }
     }
 }

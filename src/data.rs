@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
 
+use serde::Serialize;
+
 use crate::config::UsageError;
 
 /// Where `--download` fetches from unless `data.download_url` says otherwise.
@@ -426,25 +428,127 @@ pub struct Dataset {
     pub test: Examples,
     /// Where the files came from.
     pub dir: PathBuf,
-    /// Indices into the original 60,000 training images of `train`, then of `val`.
+    /// Indices into the original 60,000 training images of `train`, in order.
     pub train_index: Vec<i64>,
+    /// Indices into the original training images of `val` (empty when the test set
+    /// validates).
+    pub val_index: Vec<i64>,
+    /// Which split this is, as recorded in checkpoints and `meta.json`.
+    pub split: SplitInfo,
+}
+
+/// The validation split, as recorded in `meta.json` and checkpoint metadata, so that a
+/// teacher and its students can be checked to share it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SplitInfo {
+    /// `"split"` (held out of the training images) or `"test"` (the test set validates).
+    pub validation: String,
+    /// The seed that drew the held-out images (`data.split_seed`); `None` for `"test"`.
+    pub split_seed: Option<u64>,
+    /// Images in the validation set.
+    pub validation_size: usize,
+    /// SHA-256 of the held-out indices (little-endian i64, in draw order), first 16 hex
+    /// digits; `"test"` when the test set validates.
+    pub split_hash: String,
+}
+
+const META_SPLIT: [&str; 4] = [
+    "kdtrain.validation",
+    "kdtrain.split_seed",
+    "kdtrain.validation_size",
+    "kdtrain.split_hash",
+];
+
+impl SplitInfo {
+    /// The split that held out the training images at `index`, drawn by `seed`.
+    pub fn held_out(index: &[i64], seed: u64) -> SplitInfo {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for i in index {
+            h.update(i.to_le_bytes());
+        }
+        let digest = h.finalize();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        SplitInfo {
+            validation: "split".into(),
+            split_seed: Some(seed),
+            validation_size: index.len(),
+            split_hash: hex,
+        }
+    }
+
+    /// Validation on the test set of `n` images.
+    pub fn test_set(n: usize) -> SplitInfo {
+        SplitInfo {
+            validation: "test".into(),
+            split_seed: None,
+            validation_size: n,
+            split_hash: "test".into(),
+        }
+    }
+
+    /// Whether two runs validated on the same images.
+    pub fn same_as(&self, other: &SplitInfo) -> bool {
+        self.split_hash == other.split_hash
+    }
+
+    /// One line for messages: `split_seed 20150309, 5000 images, hash 1a2b...`.
+    pub fn describe(&self) -> String {
+        match self.split_seed {
+            Some(seed) => format!(
+                "{} images held out by split_seed {seed} (hash {})",
+                self.validation_size, self.split_hash
+            ),
+            None => format!("the test set ({} images)", self.validation_size),
+        }
+    }
+
+    /// The checkpoint metadata entries.
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        let seed = self.split_seed.map(|s| s.to_string()).unwrap_or_default();
+        let values = [
+            self.validation.clone(),
+            seed,
+            self.validation_size.to_string(),
+            self.split_hash.clone(),
+        ];
+        META_SPLIT
+            .iter()
+            .map(|k| k.to_string())
+            .zip(values)
+            .collect()
+    }
+
+    /// Reads [`SplitInfo::to_metadata`]'s entries back; `None` when any is missing.
+    pub fn from_metadata(m: &std::collections::HashMap<String, String>) -> Option<SplitInfo> {
+        Some(SplitInfo {
+            validation: m.get(META_SPLIT[0])?.clone(),
+            split_seed: m.get(META_SPLIT[1])?.parse().ok(),
+            validation_size: m.get(META_SPLIT[2])?.parse().ok()?,
+            split_hash: m.get(META_SPLIT[3])?.clone(),
+        })
+    }
 }
 
 /// Splits off a validation set and moves everything to `device`.
 ///
-/// With `validation_size > 0` the held-out images are drawn by `seed` (a permutation
-/// from libtorch's CPU generator, seeded just for this); with `None` the test set doubles
-/// as the validation set, as in the Keras reference.
+/// With `validation_size` `Some(v)` the held-out images are drawn by `split_seed` alone
+/// (a permutation from libtorch's CPU generator, seeded just for this), never by the
+/// training seed, so every training seed and the teacher hold out the same images. With
+/// `None` the test set doubles as the validation set, as in the Keras reference.
+///
+/// # Errors
+/// A [`UsageError`] when `v` is not smaller than the training set.
 pub fn prepare(
     raw: &RawData,
     validation_size: Option<usize>,
-    seed: u64,
+    split_seed: u64,
     device: Device,
 ) -> Result<Dataset> {
     let all = Examples::from_split(&raw.train, device);
     let test = Examples::from_split(&raw.test, device);
     let n = all.len();
-    let (train, val, train_index) = match validation_size {
+    let (train, val, train_index, val_index, split) = match validation_size {
         Some(v) => {
             if v as i64 >= n {
                 return Err(UsageError(format!(
@@ -452,25 +556,30 @@ pub fn prepare(
                 ))
                 .into());
             }
-            tch::manual_seed(seed as i64 ^ 0x5eed_5b1d);
+            tch::manual_seed(split_seed as i64 ^ 0x5eed_5b1d);
             let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
             let val_idx = perm.narrow(0, 0, v as i64);
             let mut train_idx = perm.narrow(0, v as i64, n - v as i64);
             // Sorted, so the training set keeps the file's order before shuffling.
             train_idx = train_idx.sort(0, false).0;
             let order: Vec<i64> = Vec::try_from(&train_idx)?;
-            let (t, vset) = (
+            let held: Vec<i64> = Vec::try_from(&val_idx)?;
+            let split = SplitInfo::held_out(&held, split_seed);
+            (
                 all.select(&train_idx.to_device(device)),
                 all.select(&val_idx.to_device(device)),
-            );
-            (t, vset, order)
+                order,
+                held,
+                split,
+            )
         }
         None => {
             let val = Examples {
                 images: test.images.shallow_clone(),
                 labels: test.labels.shallow_clone(),
             };
-            (all, val, (0..n).collect())
+            let split = SplitInfo::test_set(test.len() as usize);
+            (all, val, (0..n).collect(), Vec::new(), split)
         }
     };
     Ok(Dataset {
@@ -479,6 +588,8 @@ pub fn prepare(
         test,
         dir: raw.dir.clone(),
         train_index,
+        val_index,
+        split,
     })
 }
 
@@ -593,5 +704,50 @@ mod tests {
                 let _ = parse_idx(&b);
             }
         }
+    }
+
+    fn raw(n: usize) -> RawData {
+        let split = |n: usize| Split {
+            pixels: (0..n * 784).map(|i| (i % 251) as u8).collect(),
+            labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        };
+        RawData {
+            dir: PathBuf::from("."),
+            train: split(n),
+            test: split(50),
+        }
+    }
+
+    /// The split depends on `split_seed` alone: whatever training seed comes before,
+    /// no image a teacher trained on is in a student's validation set.
+    #[test]
+    fn validation_split_is_disjoint_from_training_and_independent_of_the_seed() {
+        let raw = raw(600);
+        tch::manual_seed(7); // a "training seed" drawn before, as a run does
+        let teacher = prepare(&raw, Some(100), 5, Device::Cpu).unwrap();
+        tch::manual_seed(42);
+        let student = prepare(&raw, Some(100), 5, Device::Cpu).unwrap();
+        assert_eq!(student.val_index.len(), 100);
+        assert_eq!(student.train_index.len(), 500);
+        let train: std::collections::HashSet<i64> = teacher.train_index.iter().copied().collect();
+        let overlap = student
+            .val_index
+            .iter()
+            .filter(|i| train.contains(i))
+            .count();
+        assert_eq!(overlap, 0);
+        assert_eq!(teacher.split, student.split);
+        // Another split seed draws other images, and the hash says so.
+        let other = prepare(&raw, Some(100), 6, Device::Cpu).unwrap();
+        assert_ne!(other.val_index, student.val_index);
+        assert!(!other.split.same_as(&student.split));
+        // Round trip through checkpoint metadata.
+        let meta: std::collections::HashMap<String, String> =
+            student.split.to_metadata().into_iter().collect();
+        assert_eq!(SplitInfo::from_metadata(&meta), Some(student.split.clone()));
+        // Validating on the test set: no held-out images, the whole training set.
+        let t = prepare(&raw, None, 5, Device::Cpu).unwrap();
+        assert_eq!(t.split, SplitInfo::test_set(50));
+        assert_eq!(t.train.len(), 600);
     }
 }

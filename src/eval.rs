@@ -6,8 +6,10 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::data::{CLASS_NAMES, CLASSES, Examples};
-use crate::loss::{DistillLoss, SoftTargets, cross_entropy, kl_divergence};
-use crate::model::Mlp;
+use std::collections::BTreeMap;
+
+use crate::model::Network;
+use crate::objective::{Objective, cross_entropy, kl_divergence};
 
 /// Examples per forward pass when evaluating (no activations are kept, so large is cheap).
 pub const EVAL_BATCH: i64 = 10_000;
@@ -16,7 +18,7 @@ pub const EVAL_BATCH: i64 = 10_000;
 ///
 /// # Shapes
 /// `images: [n, 784] f32` -> `[n, 10] f32`.
-pub fn logits(model: &Mlp, images: &Tensor) -> Tensor {
+pub fn logits(model: &dyn Network, images: &Tensor) -> Tensor {
     tch::no_grad(|| {
         let n = images.size()[0];
         let parts: Vec<Tensor> = (0..n)
@@ -28,48 +30,65 @@ pub fn logits(model: &Mlp, images: &Tensor) -> Tensor {
 }
 
 /// Mean losses and accuracy over a set of examples.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Metrics {
-    /// The objective minimised: cross-entropy alone, or the distillation sum.
+    /// The objective minimised: cross-entropy alone, or the distillation objective.
     pub loss: f64,
-    /// Cross-entropy on the hard labels (nats).
-    pub clf_loss: f64,
-    /// KL divergence at temperature T (distillation only; 0 otherwise).
-    pub kd_loss: f64,
+    /// Cross-entropy on the hard labels (nats): what early stopping and model
+    /// selection watch.
+    pub ce: f64,
     /// Top-1 accuracy in [0, 1].
     pub acc: f64,
+    /// The objective's own terms by name (see [`crate::objective::Terms`]); empty for
+    /// cross-entropy training.
+    #[serde(default)]
+    pub terms: BTreeMap<String, f64>,
 }
 
-/// Metrics of precomputed logits: cross-entropy and accuracy, plus the distillation
-/// terms when `distill` holds the loss and the teacher's soft targets for the same rows.
+impl Metrics {
+    /// A term by name (`loss`, `ce`, `acc`, or one of the objective's terms); NaN if absent.
+    pub fn get(&self, name: &str) -> f64 {
+        match name {
+            "loss" => self.loss,
+            "ce" => self.ce,
+            "acc" => self.acc,
+            n => self.terms.get(n).copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// What [`metrics`] needs to evaluate a distillation objective on a set: the objective,
+/// the teacher's logits for the same rows (`[n, 10] f32`), and the epoch (for warm-ups).
+pub type Teaching<'a> = (&'a dyn Objective, &'a Tensor, usize);
+
+/// Metrics of precomputed logits: cross-entropy and accuracy, plus the objective's
+/// value and terms when `teaching` is given.
 ///
 /// # Shapes
 /// `logits`: `[n, 10] f32`; `labels`: `[n] i64`.
-pub fn metrics(
-    logits: &Tensor,
-    labels: &Tensor,
-    distill: Option<(&DistillLoss, &SoftTargets)>,
-) -> Metrics {
+pub fn metrics(logits: &Tensor, labels: &Tensor, teaching: Option<Teaching>) -> Metrics {
     tch::no_grad(|| {
         let acc = crate::model::correct(logits, labels).double_value(&[])
             / labels.size()[0].max(1) as f64;
-        match distill {
-            None => {
-                let ce = cross_entropy(logits, labels).double_value(&[]);
+        let ce = cross_entropy(logits, labels).double_value(&[]);
+        match teaching {
+            None => Metrics {
+                loss: ce,
+                ce,
+                acc,
+                terms: BTreeMap::new(),
+            },
+            Some((objective, teacher, epoch)) => {
+                let t = objective.loss(logits, labels, Some(teacher), epoch);
                 Metrics {
-                    loss: ce,
-                    clf_loss: ce,
-                    kd_loss: 0.0,
+                    loss: t.total.double_value(&[]),
+                    ce,
                     acc,
-                }
-            }
-            Some((loss, teacher)) => {
-                let p = loss.compute_soft(logits, teacher, labels);
-                Metrics {
-                    loss: p.sum.double_value(&[]),
-                    clf_loss: p.clf.double_value(&[]),
-                    kd_loss: p.kd.double_value(&[]),
-                    acc,
+                    terms: t
+                        .parts
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.double_value(&[])))
+                        .collect(),
                 }
             }
         }
@@ -93,6 +112,12 @@ pub struct Report {
     pub teacher_agreement: Option<f64>,
     /// Against a teacher: mean KL(teacher || model) at T = 1 (nats, batchmean).
     pub teacher_kl: Option<f64>,
+    /// The teacher's own top-1 accuracy on the set.
+    pub teacher_acc: Option<f64>,
+    /// A distillation objective's terms against the teacher, each unscaled, by name
+    /// (`evaluate --objective`); serialised beside the other keys (`test.kl`, ...).
+    #[serde(flatten)]
+    pub terms: BTreeMap<String, f64>,
 }
 
 /// Number of confidence bins for the ECE.
@@ -156,6 +181,8 @@ pub fn report(
             ece,
             teacher_agreement,
             teacher_kl,
+            teacher_acc: teacher_logits.map(|t| metrics(t, labels, None).acc),
+            terms: BTreeMap::new(),
         })
     })
 }
@@ -188,7 +215,11 @@ pub fn expected_calibration_error(conf: &[f32], pred: &[i64], truth: &[i64], bin
 }
 
 /// Builds the evaluation's inputs on the device: convenience for a whole [`Examples`] set.
-pub fn model_report(model: &Mlp, set: &Examples, teacher: Option<&Mlp>) -> anyhow::Result<Report> {
+pub fn model_report(
+    model: &dyn Network,
+    set: &Examples,
+    teacher: Option<&dyn Network>,
+) -> anyhow::Result<Report> {
     let z = logits(model, &set.images);
     let t = teacher.map(|t| logits(t, &set.images));
     report(&z, &set.labels, t.as_ref())

@@ -1,24 +1,27 @@
 //! kdtrain: knowledge distillation (Hinton, Vinyals and Dean 2015) of an MLP teacher into
 //! a small MLP student on Fashion-MNIST, on libtorch through `tch`.
 //!
-//! Data flows one way: [`config`] -> [`data`] -> [`model`] -> [`train`] (with [`loss`],
-//! [`schedule`], [`optim`]) -> [`checkpoint`], [`run`] and the reports ([`eval`],
-//! [`tensorboard`], [`plot`]). [`app`] wires the commands of [`cli`] to these stages.
+//! Data flows one way: [`config`] + [`cli`] -> [`settings`] -> [`data`] -> [`model`] ->
+//! [`train`] (with [`objective`], [`schedule`], [`optim`]) -> [`checkpoint`], [`run`] and
+//! the reports ([`eval`], [`report`], [`tensorboard`], [`plot`]). [`commands`] wires each
+//! command of [`cli`] to these stages.
 
-pub mod app;
 pub mod checkpoint;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod download;
 pub mod eval;
-pub mod loss;
 pub mod model;
+pub mod objective;
 pub mod optim;
 pub mod plot;
+pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod settings;
 pub mod tensorboard;
 pub mod train;
 

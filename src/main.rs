@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             "\nkdtrain: interrupt received; stopping at the next step (Ctrl-C again to quit now)"
         );
     });
-    match kdtrain::app::run(cli) {
+    match kdtrain::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kdtrain::errln!("error: {e:#}");

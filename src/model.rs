@@ -1,5 +1,7 @@
-//! The two networks: the teacher MLP 784-512-256-128-10 and the student MLP 784-128-10,
-//! both ReLU, as in the Keras reference's `TeacherModel` and `StudentModel`.
+//! The networks. An architecture ([`Arch`]) is separate from the role a network plays
+//! (teacher or student, see [`crate::run::RunKind`]): `mlp:512,256,128` is the Keras
+//! reference's teacher (784-512-256-128-10), `mlp:128` its student (784-128-10), both
+//! ReLU. A checkpoint records its architecture spec, and [`Arch::build`] rebuilds it.
 //!
 //! Layers are named `fc1`, `fc2`, ... so checkpoint keys are stable (`fc1.weight`
 //! `[out, in]`, `fc1.bias` `[out]`). This module owns shapes and initialisation, not
@@ -9,64 +11,171 @@ use std::fmt;
 
 use tch::{Device, Kind, Tensor, nn};
 
-/// Which network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Input features: 28x28 pixels, flattened.
+pub const INPUTS: i64 = 784;
+/// Output logits: the ten Fashion-MNIST classes.
+pub const OUTPUTS: i64 = 10;
+
+/// A network architecture, written as a spec string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Arch {
-    Teacher,
-    Student,
+    /// A ReLU multi-layer perceptron 784-`hidden`-10 (`mlp:512,256,128`).
+    Mlp { hidden: Vec<i64> },
 }
 
 impl Arch {
-    /// Layer widths from input to logits.
-    pub fn widths(self) -> &'static [i64] {
+    /// The Keras reference's teacher, `mlp:512,256,128` (567,434 parameters).
+    pub fn teacher() -> Arch {
+        Arch::Mlp {
+            hidden: vec![512, 256, 128],
+        }
+    }
+
+    /// The Keras reference's student, `mlp:128` (101,770 parameters).
+    pub fn student() -> Arch {
+        Arch::Mlp { hidden: vec![128] }
+    }
+
+    /// Parses a spec: `mlp:W1,W2,...` (hidden widths, 1 to 8 layers of 1 to 16384
+    /// units). Checkpoints written before specs existed say `teacher` or `student`,
+    /// which mean the reference's two MLPs.
+    ///
+    /// # Errors
+    /// A message saying what a spec looks like.
+    pub fn parse(spec: &str) -> Result<Arch, String> {
+        let expected = "an architecture such as \"mlp:512,256,128\" (hidden widths, 1 to 8 layers of 1 to 16384 units)";
+        match spec {
+            "teacher" => return Ok(Arch::teacher()),
+            "student" => return Ok(Arch::student()),
+            _ => {}
+        }
+        let Some(widths) = spec.strip_prefix("mlp:") else {
+            return Err(expected.into());
+        };
+        let hidden: Vec<i64> = widths
+            .split(',')
+            .map(|w| w.trim().parse::<i64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| expected.to_string())?;
+        if hidden.is_empty()
+            || hidden.len() > 8
+            || hidden.iter().any(|&w| !(1..=16384).contains(&w))
+        {
+            return Err(expected.into());
+        }
+        Ok(Arch::Mlp { hidden })
+    }
+
+    /// The spec string, which [`Arch::parse`] reads back.
+    pub fn spec(&self) -> String {
         match self {
-            Arch::Teacher => &[784, 512, 256, 128, 10],
-            Arch::Student => &[784, 128, 10],
+            Arch::Mlp { hidden } => {
+                let w: Vec<String> = hidden.iter().map(|w| w.to_string()).collect();
+                format!("mlp:{}", w.join(","))
+            }
+        }
+    }
+
+    /// Layer widths from input to logits.
+    pub fn widths(&self) -> Vec<i64> {
+        match self {
+            Arch::Mlp { hidden } => std::iter::once(INPUTS)
+                .chain(hidden.iter().copied())
+                .chain(std::iter::once(OUTPUTS))
+                .collect(),
         }
     }
 
     /// Trainable parameters: sum over layers of `in * out + out`.
-    pub fn num_params(self) -> i64 {
+    pub fn num_params(&self) -> i64 {
         self.widths().windows(2).map(|w| w[0] * w[1] + w[1]).sum()
     }
 
     /// Multiply-accumulates of one forward pass for one example.
-    pub fn macs_per_example(self) -> i64 {
+    pub fn macs_per_example(&self) -> i64 {
         self.widths().windows(2).map(|w| w[0] * w[1]).sum()
     }
 
-    pub fn name(self) -> &'static str {
+    /// A freshly initialised network of this architecture on `device` (draws from
+    /// libtorch's global generator: seed it first with `tch::manual_seed`).
+    pub fn build(&self, device: Device) -> Box<dyn Network> {
         match self {
-            Arch::Teacher => "teacher",
-            Arch::Student => "student",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Arch> {
-        match s {
-            "teacher" => Some(Arch::Teacher),
-            "student" => Some(Arch::Student),
-            _ => None,
+            Arch::Mlp { .. } => Box::new(Mlp::new(self.clone(), device)),
         }
     }
 }
 
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        let w: Vec<String> = self.widths().iter().map(|w| w.to_string()).collect();
+        write!(f, "{} ({})", self.spec(), w.join("-"))
+    }
+}
+
+/// A network the training loop can train, checkpoint and evaluate.
+pub trait Network: Send {
+    /// Its architecture.
+    fn arch(&self) -> &Arch;
+
+    /// The logits.
+    ///
+    /// # Shapes
+    /// `x: [batch, 784] f32 in [0, 1]` -> `[batch, 10] f32` (no softmax). `train` selects
+    /// training behaviour (dropout, batch statistics) where the network has any.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor;
+
+    /// Parameters in a fixed order with their checkpoint names (`fc1.weight`, ...).
+    fn named_parameters(&self) -> Vec<(String, Tensor)>;
+
+    /// Turns off gradients for every parameter (a frozen teacher).
+    fn freeze(&mut self);
+
+    fn device(&self) -> Device;
+
+    /// Evaluation-mode logits (see [`Network::forward_t`]).
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_t(x, false)
+    }
+
+    /// The parameters as tensors, in the order of [`Network::named_parameters`].
+    fn parameters(&self) -> Vec<Tensor> {
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// A detached copy of every parameter (for early stopping's best weights).
+    fn snapshot(&self) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            self.parameters()
+                .iter()
+                .map(|t| t.detach().copy())
+                .collect()
+        })
+    }
+
+    /// Copies `values` (same order and shapes as [`Network::parameters`]) into the
+    /// parameters.
+    fn restore(&self, values: &[Tensor]) {
+        tch::no_grad(|| {
+            for (mut p, v) in self.parameters().into_iter().zip(values) {
+                p.copy_(v);
+            }
+        });
     }
 }
 
 /// An MLP with its own [`nn::VarStore`].
 pub struct Mlp {
-    pub arch: Arch,
+    arch: Arch,
     pub vs: nn::VarStore,
     /// `(weight [out, in] f32, bias [out] f32)` per layer, input to output.
     layers: Vec<(Tensor, Tensor)>,
 }
 
 impl Mlp {
-    /// A freshly initialised network on `device`. Weights are Glorot-uniform,
+    /// A freshly initialised MLP on `device`. Weights are Glorot-uniform,
     /// U(-l, l) with l = sqrt(6 / (fan_in + fan_out)), and biases zero: the Keras `Dense`
     /// defaults (`glorot_uniform`, `zeros`). Draws from libtorch's global generator, so
     /// seed it first with `tch::manual_seed`.
@@ -95,12 +204,14 @@ impl Mlp {
             .collect();
         Mlp { arch, vs, layers }
     }
+}
 
-    /// The logits.
-    ///
-    /// # Shapes
-    /// `x: [batch, 784] f32 in [0, 1]` -> `[batch, 10] f32` (no softmax).
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+impl Network for Mlp {
+    fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
         let last = self.layers.len() - 1;
         let mut h = x.shallow_clone();
         for (i, (w, b)) in self.layers.iter().enumerate() {
@@ -112,8 +223,7 @@ impl Mlp {
         h
     }
 
-    /// Parameters in a fixed order with their checkpoint names (`fc1.weight`, `fc1.bias`, ...).
-    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(self.layers.len() * 2);
         for (i, (w, b)) in self.layers.iter().enumerate() {
             out.push((format!("fc{}.weight", i + 1), w.shallow_clone()));
@@ -122,39 +232,11 @@ impl Mlp {
         out
     }
 
-    /// The parameters as tensors, in the order of [`Mlp::named_parameters`].
-    pub fn parameters(&self) -> Vec<Tensor> {
-        self.named_parameters()
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect()
-    }
-
-    /// A detached copy of every parameter (for early stopping's best weights).
-    pub fn snapshot(&self) -> Vec<Tensor> {
-        tch::no_grad(|| {
-            self.parameters()
-                .iter()
-                .map(|t| t.detach().copy())
-                .collect()
-        })
-    }
-
-    /// Copies `values` (same order and shapes as [`Mlp::parameters`]) into the parameters.
-    pub fn restore(&self, values: &[Tensor]) {
-        tch::no_grad(|| {
-            for (mut p, v) in self.parameters().into_iter().zip(values) {
-                p.copy_(v);
-            }
-        });
-    }
-
-    /// Turns off gradients for every parameter (the frozen teacher).
-    pub fn freeze(&mut self) {
+    fn freeze(&mut self) {
         self.vs.freeze();
     }
 
-    pub fn device(&self) -> Device {
+    fn device(&self) -> Device {
         self.vs.device()
     }
 }
@@ -175,19 +257,31 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_keras_models() {
-        assert_eq!(Arch::Teacher.num_params(), 567_434);
-        assert_eq!(Arch::Student.num_params(), 101_770);
-        let t = Mlp::new(Arch::Teacher, Device::Cpu);
-        let n: i64 = t.parameters().iter().map(|p| p.numel() as i64).sum();
-        assert_eq!(n, 567_434);
-        let s = Mlp::new(Arch::Student, Device::Cpu);
-        let n: i64 = s.parameters().iter().map(|p| p.numel() as i64).sum();
-        assert_eq!(n, 101_770);
+        assert_eq!(Arch::teacher().num_params(), 567_434);
+        assert_eq!(Arch::student().num_params(), 101_770);
+        for (arch, n) in [(Arch::teacher(), 567_434), (Arch::student(), 101_770)] {
+            let m = arch.build(Device::Cpu);
+            let count: i64 = m.parameters().iter().map(|p| p.numel() as i64).sum();
+            assert_eq!(count, n);
+        }
+    }
+
+    #[test]
+    fn specs_round_trip_and_bad_ones_are_refused() {
+        for a in [Arch::teacher(), Arch::student()] {
+            assert_eq!(Arch::parse(&a.spec()).unwrap(), a);
+        }
+        assert_eq!(Arch::teacher().spec(), "mlp:512,256,128");
+        assert_eq!(Arch::parse("teacher").unwrap(), Arch::teacher());
+        assert_eq!(Arch::parse("student").unwrap(), Arch::student());
+        for bad in ["", "mlp:", "mlp:0", "mlp:1,x", "cnn", "mlp:99999"] {
+            assert!(Arch::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn stable_names_and_shapes() {
-        let s = Mlp::new(Arch::Student, Device::Cpu);
+        let s = Arch::student().build(Device::Cpu);
         let names: Vec<_> = s
             .named_parameters()
             .into_iter()
@@ -207,7 +301,7 @@ mod tests {
     #[test]
     fn glorot_uniform_init_and_zero_bias() {
         tch::manual_seed(0);
-        let t = Mlp::new(Arch::Teacher, Device::Cpu);
+        let t = Arch::teacher().build(Device::Cpu);
         let p = t.named_parameters();
         let w = &p[0].1;
         let limit = (6.0f64 / (784.0 + 512.0)).sqrt();
@@ -220,7 +314,7 @@ mod tests {
 
     #[test]
     fn forward_shape() {
-        let s = Mlp::new(Arch::Teacher, Device::Cpu);
+        let s = Arch::teacher().build(Device::Cpu);
         let x = Tensor::rand([3, 784], (Kind::Float, Device::Cpu));
         assert_eq!(s.forward(&x).size(), vec![3, 10]);
     }

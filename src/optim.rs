@@ -217,7 +217,7 @@ impl Adam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Arch, Mlp};
+    use crate::model::{Arch, Mlp, Network};
     use tch::nn::OptimizerConfig;
 
     /// Keras's Adam defaults, amsgrad on.
@@ -231,8 +231,8 @@ mod tests {
     /// Two students with the same weights. Tests run in parallel and share libtorch's
     /// generator, so the second is a copy, not a reseeded draw.
     fn twins() -> (Mlp, Mlp) {
-        let a = Mlp::new(Arch::Student, Device::Cpu);
-        let b = Mlp::new(Arch::Student, Device::Cpu);
+        let a = Mlp::new(Arch::student(), Device::Cpu);
+        let b = Mlp::new(Arch::student(), Device::Cpu);
         b.restore(&a.snapshot());
         (a, b)
     }
@@ -261,10 +261,10 @@ mod tests {
             let lr = 1e-3 * (1.0 - step as f64 / 200.0);
             let xs = &x * (1.0 + 0.01 * step as f64); // a different gradient each step
             opt.zero_grad();
-            crate::loss::cross_entropy(&ours.forward(&xs), &y).backward();
+            crate::objective::cross_entropy(&ours.forward(&xs), &y).backward();
             opt.step(lr);
             ref_opt.zero_grad();
-            crate::loss::cross_entropy(&theirs.forward(&xs), &y).backward();
+            crate::objective::cross_entropy(&theirs.forward(&xs), &y).backward();
             ref_opt.set_lr(lr);
             ref_opt.step();
         }
@@ -290,7 +290,7 @@ mod tests {
         for _ in 0..10 {
             for (m, o, fused) in [(&a, &mut oa, true), (&b, &mut ob, false)] {
                 o.zero_grad();
-                crate::loss::cross_entropy(&m.forward(&x), &y).backward();
+                crate::objective::cross_entropy(&m.forward(&x), &y).backward();
                 if fused {
                     o.step(1e-3);
                 } else {

@@ -22,8 +22,9 @@ use tch::Tensor;
 
 use crate::checkpoint::{self, Checkpoint, RunLock, write_atomic};
 use crate::config::{Config, UsageError, usage};
+use crate::data::SplitInfo;
 use crate::eval::Metrics;
-use crate::model::{Arch, Mlp};
+use crate::model::{Arch, Network};
 use crate::optim::Adam;
 use crate::tensorboard::EventWriter;
 
@@ -56,6 +57,10 @@ pub struct TrainState {
     pub history: Vec<EpochRecord>,
     /// The run ended normally (early stop or last epoch).
     pub finished: bool,
+    /// The LR schedule's horizon in optimizer steps, fixed when the run started
+    /// (`decay_steps = "auto"` resolved once), so a resumed run keeps it.
+    #[serde(default)]
+    pub decay_steps: Option<u64>,
 }
 
 /// What a resumed run restores.
@@ -90,11 +95,13 @@ impl RunKind {
         }
     }
 
-    pub fn arch(self) -> Arch {
-        match self {
-            RunKind::Teacher => Arch::Teacher,
-            RunKind::Student | RunKind::Distilled => Arch::Student,
-        }
+    /// The architecture this role trains, from `model.teacher` / `model.student`.
+    pub fn arch(self, config: &Config) -> Arch {
+        let spec = match self {
+            RunKind::Teacher => &config.model.teacher,
+            RunKind::Student | RunKind::Distilled => &config.model.student,
+        };
+        Arch::parse(spec).unwrap_or_else(|_| Arch::student())
     }
 }
 
@@ -108,13 +115,14 @@ pub struct Run {
     resuming: bool,
     histograms: bool,
     events: Option<EventWriter>,
+    /// The objective's term names (the extra metrics columns).
+    terms: &'static [&'static str],
+    /// The validation split, once the data is loaded.
+    split: Option<SplitInfo>,
     /// This process made the folder (so [`Run::abandon`] may remove it).
     created: bool,
     _lock: RunLock,
 }
-
-/// A metrics column: its CSV name and how to read it from a record.
-type Column = (&'static str, fn(&EpochRecord) -> f64);
 
 /// Names of the files in a run folder.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -251,6 +259,8 @@ impl Run {
             resuming: resume,
             histograms: config.logging.histograms,
             events: None,
+            terms: &[],
+            split: None,
             created,
             _lock: lock,
         })
@@ -267,6 +277,43 @@ impl Run {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
         let _ = std::fs::remove_dir(&self.dir); // fails, harmlessly, if anything else is there
+    }
+
+    /// Sets the objective's term names: the metrics columns besides loss and accuracy.
+    pub fn set_terms(&mut self, terms: &'static [&'static str]) {
+        self.terms = terms;
+    }
+
+    /// Records the validation split in `meta.json` and in every checkpoint written from
+    /// now on.
+    pub fn record_split(&mut self, split: &SplitInfo) -> Result<()> {
+        let path = self.dir.join("meta.json");
+        let mut meta: serde_json::Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        if let (Some(m), serde_json::Value::Object(s)) =
+            (meta.as_object_mut(), serde_json::to_value(split)?)
+        {
+            m.extend(s);
+        }
+        write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        self.split = Some(split.clone());
+        Ok(())
+    }
+
+    fn metadata(
+        &self,
+        model: &dyn Network,
+        epoch: usize,
+    ) -> std::collections::HashMap<String, String> {
+        checkpoint::metadata(
+            model.arch(),
+            self.kind.name(),
+            &self.config_toml,
+            epoch,
+            self.split.as_ref(),
+        )
     }
 
     /// The run folder's name.
@@ -287,7 +334,7 @@ impl Run {
     /// For a resumed run: loads the last completed epoch into `model` and `opt`.
     pub fn resume_state(
         &self,
-        model: &Mlp,
+        model: &dyn Network,
         opt: &mut Adam,
         names: &[String],
     ) -> Result<Option<Resumed>> {
@@ -334,7 +381,7 @@ impl Run {
             model.snapshot()
         } else {
             Checkpoint::read(&self.dir.join(MODEL_FILE))?
-                .model(model.arch, model.device())?
+                .model(model.arch(), model.device())?
                 .snapshot()
         };
         self.say(&format!(
@@ -356,14 +403,14 @@ impl Run {
     /// the summary line.
     pub fn end_epoch(
         &mut self,
-        model: &Mlp,
+        model: &dyn Network,
         opt: &Adam,
         names: &[String],
         state: &TrainState,
         rec: &EpochRecord,
         improved: bool,
     ) -> Result<()> {
-        let meta = checkpoint::metadata(model.arch, &self.config_toml, rec.epoch);
+        let meta = self.metadata(model, rec.epoch);
         // last.safetensors first, with the state inside: one atomic file that `--resume`
         // can trust whatever moment a kill strikes.
         let mut tensors = model.named_parameters();
@@ -387,19 +434,19 @@ impl Run {
         if !self.quiet {
             let t = &rec.train;
             let v = &rec.val;
-            let kd = if self.kind == RunKind::Distilled {
-                format!(" clf {:.4} kd {:.4}", t.clf_loss, t.kd_loss)
-            } else {
-                String::new()
-            };
+            let kd: String = self
+                .terms
+                .iter()
+                .map(|n| format!(" {n} {:.4}", t.get(n)))
+                .collect();
             crate::errln!(
-                "epoch {:>3}/{}  train loss {:.4}{kd} acc {:.4} | val loss {:.4} clf {:.4} acc {:.4} | lr {:.2e} | {:.2} s{}",
+                "epoch {:>3}/{}  train loss {:.4}{kd} acc {:.4} | val loss {:.4} ce {:.4} acc {:.4} | lr {:.2e} | {:.2} s{}",
                 rec.epoch,
                 self.config.train.epochs,
                 t.loss,
                 t.acc,
                 v.loss,
-                v.clf_loss,
+                v.ce,
                 v.acc,
                 rec.lr,
                 rec.seconds,
@@ -409,52 +456,54 @@ impl Run {
         Ok(())
     }
 
-    /// The CSV columns (besides `epoch`) and how to read each from a record; the same
-    /// names, with `/` for `_`, are the TensorBoard tags.
-    fn columns(&self) -> Vec<Column> {
-        let mut cols: Vec<Column> = vec![
-            ("train_loss", |r| r.train.loss),
-            ("train_acc", |r| r.train.acc),
-            ("val_loss", |r| r.val.loss),
-            ("val_acc", |r| r.val.acc),
-        ];
-        if self.kind == RunKind::Distilled {
-            cols.extend([
-                (
-                    "train_clf_loss",
-                    (|r| r.train.clf_loss) as fn(&EpochRecord) -> f64,
-                ),
-                ("train_kd_loss", |r| r.train.kd_loss),
-                ("val_clf_loss", |r| r.val.clf_loss),
-                ("val_kd_loss", |r| r.val.kd_loss),
-            ]);
+    /// The CSV columns (besides `epoch`): `train_loss`, `train_acc`, `val_loss`,
+    /// `val_acc`, then `train_<term>` and `val_<term>` for each of the objective's terms
+    /// (`train_ce`, `train_kl`, ... when distilling), then `lr` and
+    /// `time_epoch_seconds`. The same names, with the first `_` as `/`, are the
+    /// TensorBoard tags.
+    fn columns(&self) -> Vec<String> {
+        let mut cols: Vec<String> = ["train_loss", "train_acc", "val_loss", "val_acc"]
+            .map(String::from)
+            .to_vec();
+        for set in ["train", "val"] {
+            cols.extend(self.terms.iter().map(|t| format!("{set}_{t}")));
         }
-        cols.extend([
-            ("lr", (|r| r.lr) as fn(&EpochRecord) -> f64),
-            ("time_epoch_seconds", |r| r.seconds),
-        ]);
+        cols.extend(["lr".to_string(), "time_epoch_seconds".to_string()]);
         cols
+    }
+
+    /// The value of column `name` in `r`.
+    fn value(r: &EpochRecord, name: &str) -> f64 {
+        match name {
+            "lr" => r.lr,
+            "time_epoch_seconds" => r.seconds,
+            n => match n.split_once('_') {
+                Some(("train", m)) => r.train.get(m),
+                Some(("val", m)) => r.val.get(m),
+                _ => f64::NAN,
+            },
+        }
     }
 
     fn write_csv(&self, history: &[EpochRecord]) -> Result<()> {
         let cols = self.columns();
         let mut out = String::from("epoch");
-        for (name, _) in &cols {
+        for name in &cols {
             out.push(',');
             out.push_str(name);
         }
         out.push('\n');
         for r in history {
             out.push_str(&r.epoch.to_string());
-            for (_, get) in &cols {
-                out.push_str(&format!(",{}", get(r)));
+            for name in &cols {
+                out.push_str(&format!(",{}", Self::value(r, name)));
             }
             out.push('\n');
         }
         write_atomic(&self.dir.join("metrics.csv"), out.as_bytes())
     }
 
-    fn log_tensorboard(&mut self, model: &Mlp, rec: &EpochRecord) -> Result<()> {
+    fn log_tensorboard(&mut self, model: &dyn Network, rec: &EpochRecord) -> Result<()> {
         if self.events.is_none() {
             self.events = Some(EventWriter::create(&self.dir)?);
         }
@@ -462,9 +511,9 @@ impl Run {
         let histograms = self.histograms;
         let ev = self.events.as_mut().expect("created above");
         let step = rec.epoch as i64;
-        for (name, get) in cols {
+        for name in cols {
             let tag = name.replacen('_', "/", 1);
-            ev.add_scalar(&tag, get(rec), step)?;
+            ev.add_scalar(&tag, Self::value(rec, &name), step)?;
         }
         if histograms {
             for (name, t) in model.named_parameters() {
@@ -478,8 +527,8 @@ impl Run {
 
     /// Marks the run finished (so `--resume` will not reopen it) and writes the final
     /// model with the selected weights.
-    pub fn finish(&mut self, model: &Mlp, state_epoch: usize) -> Result<()> {
-        let meta = checkpoint::metadata(model.arch, &self.config_toml, state_epoch);
+    pub fn finish(&mut self, model: &dyn Network, state_epoch: usize) -> Result<()> {
+        let meta = self.metadata(model, state_epoch);
         checkpoint::save_model(&self.dir.join(MODEL_FILE), model, meta)?;
         let path = self.dir.join(STATE_FILE);
         if let Ok(text) = std::fs::read_to_string(&path)

@@ -1,6 +1,6 @@
 //! The one training loop. It serves the teacher, the student and distillation: they
-//! differ only in the [`Objective`] (the loss, and where the teacher's logits come from)
-//! and in which model's parameters the optimizer holds.
+//! differ only in the [`Objective`] (and whether a frozen teacher supplies logits) and in
+//! which model's parameters the optimizer holds.
 //!
 //! Per epoch: a seeded permutation of the training set, minibatches indexed out of the
 //! on-device tensors, one fused Adam step per batch at the cosine-decayed LR, metrics
@@ -16,8 +16,8 @@ use tch::{Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::eval::{self, Metrics};
-use crate::loss::{DistillLoss, SoftTargets, cross_entropy};
-use crate::model::Mlp;
+use crate::model::Network;
+use crate::objective::Objective;
 use crate::optim::{Adam, AdamConfig};
 use crate::run::{EpochRecord, Progress, Run, TrainState};
 use crate::schedule::CosineDecay;
@@ -45,17 +45,14 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// What is minimised.
-pub enum Objective {
-    /// Cross-entropy on the labels (teacher or student alone).
-    Supervised,
-    /// Hinton et al.'s loss against a frozen teacher (in its own VarStore, eval mode;
-    /// every forward pass under `no_grad`).
-    Distill {
-        teacher: Mlp,
-        loss: DistillLoss,
-        cache: bool,
-    },
+/// The frozen teacher of a distillation run: its network (own VarStore, frozen, run in
+/// eval mode under `no_grad`) and whether its training-set logits are cached.
+pub struct Teacher<'a> {
+    pub network: &'a dyn Network,
+    /// Compute the logits of every training example once (`[n, 10] f32`, keyed by row
+    /// of the training set) instead of a forward pass per batch. Any objective reads
+    /// the same logits, so the cache serves them all.
+    pub cache: bool,
 }
 
 /// Loop settings, resolved from the config.
@@ -90,12 +87,6 @@ fn epoch_seed(seed: u64, epoch: usize) -> i64 {
     (z ^ (z >> 31)) as i64 & i64::MAX
 }
 
-/// The teacher's soft targets at temperature T for every row of `images`
-/// (`[n, 784] f32`), from one pass under `no_grad`.
-fn soft_targets(teacher: &Mlp, images: &Tensor, temperature: f64) -> SoftTargets {
-    SoftTargets::new(&eval::logits(teacher, images), temperature)
-}
-
 /// Trains `model` on `data` and leaves it holding the best weights (by validation
 /// `clf_loss`, which for supervised training is the validation loss).
 ///
@@ -104,11 +95,17 @@ fn soft_targets(teacher: &Mlp, images: &Tensor, temperature: f64) -> SoftTargets
 /// disk), [`Interrupted`] on Ctrl-C, or an I/O error from the run folder.
 pub fn fit(
     run: &mut Run,
-    model: &Mlp,
-    objective: &Objective,
+    model: &dyn Network,
+    objective: &dyn Objective,
+    teacher: Option<&Teacher>,
     data: &Dataset,
     cfg: &LoopConfig,
 ) -> Result<FitResult> {
+    if objective.needs_teacher() && teacher.is_none() {
+        bail!("objective {} needs a teacher", objective.name());
+    }
+    run.set_terms(objective.term_names());
+    run.record_split(&data.split)?;
     let device = model.device();
     let n = data.train.len();
     let bs = cfg.batch_size;
@@ -119,6 +116,7 @@ pub fn fit(
         .map(|(n, _)| n)
         .collect();
     let mut opt = Adam::new(model.parameters(), cfg.adam);
+    let mut schedule = cfg.schedule;
 
     // Resume: weights, optimizer moments and step, epoch, best metric and patience
     // counter from the last completed epoch.
@@ -127,24 +125,31 @@ pub fn fit(
     if let Some(resumed) = run.resume_state(model, &mut opt, &names)? {
         state = resumed.state;
         best_weights = resumed.best_weights;
-    }
-
-    let (train_cache, val_teacher) = match objective {
-        Objective::Distill {
-            teacher,
-            cache,
-            loss,
-        } => {
-            // Keyed by row of `data.train`, i.e. by sample, not by batch position.
-            let t = loss.temperature;
-            let train_cache = cache.then(|| soft_targets(teacher, &data.train.images, t));
-            (
-                train_cache,
-                Some(soft_targets(teacher, &data.val.images, t)),
-            )
+        // The schedule's horizon was fixed when the run started; a new epoch budget on
+        // resume does not stretch it (that would raise the LR).
+        if let Some(d) = state.decay_steps {
+            schedule.decay_steps = d;
         }
-        Objective::Supervised => (None, None),
-    };
+    }
+    state.decay_steps = Some(schedule.decay_steps);
+    run.say(&format!(
+        "training {} ({}, {} parameters) with {} in {}: up to {} epochs of {steps_per_epoch} steps, \
+         LR {} cosine over {} steps",
+        run.kind.name(),
+        model.arch().spec(),
+        model.parameters().iter().map(|p| p.numel() as i64).sum::<i64>(),
+        objective.describe(),
+        run.dir.display(),
+        cfg.epochs,
+        schedule.initial_lr,
+        schedule.decay_steps
+    ));
+
+    // Keyed by row of `data.train`, i.e. by example, not by batch position.
+    let train_cache = teacher
+        .filter(|t| t.cache)
+        .map(|t| eval::logits(t.network, &data.train.images)); // [n, 10]
+    let val_teacher = teacher.map(|t| eval::logits(t.network, &data.val.images)); // [n_val, 10]
 
     let mut epoch_seconds = Vec::new();
     let mut startup_seconds = None;
@@ -191,22 +196,15 @@ pub fn fit(
             let idx = perm.narrow(0, start, len); // [len] i64
             let x = data.train.images.index_select(0, &idx); // [len, 784]
             let y = data.train.labels.index_select(0, &idx); // [len]
-            let logits = model.forward(&x); // [len, 10]
-            let (loss, parts) = match objective {
-                Objective::Supervised => (cross_entropy(&logits, &y), None),
-                Objective::Distill { teacher, loss, .. } => {
-                    let soft = match &train_cache {
-                        Some(c) => c.select(&idx),
-                        None => SoftTargets::new(
-                            &tch::no_grad(|| teacher.forward(&x)),
-                            loss.temperature,
-                        ),
-                    };
-                    let p = loss.compute_soft(&logits, &soft, &y);
-                    (p.sum, Some((p.clf, p.kd)))
-                }
+            let logits = model.forward_t(&x, true); // [len, 10]
+            let teacher_logits = match (&train_cache, teacher) {
+                (Some(c), _) => Some(c.index_select(0, &idx)), // [len, 10]
+                (None, Some(t)) => Some(tch::no_grad(|| t.network.forward(&x))),
+                (None, None) => None,
             };
-            let lr = cfg.schedule.lr(opt.step);
+            let terms = objective.loss(&logits, &y, teacher_logits.as_ref(), epoch);
+            let loss = &terms.total;
+            let lr = schedule.lr(opt.step);
             // No zero_grad: `opt.step` clears each gradient as it consumes it.
             loss.backward();
             // Stop before a non-finite or diverged loss reaches the weights. On the CPU the
@@ -227,7 +225,7 @@ pub fn fit(
             if startup_seconds.is_none() {
                 startup_seconds = Some(crate::process_seconds());
             }
-            meter.push(&loss, parts, &logits, &y, len);
+            meter.push(&terms, &logits, &y, len);
             progress.step(step as u64 + 1, || meter.means());
         }
         let seconds = t0.elapsed().as_secs_f64();
@@ -236,16 +234,15 @@ pub fn fit(
 
         let train = meter.means();
         let val_logits = eval::logits(model, &data.val.images);
-        let val = match (objective, &val_teacher) {
-            (Objective::Distill { loss, .. }, Some(t)) => {
-                eval::metrics(&val_logits, &data.val.labels, Some((loss, t)))
-            }
-            _ => eval::metrics(&val_logits, &data.val.labels, None),
-        };
-        let lr = cfg.schedule.lr(opt.step.saturating_sub(1));
+        let val = eval::metrics(
+            &val_logits,
+            &data.val.labels,
+            val_teacher.as_ref().map(|t| (objective, t, epoch)),
+        );
+        let lr = schedule.lr(opt.step.saturating_sub(1));
         // Weights that blew up on the epoch's last step show here first; stop before they
         // are saved as a checkpoint.
-        if !(val.loss.is_finite() && val.loss <= DIVERGED_LOSS && val.clf_loss.is_finite()) {
+        if !(val.loss.is_finite() && val.loss <= DIVERGED_LOSS && val.ce.is_finite()) {
             bail!(
                 "the validation loss became {:e} after epoch {epoch} (global step {}, LR {lr:.3e}): training \
                  diverged (NaN, infinite or above {DIVERGED_LOSS:e}) and stopped; {}; lower \
@@ -255,9 +252,9 @@ pub fn fit(
                 kept_note(&state, run)
             );
         }
-        let improved = state.best_epoch == 0 || val.clf_loss < state.best_metric;
+        let improved = state.best_epoch == 0 || val.ce < state.best_metric;
         if improved {
-            state.best_metric = val.clf_loss;
+            state.best_metric = val.ce;
             state.best_epoch = epoch;
             state.bad_epochs = 0;
             best_weights = model.snapshot();
@@ -279,7 +276,7 @@ pub fn fit(
             && state.bad_epochs >= p
         {
             run.say(&format!(
-                "early stopping: validation clf_loss has not improved for {p} epochs; restoring epoch {}",
+                "early stopping: validation cross-entropy has not improved for {p} epochs; restoring epoch {}",
                 state.best_epoch
             ));
             stopped_early = true;
@@ -315,10 +312,10 @@ fn kept_note(state: &TrainState, run: &Run) -> String {
 /// means are computed and read back when asked for (progress refresh, end of epoch).
 #[derive(Default)]
 struct Meter {
-    /// Per step: the summed loss, and for distillation the clf and kd parts (scalars).
+    /// Per step: the objective's value (scalar f32).
     loss: Vec<Tensor>,
-    clf: Vec<Tensor>,
-    kd: Vec<Tensor>,
+    /// Per term name: its value per step (scalar f32).
+    terms: Vec<(&'static str, Vec<Tensor>)>,
     /// Per step: correct predictions (scalar i64).
     correct: Vec<Tensor>,
     /// Per step: batch size.
@@ -328,24 +325,25 @@ struct Meter {
 impl Meter {
     fn push(
         &mut self,
-        loss: &Tensor,
-        parts: Option<(Tensor, Tensor)>,
+        terms: &crate::objective::Terms,
         logits: &Tensor,
         labels: &Tensor,
         len: i64,
     ) {
         tch::no_grad(|| {
-            self.loss.push(loss.detach());
-            if let Some((clf, kd)) = parts {
-                self.clf.push(clf.detach());
-                self.kd.push(kd.detach());
+            self.loss.push(terms.total.detach());
+            if self.terms.is_empty() {
+                self.terms = terms.parts.iter().map(|(n, _)| (*n, Vec::new())).collect();
+            }
+            for ((_, values), (_, v)) in self.terms.iter_mut().zip(&terms.parts) {
+                values.push(v.detach());
             }
             self.correct.push(crate::model::correct(logits, labels));
         });
         self.len.push(len as f64);
     }
 
-    /// Example-weighted means so far. Supervised runs report clf_loss = loss and kd_loss 0.
+    /// Example-weighted means so far. Cross-entropy training reports ce = loss.
     fn means(&self) -> Metrics {
         let count: f64 = self.len.iter().sum();
         if self.loss.is_empty() {
@@ -359,18 +357,19 @@ impl Meter {
             s.double_value(&[]) / count
         };
         let loss = mean(&self.loss);
-        let (clf_loss, kd_loss) = if self.clf.is_empty() {
-            (loss, 0.0)
-        } else {
-            (mean(&self.clf), mean(&self.kd))
-        };
+        let terms: std::collections::BTreeMap<String, f64> = self
+            .terms
+            .iter()
+            .map(|(n, v)| (n.to_string(), mean(v)))
+            .collect();
+        let ce = terms.get("ce").copied().unwrap_or(loss);
         let correct =
             tch::no_grad(|| Tensor::stack(&self.correct, 0).sum(Kind::Int64)).int64_value(&[]);
         Metrics {
             loss,
-            clf_loss,
-            kd_loss,
+            ce,
             acc: correct as f64 / count,
+            terms,
         }
     }
 }
@@ -388,30 +387,24 @@ mod tests {
         assert!(epoch_seed(u64::MAX, usize::MAX) >= 0);
     }
 
-    /// The cache is keyed by sample: the cached soft targets gathered by a shuffled
-    /// epoch's indices equal those of the teacher's fresh logits for the same examples.
+    /// The cache is keyed by example: the cached logits gathered by a shuffled epoch's
+    /// indices equal the teacher's fresh logits for the same examples.
     #[test]
-    fn cached_soft_targets_equal_fresh_ones_on_a_shuffled_epoch() {
+    fn cached_logits_equal_fresh_ones_on_a_shuffled_epoch() {
         tch::manual_seed(11);
-        let mut teacher = Mlp::new(crate::model::Arch::Teacher, Device::Cpu);
+        let mut teacher = crate::model::Arch::teacher().build(Device::Cpu);
         teacher.freeze();
         let images = Tensor::rand([1000, 784], (Kind::Float, Device::Cpu));
-        let cache = soft_targets(&teacher, &images, 2.0);
+        let cache = eval::logits(teacher.as_ref(), &images);
         let perm = Tensor::randperm(1000, (Kind::Int64, Device::Cpu));
         for start in (0..1000).step_by(256) {
             let idx = perm.narrow(0, start, 256.min(1000 - start));
-            let fresh = SoftTargets::new(
-                &tch::no_grad(|| teacher.forward(&images.index_select(0, &idx))),
-                2.0,
-            );
-            let cached = cache.select(&idx);
-            let diff = (&fresh.probs - &cached.probs).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "batch at {start}: probs differ by {diff}");
-            let diff = (&fresh.neg_entropy - &cached.neg_entropy)
+            let fresh = tch::no_grad(|| teacher.forward(&images.index_select(0, &idx)));
+            let diff = (&fresh - cache.index_select(0, &idx))
                 .abs()
                 .max()
                 .double_value(&[]);
-            assert!(diff < 1e-5, "batch at {start}: entropies differ by {diff}");
+            assert!(diff < 1e-5, "batch at {start}: logits differ by {diff}");
         }
     }
 }

@@ -52,7 +52,7 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
         "train loss did not fall: {rows:?}"
     );
     let ckpt = Checkpoint::read(&teacher.join("model.safetensors")).unwrap();
-    assert_eq!(ckpt.arch(), Some(Arch::Teacher));
+    assert_eq!(ckpt.arch(), Some(Arch::teacher()));
     assert_eq!(ckpt.tensors["fc1.weight"].size(), vec![512, 784]);
     assert!(stdout(&o).contains("teacher: train loss"), "{}", stdout(&o));
 
@@ -62,7 +62,7 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
         Checkpoint::read(&student.join("model.safetensors"))
             .unwrap()
             .arch(),
-        Some(Arch::Student)
+        Some(Arch::student())
     );
 
     // distill finds the newest teacher by itself.
@@ -72,18 +72,18 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
     let (header, rows) = read_csv(&distilled.join("metrics.csv"));
     for h in [
         "train_loss",
-        "train_clf_loss",
-        "train_kd_loss",
+        "train_ce",
+        "train_kl",
         "train_acc",
         "val_loss",
-        "val_clf_loss",
-        "val_kd_loss",
+        "val_ce",
+        "val_kl",
         "val_acc",
         "lr",
     ] {
         assert!(header.iter().any(|x| x == h), "{h} missing in {header:?}");
     }
-    let kd = header.iter().position(|h| h == "train_kd_loss").unwrap();
+    let kd = header.iter().position(|h| h == "train_kl").unwrap();
     assert!(rows.iter().all(|r| r[kd] > 0.0));
     let cfg = std::fs::read_to_string(distilled.join("config.toml")).unwrap();
     assert!(
@@ -128,23 +128,30 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
 #[test]
 fn reproduce_writes_the_table_and_the_comparison() {
     let s = sandbox();
-    let o = s.kd(&["reproduce", "--epochs", "2", "--quiet"]);
+    let o = s.kd(&["reproduce", "--epochs", "2", "--seeds", "0,1", "--quiet"]);
     assert_ok(&o);
     let root = run_dir(&s.runs(), "reproduce-");
     let table = std::fs::read_to_string(root.join("results.md")).unwrap();
     for needle in [
         "| teacher |",
         "| student |",
-        "distilled student (T=2, alpha=0.9)",
+        "| distilled (kd) | kd (T=2, alpha=0.9, KL scaling T^2) |",
         "567434",
         "101770",
         "ECE",
+        "95% interval",
     ] {
         assert!(table.contains(needle), "{needle} missing:\n{table}");
     }
     assert!(stdout(&o).contains("| model |"));
-    for sub in ["teacher", "student", "distilled"] {
-        assert!(root.join(sub).join("model.safetensors").is_file());
+    for sub in [
+        "teacher",
+        "seed-0/student",
+        "seed-0/distilled-kd",
+        "seed-1/student",
+        "seed-1/distilled-kd",
+    ] {
+        assert!(root.join(sub).join("model.safetensors").is_file(), "{sub}");
     }
     assert_eq!(
         &std::fs::read(root.join("comparison.png")).unwrap()[..4],
@@ -215,10 +222,12 @@ fn flags_override_the_config_file() {
 #[test]
 fn early_stopping_restores_the_best_epoch() {
     let s = sandbox();
-    // A constant, high LR (alpha = 1) and patience 1 on a task the model fits at once:
-    // the validation loss soon stops improving, and the saved model is the best epoch's.
+    // A constant, high LR (alpha = 1) and patience 1: the validation loss soon stops
+    // improving, and the saved model is the best epoch's. With a constant LR the
+    // schedule does not depend on --epochs, so a same-seed run of exactly `best` epochs
+    // must end with the same weights, bit for bit.
     let p = s.path().join("test.toml");
-    std::fs::write(&p, "[data]\nvalidation_size = 100\n[early_stopping]\npatience = 1\n[lr_schedule]\ninitial_lr = 0.02\nalpha = 1.0\n").unwrap();
+    std::fs::write(&p, "[data]\nvalidation_size = 100\n[early_stopping]\npatience = 1\n[lr_schedule]\ninitial_lr = 0.2\nalpha = 1.0\n").unwrap();
     let o = s.kd(&["train", "student", "--epochs", "30", "--run-name", "es"]);
     assert_ok(&o);
     let dir = s.runs().join("es");
@@ -231,7 +240,11 @@ fn early_stopping_restores_the_best_epoch() {
         .unwrap()
         .0
         + 1;
-    assert!(rows.len() < 30, "never stopped early");
+    assert!(
+        rows.len() < 30,
+        "never stopped early: {:?}",
+        rows.iter().map(|r| r[v]).collect::<Vec<_>>()
+    );
     assert_eq!(
         rows.len(),
         best + 1,
@@ -241,6 +254,27 @@ fn early_stopping_restores_the_best_epoch() {
     let ckpt = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
     assert_eq!(ckpt.metadata["kdtrain.epoch"], best.to_string());
     assert!(stderr(&o).contains("early stopping"));
+    // The same seed stopped at the best epoch: its last epoch's weights are the ones
+    // early stopping restored.
+    let epochs = best.to_string();
+    let o = s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        &epochs,
+        "--run-name",
+        "cut",
+        "--quiet",
+    ]);
+    assert_ok(&o);
+    let cut = Checkpoint::read(&s.runs().join("cut/last.safetensors")).unwrap();
+    assert_eq!(cut.metadata["kdtrain.epoch"], epochs);
+    for (name, t) in &ckpt.tensors {
+        assert!(
+            t.equal(&cut.tensors[name]),
+            "{name}: restored weights differ from epoch {best}'s"
+        );
+    }
 }
 
 /// One epoch of the teacher on the real Fashion-MNIST reaches test accuracy >= 0.80.

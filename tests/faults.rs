@@ -469,14 +469,14 @@ fn config_unknown_key_is_named_with_its_line() {
 
 #[test]
 fn config_wrong_type_is_named_with_its_line() {
-    let s = sandbox_with(200, 50, "[distill]\ntemperature = \"hot\"");
+    let s = sandbox_with(200, 50, "[distill.kd]\ntemperature = \"hot\"");
     assert_fails(
         &train_student(&s),
         2,
         &[
             "test.toml",
             "line 4",
-            "distill.temperature",
+            "distill.kd.temperature",
             "invalid type",
             "expected f64",
         ],
@@ -554,11 +554,20 @@ fn flags_temperature_not_positive_or_nan() {
     for t in ["0", "-2", "nan", "inf"] {
         rejects(
             &["distill", &format!("--t={t}")],
-            &["distill.temperature", "--t", "a number from 0.001 to 1000"],
+            &[
+                "distill.kd.temperature",
+                "--t",
+                "a number from 0.001 to 1000",
+            ],
         );
     }
-    let s = sandbox_with(200, 50, "[distill]\ntemperature = -1.0");
-    assert_fails(&train_student(&s), 2, &["distill.temperature", "-1"]);
+    let s = sandbox_with(200, 50, "[distill.kd]\ntemperature = -1.0");
+    assert_fails(&train_student(&s), 2, &["distill.kd.temperature", "-1"]);
+    // The chosen objective's temperature is the one checked.
+    rejects(
+        &["distill", "--objective", "dkd", "--t=0"],
+        &["distill.dkd.temperature", "--t"],
+    );
 }
 
 #[test]
@@ -566,7 +575,7 @@ fn flags_alpha_outside_unit_interval() {
     for a in ["1.5", "-0.1", "nan"] {
         rejects(
             &["distill", &format!("--alpha={a}")],
-            &["distill.alpha", "--alpha", "[0, 1]"],
+            &["distill.kd.alpha", "--alpha", "[0, 1]"],
         );
     }
 }
@@ -686,10 +695,9 @@ fn student_checkpoint_as_teacher_names_tensor_and_shapes() {
         2,
         &[
             path.to_str().unwrap(),
-            "fc1.weight",
-            "[128, 784]",
-            "[512, 784]",
-            "student",
+            "is a student checkpoint",
+            "mlp:128",
+            "not a teacher",
         ],
     );
     assert_intact(
@@ -707,7 +715,7 @@ fn student_checkpoint_as_teacher_names_tensor_and_shapes() {
     assert_fails(
         &o,
         2,
-        &["--teacher", "fc1.weight", "[128, 784]", "[512, 784]"],
+        &["--teacher", "is a student checkpoint", "not a teacher"],
     );
 }
 
@@ -967,15 +975,15 @@ fn divergence_after_the_first_epoch_keeps_the_best_checkpoint() {
 #[test]
 fn checkpoint_with_nan_weights_is_refused() {
     let s = sandbox();
-    let teacher = kdtrain::model::Mlp::new(Arch::Teacher, tch::Device::Cpu);
+    let teacher = Arch::teacher().build(tch::Device::Cpu);
     tch::no_grad(|| {
         let _ = teacher.named_parameters()[7].1.fill_(f64::NAN);
     });
     let path = s.path().join("nan-teacher.safetensors");
     kdtrain::checkpoint::save_model(
         &path,
-        &teacher,
-        kdtrain::checkpoint::metadata(Arch::Teacher, "", 3),
+        teacher.as_ref(),
+        kdtrain::checkpoint::metadata(&Arch::teacher(), "teacher", "", 3, None),
     )
     .unwrap();
     let o = s.kd(&[
@@ -1032,7 +1040,7 @@ fn sigint_stops_at_a_step_and_keeps_the_last_epoch() {
     let last = Checkpoint::read(&r.join("last.safetensors")).unwrap();
     assert_eq!(last.metadata[META_EPOCH], epoch.to_string());
     let best = Checkpoint::read(&r.join("model.safetensors")).unwrap();
-    assert_eq!(best.arch(), Some(Arch::Student));
+    assert_eq!(best.arch(), Some(Arch::student()));
     let (_, rows) = read_csv(&r.join("metrics.csv"));
     assert_eq!(rows.len(), epoch);
     assert!(
@@ -1150,7 +1158,7 @@ fn sigkill_at_random_moments_never_tears_a_checkpoint() {
         );
         let best = Checkpoint::read(&r.join("model.safetensors"))
             .unwrap_or_else(|e| panic!("round {round}: {e:#}"));
-        assert_eq!(best.arch(), Some(Arch::Teacher));
+        assert_eq!(best.arch(), Some(Arch::teacher()));
     }
     // Finish: the epoch budget may change on --resume.
     let done = state_epoch(&r).unwrap() + 3;
@@ -1691,7 +1699,7 @@ fn temperatures_that_overflow_are_rejected_before_training() {
     for t in ["1e10", "5e-324"] {
         rejects(
             &["distill", &format!("--t={t}")],
-            &["distill.temperature", "from 0.001 to 1000"],
+            &["distill.kd.temperature", "from 0.001 to 1000"],
         );
     }
 }

@@ -77,12 +77,11 @@ impl Sandbox {
         if !args.contains(&"--data-dir") {
             full.extend(["--data-dir".into(), self.data_dir().display().to_string()]);
         }
-        full.extend([
-            "--out-dir".into(),
-            self.runs().display().to_string(),
-            "--threads".into(),
-            "1".into(),
-        ]);
+        // evaluate writes next to the checkpoint and refuses --out-dir.
+        if args.first() != Some(&"evaluate") {
+            full.extend(["--out-dir".into(), self.runs().display().to_string()]);
+        }
+        full.extend(["--threads".into(), "1".into()]);
         full
     }
 

@@ -1,0 +1,157 @@
+//! `evaluate CHECKPOINT`: the full report of a checkpoint on the training images and the
+//! test set; with `--teacher`, agreement with it and an objective's terms against it.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::{data_dir, teacher_network};
+use crate::checkpoint::Checkpoint;
+use crate::cli::EvaluateArgs;
+use crate::config::UsageError;
+use crate::data;
+use crate::eval::{self, Report};
+use crate::model::Network;
+use crate::settings::Settings;
+
+/// Evaluates `args.checkpoint` and prints the report (or JSON with `--json`).
+pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
+    let path = args.checkpoint.as_path();
+    let ckpt = Checkpoint::read(path)?;
+    let model = ckpt.network(s.device)?;
+    let arch = model.arch().clone();
+    let teacher = match &args.teacher {
+        Some(p) => {
+            let t = Checkpoint::read(p).map_err(|e| UsageError(format!("--teacher: {e:#}")))?;
+            let mut n = teacher_network(&t, s, "--teacher")?;
+            n.freeze();
+            Some(n)
+        }
+        None => None,
+    };
+    let objective = crate::objective::build(&s.config.distill);
+    let dir = data_dir(s)?;
+    let raw = data::load_dir(&dir)?;
+    let train = data::Examples::from_split(&raw.train, s.device);
+    let test = data::Examples::from_split(&raw.test, s.device);
+    let report = |set: &data::Examples| -> Result<Report> {
+        let z = eval::logits(model.as_ref(), &set.images);
+        let t = teacher
+            .as_ref()
+            .map(|t| eval::logits(t.as_ref() as &dyn Network, &set.images));
+        let mut r = eval::report(&z, &set.labels, t.as_ref())?;
+        if let Some(t) = &t {
+            // Warm-ups complete: the terms are reported unscaled anyway.
+            let terms = objective.loss(&z, &set.labels, Some(t), usize::MAX);
+            r.terms = terms
+                .parts
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.double_value(&[])))
+                .collect();
+        }
+        Ok(r)
+    };
+    let train_r = report(&train)?;
+    let test_r = report(&test)?;
+    let train_set = format!(
+        "all {} training images (the validation split included)",
+        train_r.examples
+    );
+    let confusion_png = path.with_file_name("confusion.png");
+    let title = format!(
+        "{} on the test set: accuracy {:.4}",
+        path.display(),
+        test_r.acc
+    );
+    let names: Vec<&str> = data::CLASS_NAMES.to_vec();
+    // The chart is a by-product: when it cannot be written (a read-only folder, say) the
+    // report is still printed, with a warning.
+    let chart = crate::plot::confusion_png(&confusion_png, &title, &names, &test_r.confusion);
+    if let Err(e) = &chart {
+        crate::errln!("warning: {e:#}; the report is complete without it");
+    }
+    let confusion_png = chart.is_ok().then_some(confusion_png);
+    if args.json {
+        let v = serde_json::json!({
+            "checkpoint": path,
+            "arch": arch.spec(),
+            "params": arch.num_params(),
+            "objective": teacher.as_ref().map(|_| objective.describe()),
+            "train_set": train_set,
+            "train": train_r,
+            "test": test_r,
+            "confusion_png": confusion_png,
+        });
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print_report(
+        path,
+        &arch,
+        &train_set,
+        &train_r,
+        &test_r,
+        teacher.is_some().then(|| objective.describe()),
+    );
+    if let Some(p) = confusion_png {
+        crate::outln!("\nwrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn print_report(
+    path: &Path,
+    arch: &crate::model::Arch,
+    train_set: &str,
+    train_r: &Report,
+    test_r: &Report,
+    objective: Option<String>,
+) {
+    crate::outln!(
+        "{} ({}, {} parameters)",
+        path.display(),
+        arch,
+        arch.num_params()
+    );
+    crate::outln!("train: {train_set}");
+    for (name, r) in [("train", train_r), ("test", test_r)] {
+        crate::outln!(
+            "{name:>5}: loss {:.4}  acc {:.4}  ECE {:.4}  ({} examples)",
+            r.loss,
+            r.acc,
+            r.ece,
+            r.examples
+        );
+        if let (Some(a), Some(k), Some(ta)) = (r.teacher_agreement, r.teacher_kl, r.teacher_acc) {
+            crate::outln!(
+                "       teacher agreement {a:.4}  mean KL(teacher || model) at T=1 {k:.4}  teacher acc {ta:.4}"
+            );
+        }
+        if !r.terms.is_empty() {
+            let terms: Vec<String> = r.terms.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+            crate::outln!(
+                "       {}: {}",
+                objective.as_deref().unwrap_or(""),
+                terms.join("  ")
+            );
+        }
+    }
+    crate::outln!("\nper-class test accuracy:");
+    for (name, acc, count) in &test_r.per_class {
+        crate::outln!("  {name:<12} {acc:.4}  ({count})");
+    }
+    crate::outln!("\ntest confusion matrix (rows: true class, columns: predicted):");
+    crate::out!("{:>12}", "");
+    for i in 0..data::CLASS_NAMES.len() {
+        crate::out!("{i:>6}");
+    }
+    crate::outln!();
+    for (i, row) in test_r.confusion.iter().enumerate() {
+        let name: String = data::CLASS_NAMES[i].chars().take(9).collect();
+        crate::out!("{name:>9} {i:>2}");
+        for c in row {
+            crate::out!("{c:>6}");
+        }
+        crate::outln!();
+    }
+}

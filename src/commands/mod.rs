@@ -1,0 +1,408 @@
+//! The commands: `train`, `distill`, `evaluate`, `reproduce`. Each is a thin file over
+//! the shared steps here: find the data, load the teacher, and [`train_one`] (one run:
+//! model, loop, checkpoint, reports). Each command resolves and checks everything it
+//! needs (settings, data folder, run folder, teacher checkpoint) before training.
+
+pub mod distill;
+pub mod evaluate;
+pub mod reproduce;
+pub mod train;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::checkpoint::Checkpoint;
+use crate::cli::{Cli, Command};
+use crate::config::{Config, UsageError, Validation, usage};
+use crate::data::{self, Dataset};
+use crate::eval::{self, Metrics};
+use crate::model::Network;
+use crate::objective::Objective;
+use crate::optim::AdamConfig;
+use crate::run::{Run, RunKind};
+use crate::schedule::CosineDecay;
+use crate::settings::Settings;
+use crate::train::{LoopConfig, Teacher};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::resolve(&cli)?;
+    match &cli.command {
+        Command::Train { model } => train::run(&settings, *model),
+        Command::Distill(_) => distill::run(&settings),
+        Command::Evaluate(args) => evaluate::run(&settings, args),
+        Command::Reproduce(_) => reproduce::run(&settings),
+    }
+}
+
+/// What one training run produced, for the results tables and `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    /// The role: `teacher`, `student` or `distilled`.
+    pub model: &'static str,
+    /// The architecture spec (`mlp:128`).
+    pub arch: String,
+    /// The objective minimised (`ce` for teacher and student; `kd`, `dkd`, ...).
+    pub objective: String,
+    /// The objective and its hyper-parameters in one line.
+    pub objective_settings: String,
+    pub run_dir: PathBuf,
+    pub params: i64,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub stopped_early: bool,
+    /// Training-loop seconds of each epoch run in this process.
+    pub epoch_seconds: Vec<f64>,
+    /// Median of `epoch_seconds`; `null` when this process ran no epoch.
+    pub median_epoch_seconds: Option<f64>,
+    /// Seconds to evaluate the test set (forward passes and metrics).
+    pub eval_test_seconds: f64,
+    /// Seconds from process start to the first optimizer step.
+    pub startup_seconds: f64,
+    /// Seconds to read, validate and move the data to the device.
+    pub data_load_seconds: f64,
+    /// The set that `train_loss` and `train_acc` cover.
+    pub train_set: String,
+    /// Its size (the training split: the training images less the validation split).
+    pub train_examples: i64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    /// Expected calibration error on the test set (15 bins).
+    pub test_ece: f64,
+    /// Validation accuracy and cross-entropy of the selected weights (the best epoch).
+    pub best_val_acc: f64,
+    pub best_val_ce: f64,
+    pub threads: usize,
+    pub device: String,
+    /// The objective's temperature (dist: tau) when distilling.
+    pub temperature: Option<f64>,
+    /// kd's and mse's alpha when distilling with them.
+    pub alpha: Option<f64>,
+    pub seed: u64,
+    /// The validation split (seed, size, hash).
+    pub split: data::SplitInfo,
+    /// Validation accuracy per epoch (for the comparison plot).
+    pub val_acc: Vec<f64>,
+}
+
+/// The data folder, found (or downloaded with `--download`) before anything else runs.
+pub fn data_dir(s: &Settings) -> Result<PathBuf> {
+    let named = (!s.config.data.dir.is_empty()).then(|| PathBuf::from(&s.config.data.dir));
+    match data::locate(named.as_deref()) {
+        Ok(d) => Ok(d),
+        Err(_) if s.download && named.is_none() => {
+            s.say(&format!(
+                "downloading Fashion-MNIST from {} into {}",
+                s.config.data.download_url,
+                data::DOWNLOAD_DIR
+            ));
+            crate::download::download_all(
+                &s.config.data.download_url,
+                Path::new(data::DOWNLOAD_DIR),
+                s.quiet,
+            )
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The data, split and on the device, with the seconds it took.
+pub fn load_data(s: &Settings, dir: &Path) -> Result<(Dataset, f64)> {
+    let t0 = Instant::now();
+    let raw = data::load_dir(dir)?;
+    let c = &s.config.data;
+    let val = match c.validation {
+        Validation::Split => Some(c.validation_size),
+        Validation::Test => None,
+    };
+    let ds = data::prepare(&raw, val, c.split_seed, s.device)?;
+    let secs = t0.elapsed().as_secs_f64();
+    s.say(&format!(
+        "data: {} ({} train, {} validation: {}, {} test) in {secs:.2} s; device {:?}, {} threads",
+        dir.display(),
+        ds.train.len(),
+        ds.val.len(),
+        ds.split.describe(),
+        ds.test.len(),
+        s.device,
+        s.threads
+    ));
+    Ok((ds, secs))
+}
+
+/// A frozen teacher read from a checkpoint, with what it was trained on.
+pub struct LoadedTeacher {
+    pub network: Box<dyn Network>,
+    pub path: PathBuf,
+    pub split: Option<data::SplitInfo>,
+}
+
+/// The teacher checkpoint for distillation: `distill.teacher`, or the newest teacher in
+/// the out-dir; read, checked and frozen before training.
+///
+/// # Errors
+/// Usage errors naming the file: none found, unreadable, not a teacher, wrong shapes.
+pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
+    let path = if config.distill.teacher.is_empty() {
+        let out = Path::new(&config.runtime.out_dir);
+        match crate::run::newest_model(out, RunKind::Teacher) {
+            Some(p) => p,
+            None => {
+                return usage(format!(
+                    "no teacher checkpoint in {0}/teacher-*/model.safetensors or \
+                     {0}/reproduce-*/teacher/model.safetensors; run `train teacher` first, \
+                     or pass --teacher PATH",
+                    out.display()
+                ));
+            }
+        }
+    } else {
+        PathBuf::from(&config.distill.teacher)
+    };
+    let ckpt = Checkpoint::read(&path).map_err(|e| match e.downcast_ref::<UsageError>() {
+        Some(_) => UsageError(format!(
+            "{e}; run `train teacher` first, or pass --teacher PATH"
+        ))
+        .into(),
+        None => e,
+    })?;
+    let mut network = teacher_network(&ckpt, s, "--teacher")?;
+    network.freeze();
+    s.say(&format!("teacher: {} ({})", path.display(), network.arch()));
+    Ok(LoadedTeacher {
+        network,
+        split: ckpt.split(),
+        path,
+    })
+}
+
+/// The network of a checkpoint that is to act as a teacher: its recorded architecture
+/// (or, for a file that records none, the configured teacher's), and a refusal of a
+/// checkpoint trained as a student.
+fn teacher_network(ckpt: &Checkpoint, s: &Settings, flag: &str) -> Result<Box<dyn Network>> {
+    let arch = ckpt
+        .arch()
+        .unwrap_or_else(|| RunKind::Teacher.arch(&s.config));
+    let network = ckpt
+        .model(&arch, s.device)
+        .map_err(|e| UsageError(format!("{flag}: {e:#}")))?;
+    if let Some(role) = ckpt.role()
+        && role != "teacher"
+    {
+        return usage(format!(
+            "{flag}: {} is a {role} checkpoint ({}; metadata kdtrain.role = {role}), not a \
+             teacher; pass a teacher's model.safetensors",
+            ckpt.path.display(),
+            arch
+        ));
+    }
+    Ok(network)
+}
+
+/// The teacher's split against this run's: refuses a mismatch (unless
+/// `--allow-split-mismatch`), warns when the teacher records none.
+pub fn check_teacher_split(s: &Settings, teacher: &LoadedTeacher, data: &Dataset) -> Result<()> {
+    match &teacher.split {
+        None => {
+            crate::errln!(
+                "warning: teacher {} records no validation split; make sure this run's \
+                 validation images were not in its training set",
+                teacher.path.display()
+            );
+            Ok(())
+        }
+        Some(t) if t.same_as(&data.split) => Ok(()),
+        Some(t) if s.allow_split_mismatch => {
+            crate::errln!(
+                "warning: teacher {} validated on {}, this run on {} (--allow-split-mismatch)",
+                teacher.path.display(),
+                t.describe(),
+                data.split.describe()
+            );
+            Ok(())
+        }
+        Some(t) => usage(format!(
+            "teacher {} was trained with validation on {}, but this run validates on {}: \
+             its validation images would include the teacher's training images; use the \
+             teacher's data.split_seed ({}) and data.validation_size ({}), or pass \
+             --allow-split-mismatch",
+            teacher.path.display(),
+            t.describe(),
+            data.split.describe(),
+            t.split_seed
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "none: data.validation = \"test\"".into()),
+            t.validation_size
+        )),
+    }
+}
+
+/// Trains one model in `run` with `config` and writes its final checkpoint and reports.
+pub fn train_one(
+    s: &Settings,
+    config: &Config,
+    run: &mut Run,
+    objective: &dyn Objective,
+    teacher: Option<&dyn Network>,
+    data: &(Dataset, f64),
+) -> Result<RunOutcome> {
+    let (data, data_load_seconds) = (&data.0, data.1);
+    let c = config;
+    let kind = run.kind;
+    let arch = kind.arch(c);
+    tch::manual_seed(c.seed as i64);
+    let model = arch.build(s.device);
+    let steps_per_epoch = (data.train.len() as usize).div_ceil(c.data.batch_size);
+    let alpha = if kind == RunKind::Teacher {
+        c.lr_schedule.teacher_alpha
+    } else {
+        c.lr_schedule.alpha
+    };
+    let loop_cfg = LoopConfig {
+        epochs: c.train.epochs,
+        batch_size: c.data.batch_size as i64,
+        schedule: CosineDecay {
+            initial_lr: c.lr_schedule.initial_lr,
+            decay_steps: c.decay_steps(steps_per_epoch),
+            alpha,
+        },
+        adam: AdamConfig {
+            beta1: c.optimizer.beta1,
+            beta2: c.optimizer.beta2,
+            eps: c.optimizer.eps,
+            amsgrad: c.optimizer.amsgrad,
+        },
+        patience: c
+            .early_stopping
+            .enabled
+            .then_some(c.early_stopping.patience),
+        seed: c.seed,
+    };
+    let teacher = teacher.map(|network| Teacher {
+        network,
+        cache: c.distill.teacher_cache,
+    });
+    let fit = crate::train::fit(
+        run,
+        model.as_ref(),
+        objective,
+        teacher.as_ref(),
+        data,
+        &loop_cfg,
+    )?;
+    run.finish(model.as_ref(), fit.best_epoch)?;
+
+    let t0 = Instant::now();
+    let test_logits = eval::logits(model.as_ref(), &data.test.images);
+    let test = eval::report(&test_logits, &data.test.labels, None)?;
+    let eval_test_seconds = t0.elapsed().as_secs_f64();
+    let train_m: Metrics = eval::metrics(
+        &eval::logits(model.as_ref(), &data.train.images),
+        &data.train.labels,
+        None,
+    );
+    let val_m = eval::metrics(
+        &eval::logits(model.as_ref(), &data.val.images),
+        &data.val.labels,
+        None,
+    );
+    let history = run.history();
+    let mut secs = fit.epoch_seconds.clone();
+    secs.sort_by(f64::total_cmp);
+    let distilled = kind == RunKind::Distilled;
+    let d = &c.distill;
+    let (temperature, alpha) = match objective.name() {
+        "kd" => (Some(d.kd.temperature), Some(d.kd.alpha)),
+        "dkd" => (Some(d.dkd.temperature), None),
+        "lskd" => (Some(d.lskd.temperature), None),
+        "dist" => (Some(d.dist.temperature), None),
+        "mse" => (None, Some(d.mse.alpha)),
+        _ => (None, None),
+    };
+    let out = RunOutcome {
+        implementation: "kdtrain",
+        model: kind.name(),
+        arch: arch.spec(),
+        objective: objective.name().to_string(),
+        objective_settings: objective.describe(),
+        run_dir: run.dir.clone(),
+        params: arch.num_params(),
+        epochs_run: fit.epochs_run,
+        best_epoch: fit.best_epoch,
+        stopped_early: fit.stopped_early,
+        median_epoch_seconds: secs.get(secs.len() / 2).copied(),
+        epoch_seconds: fit.epoch_seconds,
+        eval_test_seconds,
+        startup_seconds: fit.startup_seconds,
+        data_load_seconds,
+        train_set: match c.data.validation {
+            Validation::Split => {
+                "the training split (training images less the validation split)".into()
+            }
+            Validation::Test => "all training images (the test set validates)".into(),
+        },
+        train_examples: data.train.len(),
+        train_loss: train_m.loss,
+        train_acc: train_m.acc,
+        test_loss: test.loss,
+        test_acc: test.acc,
+        test_ece: test.ece,
+        best_val_acc: val_m.acc,
+        best_val_ce: val_m.ce,
+        threads: s.threads,
+        device: format!("{:?}", s.device),
+        temperature: temperature.filter(|_| distilled),
+        alpha: alpha.filter(|_| distilled),
+        seed: c.seed,
+        split: data.split.clone(),
+        val_acc: history.iter().map(|r| r.val.acc).collect(),
+    };
+    crate::checkpoint::write_atomic(
+        &run.dir.join("summary.json"),
+        serde_json::to_string_pretty(&out)?.as_bytes(),
+    )?;
+    if c.logging.plots {
+        let h = &history;
+        let col = |f: fn(&crate::run::EpochRecord) -> f64| h.iter().map(f).collect::<Vec<f64>>();
+        let title = match run.name() {
+            n if n == kind.name() => n,
+            n => format!("{} ({n})", kind.name()),
+        };
+        crate::plot::curves_png(
+            &run.dir.join("curves.png"),
+            &crate::plot::Curves {
+                title: &title,
+                train_loss: &col(|r| r.train.loss),
+                val_loss: &col(|r| r.val.loss),
+                train_acc: &col(|r| r.train.acc),
+                val_acc: &col(|r| r.val.acc),
+            },
+        )?;
+    }
+    Ok(out)
+}
+
+/// The one-line result of a run on stdout.
+pub fn print_result(o: &RunOutcome) {
+    crate::outln!(
+        "{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {} epochs (best {}) at {} s/epoch | {}",
+        o.model,
+        o.train_loss,
+        o.train_acc,
+        o.test_loss,
+        o.test_acc,
+        o.epochs_run,
+        o.best_epoch,
+        o.median_epoch_seconds
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "-".into()),
+        o.run_dir.join(crate::run::MODEL_FILE).display()
+    );
+}

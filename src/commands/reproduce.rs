@@ -1,0 +1,177 @@
+//! `reproduce`: the teacher, then for every seed the student trained alone and one
+//! distilled student per objective, all on one validation split; then `results.md`,
+//! `results.json` and `comparison.png` (validation accuracy per epoch, every seed).
+//!
+//! Layout of `<out_dir>/reproduce-<date>-<time>/`: `teacher/` (or `seed-N/teacher/`
+//! with `reproduce.teacher_per_seed`), `seed-N/student/`, `seed-N/distilled-<objective>/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::{LoadedTeacher, RunOutcome, data_dir, load_data, print_result, train_one};
+use crate::config::{Validation, usage};
+use crate::objective::CrossEntropy;
+use crate::report::{Results, label};
+use crate::run::{Run, RunKind};
+use crate::settings::Settings;
+
+/// Runs the whole comparison.
+pub fn run(s: &Settings) -> Result<()> {
+    let t0 = Instant::now();
+    if s.resume || s.run_name.is_some() {
+        return usage(
+            "reproduce takes neither --resume nor --run-name; it makes a new reproduce-<time> \
+             folder (resume one of its runs with the command the interruption message gives)",
+        );
+    }
+    let c = &s.config;
+    let seeds = c.reproduce.seeds.clone();
+    let objectives = if c.reproduce.objectives.is_empty() {
+        vec![c.distill.objective.clone()]
+    } else {
+        c.reproduce.objectives.clone()
+    };
+    let per_seed_teacher = c.reproduce.teacher_per_seed;
+    let dir = data_dir(s)?;
+    let root = claim_root(s.out_dir())?;
+    s.say(&format!(
+        "reproduce in {}: seeds {:?}, objectives {}, {}",
+        root.display(),
+        seeds,
+        objectives.join(", "),
+        if per_seed_teacher {
+            "one teacher per seed"
+        } else {
+            "one teacher for every seed"
+        }
+    ));
+    let data = load_data(s, &dir).inspect_err(|_| {
+        let _ = std::fs::remove_dir(&root);
+    })?;
+    let q = s.quiet;
+    let mut runs: Vec<RunOutcome> = Vec::new();
+    let mut teacher: Option<(LoadedTeacher, PathBuf)> = None;
+    for (i, &seed) in seeds.iter().enumerate() {
+        let seed_dir = root.join(format!("seed-{seed}"));
+        if per_seed_teacher || i == 0 {
+            let (out_dir, name) = if per_seed_teacher {
+                (seed_dir.clone(), "teacher")
+            } else {
+                (root.clone(), "teacher")
+            };
+            let config = s.run_config(|c| {
+                c.seed = seed;
+                c.runtime.out_dir = out_dir.display().to_string();
+            });
+            let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
+            let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
+            print_result(&out);
+            drop(run);
+            let path = out.run_dir.join(crate::run::MODEL_FILE);
+            let t_config = s.run_config(|c| c.distill.teacher = path.display().to_string());
+            teacher = Some((super::load_teacher(s, &t_config)?, path));
+            runs.push(out);
+        }
+        let (t, t_path) = teacher.as_ref().expect("trained above");
+        let config = s.run_config(|c| {
+            c.seed = seed;
+            c.runtime.out_dir = seed_dir.display().to_string();
+            c.distill.teacher = t_path.display().to_string();
+        });
+        let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
+        let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
+        print_result(&out);
+        runs.push(out);
+        for name in &objectives {
+            let config = s.run_config(|c| {
+                c.seed = seed;
+                c.runtime.out_dir = seed_dir.display().to_string();
+                c.distill.teacher = t_path.display().to_string();
+                c.distill.objective = name.clone();
+            });
+            let objective = crate::objective::build(&config.distill);
+            let folder = format!("distilled-{name}");
+            let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
+            let out = train_one(
+                s,
+                &config,
+                &mut run,
+                objective.as_ref(),
+                Some(t.network.as_ref()),
+                &data,
+            )?;
+            print_result(&out);
+            runs.push(out);
+        }
+    }
+    let validation = match c.data.validation {
+        Validation::Split => data.0.split.describe(),
+        Validation::Test => "the test set (as the Keras reference; optimistic)".into(),
+    };
+    let results = Results::new(
+        runs,
+        &seeds,
+        &objectives,
+        per_seed_teacher,
+        validation,
+        t0.elapsed().as_secs_f64(),
+    );
+    let md = results.markdown();
+    crate::outln!("\n{md}");
+    crate::checkpoint::write_atomic(&root.join("results.md"), md.as_bytes())?;
+    crate::checkpoint::write_atomic(
+        &root.join("results.json"),
+        serde_json::to_string_pretty(&results)?.as_bytes(),
+    )?;
+    let labels: Vec<String> = results.runs.iter().map(label).collect();
+    let curves: Vec<(&str, &[f64])> = results
+        .runs
+        .iter()
+        .zip(&labels)
+        .map(|(r, l)| (l.as_str(), r.val_acc.as_slice()))
+        .collect();
+    crate::plot::comparison_png(
+        &root.join("comparison.png"),
+        &format!(
+            "Validation accuracy per epoch ({} seed{})",
+            seeds.len(),
+            if seeds.len() == 1 { "" } else { "s" }
+        ),
+        &curves,
+    )?;
+    crate::outln!(
+        "wrote {}, {} and {}",
+        root.join("results.md").display(),
+        root.join("results.json").display(),
+        root.join("comparison.png").display()
+    );
+    Ok(())
+}
+
+/// Creates `reproduce-<date>-<time>` (or `-2`, `-3`, ... when taken) in `out`.
+/// `create_dir` is atomic, so two reproduce runs started in the same second each get
+/// their own folder.
+fn claim_root(out: &Path) -> Result<PathBuf> {
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let base = out.join(format!("reproduce-{stamp}"));
+    let _ = std::fs::create_dir_all(out);
+    let mut root = base.clone();
+    let mut i = 2;
+    loop {
+        match std::fs::create_dir(&root) {
+            Ok(()) => return Ok(root),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 1000 => {
+                root = PathBuf::from(format!("{}-{i}", base.display()));
+                i += 1;
+            }
+            Err(e) => {
+                return usage(format!(
+                    "cannot create {} ({e}); choose a writable --out-dir",
+                    root.display()
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! `train teacher|student`: cross-entropy on the labels.
+
+use anyhow::Result;
+
+use super::{data_dir, load_data, print_result, train_one};
+use crate::cli::ModelArg;
+use crate::objective::CrossEntropy;
+use crate::run::{Run, RunKind};
+use crate::settings::Settings;
+
+/// Trains the teacher or the student alone.
+pub fn run(s: &Settings, model: ModelArg) -> Result<()> {
+    let kind = match model {
+        ModelArg::Teacher => RunKind::Teacher,
+        ModelArg::Student => RunKind::Student,
+    };
+    let dir = data_dir(s)?;
+    let mut run = Run::open(&s.config, kind, s.run_name.as_deref(), s.resume, s.quiet)?;
+    // A bad data file leaves no empty run folder behind.
+    let data = load_data(s, &dir).inspect_err(|_| run.abandon())?;
+    let out = train_one(s, &s.config, &mut run, &CrossEntropy, None, &data)?;
+    print_result(&out);
+    Ok(())
+}

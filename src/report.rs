@@ -1,0 +1,288 @@
+//! The multi-seed results of `reproduce`: per-seed rows, mean ± sample standard
+//! deviation per model, and the paired gain of each distilled student over the student
+//! trained alone with the same seed, with its 95% t-interval; written as `results.md`
+//! and `results.json`. Accuracy is the test accuracy of the weights chosen on the
+//! validation split; nothing here chooses anything on the test set.
+
+use serde::Serialize;
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use crate::commands::RunOutcome;
+
+/// Mean and sample standard deviation (n - 1 in the denominator; `None` for n < 2).
+pub fn mean_sd(x: &[f64]) -> (f64, Option<f64>) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    if x.len() < 2 {
+        return (mean, None);
+    }
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, Some(var.sqrt()))
+}
+
+/// The two-sided 95% Student-t interval of the mean of `x`: mean ± t(0.975, n-1) · sd /
+/// √n. `None` for fewer than two values.
+pub fn t_interval_95(x: &[f64]) -> Option<(f64, f64)> {
+    let (mean, sd) = mean_sd(x);
+    let sd = sd?;
+    let n = x.len() as f64;
+    let t = StudentsT::new(0.0, 1.0, n - 1.0).ok()?.inverse_cdf(0.975);
+    let half = t * sd / n.sqrt();
+    Some((mean - half, mean + half))
+}
+
+/// One model's figures over the seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    /// `teacher`, `student`, or `distilled (kd)`.
+    pub model: String,
+    pub objective: String,
+    pub objective_settings: String,
+    pub params: i64,
+    pub seeds: Vec<u64>,
+    pub test_acc_mean: f64,
+    pub test_acc_sd: Option<f64>,
+    pub test_loss_mean: f64,
+    pub test_ece_mean: f64,
+    pub best_val_acc_mean: f64,
+    pub epochs_run_mean: f64,
+    pub best_epoch_mean: f64,
+    /// Median over the seeds of each run's median epoch time.
+    pub median_epoch_seconds: Option<f64>,
+}
+
+/// The paired gain of one objective: distilled − alone, test accuracy, same seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gain {
+    pub objective: String,
+    pub seeds: Vec<u64>,
+    /// Per seed, in points (percentage points of accuracy).
+    pub gains_points: Vec<f64>,
+    pub mean_points: f64,
+    pub sd_points: Option<f64>,
+    /// The 95% t-interval of the mean gain, in points; `None` with one seed.
+    pub interval_95_points: Option<(f64, f64)>,
+}
+
+/// Everything `results.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub dataset: &'static str,
+    pub validation: String,
+    pub seeds: Vec<u64>,
+    pub teacher_per_seed: bool,
+    pub models: Vec<ModelSummary>,
+    pub gains: Vec<Gain>,
+    /// Every run, with `"seed": N`.
+    pub runs: Vec<RunOutcome>,
+    /// Seconds for the whole `reproduce`.
+    pub wall_seconds: f64,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// The label of a run in the tables.
+pub fn label(r: &RunOutcome) -> String {
+    match r.model {
+        "distilled" => format!("distilled ({})", r.objective),
+        m => m.to_string(),
+    }
+}
+
+impl Results {
+    /// Summarises `runs` (teacher(s), then per seed the student and the distilled ones).
+    pub fn new(
+        runs: Vec<RunOutcome>,
+        seeds: &[u64],
+        objectives: &[String],
+        teacher_per_seed: bool,
+        validation: String,
+        wall_seconds: f64,
+    ) -> Results {
+        let mut labels: Vec<String> = Vec::new();
+        for r in &runs {
+            let l = label(r);
+            if !labels.contains(&l) {
+                labels.push(l);
+            }
+        }
+        let models = labels
+            .iter()
+            .map(|l| {
+                let rs: Vec<&RunOutcome> = runs.iter().filter(|r| &label(r) == l).collect();
+                let col = |f: fn(&RunOutcome) -> f64| rs.iter().map(|r| f(r)).collect::<Vec<_>>();
+                let mean = |f: fn(&RunOutcome) -> f64| mean_sd(&col(f)).0;
+                let (acc_mean, acc_sd) = mean_sd(&col(|r| r.test_acc));
+                ModelSummary {
+                    model: l.clone(),
+                    objective: rs[0].objective.clone(),
+                    objective_settings: rs[0].objective_settings.clone(),
+                    params: rs[0].params,
+                    seeds: rs.iter().map(|r| r.seed).collect(),
+                    test_acc_mean: acc_mean,
+                    test_acc_sd: acc_sd,
+                    test_loss_mean: mean(|r| r.test_loss),
+                    test_ece_mean: mean(|r| r.test_ece),
+                    best_val_acc_mean: mean(|r| r.best_val_acc),
+                    epochs_run_mean: mean(|r| r.epochs_run as f64),
+                    best_epoch_mean: mean(|r| r.best_epoch as f64),
+                    median_epoch_seconds: median(
+                        rs.iter().filter_map(|r| r.median_epoch_seconds).collect(),
+                    ),
+                }
+            })
+            .collect();
+        let acc = |model: &str, objective: &str, seed: u64| {
+            runs.iter()
+                .find(|r| r.model == model && r.objective == objective && r.seed == seed)
+                .map(|r| r.test_acc)
+        };
+        let gains = objectives
+            .iter()
+            .map(|o| {
+                let pairs: Vec<(u64, f64)> = seeds
+                    .iter()
+                    .filter_map(|&s| {
+                        Some((
+                            s,
+                            (acc("distilled", o, s)? - acc("student", "ce", s)?) * 100.0,
+                        ))
+                    })
+                    .collect();
+                let g: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+                let (mean, sd) = mean_sd(&g);
+                Gain {
+                    objective: o.clone(),
+                    seeds: pairs.iter().map(|p| p.0).collect(),
+                    interval_95_points: t_interval_95(&g),
+                    gains_points: g,
+                    mean_points: mean,
+                    sd_points: sd,
+                }
+            })
+            .collect();
+        Results {
+            dataset: "Fashion-MNIST",
+            validation,
+            seeds: seeds.to_vec(),
+            teacher_per_seed,
+            models,
+            gains,
+            runs,
+            wall_seconds,
+        }
+    }
+
+    /// `results.md`: the summary table, the paired gains, and the per-seed rows.
+    pub fn markdown(&self) -> String {
+        let n = self.seeds.len();
+        let seeds: Vec<String> = self.seeds.iter().map(|s| s.to_string()).collect();
+        let mut s = format!(
+            "{}, test set; {n} seed{} ({}); validation: {}; teacher: {}; models chosen on \
+             validation cross-entropy. Accuracy in percent, mean ± sample sd over seeds.\n\n",
+            self.dataset,
+            if n == 1 { "" } else { "s" },
+            seeds.join(", "),
+            self.validation,
+            if self.teacher_per_seed {
+                "one per seed"
+            } else {
+                "one, trained with the first seed, for every seed"
+            }
+        );
+        let pct = |v: f64| format!("{:.2}", v * 100.0);
+        s.push_str("| model | objective | parameters | test acc (%) | test loss | ECE | epochs run (best) | s/epoch |\n");
+        s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        for m in &self.models {
+            let acc = match m.test_acc_sd {
+                Some(sd) => format!("{} ± {}", pct(m.test_acc_mean), pct(sd)),
+                None => pct(m.test_acc_mean),
+            };
+            s.push_str(&format!(
+                "| {} | {} | {} | {acc} | {:.4} | {:.4} | {:.1} ({:.1}) | {} |\n",
+                m.model,
+                m.objective_settings,
+                m.params,
+                m.test_loss_mean,
+                m.test_ece_mean,
+                m.epochs_run_mean,
+                m.best_epoch_mean,
+                m.median_epoch_seconds
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
+        s.push_str("\nPaired gain of the distilled student over the student trained alone (same seed), test accuracy in points:\n\n");
+        s.push_str("| objective | per seed | mean | sd | 95% interval |\n| --- | --- | --- | --- | --- |\n");
+        for g in &self.gains {
+            let per: Vec<String> = g
+                .seeds
+                .iter()
+                .zip(&g.gains_points)
+                .map(|(s, v)| format!("{s}: {v:+.2}"))
+                .collect();
+            s.push_str(&format!(
+                "| {} | {} | {:+.2} | {} | {} |\n",
+                g.objective,
+                per.join(", "),
+                g.mean_points,
+                g.sd_points
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                match g.interval_95_points {
+                    Some((lo, hi)) => format!("{lo:+.2} to {hi:+.2}"),
+                    None => "none: one seed gives no interval".into(),
+                }
+            ));
+        }
+        s.push_str("\nPer seed:\n\n| seed | model | test acc (%) | validation acc (%) | test loss | ECE | epochs run (best) |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+        for r in &self.runs {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.4} | {:.4} | {} ({}) |\n",
+                r.seed,
+                label(r),
+                pct(r.test_acc),
+                pct(r.best_val_acc),
+                r.test_loss,
+                r.test_ece,
+                r.epochs_run,
+                r.best_epoch
+            ));
+        }
+        s.push_str(&format!(
+            "\nWall time of the whole run: {:.0} s.\n",
+            self.wall_seconds
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_sd_and_t_interval_hand_checked() {
+        // x = [1, 2, 3, 4]: mean 2.5, sample sd sqrt(5/3) = 1.290994;
+        // t(0.975, 3) = 3.182446 (scipy.stats.t.ppf(0.975, 3)); half-width
+        // 3.182446 * 1.290994 / 2 = 2.054260.
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let (m, sd) = mean_sd(&x);
+        assert_eq!(m, 2.5);
+        assert!((sd.unwrap() - 1.290_994).abs() < 1e-6);
+        let (lo, hi) = t_interval_95(&x).unwrap();
+        assert!((lo - (2.5 - 2.054_260)).abs() < 1e-5, "{lo}");
+        assert!((hi - (2.5 + 2.054_260)).abs() < 1e-5, "{hi}");
+        // Two values: t(0.975, 1) = 12.706205.
+        let (lo, _) = t_interval_95(&[0.0, 2.0]).unwrap();
+        assert!(
+            (lo - (1.0 - 12.706_205 * 2f64.sqrt() / 2f64.sqrt())).abs() < 1e-4,
+            "{lo}"
+        );
+        assert!(t_interval_95(&[1.0]).is_none());
+        assert_eq!(mean_sd(&[1.0]).1, None);
+    }
+}

@@ -1,0 +1,108 @@
+//! One typed settings value per invocation: the config file merged with the flags,
+//! validated, with the device resolved. Commands read this and nothing else; they never
+//! look at raw CLI fields or change the config after validation (a run's own config,
+//! e.g. one seed of `reproduce`, is derived from it with [`Settings::run_config`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use tch::Device;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, usage};
+
+/// Everything a command needs to know about how it was asked to run.
+pub struct Settings {
+    /// The validated config; `runtime.device` names the device used (`cpu`, `cuda:N`).
+    pub config: Config,
+    pub device: Device,
+    /// Intra-op threads in force.
+    pub threads: usize,
+    pub quiet: bool,
+    /// `--resume`: continue an unfinished run.
+    pub resume: bool,
+    /// `--run-name`.
+    pub run_name: Option<String>,
+    /// `--download`: fetch Fashion-MNIST if it is found nowhere.
+    pub download: bool,
+    /// `--allow-split-mismatch` (distill).
+    pub allow_split_mismatch: bool,
+}
+
+impl Settings {
+    /// Loads `--config` (or `config.toml` when present), applies the flags, validates,
+    /// resolves the device and sets the thread count.
+    ///
+    /// # Errors
+    /// [`crate::config::UsageError`]s naming the file, key or flag; flags that have no
+    /// effect on `evaluate` are refused by name.
+    pub fn resolve(cli: &Cli) -> Result<Settings> {
+        let c = &cli.common;
+        if let Command::Evaluate(_) = &cli.command {
+            let unused: Vec<&str> = [
+                ("--epochs", c.epochs.is_some()),
+                ("--batch-size", c.batch_size.is_some()),
+                ("--lr", c.lr.is_some()),
+                ("--seed", c.seed.is_some()),
+                ("--resume", c.resume),
+                ("--run-name", c.run_name.is_some()),
+                ("--out-dir", c.out_dir.is_some()),
+                ("--download", c.download),
+            ]
+            .into_iter()
+            .filter_map(|(f, given)| given.then_some(f))
+            .collect();
+            if !unused.is_empty() {
+                return usage(format!(
+                    "evaluate does not train, so {} would have no effect; drop {}",
+                    unused.join(", "),
+                    if unused.len() == 1 { "it" } else { "them" }
+                ));
+            }
+        }
+        let (config_path, required) = match &c.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("config.toml"), false),
+        };
+        let mut config = Config::load(&config_path, required)?;
+        config.apply(&cli.overrides()?)?;
+        config.validate()?;
+        let device = crate::device::resolve(&config.runtime.device)?;
+        // The resolved config (written next to each checkpoint) names the device used.
+        config.runtime.device = match device {
+            Device::Cuda(n) => format!("cuda:{n}"),
+            _ => "cpu".to_string(),
+        };
+        let threads = crate::device::set_threads(config.runtime.threads);
+        Ok(Settings {
+            config,
+            device,
+            threads,
+            quiet: c.quiet,
+            resume: c.resume,
+            run_name: c.run_name.clone(),
+            download: c.download,
+            allow_split_mismatch: matches!(&cli.command, Command::Distill(d) if d.allow_split_mismatch),
+        })
+    }
+
+    /// The config of one run derived from these settings: `f` sets what differs (a
+    /// seed, the out-dir, the teacher used, the objective).
+    pub fn run_config(&self, f: impl FnOnce(&mut Config)) -> Config {
+        let mut c = self.config.clone();
+        f(&mut c);
+        c
+    }
+
+    /// The out-dir.
+    pub fn out_dir(&self) -> &Path {
+        Path::new(&self.config.runtime.out_dir)
+    }
+
+    /// Prints a status line to stderr unless `--quiet`.
+    pub fn say(&self, line: &str) {
+        if !self.quiet {
+            crate::errln!("{line}");
+        }
+    }
+}
