@@ -115,30 +115,62 @@ pub fn curves_png(path: &Path, c: &Curves) -> Result<()> {
 /// Writes `comparison.png` ([`COMPARISON_SIZE`], 800 x 500 px): the validation accuracy
 /// per epoch of several runs overlaid (e.g. teacher, student, distilled student). x axis:
 /// epoch (1-based); y axis: validation accuracy in percent (the inputs are fractions in
-/// `[0, 1]`). Each run is `(name, val_acc)`; runs may have different lengths. The legend
-/// gives each run's best accuracy.
+/// `[0, 1]`). Each run is `(name, val_acc)`; runs may have different lengths. Runs that
+/// share a name (the seeds of one model) share a colour and one legend entry, which
+/// gives the best accuracy (the mean ± sd of each run's best when there are several),
+/// so the spread over seeds shows as a bundle of lines.
 pub fn comparison_png(path: &Path, title: &str, runs: &[(&str, &[f64])]) -> Result<()> {
+    let best = |acc: &[f64]| {
+        acc.iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in runs {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
     render(path, COMPARISON_SIZE, |root| {
         let body = titled(root, title)?;
+        let mut labelled = Vec::new();
         let series: Vec<Series> = runs
             .iter()
-            .enumerate()
-            .map(|(i, &(name, acc))| {
-                let best = acc
-                    .iter()
-                    .copied()
-                    .filter(|v| v.is_finite())
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let label = if best.is_finite() {
-                    format!("{name} (best {:.2} %)", best * 100.0)
+            .map(|&(name, acc)| {
+                let group = names.iter().position(|n| *n == name).unwrap_or(0);
+                let label = if labelled.contains(&name) {
+                    String::new()
                 } else {
-                    format!("{name} (no data)")
+                    labelled.push(name);
+                    let bests: Vec<f64> = runs
+                        .iter()
+                        .filter(|r| r.0 == name)
+                        .map(|r| best(r.1))
+                        .filter(|b| b.is_finite())
+                        .collect();
+                    let n = bests.len() as f64;
+                    let mean = bests.iter().sum::<f64>() / n;
+                    match bests.len() {
+                        0 => format!("{name} (no data)"),
+                        1 => format!("{name} (best {:.2} %)", mean * 100.0),
+                        k => {
+                            let sd = (bests.iter().map(|b| (b - mean).powi(2)).sum::<f64>()
+                                / (n - 1.0))
+                                .sqrt();
+                            format!(
+                                "{name} (best {:.2} ± {:.2} %, {k} runs)",
+                                mean * 100.0,
+                                sd * 100.0
+                            )
+                        }
+                    }
                 };
                 Series {
                     label,
                     values: acc,
                     scale: 100.0,
-                    color: PALETTE[i % PALETTE.len()],
+                    color: PALETTE[group % PALETTE.len()],
                 }
             })
             .collect();
@@ -619,8 +651,12 @@ fn line_panel(
         .iter()
         .map(|&(x, y)| (x - base_x, y - base_y))
         .collect();
-    let entries: Vec<(&str, RGBColor)> =
-        series.iter().map(|s| (s.label.as_str(), s.color)).collect();
+    // Series without a label (further seeds of a labelled model) share its entry.
+    let entries: Vec<(&str, RGBColor)> = series
+        .iter()
+        .filter(|s| !s.label.is_empty())
+        .map(|s| (s.label.as_str(), s.color))
+        .collect();
     legend(&plot, &entries, &occupied, preferred)?;
 
     if !has_data {

@@ -58,7 +58,8 @@ pub struct RunOutcome {
     pub stopped_early: bool,
     /// Training-loop seconds of each epoch run in this process.
     pub epoch_seconds: Vec<f64>,
-    /// Median of `epoch_seconds`; `null` when this process ran no epoch.
+    /// Median training-loop seconds over every epoch of the run (those before a resume
+    /// included); `null` only when no epoch completed.
     pub median_epoch_seconds: Option<f64>,
     /// Seconds to evaluate the test set (forward passes and metrics).
     pub eval_test_seconds: f64,
@@ -314,7 +315,9 @@ pub fn train_one(
         None,
     );
     let history = run.history();
-    let mut secs = fit.epoch_seconds.clone();
+    // Every epoch of the run, also those of earlier processes before a resume (a
+    // resumed run that trains no further epoch still has a median).
+    let mut secs: Vec<f64> = history.iter().map(|r| r.seconds).collect();
     secs.sort_by(f64::total_cmp);
     let distilled = kind == RunKind::Distilled;
     let d = &c.distill;

@@ -1,0 +1,287 @@
+//! Promises of the training loop that a user relies on without seeing them: the LR
+//! schedule's horizon survives a resume with a new epoch budget, the lr column is the
+//! cosine formula, the optimizer holds only the student, distill leaves the teacher's
+//! file alone, `--no-t-squared` matters, and the reports name the set they cover.
+
+mod common;
+
+use common::*;
+use kdtrain::checkpoint::Checkpoint;
+
+fn sandbox() -> Sandbox {
+    let s = Sandbox::new();
+    s.write_data(1200, 300);
+    s.write_config("[logging]\nhistograms = false\nplots = false\n");
+    s
+}
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Marks a finished run as interrupted after its last epoch, as a Ctrl-C right after
+/// that epoch's checkpoint would have left it (`finished` is only set at the end).
+fn unfinish(dir: &std::path::Path) {
+    let p = dir.join("state.json");
+    let mut st = json(&p);
+    st["finished"] = serde_json::Value::Bool(false);
+    std::fs::write(&p, serde_json::to_string(&st).unwrap()).unwrap();
+}
+
+/// Keras CosineDecay, as the README states it: lr0 * ((1 - a) * 0.5 * (1 + cos(pi * min(step, D) / D)) + a).
+fn cosine(step: f64, d: f64) -> f64 {
+    let s = step.min(d);
+    1e-3 * (0.9 * 0.5 * (1.0 + (std::f64::consts::PI * s / d).cos()) + 0.1)
+}
+
+#[test]
+fn resume_with_more_epochs_keeps_the_lr_horizon() {
+    let s = sandbox();
+    // 1100 training images, batch 256: 5 steps per epoch; "auto" = 2 x 5 = 10 steps.
+    assert_ok(&s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "2",
+        "--run-name",
+        "r",
+        "--quiet",
+    ]));
+    let dir = s.runs().join("r");
+    unfinish(&dir);
+    let o = s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "4",
+        "--run-name",
+        "r",
+        "--resume",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("cosine over 10 steps"),
+        "{}",
+        stderr(&o)
+    );
+    let (header, rows) = read_csv(&dir.join("metrics.csv"));
+    let lr = header.iter().position(|h| h == "lr").unwrap();
+    assert_eq!(rows.len(), 4);
+    for (i, r) in rows.iter().enumerate() {
+        // The lr column is the LR of each epoch's last step (step 5 * epoch - 1).
+        let want = cosine((5 * (i + 1) - 1) as f64, 10.0);
+        assert!(
+            (r[lr] - want).abs() < 1e-15,
+            "epoch {}: lr {} vs {want}",
+            i + 1,
+            r[lr]
+        );
+    }
+    assert!(
+        rows.windows(2).all(|w| w[1][lr] <= w[0][lr]),
+        "the LR rose: {rows:?}"
+    );
+    assert_eq!(json(&dir.join("state.json"))["decay_steps"], 10);
+}
+
+#[test]
+fn resume_with_fewer_epochs_still_reports_a_median() {
+    let s = sandbox();
+    assert_ok(&s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "3",
+        "--run-name",
+        "r",
+        "--quiet",
+    ]));
+    let dir = s.runs().join("r");
+    unfinish(&dir);
+    assert_ok(&s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "2",
+        "--run-name",
+        "r",
+        "--resume",
+        "--quiet",
+    ]));
+    let summary = json(&dir.join("summary.json"));
+    assert!(
+        summary["median_epoch_seconds"].as_f64().is_some(),
+        "{summary}"
+    );
+}
+
+#[test]
+fn distill_optimises_only_the_student_and_leaves_the_teacher_file_alone() {
+    let s = sandbox();
+    assert_ok(&s.kd(&[
+        "train",
+        "teacher",
+        "--epochs",
+        "1",
+        "--run-name",
+        "t",
+        "--quiet",
+    ]));
+    let teacher = s.runs().join("t/model.safetensors");
+    let before = std::fs::read(&teacher).unwrap();
+    for (run, extra) in [("a", None), ("b", Some("--no-t-squared"))] {
+        let mut args = vec![
+            "distill",
+            "--teacher",
+            teacher.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--alpha",
+            "0.5",
+            "--t",
+            "4",
+            "--run-name",
+            run,
+            "--quiet",
+        ];
+        args.extend(extra);
+        assert_ok(&s.kd(&args));
+    }
+    assert!(
+        std::fs::read(&teacher).unwrap() == before,
+        "distill changed the teacher's file"
+    );
+    // The optimizer's moments in the resume checkpoint: m, v and vmax for exactly the
+    // student's 101,770 parameters, nothing of the teacher.
+    let last = Checkpoint::read(&s.runs().join("a/last.safetensors")).unwrap();
+    let moments: i64 = last
+        .tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with("adam."))
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    assert_eq!(moments, 3 * 101_770);
+    let names: std::collections::BTreeSet<&str> = last
+        .tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("adam."))
+        .map(|k| k.rsplit_once('.').unwrap().0)
+        .collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    );
+    // --no-t-squared changes the objective: same KL, loss differs by (1 - alpha)(T^2 - 1) KL.
+    let (h, a) = read_csv(&s.runs().join("a/metrics.csv"));
+    let (_, b) = read_csv(&s.runs().join("b/metrics.csv"));
+    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let (loss, ce, kl) = (col("val_loss"), col("val_ce"), col("val_kl"));
+    assert!(
+        (a[0][loss] - (0.5 * a[0][ce] + 0.5 * 16.0 * a[0][kl])).abs() < 1e-5,
+        "{a:?}"
+    );
+    assert!(
+        (b[0][loss] - (0.5 * b[0][ce] + 0.5 * b[0][kl])).abs() < 1e-5,
+        "{b:?}"
+    );
+    assert!(a[0][col("train_loss")] != b[0][col("train_loss")]);
+}
+
+#[test]
+fn reports_name_the_set_they_cover() {
+    let s = sandbox();
+    assert_ok(&s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "1",
+        "--run-name",
+        "s",
+        "--quiet",
+    ]));
+    let summary = json(&s.runs().join("s/summary.json"));
+    assert_eq!(summary["train_examples"], 1100);
+    assert!(
+        summary["train_set"]
+            .as_str()
+            .unwrap()
+            .contains("training split"),
+        "{summary}"
+    );
+    let model = s.runs().join("s/model.safetensors");
+    let o = s.kd(&["evaluate", model.to_str().unwrap(), "--json"]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["train"]["examples"], 1200);
+    assert!(
+        v["train_set"]
+            .as_str()
+            .unwrap()
+            .contains("all 1200 training images"),
+        "{v}"
+    );
+    let o = s.kd(&["evaluate", model.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("train: all 1200 training images"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn evaluate_refuses_flags_that_do_nothing_there() {
+    let s = sandbox();
+    assert_ok(&s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "1",
+        "--run-name",
+        "s",
+        "--quiet",
+    ]));
+    let model = s.runs().join("s/model.safetensors");
+    let m = model.to_str().unwrap();
+    for flag in [
+        &["--epochs", "3"][..],
+        &["--lr", "0.1"],
+        &["--resume"],
+        &["--run-name", "x"],
+        &["--download"],
+    ] {
+        let mut args = vec!["evaluate", m];
+        args.extend_from_slice(flag);
+        assert_fails(&s.kd(&args), 2, &["evaluate does not train", flag[0]]);
+    }
+    // What evaluate uses is accepted.
+    assert_ok(&s.kd(&["evaluate", m, "--device", "cpu"]));
+}
+
+#[test]
+fn validating_on_the_test_set_end_to_end() {
+    let s = sandbox();
+    let cfg = s.path().join("testval.toml");
+    std::fs::write(
+        &cfg,
+        "[data]\nvalidation = \"test\"\n[logging]\nplots = false\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    assert_ok(&s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "2",
+        "--run-name",
+        "s",
+        "--quiet",
+        "--config",
+        c,
+    ]));
+    let summary = json(&s.runs().join("s/summary.json"));
+    // The validation set is the test set: the selected epoch's figures agree exactly.
+    assert_eq!(summary["best_val_acc"], summary["test_acc"]);
+    assert_eq!(summary["train_examples"], 1200);
+    assert_eq!(summary["split"]["validation"], "test");
+    assert_eq!(summary["split"]["validation_size"], 300);
+}
