@@ -94,6 +94,7 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => evaluate(&env, checkpoint, teacher.as_deref(), *json)?,
         Command::Reproduce(_) => reproduce(&env)?,
+        Command::Predict(a) => crate::predict::run(a, env.device, cli.common.quiet)?,
     }
     Ok(())
 }

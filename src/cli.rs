@@ -41,6 +41,8 @@ pub enum Command {
     },
     /// Train the teacher, then the student, then distil, and compare the three in a table.
     Reproduce(DistillArgs),
+    /// Classify PNG/JPEG images, folders of them, or IDX files with a checkpoint.
+    Predict(crate::predict::PredictArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

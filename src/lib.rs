@@ -18,6 +18,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod predict;
 pub mod run;
 pub mod schedule;
 pub mod tensorboard;
