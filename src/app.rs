@@ -95,6 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => evaluate(&env, checkpoint, teacher.as_deref(), *json)?,
         Command::Reproduce(_) => reproduce(&env)?,
         Command::Predict(a) => crate::predict::run(a, env.device, cli.common.quiet)?,
+        Command::Export(a) => crate::export::run(a, cli.common.quiet)?,
     }
     Ok(())
 }

@@ -43,6 +43,8 @@ pub enum Command {
     Reproduce(DistillArgs),
     /// Classify PNG/JPEG images, folders of them, or IDX files with a checkpoint.
     Predict(crate::predict::PredictArgs),
+    /// Export a checkpoint as TorchScript, ONNX or PyTorch-named safetensors.
+    Export(crate::export::ExportArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod download;
 pub mod eval;
+pub mod export;
 pub mod image_input;
 pub mod loss;
 pub mod model;
