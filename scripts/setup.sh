@@ -38,7 +38,7 @@ fi
 # 2. libtorch: PyTorch from PyPI in a virtual environment shared by all clones. The
 #    same environment holds the Python tools the tests and the benchmark use, so it is
 #    made even when your own LIBTORCH is set (then only cargo's pointer differs).
-packages="torch==$TORCH_VERSION numpy safetensors tensorboard"
+packages="torch==$TORCH_VERSION numpy safetensors tensorboard onnx onnxscript onnxruntime"
 marker="$venv/.complete-$(printf '%s' "$packages" | md5sum | cut -c1-8)"
 if [ ! -f "$marker" ]; then
   say "installing $packages into $venv (about 4.7 GB, once per machine)"

@@ -34,6 +34,10 @@ pub enum Command {
     /// Train the teacher, then per seed the student alone and the distilled student(s),
     /// and compare them over seeds (mean, sd, paired gain with its 95% interval).
     Reproduce(ReproduceArgs),
+    /// Classify PNG/JPEG images, folders of them, or IDX files with a checkpoint.
+    Predict(crate::predict::PredictArgs),
+    /// Export a checkpoint as TorchScript, ONNX or PyTorch-named safetensors.
+    Export(crate::export::ExportArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -231,7 +235,7 @@ impl Cli {
                 }
             }
             Command::Evaluate(e) => e.objective.apply(&mut o),
-            Command::Train { .. } => {}
+            Command::Train { .. } | Command::Predict(_) | Command::Export(_) => {}
         }
         Ok(o)
     }

@@ -35,6 +35,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Distill(_) => distill::run(&settings),
         Command::Evaluate(args) => evaluate::run(&settings, args),
         Command::Reproduce(_) => reproduce::run(&settings),
+        Command::Predict(a) => crate::predict::run(a, settings.device, settings.quiet),
+        Command::Export(a) => crate::export::run(a, settings.quiet),
     }
 }
 

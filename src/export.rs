@@ -1,0 +1,390 @@
+//! The `export` command: a checkpoint as a file other programs can run.
+//!
+//! - `torchscript`: traced through libtorch (`tch::CModule::create_by_tracing`), method
+//!   `forward`, loadable with `torch.jit.load` or `tch::CModule::load`.
+//! - `onnx`: libtorch has no ONNX exporter, so kdtrain runs PyTorch's own
+//!   (`torch.onnx.export`, dynamo route, needing `onnx` and `onnxscript`) in the
+//!   project's Python (scripts/export_onnx.py, embedded in the binary).
+//! - `safetensors-torch`: the weights under the names and shapes of
+//!   `torch.nn.Sequential(Flatten(), Linear, ReLU, ..., Linear)`: `1.weight`, `1.bias`,
+//!   `3.weight`, ... (`[out, in]` and `[out]` f32, as `nn.Linear` keeps them).
+//!
+//! Every format takes `[batch, 1, 28, 28] f32 in [0, 1]` (grey, pixels / 255, a light
+//! object on a dark background, as Fashion-MNIST) and gives logits `[batch, 10] f32`
+//! (no softmax). The model flattens internally. That description, the class names and the
+//! architecture go into a sidecar `<output>.json` ([`Description`]), and also into the
+//! file's own metadata where the format has some (safetensors `__metadata__`, ONNX
+//! `metadata_props`, key `kdtrain.export`).
+//!
+//! Files are written to a temporary name in the destination folder, flushed and renamed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{META_ARCH, to_safetensors, write_atomic};
+use crate::config::UsageError;
+use crate::data::{CLASS_NAMES, SIDE};
+use crate::predict::{LoadedModel, load_network};
+
+/// The ONNX exporter, run by the project's Python.
+const EXPORT_ONNX_PY: &str = include_str!("../scripts/export_onnx.py");
+
+/// Metadata key holding the [`Description`] as JSON.
+pub const META_EXPORT: &str = "kdtrain.export";
+
+/// `kdtrain export CKPT --format F [-o PATH] [--force]`
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A checkpoint written by train or distill (`model.safetensors`).
+    pub checkpoint: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: Format,
+    /// Output file [default: next to the checkpoint, e.g. model.pt, model.onnx,
+    /// model.torch.safetensors]; a sidecar <output>.json describes it.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Overwrite the output file (and its sidecar) if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// TorchScript traced through libtorch (torch.jit.load).
+    Torchscript,
+    /// ONNX through torch.onnx.export in the project's Python (onnxruntime and others).
+    Onnx,
+    /// safetensors with torch.nn.Sequential's names ("1.weight", ...).
+    SafetensorsTorch,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Torchscript => "torchscript",
+            Format::Onnx => "onnx",
+            Format::SafetensorsTorch => "safetensors-torch",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Torchscript => "pt",
+            Format::Onnx => "onnx",
+            Format::SafetensorsTorch => "torch.safetensors",
+        }
+    }
+}
+
+/// What an exported file computes and expects; written as `<output>.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Description {
+    pub format: &'static str,
+    /// The checkpoint it was exported from, and its architecture name.
+    pub source_checkpoint: String,
+    pub arch: String,
+    /// Layer widths, input to logits.
+    pub widths: Vec<i64>,
+    /// The layer stack, in PyTorch terms.
+    pub layers: String,
+    pub input: TensorSpec,
+    pub output: TensorSpec,
+    /// How to turn an image into the input.
+    pub preprocessing: &'static str,
+    /// Class names by logit index.
+    pub class_names: [&'static str; 10],
+    pub kdtrain_version: &'static str,
+}
+
+/// A tensor's name, shape (`"batch"` for the symbolic dimension), dtype and meaning.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorSpec {
+    pub name: &'static str,
+    pub shape: Vec<serde_json::Value>,
+    pub dtype: &'static str,
+    pub description: &'static str,
+}
+
+fn describe(model: &LoadedModel, checkpoint: &Path, format: Format) -> Description {
+    let mut layers = vec!["Flatten()".to_string()];
+    for (i, w) in model.widths.windows(2).enumerate() {
+        if i > 0 {
+            layers.push("ReLU()".into());
+        }
+        layers.push(format!("Linear({}, {})", w[0], w[1]));
+    }
+    let classes = *model.widths.last().unwrap_or(&10);
+    Description {
+        format: format.name(),
+        source_checkpoint: checkpoint.display().to_string(),
+        arch: model.arch.clone(),
+        widths: model.widths.clone(),
+        layers: format!("Sequential({})", layers.join(", ")),
+        input: TensorSpec {
+            name: "image",
+            shape: vec!["batch".into(), 1.into(), 28.into(), 28.into()],
+            dtype: "float32",
+            description: "grey pixels / 255, in [0, 1]; light object on a dark background",
+        },
+        output: TensorSpec {
+            name: "logits",
+            shape: vec!["batch".into(), classes.into()],
+            dtype: "float32",
+            description: "logits (no softmax); softmax over the last axis gives class probabilities",
+        },
+        preprocessing: "grey, 28x28, pixels / 255 as float32 in [0, 1], a light object on a \
+                        dark background (Fashion-MNIST); `kdtrain predict` does this for PNG/JPEG",
+        class_names: CLASS_NAMES,
+        kdtrain_version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+/// Runs `export`.
+///
+/// # Errors
+/// Usage errors (exit 2): a missing checkpoint; an existing output without `--force`; an
+/// output equal to the checkpoint. Runtime errors (exit 1): tracing, writing, or the
+/// Python exporter failing (its message is included).
+pub fn run(args: &ExportArgs, quiet: bool) -> Result<()> {
+    // Exports are built on the CPU so that they load anywhere.
+    let model = load_network(&args.checkpoint, Device::Cpu)?;
+    let out = match &args.output {
+        Some(p) => p.clone(),
+        None => default_output(&args.checkpoint, args.format),
+    };
+    let sidecar = sidecar_path(&out);
+    if same_file(&out, &args.checkpoint) {
+        return Err(UsageError(format!(
+            "-o {} is the checkpoint itself; choose another output file",
+            out.display()
+        ))
+        .into());
+    }
+    for p in [&out, &sidecar] {
+        if p.exists() && !args.force {
+            return Err(UsageError(format!(
+                "{} already exists; pass --force to overwrite it, or choose another -o",
+                p.display()
+            ))
+            .into());
+        }
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(UsageError(format!(
+            "the folder of -o {} does not exist; create it first",
+            out.display()
+        ))
+        .into());
+    }
+    let desc = describe(&model, &args.checkpoint, args.format);
+    let desc_json = serde_json::to_string_pretty(&desc)?;
+    match args.format {
+        Format::Torchscript => export_torchscript(&model, &out)?,
+        Format::SafetensorsTorch => {
+            let mut meta = HashMap::from([
+                (META_EXPORT.to_string(), desc_json.clone()),
+                (META_ARCH.to_string(), model.arch.clone()),
+            ]);
+            meta.insert("format".into(), "pt".into());
+            write_atomic(&out, &to_safetensors(&torch_named(&model), meta)?)?;
+        }
+        Format::Onnx => export_onnx(&model, &out, &desc_json)?,
+    }
+    write_atomic(&sidecar, format!("{desc_json}\n").as_bytes())?;
+    if !quiet {
+        crate::errln!(
+            "exported the {} ({}) as {} to {}, described in {}",
+            model.arch,
+            args.checkpoint.display(),
+            args.format.name(),
+            out.display(),
+            sidecar.display()
+        );
+    }
+    crate::outln!("{}", out.display());
+    Ok(())
+}
+
+/// `<checkpoint stem>.<format extension>` next to the checkpoint.
+pub fn default_output(checkpoint: &Path, format: Format) -> PathBuf {
+    let stem = checkpoint
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    checkpoint.with_file_name(format!("{stem}.{}", format.extension()))
+}
+
+/// `<output>.json`.
+pub fn sidecar_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The weights under `torch.nn.Sequential(Flatten, Linear, ReLU, ..., Linear)`'s names:
+/// linear layer k (0-based) is module `1 + 2k`.
+fn torch_named(model: &LoadedModel) -> Vec<(String, Tensor)> {
+    model
+        .layers
+        .iter()
+        .enumerate()
+        .flat_map(|(k, (w, b))| {
+            let m = 1 + 2 * k;
+            [
+                (format!("{m}.weight"), w.shallow_clone()),
+                (format!("{m}.bias"), b.shallow_clone()),
+            ]
+        })
+        .collect()
+}
+
+/// A temporary path in the folder of `out`.
+fn temp_beside(out: &Path, tag: &str) -> Result<PathBuf> {
+    let name = out
+        .file_name()
+        .with_context(|| format!("{} has no file name", out.display()))?;
+    Ok(out.with_file_name(format!(
+        ".{}.{tag}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+/// Flushes `tmp` to disk and renames it to `out` (same folder), then flushes the folder.
+fn persist(tmp: &Path, out: &Path) -> Result<()> {
+    let result = (|| -> std::io::Result<()> {
+        std::fs::File::open(tmp)?.sync_all()?;
+        std::fs::rename(tmp, out)?;
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(tmp);
+        bail!(
+            "cannot write {}: {e}; check free space and permissions",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Traces `image [batch, 1, 28, 28] f32 -> logits [batch, 10] f32` and saves it.
+/// `flatten(1, -1)` is recorded as an op, so the batch size is not baked in; the traced
+/// module is checked on another batch size before it is written.
+fn export_torchscript(model: &LoadedModel, out: &Path) -> Result<()> {
+    let side = SIDE as i64;
+    let example = Tensor::rand([2, 1, side, side], (Kind::Float, Device::Cpu));
+    let mut forward = |inputs: &[Tensor]| vec![model.forward(&inputs[0].flatten(1, -1))];
+    let mut module = tch::no_grad(|| {
+        tch::CModule::create_by_tracing("KdtrainMlp", "forward", &[example], &mut forward)
+    })
+    .map_err(|e| anyhow!("tracing the {} failed: {e}", model.arch))?;
+    module.set_eval();
+    let check = Tensor::rand([3, 1, side, side], (Kind::Float, Device::Cpu));
+    let got = tch::no_grad(|| module.forward_ts(&[&check]))
+        .map_err(|e| anyhow!("the traced module does not run: {e}"))?;
+    let want = model.logits(&check.flatten(1, -1));
+    if got.size() != want.size() || !got.allclose(&want, 1e-5, 1e-5, false) {
+        bail!(
+            "the traced module disagrees with the model on a batch of 3 (shapes {:?} vs {:?})",
+            got.size(),
+            want.size()
+        );
+    }
+    let tmp = temp_beside(out, "pt")?;
+    if let Err(e) = module.save(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("cannot write {}: {e}", out.display());
+    }
+    persist(&tmp, out)
+}
+
+/// The Python that has torch, onnx and onnxscript: `KDTRAIN_PYTHON`, else the virtual
+/// environment scripts/setup.sh makes.
+fn python() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KDTRAIN_PYTHON").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("KDTRAIN_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("kdtrain")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kdtrain")));
+    let venv = cache.map(|c| c.join("torch-2.11.0/bin/python"));
+    match venv {
+        Some(p) if p.exists() => Ok(p),
+        _ => bail!(
+            "--format onnx needs a Python with torch, onnx and onnxscript and none was found \
+             ({}); run scripts/setup.sh, or set KDTRAIN_PYTHON to such a python",
+            venv.map(|p| format!("looked for {}", p.display()))
+                .unwrap_or_else(|| "KDTRAIN_PYTHON and HOME are unset".into())
+        ),
+    }
+}
+
+/// Writes the safetensors-torch weights and the metadata to temporary files, runs
+/// scripts/export_onnx.py on them, and renames its output into place.
+fn export_onnx(model: &LoadedModel, out: &Path, desc_json: &str) -> Result<()> {
+    let python = python()?;
+    let weights = temp_beside(out, "weights")?;
+    let meta = temp_beside(out, "meta")?;
+    let tmp = temp_beside(out, "onnx")?;
+    let cleanup = || {
+        for p in [&weights, &meta, &tmp] {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    let result = (|| -> Result<()> {
+        std::fs::write(
+            &weights,
+            to_safetensors(&torch_named(model), HashMap::new())?,
+        )
+        .with_context(|| format!("cannot write {}", weights.display()))?;
+        let meta_json = serde_json::json!({ META_EXPORT: desc_json, META_ARCH: model.arch });
+        std::fs::write(&meta, meta_json.to_string())
+            .with_context(|| format!("cannot write {}", meta.display()))?;
+        let widths: Vec<String> = model.widths.iter().map(i64::to_string).collect();
+        let o = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(EXPORT_ONNX_PY)
+            .arg(&weights)
+            .arg(widths.join(","))
+            .arg(&tmp)
+            .arg(&meta)
+            .output()
+            .with_context(|| format!("cannot run {}", python.display()))?;
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(6).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the ONNX exporter (torch.onnx.export in {}) failed ({}): {}; run \
+                 scripts/setup.sh to install torch, onnx and onnxscript there",
+                python.display(),
+                o.status,
+                tail.join(" | ")
+            );
+        }
+        persist(&tmp, out)
+    })();
+    cleanup();
+    result
+}
