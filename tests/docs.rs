@@ -16,7 +16,9 @@ fn readme_results_are_the_committed_results() {
         .find("<!-- results:begin")
         .expect("README.md lacks the <!-- results:begin --> marker");
     let body_start = start + readme[start..].find("-->\n").unwrap() + 4;
-    let end = readme.find("<!-- results:end -->").expect("no results:end marker");
+    let end = readme
+        .find("<!-- results:end -->")
+        .expect("no results:end marker");
     let section = &readme[body_start..end];
     assert_eq!(
         section,
@@ -30,12 +32,18 @@ fn committed_results_md_agrees_with_results_json() {
     let md = read("docs/results/results.md");
     let json: serde_json::Value = serde_json::from_str(&read("docs/results/results.json")).unwrap();
     let models = json["models"].as_array().unwrap();
-    assert!(models.len() >= 4, "teacher, student and at least two objectives");
+    assert!(
+        models.len() >= 4,
+        "teacher, student and at least two objectives"
+    );
     assert!(json["seeds"].as_array().unwrap().len() >= 3);
     for m in models {
         let acc = m["test_acc_mean"].as_f64().unwrap() * 100.0;
         let row = format!("| {} |", m["model"].as_str().unwrap());
-        let line = md.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("{row} missing"));
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("{row} missing"));
         assert!(line.contains(&format!("{acc:.2}")), "{line} lacks {acc:.2}");
     }
     for g in json["gains"].as_array().unwrap() {
@@ -43,6 +51,10 @@ fn committed_results_md_agrees_with_results_json() {
             g["interval_95_points"][0].as_f64().unwrap(),
             g["interval_95_points"][1].as_f64().unwrap(),
         );
-        assert!(md.contains(&format!("{lo:+.2} to {hi:+.2}")), "interval of {} missing", g["objective"]);
+        assert!(
+            md.contains(&format!("{lo:+.2} to {hi:+.2}")),
+            "interval of {} missing",
+            g["objective"]
+        );
     }
 }

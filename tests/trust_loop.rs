@@ -285,3 +285,32 @@ fn validating_on_the_test_set_end_to_end() {
     assert_eq!(summary["split"]["validation"], "test");
     assert_eq!(summary["split"]["validation_size"], 300);
 }
+
+/// Ctrl-C during the final evaluation: the model is already saved, so `train` finishes
+/// cleanly and says so (exit 0); `reproduce` stops at the next run (exit 130).
+#[test]
+fn ctrl_c_during_the_final_evaluation() {
+    let s = sandbox();
+    let mut c = s.command(&s.args(&["train", "student", "--epochs", "1", "--run-name", "s"]));
+    let o = c
+        .env("KDTRAIN_TEST_INTERRUPT", "final-evaluation")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("interrupt received after the last epoch"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(s.runs().join("s/summary.json").is_file());
+    assert_eq!(json(&s.runs().join("s/state.json"))["finished"], true);
+    let mut c = s.command(&s.args(&["reproduce", "--epochs", "1", "--seeds", "1"]));
+    let o = c
+        .env("KDTRAIN_TEST_INTERRUPT", "final-evaluation")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let root = run_dir(&s.runs(), "reproduce-");
+    assert!(root.join("teacher/summary.json").is_file());
+    assert!(!root.join("results.md").exists());
+}

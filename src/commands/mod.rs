@@ -27,6 +27,11 @@ use crate::schedule::CosineDecay;
 use crate::settings::Settings;
 use crate::train::{LoopConfig, Teacher};
 
+/// Test hook: `KDTRAIN_TEST_INTERRUPT=final-evaluation` acts as a Ctrl-C that arrives
+/// after the last epoch, while the final evaluation runs (too short a moment for a test
+/// to hit with a real signal).
+pub const INTERRUPT_HOOK: &str = "KDTRAIN_TEST_INTERRUPT";
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let settings = Settings::resolve(&cli)?;
@@ -301,6 +306,9 @@ pub fn train_one(
         &loop_cfg,
     )?;
     run.finish(model.as_ref(), fit.best_epoch)?;
+    if std::env::var_os(INTERRUPT_HOOK).is_some_and(|v| v == "final-evaluation") {
+        crate::train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 
     let t0 = Instant::now();
     let test_logits = eval::logits(model.as_ref(), &data.test.images);
@@ -373,6 +381,16 @@ pub fn train_one(
         &run.dir.join("summary.json"),
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;
+    if crate::train::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        // Ctrl-C after the last epoch: the selected model was already saved, so the run
+        // is finished; it says so, and a command with more runs to go stops at the next
+        // run's first step (exit 130).
+        crate::errln!(
+            "kdtrain: interrupt received after the last epoch of {}; the run is complete \
+             (model.safetensors and summary.json written)",
+            run.dir.display()
+        );
+    }
     if c.logging.plots {
         let h = &history;
         let col = |f: fn(&crate::run::EpochRecord) -> f64| h.iter().map(f).collect::<Vec<f64>>();
