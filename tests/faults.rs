@@ -1338,6 +1338,87 @@ fn resume_continues_exactly_where_the_run_stopped() {
     assert!(worst_weight <= 1e-5, "weights differ by {worst_weight}");
 }
 
+/// After an interrupted and resumed run, every figure of state.json's history is exactly
+/// (`==`, not to a tolerance) the number metrics.csv prints for it, and the rows written
+/// before the interruption come back unchanged: the history saved in the checkpoint is
+/// read back without a rounding error (serde_json's `float_roundtrip`).
+#[test]
+fn resumed_history_is_exactly_what_metrics_csv_says() {
+    let s = sandbox_with(
+        200,
+        50,
+        "[early_stopping]\nenabled = false\n[logging]\nplots = false\nhistograms = false",
+    );
+    let (mut child, r) = start_long_run(&s, "exact", &["-q"], "exact");
+    wait_until(&mut child, Duration::from_secs(60), "epoch 12", || {
+        state_epoch(&r).unwrap_or(0) >= 12
+    });
+    sigint(&child);
+    assert_eq!(
+        wait(&mut child, Duration::from_secs(60)).code(),
+        Some(130),
+        "{}",
+        child.stderr()
+    );
+    let (_, before) = read_csv(&r.join("metrics.csv"));
+    let e = state_epoch(&r).unwrap();
+    let epochs = (e + 2).to_string();
+    let o = s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        &epochs,
+        "--run-name",
+        "exact",
+        "--resume",
+        "-q",
+    ]);
+    assert_ok(&o);
+    let (header, rows) = read_csv(&r.join("metrics.csv"));
+    assert_eq!(rows.len(), e + 2);
+    let st: kdtrain::run::TrainState =
+        serde_json::from_str(&std::fs::read_to_string(r.join("state.json")).unwrap()).unwrap();
+    assert_eq!(st.history.len(), rows.len());
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let mut checked = 0;
+    for (h, row) in st.history.iter().zip(&rows) {
+        for (name, v) in [
+            ("epoch", h.epoch as f64),
+            ("train_loss", h.train.loss),
+            ("train_acc", h.train.acc),
+            ("val_loss", h.val.loss),
+            ("val_acc", h.val.acc),
+            ("lr", h.lr),
+            ("time_epoch_seconds", h.seconds),
+        ] {
+            let csv = row[col(name)];
+            assert!(
+                v == csv,
+                "epoch {}: {name} is {v:e} in state.json, {csv:e} in metrics.csv",
+                h.epoch
+            );
+            checked += 1;
+        }
+    }
+    // The rows of the epochs before the interruption are read back from the checkpoint
+    // by the resumed process and written again: bit for bit the same.
+    for (i, (a, b)) in before.iter().zip(&rows).enumerate() {
+        for (j, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                x == y,
+                "epoch {}: {} was {x:e} before the interruption, {y:e} after",
+                i + 1,
+                header[j]
+            );
+        }
+    }
+    eprintln!(
+        "{checked} figures of {} epochs equal; {} rows kept across the resume",
+        rows.len(),
+        before.len()
+    );
+}
+
 #[test]
 fn second_run_into_the_same_folder_is_refused() {
     let s = sandbox_with(2000, 100, "batch_size = 32");
