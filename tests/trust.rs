@@ -1,5 +1,13 @@
-//! Trust: what a run writes can be read back exactly.
+//! Trust: what a run writes can be read back exactly, and runs started together do not
+//! trip over each other.
 
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
 use kdtrain::eval::Metrics;
 use kdtrain::run::{EpochRecord, TrainState};
 
@@ -69,4 +77,53 @@ fn state_survives_json_with_every_float_exact() {
         assert!(x == y, "{x:e} came back as {y:e}");
     }
     assert_eq!(back.history, state.history);
+}
+
+/// Twelve runs with the default folder name started at once into one out-dir (most of
+/// them in the same second, so with the same `student-<date>-<time>` name): each claims
+/// a folder of its own and finishes.
+#[test]
+fn runs_started_together_get_their_own_folders() {
+    const N: usize = 12;
+    let s = Sandbox::new();
+    s.write_data(300, 30);
+    s.write_config("[logging]\nplots = false\nhistograms = false");
+    let mut children: Vec<_> = (0..N)
+        .map(|i| {
+            let err = std::fs::File::create(s.path().join(format!("p{i}.err"))).unwrap();
+            s.command(&s.args(&["train", "student", "--epochs", "1", "-q"]))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("spawn kdtrain")
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut failed = Vec::new();
+    for (i, c) in children.iter_mut().enumerate() {
+        let st = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(300) {
+                let _ = c.kill();
+                break c.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !st.success() {
+            let err = std::fs::read_to_string(s.path().join(format!("p{i}.err"))).unwrap();
+            failed.push(format!("process {i}: {st}: {err}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let dirs: BTreeSet<String> = std::fs::read_dir(s.runs())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().join("model.safetensors").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), N, "run folders with a model: {dirs:?}");
+    assert!(dirs.iter().all(|d| d.starts_with("student-")), "{dirs:?}");
 }
