@@ -1092,7 +1092,10 @@ fn max_diff(a: &Path, b: &Path) -> f64 {
 /// SIGKILL at pseudo-random moments of a run whose epochs are mostly checkpoint writes
 /// (a teacher, one step per epoch): after every kill the checkpoints parse, and the run
 /// resumes from them; at the end it has every epoch in metrics.csv once and the same
-/// weights as a run that was never killed.
+/// weights as a run that was never killed. At least one kill must land inside a write
+/// (it leaves that write's `.NAME.tmp` behind): 12 kills, then more until one does, at
+/// most 60. The moments come from a seed that changes every run and is printed;
+/// `KDTRAIN_TEST_SEED=N` repeats one.
 #[test]
 fn sigkill_at_random_moments_never_tears_a_checkpoint() {
     let s = sandbox_with(
@@ -1102,9 +1105,33 @@ fn sigkill_at_random_moments_never_tears_a_checkpoint() {
          [early_stopping]\nenabled = false\n[logging]\nplots = false",
     );
     let r = s.runs().join("teacher-k9");
-    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let seed: u64 = match std::env::var("KDTRAIN_TEST_SEED") {
+        Ok(v) => v.parse().expect("KDTRAIN_TEST_SEED: an integer"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    eprintln!("sigkill test seed {seed} (KDTRAIN_TEST_SEED={seed} repeats it)");
+    let mut rng: u64 = seed | 1; // xorshift needs a non-zero state
+    let tmp_files = |r: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(r)
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let (mut kills, mut during_write) = (0, 0);
-    for round in 0..12 {
+    for round in 0..60 {
+        if round >= 12 && during_write > 0 {
+            break;
+        }
+        // A .tmp file left by an earlier kill would be counted again.
+        for t in tmp_files(&r) {
+            std::fs::remove_file(t).unwrap();
+        }
         let mut args = vec![
             "train",
             "teacher",
@@ -1133,10 +1160,7 @@ fn sigkill_at_random_moments_never_tears_a_checkpoint() {
         child.kill().unwrap();
         child.wait().unwrap();
         kills += 1;
-        if std::fs::read_dir(&r)
-            .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
-        {
+        if !tmp_files(&r).is_empty() {
             during_write += 1;
         }
         let epoch = state_epoch(&r).expect("state.json parses");
@@ -1174,6 +1198,10 @@ fn sigkill_at_random_moments_never_tears_a_checkpoint() {
          an unkilled run: model {d_model:e}, last (with Adam moments) {d_last:e}"
     );
     assert!(d_model <= 1e-5 && d_last <= 1e-5);
+    assert!(
+        during_write > 0,
+        "seed {seed}: none of {kills} kills landed inside a checkpoint write"
+    );
     // Leftover .tmp files are never read as checkpoints: the teacher found for
     // distillation is model.safetensors.
     std::fs::write(r.join(".model.safetensors.tmp"), b"torn").unwrap();
