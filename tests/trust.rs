@@ -127,3 +127,43 @@ fn runs_started_together_get_their_own_folders() {
     assert_eq!(dirs.len(), N, "run folders with a model: {dirs:?}");
     assert!(dirs.iter().all(|d| d.starts_with("student-")), "{dirs:?}");
 }
+
+/// The spin count libgomp ends up with (the last `GOMP_SPINCOUNT` its `OMP_DISPLAY_ENV`
+/// report prints) for `kdtrain --version` plus `args`, with `env` set and no other OpenMP
+/// variables.
+fn gomp_spincount(args: &[&str], env: &[(&str, &str)]) -> String {
+    let s = Sandbox::new();
+    let mut c = s.command(&[&["--version"], args].concat());
+    c.env_remove("OMP_WAIT_POLICY")
+        .env_remove("GOMP_SPINCOUNT")
+        .env("OMP_DISPLAY_ENV", "verbose");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    assert_ok(&o);
+    stderr(&o)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("GOMP_SPINCOUNT = "))
+        .last()
+        .unwrap_or_else(|| panic!("no GOMP_SPINCOUNT in {}", stderr(&o)))
+        .trim_matches('\'')
+        .to_string()
+}
+
+/// libgomp sees the spin count src/main.rs sets before libtorch starts, unless the user
+/// set `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` (theirs wins), and `--threads 1` is left
+/// alone (no workers to wait).
+#[test]
+fn openmp_workers_spin_briefly_unless_the_user_says_otherwise() {
+    assert_eq!(gomp_spincount(&[], &[]), "10000");
+    assert_eq!(gomp_spincount(&["--threads", "2"], &[]), "10000");
+    // libgomp's own values for these settings.
+    assert_eq!(
+        gomp_spincount(&[], &[("OMP_WAIT_POLICY", "active")]),
+        "30000000000"
+    );
+    assert_eq!(gomp_spincount(&[], &[("OMP_WAIT_POLICY", "passive")]), "0");
+    assert_eq!(gomp_spincount(&[], &[("GOMP_SPINCOUNT", "123")]), "123");
+    assert_eq!(gomp_spincount(&["--threads", "1"], &[]), "300000");
+}
