@@ -145,7 +145,7 @@ fn gomp_spincount(args: &[&str], env: &[(&str, &str)]) -> String {
     stderr(&o)
         .lines()
         .filter_map(|l| l.trim().strip_prefix("GOMP_SPINCOUNT = "))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no GOMP_SPINCOUNT in {}", stderr(&o)))
         .trim_matches('\'')
         .to_string()
