@@ -9,8 +9,12 @@
 # "busy" runs one other CPU-bound process (`yes > /dev/null`, not pinned; BUSY_PIN=1 pins
 # it to CPU 0) for the length of each run. Conditions and variants are interleaved round
 # by round. Each run is `train teacher --epochs BUSY_EPOCHS --quiet` on the real data;
-# the figure is the median of its summary.json `epoch_seconds`. The medians over rounds go
-# to bench/busy.json, every run to bench/busy.jsonl, and a table to bench/BUSY.md.
+# the figure is the median of its summary.json `epoch_seconds`. Every run starts on an
+# idle machine (it waits for one), and the CPU time that processes other than kdtrain and
+# the busy process took while it ran is recorded; a run where that exceeded
+# BUSY_OTHER_LIMIT percent of the CPUs is repeated (up to BUSY_RETRIES times) and left
+# out of the medians when its variant has clean runs. The medians over rounds go to
+# bench/busy.json, every run to bench/busy.jsonl, and a table to bench/BUSY.md.
 #
 # Targets: busy `new` <= 1.5x idle `t1`; idle `new` <= 1.1x idle `old`.
 #
@@ -19,8 +23,9 @@
 #   BUSY_EPOCHS   epochs per run (default 3)
 #   BUSY_SPINS    extra variants "spin-N" with GOMP_SPINCOUNT=N, e.g. "0 1000 100000"
 #   BUSY_PIN=1    pin the busy process to CPU 0
-#   BUSY_IDLE_WAIT before each idle run, wait up to this many seconds for other processes
-#                 to leave the CPUs idle (<= 10% busy); default 60
+#   BUSY_IDLE_WAIT before each run, wait up to this many seconds for other processes
+#                 to leave the CPUs idle (<= 10% busy); default 600
+#   BUSY_OTHER_LIMIT, BUSY_RETRIES  see above (default 10 and 3)
 #   KDTRAIN_BIN   kdtrain binary (default target/release/kdtrain)
 #   KDTRAIN_DATA  data folder (default: kdtrain's search)
 #   BUSY_OUT      output folder (default bench)
@@ -30,13 +35,17 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 ROUNDS=${BUSY_ROUNDS:-3}
 EPOCHS=${BUSY_EPOCHS:-3}
-IDLE_WAIT=${BUSY_IDLE_WAIT:-60}
+IDLE_WAIT=${BUSY_IDLE_WAIT:-600}
+OTHER_LIMIT=${BUSY_OTHER_LIMIT:-10}
+RETRIES=${BUSY_RETRIES:-3}
 OUT=${BUSY_OUT:-bench}
 bin=${KDTRAIN_BIN:-$repo/target/release/kdtrain}
 say() { printf 'busy_bench: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 [ -x "$bin" ] || die "no kdtrain binary at $bin (cargo build --release)"
 command -v python3 >/dev/null || die "python3 is needed for the report"
+/usr/bin/time -f %U -o /dev/null true 2>/dev/null || die "GNU time (/usr/bin/time) is needed"
+hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
 data_args=()
 [ -n "${KDTRAIN_DATA:-}" ] && data_args=(--data-dir "$KDTRAIN_DATA")
 
@@ -70,9 +79,25 @@ jsonl="$tmp/busy.jsonl"
 variants=(old new t1)
 for n in ${BUSY_SPINS:-}; do variants+=("spin-$n"); done
 
-# run VARIANT CONDITION ROUND
+# jiffies: "busy total" jiffies of all CPUs so far.
+jiffies() {
+  local _c u n s i w q sq st _rest
+  read -r _c u n s i w q sq st _rest </proc/stat
+  echo "$((u + n + s + q + sq + st)) $((u + n + s + i + w + q + sq + st))"
+}
+
+# run VARIANT CONDITION ROUND: run_once until a clean run or out of retries.
 run() {
-  local variant=$1 cond=$2 round=$3 name="$1-$2-r$3" before
+  local try
+  for try in $(seq 0 "$RETRIES"); do
+    run_once "$@" "$try" && return 0
+    say "others used the CPUs during $1-$2-r$3 (try $try); repeating it"
+  done
+}
+
+# run_once VARIANT CONDITION ROUND TRY: one run, recorded; fails if it was not clean.
+run_once() {
+  local variant=$1 cond=$2 round=$3 try=$4 name="$1-$2-r$3-t$4" before b0 t0 b1 t1 hogcpu=0
   local envs=(env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT) args=()
   case $variant in
     old) envs+=(GOMP_SPINCOUNT=300000) ;;
@@ -80,28 +105,39 @@ run() {
     t1) args+=(--threads 1) ;;
     spin-*) envs+=("GOMP_SPINCOUNT=${variant#spin-}") ;;
   esac
-  if [ "$cond" = idle ]; then
-    before=$(wait_idle)
-  else
-    before=$(cpu_busy)
+  before=$(wait_idle)
+  read -r b0 t0 < <(jiffies)
+  if [ "$cond" = busy ]; then
     if [ "${BUSY_PIN:-0}" = 1 ]; then taskset -c 0 yes >/dev/null & else yes >/dev/null & fi
     hog=$!
   fi
-  "${envs[@]}" "$bin" train teacher --epochs "$EPOCHS" --quiet --device cpu --seed 42 \
+  /usr/bin/time -f '%U %S' -o "$tmp/$name.cpu" \
+    "${envs[@]}" "$bin" train teacher --epochs "$EPOCHS" --quiet --device cpu --seed 42 \
     --out-dir "$tmp/runs" --run-name "$name" "${args[@]}" "${data_args[@]}" \
     >"$tmp/$name.log" 2>&1 || { tail -n 20 "$tmp/$name.log" >&2; die "run $name failed"; }
-  if [ -n "$hog" ]; then kill "$hog"; wait "$hog" 2>/dev/null || true; hog=""; fi
-  python3 - "$tmp/runs/$name/summary.json" "$variant" "$cond" "$round" "$before" \
-    "$(cut -d' ' -f1 /proc/loadavg)" >>"$jsonl" <<'PY'
+  if [ -n "$hog" ]; then
+    # utime + stime of the busy process (fields 14 and 15; its name has no spaces)
+    hogcpu=$(awk '{ print $14 + $15 }' "/proc/$hog/stat")
+    kill "$hog"; wait "$hog" 2>/dev/null || true; hog=""
+  fi
+  read -r b1 t1 < <(jiffies)
+  python3 - "$tmp/runs/$name/summary.json" "$variant" "$cond" "$round" "$try" "$before" \
+    "$tmp/$name.cpu" "$((b1 - b0))" "$((t1 - t0))" "$hogcpu" "$hz" "$OTHER_LIMIT" >>"$jsonl" <<'PY'
 import json, statistics, sys
-s = json.load(open(sys.argv[1]))
+(summary, variant, cond, rnd, tr, before, cpu, db, dt, hog, hz, limit) = sys.argv[1:]
+s = json.load(open(summary))
 secs = s["epoch_seconds"]
-print(json.dumps({"variant": sys.argv[2], "condition": sys.argv[3], "round": int(sys.argv[4]),
-                  "cpu_busy_before_pct": int(sys.argv[5]), "loadavg_after": float(sys.argv[6]),
-                  "epoch_seconds": secs, "median_epoch_seconds": statistics.median(secs)}))
+kd = sum(float(x) for x in open(cpu).read().split()[-2:])
+db, dt, hog, hz = int(db), int(dt), int(hog), float(hz)
+other = max(0.0, 100 * (db - hog - kd * hz) / dt) if dt > 0 else 0.0
+print(json.dumps({"variant": variant, "condition": cond, "round": int(rnd), "try": int(tr),
+                  "cpu_busy_before_pct": int(before), "cpu_other_during_pct": round(other, 1),
+                  "clean": other <= float(limit), "epoch_seconds": secs,
+                  "median_epoch_seconds": statistics.median(secs)}))
 PY
   say "$(tail -n1 "$jsonl")"
   rm -rf "$tmp/runs/$name"
+  tail -n1 "$jsonl" | grep -q '"clean": true'
 }
 
 say "load before: $(cut -d' ' -f1-3 /proc/loadavg); variants: ${variants[*]}; $ROUNDS rounds of $EPOCHS epochs"
@@ -115,17 +151,20 @@ cp "$jsonl" "$OUT/busy.jsonl"
 H_DATE=$(date '+%Y-%m-%d %H:%M:%S %Z') \
 H_CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1) \
 H_NPROC=$(nproc) H_KD=$("$bin" --version 2>/dev/null || echo '?') H_EPOCHS=$EPOCHS \
-H_ROUNDS=$ROUNDS H_PIN=${BUSY_PIN:-0} \
+H_ROUNDS=$ROUNDS H_PIN=${BUSY_PIN:-0} H_LIMIT=$OTHER_LIMIT \
 python3 - "$OUT/busy.jsonl" "$OUT/busy.json" "$OUT/BUSY.md" <<'PY'
 import json, os, statistics, sys
 e = os.environ
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 variants = list(dict.fromkeys(r["variant"] for r in rows))
-med = {}
+med, n_clean = {}, {}
 for v in variants:
     for c in ("idle", "busy"):
-        xs = [r["median_epoch_seconds"] for r in rows if r["variant"] == v and r["condition"] == c]
+        rs = [r for r in rows if r["variant"] == v and r["condition"] == c]
+        rs = [r for r in rs if r["clean"]] or rs
+        xs = [r["median_epoch_seconds"] for r in rs]
         med[(v, c)] = (statistics.median(xs), min(xs), max(xs)) if xs else None
+        n_clean[(v, c)] = sum(r["clean"] for r in rows if r["variant"] == v and r["condition"] == c)
 def m(v, c):
     return med[(v, c)][0] if med.get((v, c)) else float("nan")
 targets = {
@@ -152,7 +191,9 @@ with open(sys.argv[3], "w") as f:
             f"{e['H_KD']}. {e['H_ROUNDS']} interleaved rounds of `train teacher --epochs {e['H_EPOCHS']} "
             f"--quiet`; each figure is the median over rounds of a run's median epoch seconds "
             f"(min-max in brackets). Busy: one `{out['busy_process']}` running alongside. "
-            "Raw runs: `bench/busy.jsonl`.\n\n")
+            "Raw runs: `bench/busy.jsonl`. Each run started on an idle machine; runs during "
+            f"which other processes took more than {e['H_LIMIT']}% of the CPUs "
+            "(`cpu_other_during_pct`) were repeated and are left out here.\n\n")
     f.write("| variant | idle s/epoch | busy s/epoch | busy / idle |\n| --- | --- | --- | --- |\n")
     for v in variants:
         cells = []
@@ -164,9 +205,8 @@ with open(sys.argv[3], "w") as f:
     f.write("\n")
     for k, x in targets.items():
         f.write(f"- {k}: {x:.2f}\n")
-    f.write("\nOther processes (a compiler, tests) running at the same time make any of these "
-            "figures unreliable; `cpu_busy_before_pct` in busy.jsonl is what other processes "
-            "used in the second before each run.\n")
+    f.write("\nClean runs per variant (idle, busy): " + ", ".join(
+        f"{v} {n_clean.get((v, 'idle'), 0)}/{n_clean.get((v, 'busy'), 0)}" for v in variants) + ".\n")
 print(open(sys.argv[3]).read())
 PY
 say "wrote $OUT/busy.json, $OUT/busy.jsonl, $OUT/BUSY.md"
