@@ -377,7 +377,7 @@ mod tests {
                     ..KERAS
                 };
                 let mut opt = Adam::new(model.parameters(), cfg);
-                crate::loss::cross_entropy(&model.forward(&x), &y).backward();
+                model.forward(&x).cross_entropy_for_logits(&y).backward();
                 let grads: Vec<Tensor> = model
                     .parameters()
                     .iter()
