@@ -72,6 +72,8 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 mkdir -p "$OUT"
 jsonl="$tmp/busy.jsonl"
 : >"$jsonl"
