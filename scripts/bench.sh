@@ -3,7 +3,9 @@
 # machine; prints the tables and writes bench/RESULTS.md.
 #
 # For each model (teacher, student, distill) and each round, the runs are interleaved:
-# kdtrain, [kdtrain --no-teacher-cache for distill,] pytorch-memory, pytorch-dataloader.
+# kdtrain, [kdtrain --no-teacher-cache for distill,] pytorch-memory, pytorch-dataloader,
+# [and for distill the two PyTorch pipelines again with --teacher-cache, the same teacher
+# cache kdtrain uses by default: pytorch-memory-cache, pytorch-dataloader-cache].
 # Each run's peak RSS is taken with GNU time (or getrusage). The distill runs use the
 # teacher that kdtrain trained in round 1 of the teacher runs. Then fp32 matmul GFLOP/s
 # is measured through the venv's torch (the same libtorch kdtrain links) and turned into
@@ -196,16 +198,18 @@ run_ours() {
   record "$model" "$variant" "$round" "$tmp/ours/$name/summary.json" "$tmp/$name.measure" "$la"
 }
 
-# run_ref MODEL ROUND PIPELINE
+# run_ref MODEL ROUND PIPELINE [cache]
 run_ref() {
-  local model=$1 round=$2 pipeline=$3
-  local name="$model-pytorch-$pipeline-r$round" la
+  local model=$1 round=$2 pipeline=$3 cache=${4:-}
+  local variant="pytorch-$pipeline${cache:+-cache}"
+  local name="$model-$variant-r$round" la
   la=$(wait_idle)
   local cmd=("$python" "$ref" "$model" --epochs "$EPOCHS" --pipeline "$pipeline" --seed "$SEED"
              --threads "$THREADS" --out "$tmp/$name.json")
   [ "$model" = distill ] && cmd+=(--teacher "$teacher_ckpt")
+  [ -n "$cache" ] && cmd+=(--teacher-cache)
   measure "$tmp/$name.measure" "$tmp/$name.log" "${cmd[@]}" || die "reference run $name failed (log: $tmp/$name.log)"
-  record "$model" "pytorch-$pipeline" "$round" "$tmp/$name.json" "$tmp/$name.measure" "$la"
+  record "$model" "$variant" "$round" "$tmp/$name.json" "$tmp/$name.measure" "$la"
 }
 
 notes=()
@@ -232,6 +236,10 @@ for model in $MODELS; do
     [ "$model" = distill ] && run_ours "$model" "$round" kdtrain-nocache --no-teacher-cache
     run_ref "$model" "$round" memory
     run_ref "$model" "$round" dataloader
+    if [ "$model" = distill ]; then
+      run_ref "$model" "$round" memory cache
+      run_ref "$model" "$round" dataloader cache
+    fi
   done
 done
 

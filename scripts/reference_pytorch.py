@@ -2,8 +2,8 @@
 """Plain-PyTorch twin of kdtrain, for timing and accuracy comparison.
 
     reference_pytorch.py {teacher,student,distill} --epochs N --pipeline {dataloader,memory}
-        [--teacher PATH.safetensors] [--seed S] [--threads K] [--data-dir DIR] [--out FILE.json]
-        [--save PATH.safetensors] [--flush-denormal] [-v]
+        [--teacher PATH.safetensors] [--teacher-cache] [--seed S] [--threads K] [--data-dir DIR]
+        [--out FILE.json] [--save PATH.safetensors] [--flush-denormal] [-v]
 
 Everything the training loop does matches kdtrain: Fashion-MNIST pixels/255 as float32
 [n,784]; 5000 training images held out for validation (drawn by the seed), training on
@@ -11,11 +11,15 @@ the other 55000; batch 256, reshuffled every epoch, last partial batch kept; Glo
 uniform weights and zero biases; Adam(amsgrad, betas (0.9, 0.999), eps 1e-7) with Keras'
 CosineDecay (alpha 0.1, decay_steps = epochs * steps_per_epoch) set before every step;
 distillation loss alpha*CE + (1-alpha)*T^2*KL(teacher||student), T=2, alpha=0.9, with the
-frozen teacher's forward pass run on every step (no logit cache). No early stopping.
+frozen teacher's forward pass run on every step, or, with --teacher-cache (kdtrain's
+default), the teacher's log-probabilities at T computed once over the training set before
+the first epoch (outside the epoch times, as kdtrain does; `teacher_cache_seconds`) and
+gathered by example index for each batch. No early stopping.
 
 The pipelines: `memory` indexes in-memory tensors with a torch.randperm per epoch;
 `dataloader` is the idiomatic DataLoader(TensorDataset(x, y), batch_size=256,
-shuffle=True) with num_workers=0.
+shuffle=True) with num_workers=0 (with --teacher-cache the dataset also yields each
+example's index).
 
 Writes one JSON object (to --out, else stdout) with the keys of kdtrain's summary.json.
 """
@@ -146,11 +150,22 @@ def cosine_lr(step, decay_steps):
     return LR0 * ((1.0 - COSINE_ALPHA) * cosine + COSINE_ALPHA)
 
 
-def kd_loss(z, y, t):
+def kd_loss(z, y, t=None, log_p=None):
+    """Distillation loss from the teacher's logits `t`, or from its cached
+    log-probabilities at T, `log_p`."""
     ce = F.cross_entropy(z, y)
-    kl = F.kl_div(F.log_softmax(z / TEMPERATURE, dim=1), F.log_softmax(t / TEMPERATURE, dim=1),
-                  log_target=True, reduction="batchmean")
+    if log_p is None:
+        log_p = F.log_softmax(t / TEMPERATURE, dim=1)
+    kl = F.kl_div(F.log_softmax(z / TEMPERATURE, dim=1), log_p, log_target=True,
+                  reduction="batchmean")
     return KD_ALPHA * ce + (1.0 - KD_ALPHA) * TEMPERATURE * TEMPERATURE * kl
+
+
+@torch.no_grad()
+def teacher_log_probs(teacher, x, batch=EVAL_BATCH):
+    """The teacher's log-softmax at T for every row of x, [n, 10]."""
+    return torch.cat([F.log_softmax(teacher(x[i:i + batch]) / TEMPERATURE, dim=1)
+                      for i in range(0, x.shape[0], batch)])
 
 
 @torch.no_grad()
@@ -172,6 +187,8 @@ def main():
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--pipeline", choices=["dataloader", "memory"], required=True)
     ap.add_argument("--teacher", help="teacher checkpoint (.safetensors) for distill")
+    ap.add_argument("--teacher-cache", action="store_true",
+                    help="distill: compute the teacher's outputs once, gather them per batch")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--data-dir")
@@ -184,6 +201,8 @@ def main():
     args = ap.parse_args()
     if args.epochs < 1:
         ap.error("--epochs must be >= 1")
+    if args.teacher_cache and args.model != "distill":
+        ap.error("--teacher-cache is for distill")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -226,18 +245,33 @@ def main():
     steps_per_epoch = math.ceil(n_train / BATCH)
     decay_steps = args.epochs * steps_per_epoch
 
-    if args.pipeline == "dataloader":
-        loader = DataLoader(TensorDataset(x_train, y_train), batch_size=BATCH, shuffle=True,
-                            num_workers=0)
+    # The teacher cache, before the first epoch and outside the epoch times.
+    cache, teacher_cache_seconds = None, None
+    if args.teacher_cache:
+        t0 = time.perf_counter()
+        cache = teacher_log_probs(teacher, x_train)
+        teacher_cache_seconds = time.perf_counter() - t0
 
-        def batches():
-            return iter(loader)
+    # batches() yields (x, y, index of each row in x_train or None).
+    if args.pipeline == "dataloader":
+        if cache is not None:
+            loader = DataLoader(TensorDataset(x_train, y_train, torch.arange(n_train)),
+                                batch_size=BATCH, shuffle=True, num_workers=0)
+
+            def batches():
+                return iter(loader)
+        else:
+            loader = DataLoader(TensorDataset(x_train, y_train), batch_size=BATCH, shuffle=True,
+                                num_workers=0)
+
+            def batches():
+                return ((xb, yb, None) for xb, yb in loader)
     else:
         def batches():
             order = torch.randperm(n_train)
             for i in range(0, n_train, BATCH):
                 idx = order[i:i + BATCH]
-                yield x_train[idx], y_train[idx]
+                yield x_train[idx], y_train[idx], idx
 
     step = 0
     epoch_seconds, history = [], []
@@ -246,13 +280,15 @@ def main():
         model.train()
         loss_sum, seen = 0.0, 0
         t_epoch = time.perf_counter()
-        for xb, yb in batches():
+        for xb, yb, idx in batches():
             if startup_seconds is None:
                 startup_seconds = time.time() - T_START
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, decay_steps)
             z = model(xb)
-            if teacher is not None:
+            if cache is not None:
+                loss = kd_loss(z, yb, log_p=cache[idx])
+            elif teacher is not None:
                 with torch.no_grad():
                     t = teacher(xb)
                 loss = kd_loss(z, yb, t)
@@ -288,7 +324,7 @@ def main():
         save_file(state, args.save)
 
     summary = {
-        "impl": f"pytorch-{args.pipeline}",
+        "impl": f"pytorch-{args.pipeline}" + ("-cache" if args.teacher_cache else ""),
         "model": args.model,
         "epochs_run": args.epochs,
         "epoch_seconds": epoch_seconds,
@@ -306,6 +342,7 @@ def main():
         "history": history,
         "torch_version": torch.__version__,
         "teacher": teacher_source,
+        "teacher_cache_seconds": teacher_cache_seconds,
     }
     text = json.dumps(summary, indent=2)
     if args.out:

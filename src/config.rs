@@ -137,6 +137,8 @@ pub struct OptimizerConfig {
     pub beta2: f64,
     pub eps: f64,
     pub amsgrad: bool,
+    /// `"pytorch"`: eps added after the bias correction; `"keras"`: before it.
+    pub epsilon_placement: crate::optim::EpsPlacement,
 }
 
 /// Keras `EarlyStopping(patience, restore_best_weights=True)` on the validation loss.
@@ -304,6 +306,7 @@ impl Default for OptimizerConfig {
             beta2: 0.999,
             eps: 1e-7,
             amsgrad: true,
+            epsilon_placement: crate::optim::EpsPlacement::PyTorch,
         }
     }
 }

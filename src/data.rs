@@ -693,15 +693,71 @@ mod tests {
                 }
             }
 
-            /// Valid headers with random dimensions and random truncation.
+            /// A valid header with small dimensions followed by a data section that is
+            /// either exactly as long as the header claims or off by `delta` bytes: the
+            /// parser accepts it exactly when the sizes agree, and then returns that shape
+            /// and those bytes.
             #[test]
-            fn parser_handles_any_header(dims in proptest::array::uniform3(0u32..70000), cut in 0usize..64, images in any::<bool>()) {
+            fn parser_accepts_exactly_the_sizes_the_header_claims(
+                images in any::<bool>(),
+                count in 0usize..5,
+                rows in 0usize..30,
+                cols in 0usize..30,
+                labels in 0usize..300,
+                exact in any::<bool>(),
+                delta in -40isize..=40,
+                fill in any::<u8>(),
+            ) {
+                let shape = if images { vec![count, rows, cols] } else { vec![labels] };
+                let need: usize = shape.iter().product();
+                let delta = if exact { 0 } else { delta.max(-(need as isize)) };
+                let len = need as isize + delta;
+                let data: Vec<u8> = (0..len as usize).map(|i| fill.wrapping_add(i as u8)).collect();
                 let mut b = if images { IMAGES_MAGIC } else { LABELS_MAGIC }.to_be_bytes().to_vec();
-                let nd = if images { 3 } else { 1 };
-                for d in &dims[..nd] { b.extend(d.to_be_bytes()); }
-                b.extend(vec![0u8; 64]);
-                b.truncate(b.len() - cut);
-                let _ = parse_idx(&b);
+                for d in &shape { b.extend((*d as u32).to_be_bytes()); }
+                b.extend(&data);
+                let got = parse_idx(&b);
+                if delta == 0 {
+                    let want = if images {
+                        Idx::Images { count, rows, cols, pixels: data }
+                    } else {
+                        Idx::Labels(data)
+                    };
+                    prop_assert_eq!(got, Ok(want));
+                } else {
+                    let e = got.unwrap_err();
+                    prop_assert!(e.contains(&format!("= {need} data bytes")), "{}", e);
+                    prop_assert!(e.contains(&format!("holds {len}")), "{}", e);
+                }
+            }
+
+            /// Any data bytes after a valid header parse: the header alone decides the
+            /// shape, and the bytes come back unchanged.
+            #[test]
+            fn data_bytes_never_change_the_verdict(
+                images in any::<bool>(),
+                count in 1usize..5,
+                side in 1usize..30,
+                labels in 1usize..300,
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+            ) {
+                let clean = if images {
+                    Idx::Images { count, rows: side, cols: side, pixels: vec![0; count * side * side] }
+                } else {
+                    Idx::Labels(vec![0; labels])
+                };
+                let header = if images { 16 } else { 8 };
+                let mut b = encode_idx(&clean);
+                let n = b.len() - header;
+                for (at, v) in &flips {
+                    b[header + at.index(n)] = *v;
+                }
+                let data = b[header..].to_vec();
+                let want = match clean {
+                    Idx::Images { count, rows, cols, .. } => Idx::Images { count, rows, cols, pixels: data },
+                    Idx::Labels(_) => Idx::Labels(data),
+                };
+                prop_assert_eq!(parse_idx(&b), Ok(want));
             }
         }
     }

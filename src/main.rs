@@ -9,6 +9,7 @@ use kdtrain::config::UsageError;
 use kdtrain::train::{INTERRUPTED, Interrupted};
 
 fn main() -> ExitCode {
+    tune_openmp_wait();
     kdtrain::mark_start();
     keep_freed_memory();
     // A bug must still end in one line, not a backtrace.
@@ -69,10 +70,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Ends the process at once with `code`, from the Ctrl-C thread while the main thread
-/// may be inside libtorch. `std::process::exit` would run C++ static destructors under
-/// the running main thread (heap corruption, then SIGABRT instead of exit 130); `_exit`
-/// skips them. Files are safe either way: each is written to a temporary and renamed.
 /// Keeps freed memory in the heap instead of returning it to the kernel. Each step
 /// allocates and frees the same few buffers of hundreds of KB (the batch, activations,
 /// gradients); above glibc's default 128 KB mmap threshold every one of them came back as
@@ -94,6 +91,50 @@ fn keep_freed_memory() {
     }
 }
 
+/// How long libtorch's OpenMP workers (GNU libgomp, which the PyTorch wheel ships and
+/// libtorch_cpu links) spin between parallel regions before they sleep, unless the user
+/// chose: the `GOMP_SPINCOUNT` that [`tune_openmp_wait`] sets when neither
+/// `OMP_WAIT_POLICY` nor `GOMP_SPINCOUNT` is in the environment. libgomp's own default is
+/// 300,000 spins; on a machine where another process wants a core, a spinning worker
+/// keeps the core from the thread that the parallel region waits for. The thread count,
+/// and so every result, stays the same whatever this is.
+const GOMP_SPINCOUNT: &str = "10000";
+
+/// Puts [`GOMP_SPINCOUNT`] into the environment and runs this program again with the same
+/// arguments (the same process: `exec`). libgomp reads its environment once, in its ELF
+/// constructor, before `main` runs, and libc's own start-up resets the environment after
+/// an executable's `.preinit_array`, so setting the variable here and carrying on would
+/// have no effect. If `exec` fails, the run goes on with libgomp's default. With
+/// `--threads 1` there are no workers to wait, and loading libtorch twice (about 0.3 s)
+/// is skipped.
+fn tune_openmp_wait() {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        if std::env::var_os("OMP_WAIT_POLICY").is_some()
+            || std::env::var_os("GOMP_SPINCOUNT").is_some()
+        {
+            return;
+        }
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let one_thread = argv.windows(2).any(|w| w[0] == "--threads" && w[1] == "1")
+            || argv.iter().any(|a| a == "--threads=1");
+        if one_thread {
+            return;
+        }
+        let mut args = std::env::args_os();
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        if let Some(arg0) = args.next() {
+            cmd.arg0(arg0);
+        }
+        let _ = cmd.args(args).env("GOMP_SPINCOUNT", GOMP_SPINCOUNT).exec();
+    }
+}
+
+/// Ends the process at once with `code`, from the Ctrl-C thread while the main thread
+/// may be inside libtorch. `std::process::exit` would run C++ static destructors under
+/// the running main thread (heap corruption, then SIGABRT instead of exit 130); `_exit`
+/// skips them. Files are safe either way: each is written to a temporary and renamed.
 fn exit_now(code: i32) -> ! {
     #[cfg(unix)]
     {

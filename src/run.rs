@@ -156,6 +156,8 @@ impl Run {
                 out.display()
             ));
         }
+        // Set when this process made the folder itself (the default name's atomic claim).
+        let mut claimed = false;
         let dir = match (name, resume) {
             (Some(n), _) => {
                 if n.is_empty() || n.contains('/') || n == "." || n == ".." {
@@ -165,18 +167,33 @@ impl Run {
             }
             (None, true) => newest_unfinished(&out, kind)?,
             (None, false) => {
+                // Runs started in the same second get their own folders: create_dir is
+                // atomic, so only one process can take a name; the others try the next
+                // suffix.
                 let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
                 let base = out.join(format!("{}-{stamp}", kind.name()));
                 let mut dir = base.clone();
                 let mut i = 2;
-                while dir.exists() {
-                    dir = PathBuf::from(format!("{}-{i}", base.display()));
-                    i += 1;
+                loop {
+                    match std::fs::create_dir(&dir) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 1000 => {
+                            dir = PathBuf::from(format!("{}-{i}", base.display()));
+                            i += 1;
+                        }
+                        Err(e) => {
+                            return usage(format!(
+                                "cannot create run folder {} ({e}); choose a writable --out-dir",
+                                dir.display()
+                            ));
+                        }
+                    }
                 }
+                claimed = true;
                 dir
             }
         };
-        let created = !dir.exists();
+        let created = claimed || !dir.exists();
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return usage(format!(
                 "cannot create run folder {} ({e}); choose a writable --out-dir",

@@ -286,6 +286,7 @@ pub fn train_one(
             beta2: c.optimizer.beta2,
             eps: c.optimizer.eps,
             amsgrad: c.optimizer.amsgrad,
+            eps_placement: c.optimizer.epsilon_placement,
         },
         patience: c
             .early_stopping

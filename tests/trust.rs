@@ -1,0 +1,168 @@
+//! Trust: what a run writes can be read back exactly, and runs started together do not
+//! trip over each other.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kdtrain::eval::Metrics;
+use kdtrain::run::{EpochRecord, TrainState};
+
+/// Every f64 of a state, in a fixed order.
+fn floats(s: &TrainState) -> Vec<f64> {
+    let mut out = vec![s.best_metric];
+    for r in &s.history {
+        out.extend([r.lr, r.seconds]);
+        for m in [&r.train, &r.val] {
+            out.extend([m.loss, m.acc]);
+        }
+    }
+    out
+}
+
+/// f64 values that a parser without correct rounding reads back one ULP off
+/// (serde_json without `float_roundtrip` missed about 1 in 10 random f64s in [0, 1)),
+/// next to values that are awkward in other ways: subnormal, tiny, the largest, sums
+/// that are not what they look like, and a cosine-decay LR as the schedule computes it.
+#[test]
+fn state_survives_json_with_every_float_exact() {
+    let lr = |k: f64| 1e-3 * (0.9 * 0.5 * (1.0 + (std::f64::consts::PI * k / 2000.0).cos()) + 0.1);
+    let awkward = [
+        0.1 + 0.2,
+        1e-300,
+        5e-324,
+        f64::MIN_POSITIVE,
+        f64::MAX,
+        0.001 * 0.869,
+        1.0 - 0.999f64.powi(3),
+        0.9238829120510785,
+        0.20599677708342345,
+        0.43463921546936035, // an f32 value widened to f64, as the losses are
+        lr(1.0),             // 0.0009999994448348665
+        lr(5.0),
+        lr(10.0),
+        1.0 / 3.0,
+    ];
+    let m = |i: usize| Metrics {
+        loss: awkward[i % awkward.len()],
+        acc: awkward[(i + 1) % awkward.len()],
+        ..Default::default()
+    };
+    let state = TrainState {
+        epoch: awkward.len(),
+        step: 17,
+        best_metric: lr(18.0),
+        best_epoch: 3,
+        bad_epochs: 1,
+        history: (0..awkward.len())
+            .map(|i| EpochRecord {
+                epoch: i + 1,
+                lr: awkward[(i + 2) % awkward.len()],
+                seconds: awkward[(i + 3) % awkward.len()],
+                train: m(i),
+                val: m(i + 4),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let text = serde_json::to_string(&state).unwrap();
+    let back: TrainState = serde_json::from_str(&text).unwrap();
+    let (a, b) = (floats(&state), floats(&back));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x == y, "{x:e} came back as {y:e}");
+    }
+    assert_eq!(back.history, state.history);
+}
+
+/// Twelve runs with the default folder name started at once into one out-dir (most of
+/// them in the same second, so with the same `student-<date>-<time>` name): each claims
+/// a folder of its own and finishes.
+#[test]
+fn runs_started_together_get_their_own_folders() {
+    const N: usize = 12;
+    let s = Sandbox::new();
+    s.write_data(300, 30);
+    s.write_config("[logging]\nplots = false\nhistograms = false");
+    let mut children: Vec<_> = (0..N)
+        .map(|i| {
+            let err = std::fs::File::create(s.path().join(format!("p{i}.err"))).unwrap();
+            s.command(&s.args(&["train", "student", "--epochs", "1", "-q"]))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("spawn kdtrain")
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut failed = Vec::new();
+    for (i, c) in children.iter_mut().enumerate() {
+        let st = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(300) {
+                let _ = c.kill();
+                break c.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !st.success() {
+            let err = std::fs::read_to_string(s.path().join(format!("p{i}.err"))).unwrap();
+            failed.push(format!("process {i}: {st}: {err}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let dirs: BTreeSet<String> = std::fs::read_dir(s.runs())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().join("model.safetensors").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), N, "run folders with a model: {dirs:?}");
+    assert!(dirs.iter().all(|d| d.starts_with("student-")), "{dirs:?}");
+}
+
+/// The spin count libgomp ends up with (the last `GOMP_SPINCOUNT` its `OMP_DISPLAY_ENV`
+/// report prints) for `kdtrain --version` plus `args`, with `env` set and no other OpenMP
+/// variables.
+fn gomp_spincount(args: &[&str], env: &[(&str, &str)]) -> String {
+    let s = Sandbox::new();
+    let mut c = s.command(&[&["--version"], args].concat());
+    c.env_remove("OMP_WAIT_POLICY")
+        .env_remove("GOMP_SPINCOUNT")
+        .env("OMP_DISPLAY_ENV", "verbose");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    assert_ok(&o);
+    stderr(&o)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("GOMP_SPINCOUNT = "))
+        .next_back()
+        .unwrap_or_else(|| panic!("no GOMP_SPINCOUNT in {}", stderr(&o)))
+        .trim_matches('\'')
+        .to_string()
+}
+
+/// libgomp sees the spin count src/main.rs sets before libtorch starts, unless the user
+/// set `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` (theirs wins), and `--threads 1` is left
+/// alone (no workers to wait).
+#[test]
+fn openmp_workers_spin_briefly_unless_the_user_says_otherwise() {
+    assert_eq!(gomp_spincount(&[], &[]), "10000");
+    assert_eq!(gomp_spincount(&["--threads", "2"], &[]), "10000");
+    // libgomp's own values for these settings.
+    assert_eq!(
+        gomp_spincount(&[], &[("OMP_WAIT_POLICY", "active")]),
+        "30000000000"
+    );
+    assert_eq!(gomp_spincount(&[], &[("OMP_WAIT_POLICY", "passive")]), "0");
+    assert_eq!(gomp_spincount(&[], &[("GOMP_SPINCOUNT", "123")]), "123");
+    assert_eq!(gomp_spincount(&["--threads", "1"], &[]), "300000");
+}
