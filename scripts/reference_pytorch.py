@@ -12,7 +12,7 @@ uniform weights and zero biases; Adam(amsgrad, betas (0.9, 0.999), eps 1e-7) wit
 CosineDecay (alpha 0.1, decay_steps = epochs * steps_per_epoch) set before every step;
 distillation loss alpha*CE + (1-alpha)*T^2*KL(teacher||student), T=2, alpha=0.9, with the
 frozen teacher's forward pass run on every step, or, with --teacher-cache (kdtrain's
-default), the teacher's log-probabilities at T computed once over the training set before
+default), the teacher's logits computed once over the training set before
 the first epoch (outside the epoch times, as kdtrain does; `teacher_cache_seconds`) and
 gathered by example index for each batch. No early stopping.
 
@@ -162,10 +162,10 @@ def kd_loss(z, y, t=None, log_p=None):
 
 
 @torch.no_grad()
-def teacher_log_probs(teacher, x, batch=EVAL_BATCH):
-    """The teacher's log-softmax at T for every row of x, [n, 10]."""
-    return torch.cat([F.log_softmax(teacher(x[i:i + batch]) / TEMPERATURE, dim=1)
-                      for i in range(0, x.shape[0], batch)])
+def teacher_logits(teacher, x, batch=EVAL_BATCH):
+    """The teacher's logits for every row of x, [n, 10] (what kdtrain's cache holds, so
+    that any objective can use it)."""
+    return torch.cat([teacher(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
 
 
 @torch.no_grad()
@@ -249,7 +249,7 @@ def main():
     cache, teacher_cache_seconds = None, None
     if args.teacher_cache:
         t0 = time.perf_counter()
-        cache = teacher_log_probs(teacher, x_train)
+        cache = teacher_logits(teacher, x_train)
         teacher_cache_seconds = time.perf_counter() - t0
 
     # batches() yields (x, y, index of each row in x_train or None).
@@ -287,7 +287,7 @@ def main():
                 group["lr"] = cosine_lr(step, decay_steps)
             z = model(xb)
             if cache is not None:
-                loss = kd_loss(z, yb, log_p=cache[idx])
+                loss = kd_loss(z, yb, t=cache[idx])
             elif teacher is not None:
                 with torch.no_grad():
                     t = teacher(xb)
