@@ -594,3 +594,51 @@ fn readme_predict_example_is_the_committed_output() {
         "README's predict example differs from docs/predict-example.txt; rerun scripts/predict_example.sh"
     );
 }
+
+/// JPEG inputs decode through the same path: confidently classified test images saved as
+/// JPEG (scaled up 4x, quality 95, in colour) get the class the library gives the IDX
+/// image.
+#[test]
+fn jpeg_files_give_the_same_confident_predictions() {
+    let t = trained();
+    let ckpt = t.ckpt("student");
+    let s = Sandbox::new();
+    let pixels = &test_set().0;
+    let logits = library_logits(&ckpt);
+    let want = argmax_rows(&logits);
+    let confident: Vec<usize> = (0..400)
+        .filter(|&i| {
+            let row = &logits[i * 10..(i + 1) * 10];
+            let z: f64 = row.iter().map(|&v| f64::from(v).exp()).sum();
+            f64::from(row[want[i] as usize]).exp() / z > 0.98
+        })
+        .take(8)
+        .collect();
+    assert_eq!(confident.len(), 8, "too few confident test images");
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["predict".into(), ckpt.clone().into(), "--json".into()];
+    for &i in &confident {
+        let g = GrayImage::from_raw(28, 28, pixels[i * 784..(i + 1) * 784].to_vec()).unwrap();
+        let big = image::imageops::resize(&g, 112, 112, image::imageops::FilterType::Nearest);
+        let rgb = RgbImage::from_fn(112, 112, |x, y| {
+            let v = big.get_pixel(x, y)[0];
+            Rgb([v, v, v])
+        });
+        let path = s.path().join(format!("{i:05}.jpg"));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut f, 95)
+            .encode_image(&DynamicImage::ImageRgb8(rgb))
+            .unwrap();
+        drop(f);
+        args.push(path.into());
+    }
+    let o = s.raw(&args);
+    assert_ok(&o);
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), confident.len());
+    for (l, &i) in lines.iter().zip(&confident) {
+        assert!(l["source"].as_str().unwrap().ends_with(".jpg"), "{l}");
+        assert_eq!(l["class"].as_i64().unwrap(), want[i], "test image {i}: {l}");
+        assert_eq!(l["inverted"], false, "{l}");
+    }
+}
