@@ -401,3 +401,49 @@ fn reproduce_over_seeds_reports_the_paired_gain() {
         stdout(&o)
     );
 }
+
+/// `reproduce.teacher_per_seed = true`: each seed trains and uses its own teacher.
+#[test]
+fn reproduce_can_train_a_teacher_per_seed() {
+    let s = sandbox();
+    let cfg = s.path().join("per-seed.toml");
+    std::fs::write(
+        &cfg,
+        "[data]\nvalidation_size = 100\n[logging]\nplots = false\nhistograms = false\n[reproduce]\nteacher_per_seed = true\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let o = s.kd(&[
+        "reproduce",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1,2",
+        "--quiet",
+        "--config",
+        c,
+    ]);
+    assert_ok(&o);
+    let root = run_dir(&s.runs(), "reproduce-");
+    assert!(!root.join("teacher").exists());
+    for seed in [1, 2] {
+        let t = root.join(format!("seed-{seed}/teacher/model.safetensors"));
+        assert!(t.is_file(), "{}", t.display());
+        let used =
+            std::fs::read_to_string(root.join(format!("seed-{seed}/distilled-kd/config.toml")))
+                .unwrap();
+        assert!(
+            used.contains(&format!("teacher = \"{}\"", t.display())),
+            "{used}"
+        );
+    }
+    let r = json(&root.join("results.json"));
+    assert_eq!(r["teacher_per_seed"], true);
+    let teachers = r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["model"] == "teacher")
+        .count();
+    assert_eq!(teachers, 2);
+}
