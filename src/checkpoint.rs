@@ -120,6 +120,14 @@ impl Checkpoint {
             }
             Err(e) => bail!("cannot read checkpoint {}: {e}", path.display()),
         };
+        if bytes.starts_with(b"PK\x03\x04") {
+            return Err(UsageError(format!(
+                "checkpoint {} is a zip archive (a TorchScript or torch.save file), not \
+                 safetensors; pass a model.safetensors written by kdtrain",
+                path.display()
+            ))
+            .into());
+        }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             anyhow::anyhow!(
                 "checkpoint {} is truncated or corrupt ({e}); use another checkpoint or train again",

@@ -582,7 +582,16 @@ impl Config {
     pub fn parse(text: &str) -> std::result::Result<Config, String> {
         toml::from_str::<Config>(text).map_err(|e| {
             // toml's message spans several lines with a source excerpt; keep it on one.
-            let msg = e.message().trim().to_string();
+            let mut msg = e.message().trim().to_string();
+            // Before objectives had their own tables, kd's keys sat in [distill].
+            for old in ["temperature", "alpha", "t_squared_scaling"] {
+                if msg.starts_with(&format!("unknown field `{old}`")) && msg.contains("`kd`") {
+                    msg.push_str(&format!(
+                        "; each objective has its own table now: write `{old}` under \
+                         [distill.kd] (or the table of the objective you use)"
+                    ));
+                }
+            }
             match e.span() {
                 Some(span) => {
                     let start = span.start.min(text.len());
@@ -920,6 +929,15 @@ impl Config {
         }
         for name in &r.objectives {
             check_objective(name, "config key `reproduce.objectives`")?;
+        }
+        let mut objectives = r.objectives.clone();
+        objectives.sort();
+        objectives.dedup();
+        if objectives.len() != r.objectives.len() {
+            return usage(format!(
+                "config key `reproduce.objectives` (--objective) = {:?}: expected distinct objectives",
+                r.objectives
+            ));
         }
         crate::device::parse(&self.runtime.device)
             .map_err(|e| UsageError(format!("config key `runtime.device`: {e}")))?;

@@ -313,7 +313,13 @@ fn export_torchscript(model: &LoadedModel, out: &Path) -> Result<()> {
     let tmp = temp_beside(out, "pt")?;
     if let Err(e) = module.save(&tmp) {
         let _ = std::fs::remove_file(&tmp);
-        bail!("cannot write {}: {e}", out.display());
+        // libtorch's message goes on with a C++ stack trace; its first line says it.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("").trim();
+        bail!(
+            "cannot write {}: {first}; check that the folder exists and is writable",
+            out.display()
+        );
     }
     persist(&tmp, out)
 }

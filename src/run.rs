@@ -119,6 +119,9 @@ pub struct Run {
     terms: &'static [&'static str],
     /// The validation split, once the data is loaded.
     split: Option<SplitInfo>,
+    /// Flags the resume command needs besides `--out-dir`, `--run-name` and `--resume`
+    /// (a `reproduce` stage's `--seed`, objective and teacher), for the Ctrl-C message.
+    pub resume_args: String,
     /// This process made the folder (so [`Run::abandon`] may remove it).
     created: bool,
     _lock: RunLock,
@@ -278,6 +281,7 @@ impl Run {
             events: None,
             terms: &[],
             split: None,
+            resume_args: String::new(),
             created,
             _lock: lock,
         })
@@ -304,19 +308,22 @@ impl Run {
     /// Records the validation split in `meta.json` and in every checkpoint written from
     /// now on.
     pub fn record_split(&mut self, split: &SplitInfo) -> Result<()> {
+        self.add_meta(serde_json::to_value(split)?)?;
+        self.split = Some(split.clone());
+        Ok(())
+    }
+
+    /// Merges the keys of `values` (a JSON object) into `meta.json`.
+    pub fn add_meta(&self, values: serde_json::Value) -> Result<()> {
         let path = self.dir.join("meta.json");
         let mut meta: serde_json::Value = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_else(|| serde_json::json!({}));
-        if let (Some(m), serde_json::Value::Object(s)) =
-            (meta.as_object_mut(), serde_json::to_value(split)?)
-        {
+        if let (Some(m), serde_json::Value::Object(s)) = (meta.as_object_mut(), values) {
             m.extend(s);
         }
-        write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
-        self.split = Some(split.clone());
-        Ok(())
+        write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())
     }
 
     fn metadata(
@@ -568,7 +575,9 @@ impl Run {
 }
 
 /// A resumed run must train the same thing: everything but the epoch budget, the
-/// device, threads, out-dir and logging must match the run's saved config.
+/// device, threads, out-dir, logging, the data folder, the teacher's path (its identity is
+/// checked by `distill`) and `[reproduce]` must match the run's saved config. The error
+/// names each differing key (`distill.dkd.beta`) with both values.
 fn check_same_training(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
     let norm = |c: &Config| {
         let mut c = c.clone();
@@ -577,34 +586,65 @@ fn check_same_training(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
         c.logging = Default::default();
         c.data.dir = String::new();
         c.distill.teacher = String::new();
+        c.reproduce = Default::default();
         c
     };
     let (a, b) = (norm(saved), norm(now));
     if a != b {
-        let (ta, tb) = (a.to_toml()?, b.to_toml()?);
-        let diff: Vec<String> = ta
-            .lines()
-            .zip(tb.lines())
-            .filter(|(x, y)| x != y)
-            .map(|(x, y)| format!("saved `{x}` vs now `{y}`"))
-            .take(3)
+        let flat = |c: &Config| -> Result<std::collections::BTreeMap<String, String>> {
+            let v = toml::Value::try_from(c).context("serialising the config")?;
+            let mut out = std::collections::BTreeMap::new();
+            fn walk(
+                prefix: &str,
+                v: &toml::Value,
+                out: &mut std::collections::BTreeMap<String, String>,
+            ) {
+                match v {
+                    toml::Value::Table(t) => {
+                        for (k, v) in t {
+                            let key = if prefix.is_empty() {
+                                k.clone()
+                            } else {
+                                format!("{prefix}.{k}")
+                            };
+                            walk(&key, v, out);
+                        }
+                    }
+                    other => {
+                        out.insert(prefix.to_string(), other.to_string());
+                    }
+                }
+            }
+            walk("", &v, &mut out);
+            Ok(out)
+        };
+        let (fa, fb) = (flat(&a)?, flat(&b)?);
+        let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+        let none = "(none)".to_string();
+        let diff: Vec<String> = keys
+            .into_iter()
+            .filter(|k| fa.get(*k) != fb.get(*k))
+            .map(|k| {
+                format!(
+                    "`{k}` saved {} vs now {}",
+                    fa.get(k).unwrap_or(&none),
+                    fb.get(k).unwrap_or(&none)
+                )
+            })
+            .take(4)
             .collect();
         return usage(format!(
             "--resume: the config saved in {}/config.toml disagrees with this command ({}); \
              rerun with the same settings, or start a new run",
             dir.display(),
-            if diff.is_empty() {
-                "sections differ".to_string()
-            } else {
-                diff.join("; ")
-            }
+            diff.join("; ")
         ));
     }
     Ok(())
 }
 
 /// The newest `<kind>-*` folder in `out` with a `state.json` that is not finished.
-fn newest_unfinished(out: &Path, kind: RunKind) -> Result<PathBuf> {
+pub fn newest_unfinished(out: &Path, kind: RunKind) -> Result<PathBuf> {
     let prefix = format!("{}-", kind.name());
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(out)
         .with_context(|| format!("cannot list {}", out.display()))?

@@ -54,7 +54,8 @@ impl Settings {
             .collect();
             if !unused.is_empty() {
                 return usage(format!(
-                    "evaluate does not train, so {} would have no effect; drop {}",
+                    "evaluate does not train and takes no {}; drop {} (to fetch the data, \
+                     use --download with a training command, or pass --data-dir)",
                     unused.join(", "),
                     if unused.len() == 1 { "it" } else { "them" }
                 ));

@@ -178,7 +178,7 @@ pub fn fit(
                     ),
                     e => format!(
                         "interrupted during epoch {epoch}; the checkpoint of epoch {e} is in {}; \
-                         continue it with `kdtrain {} --out-dir {} --run-name {} --resume` \
+                         continue it with `kdtrain {} --out-dir {} --run-name {}{} --resume` \
                          (plus the options you started it with)",
                         run.dir.display(),
                         run.kind.command(),
@@ -186,7 +186,8 @@ pub fn fit(
                             .parent()
                             .map(|p| p.display().to_string())
                             .unwrap_or_default(),
-                        run.name()
+                        run.name(),
+                        run.resume_args
                     ),
                 };
                 return Err(Interrupted(msg).into());

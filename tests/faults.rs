@@ -807,17 +807,24 @@ fn resume_with_a_config_that_disagrees() {
         "--resume",
     ];
     let o = s.kd(&[&base[..], &["--seed", "6"]].concat());
-    assert_fails(&o, 2, &["--resume", "disagrees", "seed = 5", "seed = 6"]);
+    assert_fails(&o, 2, &["--resume", "disagrees", "`seed` saved 5 vs now 6"]);
     assert_intact(&before, &r, &keep);
     let o = s.kd(&[&base[..], &["--seed", "5", "--lr", "0.01"]].concat());
     assert_fails(
         &o,
         2,
-        &["disagrees", "initial_lr = 0.001", "initial_lr = 0.01"],
+        &[
+            "disagrees",
+            "`lr_schedule.initial_lr` saved 0.001 vs now 0.01",
+        ],
     );
     assert_intact(&before, &r, &keep);
     let o = s.kd(&[&base[..], &["--seed", "5", "--batch-size", "64"]].concat());
-    assert_fails(&o, 2, &["disagrees", "batch_size"]);
+    assert_fails(
+        &o,
+        2,
+        &["disagrees", "`data.batch_size` saved 256 vs now 64"],
+    );
     assert_intact(&before, &r, &keep);
     // A student run resumed as a teacher: the config matches, the tensors do not.
     let o = s.kd(&[

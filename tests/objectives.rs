@@ -143,7 +143,15 @@ fn a_teacher_with_another_split_is_refused() {
         "1",
         "--quiet",
     ]);
-    assert_fails(&o, 2, &["the test set", "split_seed 20150309"]);
+    assert_fails(
+        &o,
+        2,
+        &[
+            "the test set",
+            "split_seed 20150309",
+            "data.validation = \"test\"",
+        ],
+    );
 }
 
 /// Each objective trains, logs its own terms by name, and `evaluate` reports them.

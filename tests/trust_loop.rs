@@ -314,3 +314,140 @@ fn ctrl_c_during_the_final_evaluation() {
     assert!(root.join("teacher/summary.json").is_file());
     assert!(!root.join("results.md").exists());
 }
+
+/// A resumed distill keeps the teacher it started with, even when a newer teacher is in
+/// the out-dir, and refuses a teacher file with other bytes.
+#[test]
+fn resumed_distill_keeps_its_teacher() {
+    let s = sandbox();
+    for (name, seed) in [("a", "1"), ("b", "2")] {
+        assert_ok(&s.kd(&[
+            "train",
+            "teacher",
+            "--epochs",
+            "1",
+            "--seed",
+            seed,
+            "--run-name",
+            name,
+            "--quiet",
+        ]));
+    }
+    let a = s.runs().join("a/model.safetensors");
+    let b = s.runs().join("b/model.safetensors");
+    assert_ok(&s.kd(&[
+        "distill",
+        "--teacher",
+        a.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--run-name",
+        "d",
+        "--quiet",
+    ]));
+    let meta = json(&s.runs().join("d/meta.json"));
+    assert_eq!(meta["teacher"], a.display().to_string());
+    assert_eq!(meta["teacher_sha256"].as_str().unwrap().len(), 64);
+    // b is newer, so a plain `distill` would pick it; the resume must not.
+    std::fs::write(s.runs().join("b/touch"), "").unwrap();
+    let _ = std::fs::File::options()
+        .append(true)
+        .open(&b)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now());
+    unfinish(&s.runs().join("d"));
+    assert_ok(&s.kd(&[
+        "distill",
+        "--epochs",
+        "2",
+        "--run-name",
+        "d",
+        "--resume",
+        "--quiet",
+    ]));
+    let cfg = std::fs::read_to_string(s.runs().join("d/config.toml")).unwrap();
+    assert!(
+        cfg.contains(&format!("teacher = \"{}\"", a.display())),
+        "{cfg}"
+    );
+    unfinish(&s.runs().join("d"));
+    let o = s.kd(&[
+        "distill",
+        "--teacher",
+        b.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--run-name",
+        "d",
+        "--resume",
+    ]);
+    assert_fails(
+        &o,
+        2,
+        &["not the file this run started with", b.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn odd_inputs_get_one_clear_line() {
+    let s = sandbox();
+    // Duplicate objectives in reproduce are refused before anything trains.
+    assert_fails(
+        &s.kd(&["reproduce", "--objective", "kd,kd", "--epochs", "1"]),
+        2,
+        &["distinct objectives"],
+    );
+    assert!(!s.runs().exists());
+    // A zip (TorchScript) file as a checkpoint.
+    let zip = s.path().join("model.pt");
+    std::fs::write(&zip, b"PK\x03\x04rest of a zip").unwrap();
+    assert_fails(
+        &s.kd(&["evaluate", zip.to_str().unwrap()]),
+        2,
+        &["zip archive", "not safetensors"],
+    );
+    // kd's keys where they used to be.
+    let old = s.path().join("old.toml");
+    std::fs::write(&old, "[distill]\ntemperature = 3.0\n").unwrap();
+    assert_fails(
+        &s.kd(&["train", "student", "--config", old.to_str().unwrap()]),
+        2,
+        &["unknown field `temperature`", "[distill.kd]"],
+    );
+    // A checkpoint path that is not UTF-8 still gets its JSON report.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        assert_ok(&s.kd(&[
+            "train",
+            "student",
+            "--epochs",
+            "1",
+            "--run-name",
+            "s",
+            "--quiet",
+        ]));
+        let odd = s
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"m\xff.safetensors"));
+        std::fs::copy(s.runs().join("s/model.safetensors"), &odd).unwrap();
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["evaluate".into(), odd.into(), "--json".into()];
+        args.extend([
+            "--data-dir".into(),
+            s.data_dir().into(),
+            "--threads".into(),
+            "1".into(),
+        ]);
+        let o = s.raw(&args);
+        assert_ok(&o);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert!(
+            v["checkpoint"]
+                .as_str()
+                .unwrap()
+                .contains("m\u{fffd}.safetensors"),
+            "{v}"
+        );
+    }
+}

@@ -73,14 +73,14 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     let confusion_png = chart.is_ok().then_some(confusion_png);
     if args.json {
         let v = serde_json::json!({
-            "checkpoint": path,
+            "checkpoint": path.display().to_string(),
             "arch": arch.spec(),
             "params": arch.num_params(),
             "objective": teacher.as_ref().map(|_| objective.describe()),
             "train_set": train_set,
             "train": train_r,
             "test": test_r,
-            "confusion_png": confusion_png,
+            "confusion_png": confusion_png.as_ref().map(|p| p.display().to_string()),
         });
         crate::outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

@@ -11,7 +11,7 @@ pub mod train;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
@@ -150,6 +150,19 @@ pub struct LoadedTeacher {
     pub network: Box<dyn Network>,
     pub path: PathBuf,
     pub split: Option<data::SplitInfo>,
+    /// SHA-256 of the checkpoint file, hex: which teacher a run used, whatever its path.
+    pub sha256: String,
+}
+
+impl LoadedTeacher {
+    /// What a distilled run records about its teacher in `meta.json`.
+    pub fn meta(&self) -> serde_json::Value {
+        serde_json::json!({
+            "teacher": self.path.display().to_string(),
+            "teacher_sha256": self.sha256,
+            "teacher_split_hash": self.split.as_ref().map(|s| s.split_hash.clone()),
+        })
+    }
 }
 
 /// The teacher checkpoint for distillation: `distill.teacher`, or the newest teacher in
@@ -184,10 +197,20 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
     let mut network = teacher_network(&ckpt, s, "--teacher")?;
     network.freeze();
     s.say(&format!("teacher: {} ({})", path.display(), network.arch()));
+    let sha256 = {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read teacher {}", path.display()))?;
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
     Ok(LoadedTeacher {
         network,
         split: ckpt.split(),
         path,
+        sha256,
     })
 }
 
@@ -195,12 +218,10 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
 /// (or, for a file that records none, the configured teacher's), and a refusal of a
 /// checkpoint trained as a student.
 fn teacher_network(ckpt: &Checkpoint, s: &Settings, flag: &str) -> Result<Box<dyn Network>> {
-    let arch = ckpt
-        .arch()
-        .unwrap_or_else(|| RunKind::Teacher.arch(&s.config));
     let network = ckpt
-        .model(&arch, s.device)
+        .network(s.device)
         .map_err(|e| UsageError(format!("{flag}: {e:#}")))?;
+    let arch = network.arch().clone();
     if let Some(role) = ckpt.role()
         && role != "teacher"
     {
@@ -236,19 +257,38 @@ pub fn check_teacher_split(s: &Settings, teacher: &LoadedTeacher, data: &Dataset
             );
             Ok(())
         }
-        Some(t) => usage(format!(
-            "teacher {} was trained with validation on {}, but this run validates on {}: \
-             its validation images would include the teacher's training images; use the \
-             teacher's data.split_seed ({}) and data.validation_size ({}), or pass \
-             --allow-split-mismatch",
-            teacher.path.display(),
-            t.describe(),
-            data.split.describe(),
-            t.split_seed
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "none: data.validation = \"test\"".into()),
-            t.validation_size
-        )),
+        Some(t) => {
+            let (why, fix) = match (t.split_seed, data.split.split_seed) {
+                (None, _) => (
+                    "the teacher trained on every training image, so this run's held-out \
+                     images are in its training set",
+                    "validate on the test set as the teacher did (data.validation = \"test\")"
+                        .to_string(),
+                ),
+                (Some(seed), None) => (
+                    "this run would select models on another set than the teacher did",
+                    format!(
+                        "use the teacher's split (data.validation = \"split\", \
+                         data.split_seed = {seed}, data.validation_size = {})",
+                        t.validation_size
+                    ),
+                ),
+                (Some(seed), Some(_)) => (
+                    "this run's validation images would include images the teacher trained on",
+                    format!(
+                        "use the teacher's data.split_seed ({seed}) and data.validation_size ({})",
+                        t.validation_size
+                    ),
+                ),
+            };
+            usage(format!(
+                "teacher {} was trained with validation on {}, but this run validates on {}: \
+                 {why}; {fix}, or pass --allow-split-mismatch",
+                teacher.path.display(),
+                t.describe(),
+                data.split.describe(),
+            ))
+        }
     }
 }
 

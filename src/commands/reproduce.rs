@@ -66,6 +66,7 @@ pub fn run(s: &Settings) -> Result<()> {
                 c.runtime.out_dir = out_dir.display().to_string();
             });
             let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
+            run.resume_args = format!(" --seed {seed}");
             let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
             print_result(&out);
             drop(run);
@@ -81,6 +82,7 @@ pub fn run(s: &Settings) -> Result<()> {
             c.distill.teacher = t_path.display().to_string();
         });
         let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
+        run.resume_args = format!(" --seed {seed}");
         let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
         print_result(&out);
         runs.push(out);
@@ -94,6 +96,11 @@ pub fn run(s: &Settings) -> Result<()> {
             let objective = crate::objective::build(&config.distill);
             let folder = format!("distilled-{name}");
             let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
+            run.resume_args = format!(
+                " --seed {seed} --objective {name} --teacher {}",
+                t_path.display()
+            );
+            run.add_meta(t.meta())?;
             let out = train_one(
                 s,
                 &config,
