@@ -6,6 +6,7 @@
 pub mod distill;
 pub mod evaluate;
 pub mod reproduce;
+pub mod sweep;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reproduce(_) => reproduce::run(&settings),
         Command::Predict(a) => crate::predict::run(a, settings.device, settings.quiet),
         Command::Export(a) => crate::export::run(a, settings.quiet),
+        Command::Sweep(a) => sweep::run(&cli, a),
     }
 }
 
