@@ -391,8 +391,7 @@ fn ctrl_c_stops_every_local_job_and_the_next_run_completes_them() {
         assert!((1..300).contains(&n), "{}: {n} epochs", r.display());
         kdtrain::checkpoint::RunLock::acquire(r).expect("no job process is left");
     }
-    // The next run resumes both and finishes them (fewer epochs left to run: shorten by
-    // finishing with the same config, which the resume checks).
+    // The next run resumes both (the resume checks the config is the same) and finishes them.
     let o = sweep(&s, &["run", "--jobs", "2"], &d);
     assert_ok(&o);
     for r in &runs {

@@ -352,7 +352,11 @@ pub fn collect(sweep: &Path) -> Result<Collected> {
             .position(|p| p.label == b.label)
     });
     let png = sweep.join("heatmap.png");
-    super::heatmap::heatmap_png(&png, &cells, best_cell)?;
+    let baseline = pts
+        .iter()
+        .find(|p| p.kind == JobKind::Student)
+        .and_then(Point::mean_val);
+    super::heatmap::heatmap_png(&png, &cells, best_cell, baseline)?;
     files.push(png);
     let best_path = sweep.join("best.toml");
     if let Some(b) = best_point {

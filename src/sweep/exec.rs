@@ -175,7 +175,6 @@ pub fn run_one(sweep: &Path, index: usize, quiet: bool) -> Result<()> {
         );
         return Ok(());
     };
-    let t0 = Instant::now();
     let mut args: Vec<OsString> = vec!["kdtrain".into()];
     args.extend(job_args(sweep, &job, resume));
     if quiet {
@@ -218,7 +217,6 @@ pub fn run_one(sweep: &Path, index: usize, quiet: bool) -> Result<()> {
             ended: chrono::Local::now().to_rfc3339(),
         },
     )?;
-    let _ = t0;
     result
 }
 
@@ -312,6 +310,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
     let mut running: Vec<(Child, &Job, Instant, bool)> = Vec::new();
     let (mut done, mut failed) = (0usize, Vec::<(&Job, i32)>::new());
     let mut interrupted = false;
+    let mut notes: Vec<String> = Vec::new();
     loop {
         if INTERRUPTED.load(Ordering::SeqCst) && !interrupted {
             interrupted = true;
@@ -351,6 +350,21 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                 .spawn()
                 .with_context(|| format!("starting {}", exe.display()))?;
             running.push((child, job, Instant::now(), resume));
+        }
+        // One line per job that ended, with the counts after the free slots were refilled.
+        for note in notes.drain(..) {
+            let finished = done + failed.len();
+            let eta = if done > 0 {
+                let per = t0.elapsed().as_secs_f64() / finished as f64;
+                format!("{:.0} s", per * (n - finished) as f64)
+            } else {
+                "-".into()
+            };
+            say(&format!(
+                "sweep: {finished}/{n} done, {} running, {} failed, ETA {eta} | {note}",
+                running.len(),
+                failed.len(),
+            ));
         }
         if running.is_empty() {
             break;
@@ -395,17 +409,8 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                 }
             };
             if !attended {
-                let finished = done + failed.len();
-                let eta = if done > 0 {
-                    let per = t0.elapsed().as_secs_f64() / finished as f64;
-                    format!("{:.0} s", per * (n - finished) as f64)
-                } else {
-                    "-".into()
-                };
-                say(&format!(
-                    "sweep: {finished}/{n} done, {} running, {} failed, ETA {eta} | job {} ({}, {} seed {}) {what}",
-                    running.len(),
-                    failed.len(),
+                notes.push(format!(
+                    "job {} ({}, {} seed {}) {what}",
                     job.index,
                     job.id,
                     job.point(),

@@ -23,7 +23,7 @@ pub struct Cell {
 }
 
 /// Width of one panel and the image height, pixels.
-const PANEL: (u32, u32) = (480, 470);
+const PANEL: (u32, u32) = (480, 490);
 
 /// Sorted distinct values, `None` last.
 fn axis(v: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
@@ -49,12 +49,18 @@ fn label(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-/// Writes the heatmap of `cells` to `path`; `best` is the index of the cell to outline.
+/// Writes the heatmap of `cells` to `path`; `best` is the index of the cell to outline,
+/// `baseline` the student alone's mean validation accuracy in [0, 1] (in the subtitle).
 /// Colours run from the lowest to the highest mean over all panels.
 ///
 /// # Errors
 /// Naming the file, when it cannot be drawn or written.
-pub fn heatmap_png(path: &Path, cells: &[Cell], best: Option<usize>) -> Result<()> {
+pub fn heatmap_png(
+    path: &Path,
+    cells: &[Cell],
+    best: Option<usize>,
+    baseline: Option<f64>,
+) -> Result<()> {
     let mut objectives: Vec<&str> = Vec::new();
     for c in cells {
         if !objectives.contains(&c.objective.as_str()) {
@@ -66,6 +72,17 @@ pub fn heatmap_png(path: &Path, cells: &[Cell], best: Option<usize>) -> Result<(
     render(path, size, |root| {
         let title = "Mean validation accuracy (%) over seeds; best cell outlined";
         let body = titled(root, title)?;
+        let subtitle = match baseline {
+            Some(v) => format!("student alone: {:.2}", v * 100.0),
+            None => "no student-alone jobs".to_string(),
+        };
+        let (sub, body) = body.split_vertically(22);
+        let (sw, _) = sub.dim_in_pixel();
+        sub.draw_text(
+            &subtitle,
+            &anchored(font(14.0).color(&MUTED), HPos::Center, VPos::Top),
+            (sw as i32 / 2, 0),
+        )?;
         if cells.is_empty() {
             let (w, h) = body.dim_in_pixel();
             body.draw_text(
@@ -112,7 +129,7 @@ fn panel(
         .disable_mesh()
         .x_labels(0)
         .y_labels(0)
-        .x_desc("alpha")
+        .x_desc("alpha (weight of the hard-label CE)")
         .y_desc("temperature T")
         .axis_desc_style(font(15.0))
         .axis_style(AXIS)
@@ -208,10 +225,10 @@ mod tests {
             },
         ];
         let p = dir.join("h.png");
-        heatmap_png(&p, &cells, Some(2)).unwrap();
+        heatmap_png(&p, &cells, Some(2), Some(0.81)).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"));
-        heatmap_png(&dir.join("e.png"), &[], None).unwrap();
+        heatmap_png(&dir.join("e.png"), &[], None, None).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
