@@ -297,6 +297,52 @@ fn collect_writes_rows_and_lists_jobs_not_finished() {
     assert_eq!((c.distill.kd.temperature, c.distill.kd.alpha), (2.0, 0.5));
 }
 
+#[test]
+fn submit_writes_a_readable_array_script_and_needs_sbatch() {
+    let s = sandbox();
+    let teacher = s.path().join("fake-teacher.safetensors");
+    let f = sweep_file(&s, "grid.toml", "", GRID);
+    let d = plan(&s, &f, &teacher);
+    let submit = |extra: &[&str]| {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "sweep".into(),
+            "submit".into(),
+            d.clone().into(),
+            "--slurm".into(),
+        ];
+        a.extend(extra.iter().map(|x| x.into()));
+        s.command(&a).env("PATH", "/nonexistent").output().unwrap()
+    };
+    let o = submit(&[
+        "--dry-run",
+        "--partition",
+        "short",
+        "--time",
+        "0:10:00",
+        "--max-parallel",
+        "3",
+        "--mem",
+        "900",
+    ]);
+    assert_ok(&o);
+    let script = std::fs::read_to_string(d.join("sweep.sbatch")).unwrap();
+    for line in [
+        "#SBATCH --array=0-9%3",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --mem=900M",
+        "#SBATCH --partition=short",
+        "#SBATCH --time=0:10:00",
+        "sweep run-one",
+        "--index \"$SLURM_ARRAY_TASK_ID\"",
+    ] {
+        assert!(script.contains(line), "{line}:\n{script}");
+    }
+    assert!(script.contains(&format!("--output={}/logs/slurm-%A_%a.out", d.display())));
+    // Without sbatch: exit 2 with advice.
+    assert_fails(&submit(&[]), 2, &["sbatch not found", "--jobs"]);
+    assert_fails(&submit(&["--extra", "--qos='x"]), 2, &["--extra", "quotes"]);
+}
+
 /// Tensors of two checkpoints, compared exactly.
 fn same_weights(a: &Path, b: &Path) -> bool {
     let (a, b) = (Checkpoint::read(a).unwrap(), Checkpoint::read(b).unwrap());
