@@ -206,6 +206,23 @@ fn bad_sweep_files_exit_2_naming_the_key() {
         n.push("bad.toml");
         assert_fails(&o, 2, &n);
     }
+    // Flags that would have no effect.
+    let f = sweep_file(&s, "ok.toml", "", "t = [1]");
+    let o = s.raw(&[
+        "sweep".as_ref(),
+        "plan".as_ref(),
+        f.as_os_str(),
+        "--config".as_ref(),
+        f.as_os_str(),
+    ]);
+    assert_fails(&o, 2, &["--config would have no effect"]);
+    let o = s.raw(&["sweep", "run", "somewhere", "--epochs", "3"]);
+    assert_fails(&o, 2, &["--epochs would have no effect", "plan again"]);
+    assert_fails(
+        &s.raw(&["sweep", "collect", "nowhere"]),
+        2,
+        &["nowhere is not a sweep folder"],
+    );
     // No [sweep] at all, and a missing teacher.
     let f = s.path().join("none.toml");
     std::fs::write(&f, "[train]\nepochs = 2\n").unwrap();

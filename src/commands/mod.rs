@@ -30,6 +30,10 @@ use crate::train::{LoopConfig, Teacher};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    // A sweep's settings are in its sweep file and plan, not in config.toml and the flags.
+    if let Command::Sweep(a) = &cli.command {
+        return sweep::run(&cli, a);
+    }
     let settings = Settings::resolve(&cli)?;
     match &cli.command {
         Command::Train { model } => train::run(&settings, *model),

@@ -80,9 +80,56 @@ pub enum SweepAction {
     Collect { dir: PathBuf },
 }
 
+/// Refuses common flags that would have no effect: `plan` takes the training flags
+/// (they apply to every job) but not `--config` (the sweep file is the config); the
+/// other subcommands take their settings from the plan.
+fn refuse_unused(cli: &Cli, action: &SweepAction) -> Result<()> {
+    let c = &cli.common;
+    let planning = matches!(action, SweepAction::Plan { .. });
+    let flags = [
+        ("--config", c.config.is_some(), true),
+        ("--run-name", c.run_name.is_some(), true),
+        ("--resume", c.resume, true),
+        ("--download", c.download, true),
+        ("--data-dir", c.data_dir.is_some(), false),
+        ("--out-dir", c.out_dir.is_some(), false),
+        ("--epochs", c.epochs.is_some(), false),
+        ("--batch-size", c.batch_size.is_some(), false),
+        ("--lr", c.lr.is_some(), false),
+        ("--seed", c.seed.is_some(), false),
+        ("--device", c.device.is_some(), false),
+        ("--threads", c.threads.is_some(), false),
+    ];
+    let unused: Vec<&str> = flags
+        .iter()
+        .filter(|(_, given, never)| *given && (*never || !planning))
+        .map(|(f, ..)| *f)
+        .collect();
+    if unused.is_empty() {
+        return Ok(());
+    }
+    let what = if planning {
+        "sweep plan reads its config from the sweep file and names each job's run folder by \
+         its id"
+    } else {
+        "this sweep subcommand takes every job's settings from the plan (jobs/<id>.toml)"
+    };
+    usage(format!(
+        "{what}, so {} would have no effect; drop {}{}",
+        unused.join(", "),
+        if unused.len() == 1 { "it" } else { "them" },
+        if planning {
+            ""
+        } else {
+            ", or plan again with the flags (`kdtrain sweep plan FILE --epochs N ...`)"
+        }
+    ))
+}
+
 /// Runs a `sweep` subcommand.
 pub fn run(cli: &Cli, args: &SweepArgs) -> Result<()> {
     let quiet = cli.common.quiet;
+    refuse_unused(cli, &args.action)?;
     match &args.action {
         SweepAction::Plan { file, teacher } => {
             let opts = plan::PlanOptions {

@@ -311,120 +311,135 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
     let (mut done, mut failed) = (0usize, Vec::<(&Job, i32)>::new());
     let mut interrupted = false;
     let mut notes: Vec<String> = Vec::new();
-    loop {
-        if INTERRUPTED.load(Ordering::SeqCst) && !interrupted {
-            interrupted = true;
-            say("sweep: interrupted; stopping every running job at its next step");
-            for (c, ..) in &running {
-                interrupt(c);
-            }
-        }
-        while !interrupted && running.len() < jobs {
-            let Some(job) = queue.next() else { break };
-            let resume = match prepare(sweep, job) {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    done += 1;
-                    continue;
+    // The scheduling loop; on an error of its own (a log that cannot be created, say) the
+    // running jobs are stopped and waited for before the error is returned.
+    let outcome = (|| -> Result<()> {
+        loop {
+            if INTERRUPTED.load(Ordering::SeqCst) && !interrupted {
+                interrupted = true;
+                say("sweep: interrupted; stopping every running job at its next step");
+                for (c, ..) in &running {
+                    interrupt(c);
                 }
-                Err(e) => {
-                    say(&format!("job {} ({}): {e:#}", job.index, job.id));
-                    failed.push((job, 2));
-                    continue;
-                }
-            };
-            let log = sweep.join("logs").join(format!("{}.log", job.id));
-            let out = std::fs::File::create(&log)
-                .with_context(|| format!("creating {}", log.display()))?;
-            let mut cmd = Command::new(&exe);
-            cmd.args(job_args(sweep, job, resume))
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out);
-            #[cfg(unix)]
-            {
-                use std::os::unix::process::CommandExt;
-                cmd.process_group(0);
             }
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting {}", exe.display()))?;
-            running.push((child, job, Instant::now(), resume));
-        }
-        // One line per job that ended, with the counts after the free slots were refilled.
-        for note in notes.drain(..) {
-            let finished = done + failed.len();
-            let eta = if done > 0 {
-                let per = t0.elapsed().as_secs_f64() / finished as f64;
-                format!("{:.0} s", per * (n - finished) as f64)
-            } else {
-                "-".into()
-            };
-            say(&format!(
-                "sweep: {finished}/{n} done, {} running, {} failed, ETA {eta} | {note}",
+            while !interrupted && running.len() < jobs {
+                let Some(job) = queue.next() else { break };
+                let resume = match prepare(sweep, job) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        done += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        say(&format!("job {} ({}): {e:#}", job.index, job.id));
+                        failed.push((job, 2));
+                        continue;
+                    }
+                };
+                let log = sweep.join("logs").join(format!("{}.log", job.id));
+                let out = std::fs::File::create(&log)
+                    .with_context(|| format!("creating {}", log.display()))?;
+                let mut cmd = Command::new(&exe);
+                cmd.args(job_args(sweep, job, resume))
+                    .stdin(Stdio::null())
+                    .stdout(out.try_clone()?)
+                    .stderr(out);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::process::CommandExt;
+                    cmd.process_group(0);
+                }
+                let child = cmd
+                    .spawn()
+                    .with_context(|| format!("starting {}", exe.display()))?;
+                running.push((child, job, Instant::now(), resume));
+            }
+            // One line per job that ended, with the counts after the free slots were refilled.
+            for note in notes.drain(..) {
+                let finished = done + failed.len();
+                let eta = if done > 0 {
+                    let per = t0.elapsed().as_secs_f64() / finished as f64;
+                    format!("{:.0} s", per * (n - finished) as f64)
+                } else {
+                    "-".into()
+                };
+                say(&format!(
+                    "sweep: {finished}/{n} done, {} running, {} failed, ETA {eta} | {note}",
+                    running.len(),
+                    failed.len(),
+                ));
+            }
+            if running.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let mut i = 0;
+            while i < running.len() {
+                let Some(status) = running[i].0.try_wait()? else {
+                    i += 1;
+                    continue;
+                };
+                let (_, job, started, resumed) = running.swap_remove(i);
+                let secs = started.elapsed().as_secs_f64();
+                let code = status.code().unwrap_or(-1);
+                write_status(
+                    sweep,
+                    &JobStatus {
+                        index: job.index,
+                        id: job.id.clone(),
+                        exit_code: code,
+                        error: None,
+                        seconds: secs,
+                        resumed,
+                        host: hostname(),
+                        slurm: None,
+                        ended: chrono::Local::now().to_rfc3339(),
+                    },
+                )?;
+                bar.inc(1);
+                let what = match code {
+                    0 => {
+                        done += 1;
+                        format!("finished in {secs:.1} s")
+                    }
+                    130 if interrupted => "stopped (resumes on the next sweep run)".to_string(),
+                    c => {
+                        failed.push((job, c));
+                        format!(
+                            "FAILED (exit {c}); see {}",
+                            sweep.join("logs").join(format!("{}.log", job.id)).display()
+                        )
+                    }
+                };
+                if !attended {
+                    notes.push(format!(
+                        "job {} ({}, {} seed {}) {what}",
+                        job.index,
+                        job.id,
+                        job.point(),
+                        job.seed
+                    ));
+                } else if code != 0 {
+                    say(&format!("job {} ({}) {what}", job.index, job.id));
+                }
+            }
+            bar.set_message(format!(
+                "{} running, {} failed",
                 running.len(),
-                failed.len(),
+                failed.len()
             ));
         }
-        if running.is_empty() {
-            break;
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        for (c, ..) in &running {
+            interrupt(c);
         }
-        std::thread::sleep(Duration::from_millis(100));
-        let mut i = 0;
-        while i < running.len() {
-            let Some(status) = running[i].0.try_wait()? else {
-                i += 1;
-                continue;
-            };
-            let (_, job, started, resumed) = running.swap_remove(i);
-            let secs = started.elapsed().as_secs_f64();
-            let code = status.code().unwrap_or(-1);
-            write_status(
-                sweep,
-                &JobStatus {
-                    index: job.index,
-                    id: job.id.clone(),
-                    exit_code: code,
-                    error: None,
-                    seconds: secs,
-                    resumed,
-                    host: hostname(),
-                    slurm: None,
-                    ended: chrono::Local::now().to_rfc3339(),
-                },
-            )?;
-            bar.inc(1);
-            let what = match code {
-                0 => {
-                    done += 1;
-                    format!("finished in {secs:.1} s")
-                }
-                130 if interrupted => "stopped (resumes on the next sweep run)".to_string(),
-                c => {
-                    failed.push((job, c));
-                    format!(
-                        "FAILED (exit {c}); see {}",
-                        sweep.join("logs").join(format!("{}.log", job.id)).display()
-                    )
-                }
-            };
-            if !attended {
-                notes.push(format!(
-                    "job {} ({}, {} seed {}) {what}",
-                    job.index,
-                    job.id,
-                    job.point(),
-                    job.seed
-                ));
-            } else if code != 0 {
-                say(&format!("job {} ({}) {what}", job.index, job.id));
-            }
+        for (c, ..) in &mut running {
+            let _ = c.wait();
         }
-        bar.set_message(format!(
-            "{} running, {} failed",
-            running.len(),
-            failed.len()
-        ));
+        bar.finish_and_clear();
+        return Err(e);
     }
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
