@@ -443,6 +443,12 @@ fn ctrl_c_stops_every_local_job_and_the_next_run_completes_them() {
         wait_for(120, || runs.iter().all(|r| epochs_done(r) >= 1)),
         "both jobs started"
     );
+    // A second process cannot run a job that is running.
+    assert_fails(
+        &sweep(&s, &["run-one", "--index", "0"], &d),
+        2,
+        &["is running in another process"],
+    );
     sigint(child.id());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
