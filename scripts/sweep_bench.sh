@@ -10,8 +10,9 @@
 #
 # Usage: scripts/sweep_bench.sh TEACHER [EPOCHS] [ROUNDS]
 # TEACHER: a model.safetensors from `kdtrain train teacher`. EPOCHS per job (default 3).
-# Refuses to measure on a busy machine (1-minute load average above 0.5; FORCE=1 measures
-# anyway and says so in the JSON).
+# Refuses to start unless the CPUs are at least 90% idle over 2 s, and before each run
+# waits until they are again (the share is recorded per sample, with the load average);
+# FORCE=1 measures anyway and says so in the JSON.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -22,8 +23,26 @@ data=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 python=$(sed -n 's/^KDTRAIN_PYTHON = "\(.*\)"$/\1/p' .cargo/config.toml 2>/dev/null || true)
 python=${KDTRAIN_PYTHON:-${python:-python3}}
 load() { cut -d' ' -f1 /proc/loadavg; }
-if [ "${FORCE:-0}" != 1 ] && [ "$(echo "$(load) > 0.5" | bc -l)" = 1 ]; then
-  echo "sweep_bench: load average $(load) on $(nproc) cores: too busy to measure; rerun when quiet (or FORCE=1)" >&2
+# Share of CPU time idle over the next 2 s (from /proc/stat: idle + iowait over all).
+idle() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 2; b=($(head -1 /proc/stat))
+  local ta=0 tb=0 i
+  for i in 1 2 3 4 5 6 7 8; do ta=$((ta + a[i])); tb=$((tb + b[i])); done
+  echo "scale=3; ((${b[4]} + ${b[5]}) - (${a[4]} + ${a[5]})) / ($tb - $ta)" | bc -l
+}
+# Waits (up to 10 minutes) until the machine is at least 90% idle, so that another
+# program's burst does not land in one side of the comparison; prints the idle share.
+wait_idle() {
+  local i share
+  for i in $(seq 300); do
+    share=$(idle)
+    [ "$(echo "$share >= 0.9" | bc -l)" = 1 ] && { echo "$share"; return; }
+  done
+  echo "$share"
+}
+if [ "${FORCE:-0}" != 1 ] && [ "$(echo "$(idle) < 0.9" | bc -l)" = 1 ]; then
+  echo "sweep_bench: the CPUs are less than 90% idle (load average $(load) on $(nproc) cores): too busy to measure; rerun when quiet (or FORCE=1)" >&2
   exit 1
 fi
 cargo build --release -q
@@ -54,6 +73,7 @@ for r in $(seq "$rounds"); do
     dir=$("$kd" sweep plan "$tmp/grid.toml" --teacher "$teacher" --out-dir "$tmp/$mode-$r" \
       --epochs "$epochs" --threads "$threads" --quiet | tail -1)
     l=$(load)
+    [ "${FORCE:-0}" = 1 ] || l="$l/$(wait_idle)"
     t0=$(date +%s.%N)
     "$kd" sweep run "$dir" --jobs "$jobs" --quiet >/dev/null
     t1=$(date +%s.%N)
@@ -92,7 +112,9 @@ print(json.dumps({
     "per_job_overhead_median_s": {k: med(v) for k, v in over.items()},
     "per_job_overhead_max_s": {k: round(max(v), 3) for k, v in over.items()},
     "peak_rss_one_job_mb": round(rss_kb / 1024, 1),
-    "samples": [{"mode": r[0], "round": int(r[1]), "seconds": float(r[2]), "load_before": float(r[3])} for r in rows],
+    "samples": [{"mode": r[0], "round": int(r[1]), "seconds": float(r[2]),
+                 "load_before": float(r[3].split("/")[0]),
+                 "idle_share_before": float(r[3].split("/")[1]) if "/" in r[3] else None} for r in rows],
 }, indent=2))
 PY
 cat bench/sweep.json
