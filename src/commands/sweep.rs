@@ -33,7 +33,7 @@ pub enum SweepAction {
     /// Run the unfinished jobs of a sweep folder here, K at a time, each in its own
     /// process; finished jobs are skipped, interrupted ones resumed.
     Run {
-        /// A folder written by `sweep plan`.
+        /// A sweep folder written by `sweep plan`.
         dir: PathBuf,
         /// Jobs at a time (processes; each uses the threads its config names, 1 by default).
         #[arg(long, short = 'j', default_value_t = 1, value_name = "K")]
@@ -42,6 +42,7 @@ pub enum SweepAction {
     /// Run one job of a sweep folder in this process (what each Slurm array task runs);
     /// a finished job is skipped.
     RunOne {
+        /// A sweep folder written by `sweep plan`.
         dir: PathBuf,
         /// The job's 0-based line in jobs.txt (Slurm: $SLURM_ARRAY_TASK_ID).
         #[arg(long, value_name = "I")]
@@ -50,6 +51,7 @@ pub enum SweepAction {
     /// Submit the unfinished jobs as a Slurm job array (writes <dir>/sweep.sbatch, then
     /// runs sbatch).
     Submit {
+        /// A sweep folder written by `sweep plan`.
         dir: PathBuf,
         /// Submit to Slurm (the only scheduler so far; for others see jobs.txt).
         #[arg(long)]
@@ -77,7 +79,10 @@ pub enum SweepAction {
         wait: bool,
     },
     /// Write sweep.csv, summary.md, heatmap.png and best.toml from the jobs' summaries.
-    Collect { dir: PathBuf },
+    Collect {
+        /// A sweep folder written by `sweep plan`.
+        dir: PathBuf,
+    },
 }
 
 /// Refuses common flags that would have no effect: `plan` takes the training flags
