@@ -38,6 +38,8 @@ pub enum Command {
     Predict(crate::predict::PredictArgs),
     /// Export a checkpoint as TorchScript, ONNX or PyTorch-named safetensors.
     Export(crate::export::ExportArgs),
+    /// Sweep temperature x alpha x objective x seed: plan, run here or on Slurm, collect.
+    Sweep(crate::commands::sweep::SweepArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -235,7 +237,10 @@ impl Cli {
                 }
             }
             Command::Evaluate(e) => e.objective.apply(&mut o),
-            Command::Train { .. } | Command::Predict(_) | Command::Export(_) => {}
+            Command::Train { .. }
+            | Command::Predict(_)
+            | Command::Export(_)
+            | Command::Sweep(_) => {}
         }
         Ok(o)
     }

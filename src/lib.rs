@@ -25,6 +25,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod settings;
+pub mod sweep;
 pub mod tensorboard;
 pub mod train;
 

@@ -57,9 +57,9 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(110, 110, 110), // grey
     RGBColor(0, 0, 0),       // black
 ];
-const INK: RGBColor = RGBColor(25, 25, 25);
-const MUTED: RGBColor = RGBColor(95, 95, 95);
-const AXIS: RGBColor = RGBColor(80, 80, 80);
+pub(crate) const INK: RGBColor = RGBColor(25, 25, 25);
+pub(crate) const MUTED: RGBColor = RGBColor(95, 95, 95);
+pub(crate) const AXIS: RGBColor = RGBColor(80, 80, 80);
 
 /// One training run's per-epoch history. Epochs are 1-based: element `i` is epoch `i + 1`.
 ///
@@ -212,7 +212,7 @@ pub fn confusion_png(
 /// plotters' own `ab_glyph` feature drops each glyph's left side bearing, which spaces
 /// letters unevenly, so text is rasterised here instead; plotters itself is built with
 /// no font feature at all. Font family and style requests are ignored (one face).
-struct Canvas<'b> {
+pub(crate) struct Canvas<'b> {
     inner: BitMapBackend<'b>,
     font: FontRef<'static>,
 }
@@ -386,11 +386,15 @@ impl<'b> DrawingBackend for Canvas<'b> {
     }
 }
 
-type Area<'b> = DrawingArea<Canvas<'b>, Shift>;
+pub(crate) type Area<'b> = DrawingArea<Canvas<'b>, Shift>;
 
 /// Renders into an RGB buffer of `size`, then writes it as a PNG file at `path` (creating
 /// its parent directories).
-fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<()>) -> Result<()> {
+pub(crate) fn render(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&Area) -> Result<()>,
+) -> Result<()> {
     let png = (|| -> Result<Vec<u8>> {
         let font = FontRef::try_from_slice(FONT)
             .map_err(|e| anyhow!("loading the embedded chart font: {e}"))?;
@@ -426,17 +430,17 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>> {
 }
 
 /// A text style of `size` pixels (line height) in the embedded font.
-fn font(size: f64) -> TextStyle<'static> {
+pub(crate) fn font(size: f64) -> TextStyle<'static> {
     TextStyle::from(("sans-serif", size).into_font()).color(&INK)
 }
 
-fn anchored(style: TextStyle<'static>, h: HPos, v: VPos) -> TextStyle<'static> {
+pub(crate) fn anchored(style: TextStyle<'static>, h: HPos, v: VPos) -> TextStyle<'static> {
     style.pos(Pos::new(h, v))
 }
 
 /// Draws `title` centred across the top of `root` and returns the area below it. A title
 /// too wide for the image is set smaller, down to 14 px, then shortened with "…".
-fn titled<'b>(root: &Area<'b>, title: &str) -> Result<Area<'b>> {
+pub(crate) fn titled<'b>(root: &Area<'b>, title: &str) -> Result<Area<'b>> {
     if title.is_empty() {
         return Ok(root.margin(10, 0, 0, 0));
     }
@@ -751,7 +755,7 @@ fn legend(
 // Confusion matrix.
 
 /// Colour of a cell holding `share` (0..=1) of its row: near-white to dark blue.
-fn heat(share: f64) -> RGBColor {
+pub(crate) fn heat(share: f64) -> RGBColor {
     let t = if share.is_finite() {
         share.clamp(0.0, 1.0)
     } else {
@@ -762,7 +766,7 @@ fn heat(share: f64) -> RGBColor {
 }
 
 /// `text`, shortened with "…" until it is at most `max_w` pixels wide in `style`.
-fn fit(area: &Area, text: &str, style: &TextStyle, max_w: u32) -> String {
+pub(crate) fn fit(area: &Area, text: &str, style: &TextStyle, max_w: u32) -> String {
     let width = |s: &str| area.estimate_text_size(s, style).map_or(0, |(w, _)| w);
     if width(text) <= max_w {
         return text.to_string();

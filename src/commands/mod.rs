@@ -6,6 +6,7 @@
 pub mod distill;
 pub mod evaluate;
 pub mod reproduce;
+pub mod sweep;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,10 @@ pub const INTERRUPT_HOOK: &str = "KDTRAIN_TEST_INTERRUPT";
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    // A sweep's settings are in its sweep file and plan, not in config.toml and the flags.
+    if let Command::Sweep(a) = &cli.command {
+        return sweep::run(&cli, a);
+    }
     let settings = Settings::resolve(&cli)?;
     match &cli.command {
         Command::Train { model } => train::run(&settings, *model),
@@ -42,6 +47,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reproduce(_) => reproduce::run(&settings),
         Command::Predict(a) => crate::predict::run(a, settings.device, settings.quiet),
         Command::Export(a) => crate::export::run(a, settings.quiet),
+        Command::Sweep(a) => sweep::run(&cli, a),
     }
 }
 

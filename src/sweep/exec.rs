@@ -1,0 +1,682 @@
+//! Running a planned sweep: the state of each job's run folder, one job in this process
+//! (`run-one`, what each Slurm array task or GNU parallel slot runs), K jobs at a time as
+//! child processes (`run`), and the Slurm batch script (`submit`).
+//!
+//! A job's run folder is `<sweep>/runs/<id>`, and the run lock
+//! ([`crate::checkpoint::RunLock`]) keeps a second process out of it. A finished job
+//! (`model.safetensors`, `state.json` with `finished: true`, `summary.json`) is skipped, an
+//! unfinished one with a completed epoch is resumed (`--resume`), and a folder with no
+//! completed epoch is removed and the job started again. Each job's exit status and
+//! wall-clock seconds go to `<sweep>/status/<id>.json`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+
+use super::plan::{Job, Plan};
+use crate::checkpoint::{RunLock, write_atomic};
+use crate::config::{UsageError, usage};
+use crate::run::{MODEL_FILE, STATE_FILE, TrainState};
+use crate::train::{INTERRUPTED, Interrupted};
+
+/// Where a job stands, from its run folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// No run folder.
+    Missing,
+    /// A folder without a completed epoch (or finished without its summary): started again.
+    Stale,
+    /// Completed epochs, not finished: resumed.
+    Unfinished,
+    /// Another process holds its run lock.
+    Running,
+    Finished,
+}
+
+impl JobState {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Missing => "missing",
+            JobState::Stale => "unstarted",
+            JobState::Unfinished => "unfinished",
+            JobState::Running => "running",
+            JobState::Finished => "finished",
+        }
+    }
+}
+
+/// A job's run folder.
+pub fn run_dir(sweep: &Path, job: &Job) -> PathBuf {
+    sweep.join("runs").join(&job.id)
+}
+
+/// The state of a job's run folder (takes and drops its lock to see whether it is in use).
+pub fn job_state(sweep: &Path, job: &Job) -> JobState {
+    let dir = run_dir(sweep, job);
+    if !dir.is_dir() {
+        return JobState::Missing;
+    }
+    let state: Option<TrainState> = std::fs::read_to_string(dir.join(STATE_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let finished = state.as_ref().is_some_and(|s| s.finished)
+        && dir.join(MODEL_FILE).is_file()
+        && dir.join("summary.json").is_file();
+    if finished {
+        return JobState::Finished;
+    }
+    if dir.join("run.lock").exists() && RunLock::acquire(&dir).is_err() {
+        return JobState::Running;
+    }
+    match state {
+        Some(s) if !s.finished && s.epoch > 0 && dir.join(crate::run::LAST_FILE).is_file() => {
+            JobState::Unfinished
+        }
+        _ => JobState::Stale,
+    }
+}
+
+/// What a job's process did, in `<sweep>/status/<id>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub index: usize,
+    pub id: String,
+    /// 0 ok, 1 runtime error, 2 usage error, 130 interrupted, -1 killed by a signal.
+    pub exit_code: i32,
+    /// The error line, when it failed (run-one only; a child's is in its log).
+    pub error: Option<String>,
+    /// Wall-clock seconds of the job, process start to exit.
+    pub seconds: f64,
+    pub resumed: bool,
+    pub host: String,
+    /// `SLURM_ARRAY_JOB_ID_SLURM_ARRAY_TASK_ID` under Slurm.
+    pub slurm: Option<String>,
+    /// When it ended (local time, RFC 3339).
+    pub ended: String,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_status(sweep: &Path, st: &JobStatus) -> Result<()> {
+    let path = sweep.join("status").join(format!("{}.json", st.id));
+    std::fs::create_dir_all(sweep.join("status"))?;
+    write_atomic(&path, serde_json::to_string_pretty(st)?.as_bytes())
+}
+
+/// Reads a job's status file, if any.
+pub fn read_status(sweep: &Path, job: &Job) -> Option<JobStatus> {
+    let path = sweep.join("status").join(format!("{}.json", job.id));
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Gets a job's folder ready to run: `Some(resume)`, or `None` when it is finished.
+///
+/// # Errors
+/// A usage error when another process is running it.
+fn prepare(sweep: &Path, job: &Job) -> Result<Option<bool>> {
+    match job_state(sweep, job) {
+        JobState::Finished => Ok(None),
+        JobState::Running => usage(format!(
+            "job {} ({}) is running in another process (run folder {} is locked)",
+            job.index,
+            job.id,
+            run_dir(sweep, job).display()
+        )),
+        JobState::Unfinished => Ok(Some(true)),
+        JobState::Missing => Ok(Some(false)),
+        JobState::Stale => {
+            let dir = run_dir(sweep, job);
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the unstarted run folder {}", dir.display()))?;
+            Ok(Some(false))
+        }
+    }
+}
+
+/// The command line (after the program name) that runs `job`:
+/// `distill --config <sweep>/jobs/<id>.toml --run-name <id> --out-dir <sweep>/runs`.
+pub fn job_args(sweep: &Path, job: &Job, resume: bool) -> Vec<OsString> {
+    let mut a: Vec<OsString> = job.kind.command().iter().map(OsString::from).collect();
+    a.push("--config".into());
+    a.push(sweep.join(job.config_path()).into());
+    a.push("--run-name".into());
+    a.push(job.id.clone().into());
+    a.push("--out-dir".into());
+    a.push(sweep.join("runs").into());
+    if resume {
+        a.push("--resume".into());
+    }
+    a
+}
+
+/// `sweep run-one`: runs job `index` in this process, unless it is finished.
+///
+/// # Errors
+/// The job's own error (so the exit code is the job's), or a usage error for a bad
+/// folder or index, or a job that another process is running.
+pub fn run_one(sweep: &Path, index: usize, quiet: bool) -> Result<()> {
+    let plan = Plan::load(sweep)?;
+    let job = plan.job(index)?.clone();
+    let Some(resume) = prepare(sweep, &job)? else {
+        crate::outln!(
+            "job {index} ({}, {} seed {}) already finished; nothing to do",
+            job.id,
+            job.point(),
+            job.seed
+        );
+        return Ok(());
+    };
+    let mut args: Vec<OsString> = vec!["kdtrain".into()];
+    args.extend(job_args(sweep, &job, resume));
+    if quiet {
+        args.push("--quiet".into());
+    }
+    crate::errln!(
+        "job {index} ({}): {} seed {}{}",
+        job.id,
+        job.point(),
+        job.seed,
+        if resume { ", resuming" } else { "" }
+    );
+    let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&args)
+        .map_err(|e| anyhow!("job {index}: {e}"))?;
+    let result = crate::commands::run(cli);
+    let slurm = match (
+        std::env::var("SLURM_ARRAY_JOB_ID"),
+        std::env::var("SLURM_ARRAY_TASK_ID"),
+    ) {
+        (Ok(j), Ok(t)) => Some(format!("{j}_{t}")),
+        _ => std::env::var("SLURM_JOB_ID").ok(),
+    };
+    let exit_code = match &result {
+        Ok(()) => 0,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => 130,
+        Err(e) if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) => 2,
+        Err(_) => 1,
+    };
+    write_status(
+        sweep,
+        &JobStatus {
+            index,
+            id: job.id.clone(),
+            exit_code,
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            seconds: crate::process_seconds(),
+            resumed: resume,
+            host: hostname(),
+            slurm,
+            ended: chrono::Local::now().to_rfc3339(),
+        },
+    )?;
+    result
+}
+
+/// Sends SIGINT to a child (its own process group, so a terminal's Ctrl-C reaches only
+/// the parent, which passes it on once: each job then stops at its next step).
+fn interrupt(child: &Child) {
+    #[cfg(unix)]
+    {
+        unsafe extern "C" {
+            fn kill(pid: std::ffi::c_int, sig: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const SIGINT: std::ffi::c_int = 2;
+        // SAFETY: POSIX kill with a pid we spawned and have not yet reaped.
+        unsafe {
+            kill(child.id() as std::ffi::c_int, SIGINT);
+        }
+    }
+}
+
+/// `sweep run`: every unfinished job, `jobs` at a time, each as `kdtrain <job args>` in
+/// its own process with its output in `<sweep>/logs/<id>.log`. One progress display for
+/// the sweep (done, running, failed, ETA) on stderr; a line per finished job when stderr
+/// is not a terminal. Ctrl-C stops every job at its next step (they resume on the next
+/// `sweep run`).
+///
+/// # Errors
+/// A runtime error listing the failed jobs; [`Interrupted`] after Ctrl-C.
+pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
+    let plan = Plan::load(sweep)?;
+    if jobs == 0 {
+        return usage("--jobs 0: expected at least 1 job at a time");
+    }
+    let exe = std::env::current_exe().context("finding the kdtrain binary")?;
+    let mut pending: Vec<&Job> = Vec::new();
+    let mut skipped = 0;
+    let mut elsewhere = Vec::new();
+    for job in &plan.jobs {
+        match job_state(sweep, job) {
+            JobState::Finished => skipped += 1,
+            JobState::Running => elsewhere.push(job),
+            _ => pending.push(job),
+        }
+    }
+    let total = plan.jobs.len();
+    for j in &elsewhere {
+        crate::errln!(
+            "warning: job {} ({}) is running in another process; not started here",
+            j.index,
+            j.id
+        );
+    }
+    if pending.is_empty() {
+        crate::outln!(
+            "sweep {}: nothing to run ({} of {total} jobs finished{})",
+            sweep.display(),
+            skipped,
+            if elsewhere.is_empty() {
+                String::new()
+            } else {
+                format!(", {} running elsewhere", elsewhere.len())
+            }
+        );
+        return Ok(());
+    }
+    std::fs::create_dir_all(sweep.join("logs"))?;
+    let n = pending.len();
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(n as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "sweep {bar:30} {pos}/{len} jobs | {msg} | ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let attended = !bar.is_hidden();
+    let say = |line: &str| {
+        if !quiet {
+            bar.suspend(|| crate::errln!("{line}"));
+        }
+    };
+    say(&format!(
+        "sweep {}: {n} jobs to run, {jobs} at a time ({skipped} of {total} already finished)",
+        sweep.display()
+    ));
+    let t0 = Instant::now();
+    let mut queue = pending.into_iter();
+    let mut running: Vec<(Child, &Job, Instant, bool)> = Vec::new();
+    let (mut done, mut failed) = (0usize, Vec::<(&Job, i32)>::new());
+    let mut interrupted = false;
+    let mut notes: Vec<String> = Vec::new();
+    // The scheduling loop; on an error of its own (a log that cannot be created, say) the
+    // running jobs are stopped and waited for before the error is returned.
+    let outcome = (|| -> Result<()> {
+        loop {
+            if INTERRUPTED.load(Ordering::SeqCst) && !interrupted {
+                interrupted = true;
+                say("sweep: interrupted; stopping every running job at its next step");
+                for (c, ..) in &running {
+                    interrupt(c);
+                }
+            }
+            while !interrupted && running.len() < jobs {
+                let Some(job) = queue.next() else { break };
+                let resume = match prepare(sweep, job) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        done += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        say(&format!("job {} ({}): {e:#}", job.index, job.id));
+                        failed.push((job, 2));
+                        continue;
+                    }
+                };
+                let log = sweep.join("logs").join(format!("{}.log", job.id));
+                let out = std::fs::File::create(&log)
+                    .with_context(|| format!("creating {}", log.display()))?;
+                let mut cmd = Command::new(&exe);
+                cmd.args(job_args(sweep, job, resume))
+                    .stdin(Stdio::null())
+                    .stdout(out.try_clone()?)
+                    .stderr(out);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::process::CommandExt;
+                    cmd.process_group(0);
+                }
+                let child = cmd
+                    .spawn()
+                    .with_context(|| format!("starting {}", exe.display()))?;
+                running.push((child, job, Instant::now(), resume));
+            }
+            // One line per job that ended, with the counts after the free slots were refilled.
+            for note in notes.drain(..) {
+                let finished = done + failed.len();
+                let eta = if done > 0 {
+                    let per = t0.elapsed().as_secs_f64() / finished as f64;
+                    format!("{:.0} s", per * (n - finished) as f64)
+                } else {
+                    "-".into()
+                };
+                say(&format!(
+                    "sweep: {finished}/{n} done, {} running, {} failed, ETA {eta} | {note}",
+                    running.len(),
+                    failed.len(),
+                ));
+            }
+            if running.is_empty() {
+                break;
+            }
+            // Poll every 25 ms: a free slot is refilled within 25 ms (40 waitpid calls a second).
+            std::thread::sleep(Duration::from_millis(25));
+            let mut i = 0;
+            while i < running.len() {
+                let Some(status) = running[i].0.try_wait()? else {
+                    i += 1;
+                    continue;
+                };
+                let (_, job, started, resumed) = running.swap_remove(i);
+                let secs = started.elapsed().as_secs_f64();
+                let code = status.code().unwrap_or(-1);
+                write_status(
+                    sweep,
+                    &JobStatus {
+                        index: job.index,
+                        id: job.id.clone(),
+                        exit_code: code,
+                        error: None,
+                        seconds: secs,
+                        resumed,
+                        host: hostname(),
+                        slurm: None,
+                        ended: chrono::Local::now().to_rfc3339(),
+                    },
+                )?;
+                bar.inc(1);
+                let what = match code {
+                    0 => {
+                        done += 1;
+                        format!("finished in {secs:.1} s")
+                    }
+                    130 if interrupted => "stopped (resumes on the next sweep run)".to_string(),
+                    c => {
+                        failed.push((job, c));
+                        format!(
+                            "FAILED (exit {c}); see {}",
+                            sweep.join("logs").join(format!("{}.log", job.id)).display()
+                        )
+                    }
+                };
+                if !attended {
+                    notes.push(format!(
+                        "job {} ({}, {} seed {}) {what}",
+                        job.index,
+                        job.id,
+                        job.point(),
+                        job.seed
+                    ));
+                } else if code != 0 {
+                    say(&format!("job {} ({}) {what}", job.index, job.id));
+                }
+            }
+            bar.set_message(format!(
+                "{} running, {} failed",
+                running.len(),
+                failed.len()
+            ));
+        }
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        for (c, ..) in &running {
+            interrupt(c);
+        }
+        for (c, ..) in &mut running {
+            let _ = c.wait();
+        }
+        bar.finish_and_clear();
+        return Err(e);
+    }
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if interrupted {
+        return Err(Interrupted(format!(
+            "sweep {} interrupted after {secs:.1} s with {done} of {n} jobs finished; `kdtrain sweep run {}` completes it",
+            sweep.display(),
+            sweep.display()
+        ))
+        .into());
+    }
+    if !failed.is_empty() {
+        let list: Vec<String> = failed
+            .iter()
+            .map(|(j, c)| format!("{} ({}, exit {c})", j.index, j.id))
+            .collect();
+        anyhow::bail!(
+            "{} of {n} sweep jobs failed: {}; their logs are in {}/logs; `kdtrain sweep run {}` runs them again",
+            failed.len(),
+            list.join(", "),
+            sweep.display(),
+            sweep.display()
+        );
+    }
+    crate::outln!(
+        "sweep {}: {done} jobs run in {secs:.1} s ({skipped} already finished); `kdtrain sweep collect {}` makes the table",
+        sweep.display(),
+        sweep.display()
+    );
+    Ok(())
+}
+
+/// `sweep submit --slurm`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct SlurmOptions {
+    pub partition: Option<String>,
+    /// `--time`, in any format sbatch takes (`30`, `1:00:00`).
+    pub time: Option<String>,
+    /// At most this many array tasks at once (`%M`).
+    pub max_parallel: Option<usize>,
+    /// More sbatch arguments, split like a shell would.
+    pub extra: Vec<String>,
+    /// Memory per task, MB.
+    pub mem_mb: u64,
+    pub dry_run: bool,
+    /// `sbatch --wait`: return when the array has finished.
+    pub wait: bool,
+}
+
+/// Default memory per array task, MB: the measured peak resident set of a distill job on
+/// Fashion-MNIST (about 0.9 GB) plus a third for safety.
+pub const DEFAULT_MEM_MB: u64 = 1200;
+
+/// Indices as Slurm's array syntax: `0-3,5,7-8`.
+pub fn array_ranges(idx: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && idx[j + 1] == idx[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            idx[i].to_string()
+        } else {
+            format!("{}-{}", idx[i], idx[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+fn quote(p: &Path) -> String {
+    shlex::try_quote(&p.display().to_string())
+        .map(|s| s.into_owned())
+        .unwrap_or_else(|_| format!("'{}'", p.display()))
+}
+
+/// The batch script for the unfinished jobs `todo` (0-based `jobs.txt` lines).
+pub fn sbatch_script(
+    sweep: &Path,
+    plan: &Plan,
+    todo: &[usize],
+    exe: &Path,
+    o: &SlurmOptions,
+) -> String {
+    let name = sweep
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sweep".into());
+    let mut s = String::new();
+    s.push_str("#!/bin/bash\n");
+    s.push_str(&format!(
+        "# kdtrain {name}: {} of {} jobs as a Slurm job array, written by `kdtrain sweep submit`.\n",
+        todo.len(),
+        plan.jobs.len()
+    ));
+    s.push_str(
+        "# Array task i runs line i (0-based) of jobs.txt: a finished job is skipped, an\n\
+         # interrupted one resumed. Logs: logs/slurm-<job>_<task>.out; exit status and seconds:\n\
+         # status/<id>.json. Resubmit with `kdtrain sweep submit <dir> --slurm`.\n",
+    );
+    s.push_str(&format!("#SBATCH --job-name=kdtrain-{name}\n"));
+    let cap = o.max_parallel.map(|m| format!("%{m}")).unwrap_or_default();
+    s.push_str(&format!("#SBATCH --array={}{cap}\n", array_ranges(todo)));
+    s.push_str("#SBATCH --ntasks=1\n");
+    s.push_str(&format!(
+        "#SBATCH --cpus-per-task={}\n",
+        plan.threads.max(1)
+    ));
+    s.push_str(&format!("#SBATCH --mem={}M\n", o.mem_mb));
+    s.push_str(&format!(
+        "#SBATCH --output={}\n",
+        sweep.join("logs").join("slurm-%A_%a.out").display()
+    ));
+    if let Some(p) = &o.partition {
+        s.push_str(&format!("#SBATCH --partition={p}\n"));
+    }
+    if let Some(t) = &o.time {
+        s.push_str(&format!("#SBATCH --time={t}\n"));
+    }
+    s.push_str("set -euo pipefail\n");
+    s.push_str(&format!(
+        "exec {} sweep run-one {} --index \"$SLURM_ARRAY_TASK_ID\"\n",
+        quote(exe),
+        quote(sweep)
+    ));
+    s
+}
+
+/// A program on `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// `sweep submit --slurm`: writes `<sweep>/sweep.sbatch` for the unfinished jobs and runs
+/// `sbatch` on it (not with `dry_run`).
+///
+/// # Errors
+/// A usage error when `sbatch` is not on `PATH`; a runtime error when it fails.
+pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
+    let plan = Plan::load(sweep)?;
+    if o.max_parallel == Some(0) {
+        return usage("--max-parallel 0: expected at least 1 task at a time");
+    }
+    let todo: Vec<usize> = plan
+        .jobs
+        .iter()
+        .filter(|j| job_state(sweep, j) != JobState::Finished)
+        .map(|j| j.index)
+        .collect();
+    if todo.is_empty() {
+        crate::outln!(
+            "sweep {}: nothing to submit; all {} jobs finished (`kdtrain sweep collect {}`)",
+            sweep.display(),
+            plan.jobs.len(),
+            sweep.display()
+        );
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding the kdtrain binary")?;
+    std::fs::create_dir_all(sweep.join("logs"))?;
+    let script = sweep.join("sweep.sbatch");
+    write_atomic(
+        &script,
+        sbatch_script(sweep, &plan, &todo, &exe, o).as_bytes(),
+    )?;
+    if o.dry_run {
+        crate::outln!(
+            "wrote {} ({} array tasks); submit it with: sbatch {}",
+            script.display(),
+            todo.len(),
+            script.display()
+        );
+        return Ok(());
+    }
+    let Some(sbatch) = which("sbatch") else {
+        return usage(format!(
+            "sbatch not found on PATH: this machine has no Slurm client (or its module is not \
+             loaded). {} is written: copy the sweep folder to a Slurm login node and run \
+             `sbatch {}` there, or run the sweep here with `kdtrain sweep run {} --jobs K`",
+            script.display(),
+            script.display(),
+            sweep.display()
+        ));
+    };
+    let mut cmd = Command::new(&sbatch);
+    if o.wait {
+        cmd.arg("--wait");
+    }
+    cmd.args(&o.extra).arg(&script).current_dir(sweep);
+    crate::errln!(
+        "submitting {} array tasks of {}{}",
+        todo.len(),
+        sweep.display(),
+        if o.wait {
+            "; waiting for them to finish"
+        } else {
+            ""
+        }
+    );
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {}", sbatch.display()))?;
+    if !status.success() {
+        anyhow::bail!(
+            "sbatch {} exited with {}{}; see {}/logs/slurm-*.out and `kdtrain sweep collect {}`",
+            script.display(),
+            status
+                .code()
+                .map_or_else(|| "a signal".into(), |c| format!("status {c}")),
+            if o.wait {
+                " (with --wait: some array task failed)"
+            } else {
+                ""
+            },
+            sweep.display(),
+            sweep.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_ranges_compress_runs() {
+        assert_eq!(array_ranges(&[0, 1, 2, 3]), "0-3");
+        assert_eq!(array_ranges(&[0, 2, 3, 5, 7, 8, 9]), "0,2-3,5,7-9");
+        assert_eq!(array_ranges(&[4]), "4");
+        assert_eq!(array_ranges(&[]), "");
+    }
+}
