@@ -56,6 +56,9 @@ pub struct ModelConfig {
     pub teacher: String,
     /// The student's architecture, e.g. `"mlp:128"` (784-128-10).
     pub student: String,
+    /// What a TorchScript teacher takes: `"image"` (`[batch, 1, 28, 28]`) or `"flat"`
+    /// (`[batch, 784]`), f32 in [0, 1].
+    pub teacher_input: String,
 }
 
 /// `reproduce`: which seeds and objectives, and whether each seed gets its own teacher.
@@ -328,6 +331,7 @@ impl Default for ModelConfig {
         ModelConfig {
             teacher: "mlp:512,256,128".into(),
             student: "mlp:128".into(),
+            teacher_input: "image".into(),
         }
     }
 }
@@ -908,6 +912,13 @@ impl Config {
             if let Err(e) = crate::model::Arch::parse(spec) {
                 return bad(key, format!("{spec:?}"), &e);
             }
+        }
+        if !matches!(self.model.teacher_input.as_str(), "image" | "flat") {
+            return bad(
+                "model.teacher_input",
+                format!("{:?}", self.model.teacher_input),
+                "\"image\" ([batch, 1, 28, 28]) or \"flat\" ([batch, 784])",
+            );
         }
         let r = &self.reproduce;
         if r.seeds.is_empty() || r.seeds.len() > 1000 {

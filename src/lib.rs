@@ -27,6 +27,7 @@ pub mod schedule;
 pub mod settings;
 pub mod sweep;
 pub mod tensorboard;
+pub mod torchscript;
 pub mod train;
 
 /// `println!` that never panics: a closed pipe (`| head`) or a full disk on stdout is

@@ -21,6 +21,9 @@ pub const OUTPUTS: i64 = 10;
 pub enum Arch {
     /// A ReLU multi-layer perceptron 784-`hidden`-10 (`mlp:512,256,128`).
     Mlp { hidden: Vec<i64> },
+    /// A TorchScript model loaded as a teacher (`torchscript`); it cannot be built or
+    /// trained here, so [`Arch::parse`] never returns it.
+    TorchScript,
 }
 
 impl Arch {
@@ -73,6 +76,7 @@ impl Arch {
                 let w: Vec<String> = hidden.iter().map(|w| w.to_string()).collect();
                 format!("mlp:{}", w.join(","))
             }
+            Arch::TorchScript => "torchscript".into(),
         }
     }
 
@@ -83,6 +87,7 @@ impl Arch {
                 .chain(hidden.iter().copied())
                 .chain(std::iter::once(OUTPUTS))
                 .collect(),
+            Arch::TorchScript => Vec::new(),
         }
     }
 
@@ -98,9 +103,14 @@ impl Arch {
 
     /// A freshly initialised network of this architecture on `device` (draws from
     /// libtorch's global generator: seed it first with `tch::manual_seed`).
+    ///
+    /// # Panics
+    /// For [`Arch::TorchScript`], which is loaded from its file, never built; specs from
+    /// the config or a checkpoint never name it ([`Arch::parse`] refuses it).
     pub fn build(&self, device: Device) -> Box<dyn Network> {
         match self {
             Arch::Mlp { .. } => Box::new(Mlp::new(self.clone(), device)),
+            Arch::TorchScript => unreachable!("TorchScript models are loaded, not built"),
         }
     }
 }
@@ -108,6 +118,9 @@ impl Arch {
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let w: Vec<String> = self.widths().iter().map(|w| w.to_string()).collect();
+        if w.is_empty() {
+            return f.write_str(&self.spec());
+        }
         write!(f, "{} ({})", self.spec(), w.join("-"))
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{data_dir, teacher_network};
+use super::data_dir;
 use crate::checkpoint::Checkpoint;
 use crate::cli::EvaluateArgs;
 use crate::config::UsageError;
@@ -22,8 +22,13 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     let arch = model.arch().clone();
     let teacher = match &args.teacher {
         Some(p) => {
-            let t = Checkpoint::read(p).map_err(|e| UsageError(format!("--teacher: {e:#}")))?;
-            let mut n = teacher_network(&t, s, "--teacher")?;
+            let (mut n, _) = super::open_teacher(p, s, "--teacher").map_err(|e| {
+                let msg = format!("{e:#}");
+                match msg.starts_with("--teacher") {
+                    true => UsageError(msg),
+                    false => UsageError(format!("--teacher: {msg}")),
+                }
+            })?;
             n.freeze();
             Some(n)
         }

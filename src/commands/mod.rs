@@ -193,14 +193,7 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
     } else {
         PathBuf::from(&config.distill.teacher)
     };
-    let ckpt = Checkpoint::read(&path).map_err(|e| match e.downcast_ref::<UsageError>() {
-        Some(_) => UsageError(format!(
-            "{e}; run `train teacher` first, or pass --teacher PATH"
-        ))
-        .into(),
-        None => e,
-    })?;
-    let mut network = teacher_network(&ckpt, s, "--teacher")?;
+    let (mut network, split) = open_teacher(&path, s, "--teacher")?;
     network.freeze();
     s.say(&format!("teacher: {} ({})", path.display(), network.arch()));
     let sha256 = {
@@ -214,10 +207,48 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
     };
     Ok(LoadedTeacher {
         network,
-        split: ckpt.split(),
+        split,
         path,
         sha256,
     })
+}
+
+/// A teacher from `path`: a TorchScript file (recognised by content: a zip archive) run
+/// through libtorch, or a kdtrain checkpoint; with the split it records (TorchScript
+/// files record none).
+///
+/// # Errors
+/// Usage errors naming the file (missing, not TorchScript, wrong output, not a teacher).
+pub fn open_teacher(
+    path: &Path,
+    s: &Settings,
+    flag: &str,
+) -> Result<(Box<dyn Network>, Option<data::SplitInfo>)> {
+    let head = {
+        use std::io::Read;
+        let mut b = [0u8; 4];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| f.read(&mut b))
+            .unwrap_or(0);
+        b[..n].to_vec()
+    };
+    if crate::torchscript::is_zip(&head) {
+        let input = match s.config.model.teacher_input.as_str() {
+            "flat" => crate::torchscript::Input::Flat,
+            _ => crate::torchscript::Input::Image,
+        };
+        let net = crate::torchscript::TorchScriptNet::load(path, input, s.device)?;
+        return Ok((Box::new(net), None));
+    }
+    let ckpt = Checkpoint::read(path).map_err(|e| match e.downcast_ref::<UsageError>() {
+        Some(_) => UsageError(format!(
+            "{e}; run `train teacher` first, or pass --teacher PATH"
+        ))
+        .into(),
+        None => e,
+    })?;
+    let network = teacher_network(&ckpt, s, flag)?;
+    Ok((network, ckpt.split()))
 }
 
 /// The network of a checkpoint that is to act as a teacher: its recorded architecture

@@ -1,0 +1,184 @@
+//! Any TorchScript model as a teacher: a file saved from PyTorch with `torch.jit.save`
+//! (or by `kdtrain export --format torchscript`), run through libtorch's `CModule` in eval
+//! mode under `no_grad`. It is detected by content (a zip archive holding TorchScript
+//! code), not by the file's extension, and probed once before training: its output must
+//! be one float tensor `[batch, 10]`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+use crate::config::UsageError;
+use crate::model::{Arch, Network};
+
+/// How the model takes its input (`model.teacher_input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// `[batch, 1, 28, 28]` f32 in [0, 1] (what `kdtrain export` writes, and what image
+    /// models take).
+    Image,
+    /// `[batch, 784]` f32 in [0, 1].
+    Flat,
+}
+
+/// Whether `bytes` (a file's start) look like a zip archive, the container of TorchScript
+/// and `torch.save` files.
+pub fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+}
+
+/// A frozen TorchScript model.
+pub struct TorchScriptNet {
+    module: CModule,
+    arch: Arch,
+    input: Input,
+    device: Device,
+}
+
+impl TorchScriptNet {
+    /// Loads `path` onto `device` (a model saved on CUDA loads on the CPU), sets eval
+    /// mode and probes it with a batch of two blank images.
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the file: not TorchScript (a pickled state dict, say), an
+    /// output that is not one float tensor `[batch, 10]` (naming what was found), or a
+    /// failure on the probe batch (libtorch's first line).
+    pub fn load(path: &Path, input: Input, device: Device) -> Result<TorchScriptNet> {
+        let shown = path.display();
+        let first_line = |e: &tch::TchError| {
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let mut module = CModule::load_on_device(path, device).map_err(|e| {
+            UsageError(format!(
+                "--teacher {shown} is a zip archive but not a TorchScript module ({}); save the \
+                 model with torch.jit.save(torch.jit.script(model) or torch.jit.trace(model, x)), \
+                 not torch.save of a state dict",
+                first_line(&e)
+            ))
+        })?;
+        module.set_eval();
+        let net = TorchScriptNet {
+            module,
+            arch: Arch::TorchScript,
+            input,
+            device,
+        };
+        let probe = Tensor::zeros([2, 784], (Kind::Float, device));
+        let _logits = net.try_forward(&probe).map_err(|e| {
+            UsageError(format!(
+                "--teacher {shown}: {e}; the teacher must map {} f32 in [0, 1] to logits \
+                 [batch, 10] (set model.teacher_input = \"{}\" if it takes {})",
+                net.input_desc(),
+                if input == Input::Image {
+                    "flat"
+                } else {
+                    "image"
+                },
+                if input == Input::Image {
+                    "[batch, 784]"
+                } else {
+                    "[batch, 1, 28, 28]"
+                }
+            ))
+        })?;
+        Ok(net)
+    }
+
+    fn input_desc(&self) -> &'static str {
+        match self.input {
+            Input::Image => "[batch, 1, 28, 28]",
+            Input::Flat => "[batch, 784]",
+        }
+    }
+
+    /// The logits, or what is wrong with the output.
+    ///
+    /// # Shapes
+    /// `x: [batch, 784] f32` -> `[batch, 10] f32`.
+    pub fn try_forward(&self, x: &Tensor) -> std::result::Result<Tensor, String> {
+        let batch = x.size()[0];
+        let input = match self.input {
+            Input::Image => x.view([batch, 1, 28, 28]),
+            Input::Flat => x.shallow_clone(),
+        };
+        let out =
+            tch::no_grad(|| self.module.forward_is(&[IValue::Tensor(input)])).map_err(|e| {
+                format!(
+                    "it failed on a probe batch {}: {}",
+                    self.input_desc().replace("batch", "2"),
+                    e.to_string().lines().next().unwrap_or("").trim()
+                )
+            })?;
+        let t = match out {
+            IValue::Tensor(t) => t,
+            IValue::Tuple(v) => {
+                return Err(format!(
+                    "its output is a tuple of {} values, not one tensor",
+                    v.len()
+                ));
+            }
+            IValue::GenericDict(v) => {
+                return Err(format!(
+                    "its output is a dict of {} entries, not one tensor",
+                    v.len()
+                ));
+            }
+            IValue::TensorList(v) => {
+                return Err(format!(
+                    "its output is a list of {} tensors, not one tensor",
+                    v.len()
+                ));
+            }
+            other => return Err(format!("its output is {other:?}, not a tensor")),
+        };
+        if t.size() != [batch, crate::model::OUTPUTS] {
+            return Err(format!(
+                "its output has shape {:?} for a batch of {batch}, expected [{batch}, 10]",
+                t.size()
+            ));
+        }
+        if !matches!(
+            t.kind(),
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        ) {
+            return Err(format!(
+                "its output is {:?}, expected floating-point logits",
+                t.kind()
+            ));
+        }
+        Ok(t.to_kind(Kind::Float))
+    }
+}
+
+impl Network for TorchScriptNet {
+    fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    /// # Panics
+    /// Never on a model that passed the probe in [`TorchScriptNet::load`] unless it
+    /// changes its output shape with the batch; then the error is reported as a panic
+    /// message naming the model's output.
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
+        match self.try_forward(x) {
+            Ok(t) => t,
+            Err(e) => panic!("the TorchScript teacher failed on a batch: {e}"),
+        }
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn freeze(&mut self) {}
+
+    fn device(&self) -> Device {
+        self.device
+    }
+}
