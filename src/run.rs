@@ -170,28 +170,12 @@ impl Run {
             }
             (None, true) => newest_unfinished(&out, kind)?,
             (None, false) => {
-                // Runs started in the same second get their own folders: create_dir is
-                // atomic, so only one process can take a name; the others try the next
-                // suffix.
-                let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-                let base = out.join(format!("{}-{stamp}", kind.name()));
-                let mut dir = base.clone();
-                let mut i = 2;
-                loop {
-                    match std::fs::create_dir(&dir) {
-                        Ok(()) => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 1000 => {
-                            dir = PathBuf::from(format!("{}-{i}", base.display()));
-                            i += 1;
-                        }
-                        Err(e) => {
-                            return usage(format!(
-                                "cannot create run folder {} ({e}); choose a writable --out-dir",
-                                dir.display()
-                            ));
-                        }
-                    }
-                }
+                let dir = claim_stamped_dir(&out, kind.name()).map_err(|(dir, e)| {
+                    UsageError(format!(
+                        "cannot create run folder {} ({e}); choose a writable --out-dir",
+                        dir.display()
+                    ))
+                })?;
                 claimed = true;
                 dir
             }
@@ -641,6 +625,32 @@ fn check_same_training(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Creates and returns a new folder `<out>/<prefix>-<date>-<time>`, or `...-2`, `...-3`,
+/// ... when that name is taken. `create_dir` is atomic, so processes started in the same
+/// second (a sweep's jobs, two `reproduce` runs) each get their own folder.
+///
+/// # Errors
+/// The folder it last tried and the I/O error (after 1000 taken names, `AlreadyExists`).
+pub fn claim_stamped_dir(
+    out: &Path,
+    prefix: &str,
+) -> std::result::Result<PathBuf, (PathBuf, std::io::Error)> {
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let base = out.join(format!("{prefix}-{stamp}"));
+    let mut dir = base.clone();
+    let mut i = 2;
+    loop {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 1000 => {
+                dir = PathBuf::from(format!("{}-{i}", base.display()));
+                i += 1;
+            }
+            Err(e) => return Err((dir, e)),
+        }
+    }
 }
 
 /// The newest `<kind>-*` folder in `out` with a `state.json` that is not finished.

@@ -5,13 +5,13 @@
 //! Layout of `<out_dir>/reproduce-<date>-<time>/`: `teacher/` (or `seed-N/teacher/`
 //! with `reproduce.teacher_per_seed`), `seed-N/student/`, `seed-N/distilled-<objective>/`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 
 use super::{LoadedTeacher, RunOutcome, data_dir, load_data, print_result, train_one};
-use crate::config::{Validation, usage};
+use crate::config::{UsageError, Validation, usage};
 use crate::objective::CrossEntropy;
 use crate::report::{Results, label};
 use crate::run::{Run, RunKind};
@@ -35,7 +35,13 @@ pub fn run(s: &Settings) -> Result<()> {
     };
     let per_seed_teacher = c.reproduce.teacher_per_seed;
     let dir = data_dir(s)?;
-    let root = claim_root(s.out_dir())?;
+    let _ = std::fs::create_dir_all(s.out_dir());
+    let root = crate::run::claim_stamped_dir(s.out_dir(), "reproduce").map_err(|(dir, e)| {
+        UsageError(format!(
+            "cannot create {} ({e}); choose a writable --out-dir",
+            dir.display()
+        ))
+    })?;
     s.say(&format!(
         "reproduce in {}: seeds {:?}, objectives {}, {}",
         root.display(),
@@ -155,30 +161,4 @@ pub fn run(s: &Settings) -> Result<()> {
         root.join("comparison.png").display()
     );
     Ok(())
-}
-
-/// Creates `reproduce-<date>-<time>` (or `-2`, `-3`, ... when taken) in `out`.
-/// `create_dir` is atomic, so two reproduce runs started in the same second each get
-/// their own folder.
-fn claim_root(out: &Path) -> Result<PathBuf> {
-    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-    let base = out.join(format!("reproduce-{stamp}"));
-    let _ = std::fs::create_dir_all(out);
-    let mut root = base.clone();
-    let mut i = 2;
-    loop {
-        match std::fs::create_dir(&root) {
-            Ok(()) => return Ok(root),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 1000 => {
-                root = PathBuf::from(format!("{}-{i}", base.display()));
-                i += 1;
-            }
-            Err(e) => {
-                return usage(format!(
-                    "cannot create {} ({e}); choose a writable --out-dir",
-                    root.display()
-                ));
-            }
-        }
-    }
 }

@@ -610,21 +610,13 @@ pub fn plan(file: &Path, opts: &PlanOptions) -> Result<(PathBuf, Plan)> {
             out.display()
         ))
     })?;
-    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-    let mut dir = out.join(format!("sweep-{stamp}"));
-    let mut i = 2;
-    // create_dir (not _all) fails when the folder exists: two plans in the same second
-    // each get their own.
-    while let Err(e) = std::fs::create_dir(&dir) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            return usage(format!(
-                "cannot create sweep folder {} ({e}); choose a writable --out-dir",
-                dir.display()
-            ));
-        }
-        dir = out.join(format!("sweep-{stamp}-{i}"));
-        i += 1;
-    }
+    // Two plans in the same second each get their own folder.
+    let dir = crate::run::claim_stamped_dir(&out, "sweep").map_err(|(dir, e)| {
+        UsageError(format!(
+            "cannot create sweep folder {} ({e}); choose a writable --out-dir",
+            dir.display()
+        ))
+    })?;
     let dir = absolute(&dir);
     std::fs::create_dir_all(dir.join("jobs"))?;
     let mut lines = String::new();
