@@ -468,7 +468,7 @@ impl SplitInfo {
             h.update(i.to_le_bytes());
         }
         let digest = h.finalize();
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex(&digest[..8]);
         SplitInfo {
             validation: "split".into(),
             split_seed: Some(seed),

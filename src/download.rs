@@ -140,11 +140,7 @@ fn fetch(agent: &ureq::Agent, url: &str, target: &Path, md5: &str, quiet: bool) 
         {
             bail!("{url}: the download stopped after {got} of {t} bytes; run the command again");
         }
-        let digest: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = crate::hex(&hasher.finalize());
         if digest != md5 {
             bail!(
                 "{}: MD5 {digest} does not match the published {md5}; the file was removed. \

@@ -76,3 +76,8 @@ pub fn mark_start() {
 pub fn process_seconds() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
+
+/// Lower-case hex of `bytes` (digests in file names, metadata and messages).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -149,21 +149,15 @@ pub fn comparison_png(path: &Path, title: &str, runs: &[(&str, &[f64])]) -> Resu
                         .map(|r| best(r.1))
                         .filter(|b| b.is_finite())
                         .collect();
-                    let n = bests.len() as f64;
-                    let mean = bests.iter().sum::<f64>() / n;
-                    match bests.len() {
-                        0 => format!("{name} (no data)"),
-                        1 => format!("{name} (best {:.2} %)", mean * 100.0),
-                        k => {
-                            let sd = (bests.iter().map(|b| (b - mean).powi(2)).sum::<f64>()
-                                / (n - 1.0))
-                                .sqrt();
-                            format!(
-                                "{name} (best {:.2} ± {:.2} %, {k} runs)",
-                                mean * 100.0,
-                                sd * 100.0
-                            )
-                        }
+                    match crate::report::mean_sd(&bests) {
+                        _ if bests.is_empty() => format!("{name} (no data)"),
+                        (mean, None) => format!("{name} (best {:.2} %)", mean * 100.0),
+                        (mean, Some(sd)) => format!(
+                            "{name} (best {:.2} ± {:.2} %, {} runs)",
+                            mean * 100.0,
+                            sd * 100.0,
+                            bests.len()
+                        ),
                     }
                 };
                 Series {

@@ -200,10 +200,7 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
         use sha2::{Digest, Sha256};
         let bytes = std::fs::read(&path)
             .with_context(|| format!("cannot read teacher {}", path.display()))?;
-        Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::hex(&Sha256::digest(&bytes))
     };
     Ok(LoadedTeacher {
         network,

@@ -375,11 +375,7 @@ pub fn job_id(kind: JobKind, config_toml: &str) -> String {
     h.update(kind.name().as_bytes());
     h.update(b"\n");
     h.update(config_toml.as_bytes());
-    h.finalize()
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex(&h.finalize()[..6])
 }
 
 /// A job with its resolved config TOML, before it is written.
