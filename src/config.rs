@@ -505,6 +505,47 @@ pub fn objective_flags(name: &str) -> &'static [&'static str] {
     }
 }
 
+/// Writes the hyper-parameter flags that objective `name` takes (those of
+/// [`objective_flags`]) into its table of `d`.
+fn set_objective_flags(name: &str, d: &mut DistillConfig, p: &ObjectiveFlags) {
+    let set = |field: &mut f64, v: Option<f64>| {
+        if let Some(v) = v {
+            *field = v;
+        }
+    };
+    match name {
+        "kd" => {
+            set(&mut d.kd.temperature, p.t);
+            set(&mut d.kd.alpha, p.alpha);
+            if p.no_t_squared {
+                d.kd.t_squared_scaling = false;
+            }
+        }
+        "dkd" => {
+            set(&mut d.dkd.temperature, p.t);
+            set(&mut d.dkd.alpha, p.alpha);
+            set(&mut d.dkd.beta, p.beta);
+            set(&mut d.dkd.ce_weight, p.ce_weight);
+            if let Some(v) = p.warmup {
+                d.dkd.warmup_epochs = v;
+            }
+        }
+        "lskd" => {
+            set(&mut d.lskd.temperature, p.t);
+            set(&mut d.lskd.kd_weight, p.kd_weight);
+            set(&mut d.lskd.ce_weight, p.ce_weight);
+        }
+        "dist" => {
+            set(&mut d.dist.temperature, p.t);
+            set(&mut d.dist.beta, p.beta);
+            set(&mut d.dist.gamma, p.gamma);
+            set(&mut d.dist.ce_weight, p.ce_weight);
+        }
+        "mse" => set(&mut d.mse.alpha, p.alpha),
+        _ => {}
+    }
+}
+
 /// Checks an objective name against [`crate::objective::NAMES`].
 pub fn check_objective(name: &str, key: &str) -> Result<()> {
     if crate::objective::NAMES.contains(&name) {
@@ -696,65 +737,8 @@ impl Config {
                 ));
             }
         }
-        let d = &mut self.distill;
-        let uses = |n: &str, flag: &str| {
-            active.iter().any(|a| a == n) && objective_flags(n).contains(&flag)
-        };
-        if let Some(v) = p.t {
-            if uses("kd", "--t") {
-                d.kd.temperature = v;
-            }
-            if uses("dkd", "--t") {
-                d.dkd.temperature = v;
-            }
-            if uses("lskd", "--t") {
-                d.lskd.temperature = v;
-            }
-            if uses("dist", "--t") {
-                d.dist.temperature = v;
-            }
-        }
-        if let Some(v) = p.alpha {
-            if uses("kd", "--alpha") {
-                d.kd.alpha = v;
-            }
-            if uses("dkd", "--alpha") {
-                d.dkd.alpha = v;
-            }
-            if uses("mse", "--alpha") {
-                d.mse.alpha = v;
-            }
-        }
-        if let Some(v) = p.beta {
-            if uses("dkd", "--beta") {
-                d.dkd.beta = v;
-            }
-            if uses("dist", "--beta") {
-                d.dist.beta = v;
-            }
-        }
-        if let Some(v) = p.gamma {
-            d.dist.gamma = v;
-        }
-        if let Some(v) = p.ce_weight {
-            if uses("dkd", "--ce-weight") {
-                d.dkd.ce_weight = v;
-            }
-            if uses("lskd", "--ce-weight") {
-                d.lskd.ce_weight = v;
-            }
-            if uses("dist", "--ce-weight") {
-                d.dist.ce_weight = v;
-            }
-        }
-        if let Some(v) = p.kd_weight {
-            d.lskd.kd_weight = v;
-        }
-        if let Some(v) = p.warmup {
-            d.dkd.warmup_epochs = v;
-        }
-        if p.no_t_squared {
-            d.kd.t_squared_scaling = false;
+        for name in &active {
+            set_objective_flags(name, &mut self.distill, p);
         }
         Ok(())
     }
