@@ -28,10 +28,6 @@ fn teacher(s: &Sandbox, extra: &[&str]) -> std::path::PathBuf {
     s.runs().join("t/model.safetensors")
 }
 
-fn json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 /// A teacher trained with seed 7 and a student with seed 42 share the validation split:
 /// both record the same split, and distill accepts it.
 #[test]

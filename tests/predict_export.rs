@@ -399,10 +399,8 @@ np.ascontiguousarray(out, dtype="<f4").tofile(os.environ["KD_OUT"])
 
 /// Runs `snippet` + [`FEED_TEST_SET`] in `dir`; returns its stdout and the logits.
 fn run_python(dir: &Path, snippet: &str) -> (String, Vec<f32>) {
-    let python = std::env::var("KDTRAIN_PYTHON")
-        .expect("KDTRAIN_PYTHON is not set: run scripts/setup.sh first");
     let out = dir.join("logits.f32");
-    let o = std::process::Command::new(python)
+    let o = std::process::Command::new(python())
         .args(["-W", "ignore", "-c"])
         .arg(format!("{snippet}\n{FEED_TEST_SET}"))
         .env("KD_IDX", test_images())

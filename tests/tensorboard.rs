@@ -43,8 +43,7 @@ fn tensorboard_reader_agrees_with_metrics_csv() {
         teacher.to_str().unwrap(),
     ]));
 
-    let python = std::env::var("KDTRAIN_PYTHON")
-        .expect("KDTRAIN_PYTHON is not set: run scripts/setup.sh first");
+    let python = python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_tensorboard.py");
     let dirs: Vec<String> = ["student", "teacher", "distilled"]
         .iter()

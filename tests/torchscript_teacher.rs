@@ -6,10 +6,6 @@ mod common;
 
 use common::*;
 
-fn python() -> String {
-    std::env::var("KDTRAIN_PYTHON").expect("KDTRAIN_PYTHON is not set: run scripts/setup.sh first")
-}
-
 /// Trains a small MLP on the sandbox's data in PyTorch for a few steps, saves it with
 /// torch.jit (as `kind`: "good", "tuple", "shape", "flat", "state_dict"), and prints its
 /// test accuracy.

@@ -15,10 +15,6 @@ fn sandbox() -> Sandbox {
     s
 }
 
-fn json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 /// Marks a finished run as interrupted after its last epoch, as a Ctrl-C right after
 /// that epoch's checkpoint would have left it (`finished` is only set at the end).
 fn unfinish(dir: &std::path::Path) {

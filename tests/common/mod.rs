@@ -140,6 +140,17 @@ pub fn synthetic(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
     (pixels, labels)
 }
 
+/// A JSON file (summary.json, meta.json, state.json, results.json) parsed.
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The python of the project's venv (`KDTRAIN_PYTHON`, set for cargo by
+/// `.cargo/config.toml`).
+pub fn python() -> String {
+    std::env::var("KDTRAIN_PYTHON").expect("KDTRAIN_PYTHON is not set: run scripts/setup.sh first")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
