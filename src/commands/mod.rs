@@ -394,12 +394,24 @@ pub fn train_one(
         &data.train.labels,
         None,
     );
-    let val_m = eval::metrics(
-        &eval::logits(model.as_ref(), &data.val.images),
-        &data.val.labels,
-        None,
-    );
     let history = run.history();
+    // The selected weights are the best epoch's, whose validation figures the history
+    // already holds.
+    let best = history
+        .iter()
+        .find(|r| r.epoch == fit.best_epoch)
+        .map(|r| (r.val.acc, r.val.ce));
+    let (best_val_acc, best_val_ce) = match best {
+        Some(b) => b,
+        None => {
+            let m = eval::metrics(
+                &eval::logits(model.as_ref(), &data.val.images),
+                &data.val.labels,
+                None,
+            );
+            (m.acc, m.ce)
+        }
+    };
     // Every epoch of the run, also those of earlier processes before a resume (a
     // resumed run that trains no further epoch still has a median).
     let mut secs: Vec<f64> = history.iter().map(|r| r.seconds).collect();
@@ -442,8 +454,8 @@ pub fn train_one(
         test_loss: test.loss,
         test_acc: test.acc,
         test_ece: test.ece,
-        best_val_acc: val_m.acc,
-        best_val_ce: val_m.ce,
+        best_val_acc,
+        best_val_ce,
         threads: s.threads,
         device: format!("{:?}", s.device),
         temperature: temperature.filter(|_| distilled),
