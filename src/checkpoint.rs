@@ -206,7 +206,7 @@ impl Checkpoint {
                 .unwrap_or_else(|| "another model".into())
         };
         tch::no_grad(|| -> Result<()> {
-            for (name, mut p) in model.named_parameters() {
+            for (name, mut p) in model.named_state() {
                 let Some(src) = self.tensors.get(&name) else {
                     bail!(
                         "checkpoint {} has no tensor `{name}` that {arch} needs; it holds {}",
@@ -296,7 +296,7 @@ pub fn metadata(
 
 /// Saves `model`'s weights to `path` atomically.
 pub fn save_model(path: &Path, model: &dyn Network, meta: HashMap<String, String>) -> Result<()> {
-    write_atomic(path, &to_safetensors(&model.named_parameters(), meta)?)
+    write_atomic(path, &to_safetensors(&model.named_state(), meta)?)
 }
 
 /// An exclusive lock on a run folder, held for the life of the value (an OS file lock

@@ -25,6 +25,15 @@ pub enum Command {
         /// Which model.
         #[arg(value_enum)]
         model: ModelArg,
+        /// Architecture: mlp (the role's MLP: 784-512-256-128-10 teacher, 784-128-10
+        /// student), cnn (cnn:32,64,256,dropout=0.3) or a spec such as
+        /// "mlp:512,256,128,dropout=0.2" [config: model.teacher / model.student].
+        #[arg(long, value_name = "ARCH")]
+        arch: Option<String>,
+        /// Training augmentation: none, or a comma list of shiftN and flip
+        /// ("shift2,flip") [config: augment.teacher / augment.student].
+        #[arg(long, value_name = "VIEWS")]
+        augment: Option<String>,
     },
     /// Distil the trained teacher into a fresh student.
     Distill(DistillArgs),
@@ -237,10 +246,19 @@ impl Cli {
                 }
             }
             Command::Evaluate(e) => e.objective.apply(&mut o),
-            Command::Train { .. }
-            | Command::Predict(_)
-            | Command::Export(_)
-            | Command::Sweep(_) => {}
+            Command::Train {
+                model,
+                arch,
+                augment,
+            } => {
+                let kind = match model {
+                    ModelArg::Teacher => crate::run::RunKind::Teacher,
+                    ModelArg::Student => crate::run::RunKind::Student,
+                };
+                o.arch = arch.clone().map(|a| (kind, a));
+                o.augment = augment.clone().map(|a| (kind, a));
+            }
+            Command::Predict(_) | Command::Export(_) | Command::Sweep(_) => {}
         }
         Ok(o)
     }

@@ -42,6 +42,7 @@ pub struct Config {
     pub optimizer: OptimizerConfig,
     pub early_stopping: EarlyStoppingConfig,
     pub model: ModelConfig,
+    pub augment: AugmentConfig,
     pub distill: DistillConfig,
     pub reproduce: ReproduceConfig,
     pub logging: LoggingConfig,
@@ -61,6 +62,21 @@ pub struct ModelConfig {
     pub teacher_input: String,
 }
 
+/// Training augmentation per role (see [`crate::augment`]): `"none"` or a comma list of
+/// `shiftN` and `flip`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// The teacher's training views, e.g. `"shift2,flip"`.
+    pub teacher: String,
+    /// The student's views, trained alone or distilled (the same recipe for both).
+    pub student: String,
+    /// For the student: each epoch draws one of this many fixed views per example, so
+    /// the teacher's logits of every view can be cached (consistent teaching); 0 draws a
+    /// fresh view every epoch (the teacher then runs on every batch).
+    pub views: u64,
+}
+
 /// `reproduce`: which seeds and objectives, and whether each seed gets its own teacher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +87,8 @@ pub struct ReproduceConfig {
     pub objectives: Vec<String>,
     /// Train one teacher per seed instead of one (with the first seed) for all.
     pub teacher_per_seed: bool,
+    /// The teacher's architecture in `reproduce`; `""` = `model.teacher`.
+    pub teacher: String,
 }
 
 /// The reference's `DATA_CONFIG`, plus where the data lives and how validation is drawn.
@@ -108,6 +126,8 @@ pub enum Validation {
 pub struct TrainConfig {
     /// Upper bound on epochs; early stopping may end a run sooner.
     pub epochs: usize,
+    /// The same for the teacher; 0 = `epochs`. `--epochs` sets both.
+    pub teacher_epochs: usize,
 }
 
 /// Keras `CosineDecay`, applied at every optimizer step (see [`crate::schedule`]).
@@ -151,6 +171,9 @@ pub struct EarlyStoppingConfig {
     pub enabled: bool,
     /// Epochs without improvement before training stops.
     pub patience: usize,
+    /// What selects the best epoch and counts as improvement: `"ce"` (validation
+    /// cross-entropy, Keras's `val_loss`) or `"acc"` (validation accuracy).
+    pub monitor: crate::train::Monitor,
 }
 
 /// Distillation: the objective, its hyper-parameters (one table per objective), and the
@@ -263,6 +286,7 @@ impl Default for Config {
             optimizer: OptimizerConfig::default(),
             early_stopping: EarlyStoppingConfig::default(),
             model: ModelConfig::default(),
+            augment: AugmentConfig::default(),
             distill: DistillConfig::default(),
             reproduce: ReproduceConfig::default(),
             logging: LoggingConfig::default(),
@@ -287,7 +311,10 @@ impl Default for DataConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 50 }
+        TrainConfig {
+            epochs: 50,
+            teacher_epochs: 0,
+        }
     }
 }
 
@@ -319,6 +346,7 @@ impl Default for EarlyStoppingConfig {
         EarlyStoppingConfig {
             enabled: true,
             patience: 5,
+            monitor: crate::train::Monitor::Ce,
         }
     }
 }
@@ -336,12 +364,23 @@ impl Default for ModelConfig {
     }
 }
 
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            teacher: "none".into(),
+            student: "none".into(),
+            views: 8,
+        }
+    }
+}
+
 impl Default for ReproduceConfig {
     fn default() -> Self {
         ReproduceConfig {
             seeds: vec![0, 1, 2],
             objectives: Vec::new(),
             teacher_per_seed: false,
+            teacher: String::new(),
         }
     }
 }
@@ -460,6 +499,10 @@ pub struct Overrides {
     pub device: Option<String>,
     pub threads: Option<usize>,
     pub lr: Option<f64>,
+    /// `train --arch`: the architecture of the role trained (teacher or student).
+    pub arch: Option<(crate::run::RunKind, String)>,
+    /// `train --augment`: the augmentation of the role trained.
+    pub augment: Option<(crate::run::RunKind, String)>,
     /// `--objective`: one name, or (reproduce) several.
     pub objectives: Vec<String>,
     /// Whether several objectives may be given (reproduce).
@@ -665,6 +708,32 @@ impl Config {
         }
         if let Some(v) = o.epochs {
             self.train.epochs = v;
+            self.train.teacher_epochs = 0;
+        }
+        if let Some((kind, a)) = &o.arch {
+            let spec = match a.as_str() {
+                "mlp" if *kind == crate::run::RunKind::Teacher => {
+                    crate::model::Arch::teacher().spec()
+                }
+                "mlp" => crate::model::Arch::student().spec(),
+                other => other.to_string(),
+            };
+            if let Err(e) = crate::model::Arch::parse(&spec) {
+                return usage(format!("--arch {a:?}: expected mlp, cnn or {e}"));
+            }
+            match kind {
+                crate::run::RunKind::Teacher => self.model.teacher = spec,
+                _ => self.model.student = spec,
+            }
+        }
+        if let Some((kind, a)) = &o.augment {
+            if let Err(e) = crate::augment::Augment::parse(a) {
+                return usage(format!("--augment {a:?}: expected {e}"));
+            }
+            match kind {
+                crate::run::RunKind::Teacher => self.augment.teacher = a.clone(),
+                _ => self.augment.student = a.clone(),
+            }
         }
         if let Some(v) = o.batch_size {
             self.data.batch_size = v;
@@ -897,6 +966,37 @@ impl Config {
                 return bad(key, format!("{spec:?}"), &e);
             }
         }
+        if !self.reproduce.teacher.is_empty()
+            && let Err(e) = crate::model::Arch::parse(&self.reproduce.teacher)
+        {
+            return bad(
+                "reproduce.teacher",
+                format!("{:?}", self.reproduce.teacher),
+                &format!("\"\" (model.teacher) or {e}"),
+            );
+        }
+        for (key, text) in [
+            ("augment.teacher", &self.augment.teacher),
+            ("augment.student", &self.augment.student),
+        ] {
+            if let Err(e) = crate::augment::Augment::parse(text) {
+                return bad(key, format!("{text:?}"), &e);
+            }
+        }
+        if self.augment.views > 1024 {
+            return bad(
+                "augment.views",
+                self.augment.views,
+                "0 (a fresh view every epoch) to 1024",
+            );
+        }
+        if self.train.teacher_epochs > 1_000_000 {
+            return bad(
+                "train.teacher_epochs",
+                self.train.teacher_epochs,
+                "0 (= train.epochs) to 1000000",
+            );
+        }
         if !matches!(self.model.teacher_input.as_str(), "image" | "flat") {
             return bad(
                 "model.teacher_input",
@@ -949,12 +1049,36 @@ impl Config {
         Ok(())
     }
 
-    /// The resolved decay horizon in optimizer steps, given the steps per epoch.
-    pub fn decay_steps(&self, steps_per_epoch: usize) -> u64 {
+    /// The resolved decay horizon in optimizer steps, given the epochs and the steps per
+    /// epoch.
+    pub fn decay_steps(&self, epochs: usize, steps_per_epoch: usize) -> u64 {
         match self.lr_schedule.decay_steps {
             DecaySteps::Steps(n) => n.max(1) as u64,
-            DecaySteps::Named(_) => (self.train.epochs * steps_per_epoch).max(1) as u64,
+            DecaySteps::Named(_) => (epochs * steps_per_epoch).max(1) as u64,
         }
+    }
+
+    /// The epoch budget of a role: `train.teacher_epochs` (when not 0) for the teacher,
+    /// `train.epochs` otherwise.
+    pub fn epochs_for(&self, teacher: bool) -> usize {
+        match (teacher, self.train.teacher_epochs) {
+            (true, n) if n > 0 => n,
+            _ => self.train.epochs,
+        }
+    }
+
+    /// The augmentation of a role (validated, so it parses), and the fixed views per
+    /// example (0 for the teacher, which draws a fresh view every epoch).
+    pub fn augment_for(&self, teacher: bool) -> (crate::augment::Augment, u64) {
+        let (text, views) = if teacher {
+            (&self.augment.teacher, 0)
+        } else {
+            (&self.augment.student, self.augment.views)
+        };
+        (
+            crate::augment::Augment::parse(text).unwrap_or_default(),
+            views,
+        )
     }
 
     /// The resolved config as TOML, written next to each checkpoint.

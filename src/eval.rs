@@ -19,11 +19,27 @@ pub const EVAL_BATCH: i64 = 10_000;
 /// # Shapes
 /// `images: [n, 784] f32` -> `[n, 10] f32`.
 pub fn logits(model: &dyn Network, images: &Tensor) -> Tensor {
+    logits_with(model, images, |x, _| x.shallow_clone())
+}
+
+/// Like [`logits`], with `prepare(chunk, (first_row, rows))` applied to each chunk of
+/// images before the forward pass (an augmented view, say).
+///
+/// # Shapes
+/// `images: [n, 784] f32`; `prepare` maps `[rows, 784]` to `[rows, 784]` -> `[n, 10] f32`.
+pub fn logits_with(
+    model: &dyn Network,
+    images: &Tensor,
+    prepare: impl Fn(&Tensor, (i64, i64)) -> Tensor,
+) -> Tensor {
     tch::no_grad(|| {
         let n = images.size()[0];
         let parts: Vec<Tensor> = (0..n)
             .step_by(EVAL_BATCH as usize)
-            .map(|s| model.forward(&images.narrow(0, s, EVAL_BATCH.min(n - s))))
+            .map(|s| {
+                let rows = EVAL_BATCH.min(n - s);
+                model.forward(&prepare(&images.narrow(0, s, rows), (s, rows)))
+            })
             .collect();
         Tensor::cat(&parts, 0)
     })

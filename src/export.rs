@@ -120,12 +120,18 @@ fn describe(model: &LoadedModel, checkpoint: &Path, format: Format) -> Descripti
         layers.push(format!("Linear({}, {})", w[0], w[1]));
     }
     let classes = *model.widths.last().unwrap_or(&10);
+    let layers = if model.layers.is_empty() {
+        // Not a stack of linear layers: the spec says what it is (see `Arch::parse`).
+        model.arch.clone()
+    } else {
+        format!("Sequential({})", layers.join(", "))
+    };
     Description {
         format: format.name(),
         source_checkpoint: checkpoint.display().to_string(),
         arch: model.arch.clone(),
         widths: model.widths.clone(),
-        layers: format!("Sequential({})", layers.join(", ")),
+        layers,
         input: TensorSpec {
             name: "image",
             shape: vec!["batch".into(), 1.into(), 28.into(), 28.into()],
@@ -181,6 +187,15 @@ pub fn run(args: &ExportArgs, quiet: bool) -> Result<()> {
         return Err(UsageError(format!(
             "the folder of -o {} does not exist; create it first",
             out.display()
+        ))
+        .into());
+    }
+    if model.layers.is_empty() && !matches!(args.format, Format::Torchscript) {
+        return Err(UsageError(format!(
+            "{} holds a {}; only MLPs export as {} so far; export it with --format torchscript",
+            args.checkpoint.display(),
+            model.arch,
+            args.format.name()
         ))
         .into());
     }

@@ -6,6 +6,7 @@
 //! the reports ([`eval`], [`report`], [`tensorboard`], [`plot`]). [`commands`] wires each
 //! command of [`cli`] to these stages.
 
+pub mod augment;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

@@ -17,13 +17,34 @@ pub const INPUTS: i64 = 784;
 pub const OUTPUTS: i64 = 10;
 
 /// A network architecture, written as a spec string.
+///
+/// Dropout is part of the spec (it changes training, not the parameters) and is kept in
+/// thousandths so that specs compare and hash exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Arch {
-    /// A ReLU multi-layer perceptron 784-`hidden`-10 (`mlp:512,256,128`).
-    Mlp { hidden: Vec<i64> },
+    /// A ReLU multi-layer perceptron 784-`hidden`-10 (`mlp:512,256,128`), with dropout
+    /// after each hidden layer when `dropout_milli` > 0 (`mlp:512,256,128,dropout=0.2`).
+    Mlp {
+        hidden: Vec<i64>,
+        dropout_milli: u32,
+    },
+    /// A convolutional network on `[batch, 1, 28, 28]` (`cnn:32,64,256,dropout=0.3`): per
+    /// entry of `channels` a block conv 3x3 (padding 1) -> batch norm -> ReLU -> max-pool
+    /// 2x2, then a ReLU linear layer of `fc` units, dropout, and a linear layer to the 10
+    /// logits.
+    Cnn {
+        channels: Vec<i64>,
+        fc: i64,
+        dropout_milli: u32,
+    },
     /// A TorchScript model loaded as a teacher (`torchscript`); it cannot be built or
     /// trained here, so [`Arch::parse`] never returns it.
     TorchScript,
+}
+
+/// Side of the feature maps after `blocks` 2x2 max-pools of a 28x28 image.
+fn side_after(blocks: usize) -> i64 {
+    (0..blocks).fold(28, |s, _| s / 2)
 }
 
 impl Arch {
@@ -31,74 +52,202 @@ impl Arch {
     pub fn teacher() -> Arch {
         Arch::Mlp {
             hidden: vec![512, 256, 128],
+            dropout_milli: 0,
         }
     }
 
     /// The Keras reference's student, `mlp:128` (101,770 parameters).
     pub fn student() -> Arch {
-        Arch::Mlp { hidden: vec![128] }
+        Arch::Mlp {
+            hidden: vec![128],
+            dropout_milli: 0,
+        }
     }
 
-    /// Parses a spec: `mlp:W1,W2,...` (hidden widths, 1 to 8 layers of 1 to 16384
-    /// units). Checkpoints written before specs existed say `teacher` or `student`,
-    /// which mean the reference's two MLPs.
+    /// The CNN teacher that `--arch cnn` selects: `cnn:32,64,256,dropout=0.3`, two conv
+    /// blocks of 32 and 64 channels, FC 256 (824,650 parameters).
+    pub fn cnn() -> Arch {
+        Arch::Cnn {
+            channels: vec![32, 64],
+            fc: 256,
+            dropout_milli: 300,
+        }
+    }
+
+    /// Parses a spec:
+    /// - `mlp:W1,W2,...` hidden widths, 1 to 8 layers of 1 to 16384 units;
+    /// - `cnn:C1,...,Ck,F` k = 1 to 4 conv blocks of 1 to 1024 channels, then F (1 to
+    ///   16384) units; `cnn` alone is [`Arch::cnn`];
+    /// - either may end with `,dropout=P`, P in [0, 1).
+    ///
+    /// Checkpoints written before specs existed say `teacher` or `student`, which mean the
+    /// reference's two MLPs.
     ///
     /// # Errors
     /// A message saying what a spec looks like.
     pub fn parse(spec: &str) -> Result<Arch, String> {
-        let expected = "an architecture such as \"mlp:512,256,128\" (hidden widths, 1 to 8 layers of 1 to 16384 units)";
+        let expected = "an architecture such as \"mlp:512,256,128\" (hidden widths, 1 to 8 layers of \
+                        1 to 16384 units) or \"cnn:32,64,256\" (1 to 4 conv blocks of 1 to 1024 \
+                        channels, then FC units), optionally ending in \",dropout=P\" with P in [0, 1)";
         match spec {
             "teacher" => return Ok(Arch::teacher()),
             "student" => return Ok(Arch::student()),
+            "cnn" => return Ok(Arch::cnn()),
             _ => {}
         }
-        let Some(widths) = spec.strip_prefix("mlp:") else {
-            return Err(expected.into());
-        };
-        let hidden: Vec<i64> = widths
-            .split(',')
-            .map(|w| w.trim().parse::<i64>())
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| expected.to_string())?;
+        let mut items: Vec<&str> = rest.split(',').map(str::trim).collect();
+        let mut dropout_milli = 0;
+        if let Some(p) = items.last().and_then(|l| l.strip_prefix("dropout=")) {
+            let p: f64 = p.parse().map_err(|_| expected.to_string())?;
+            if !(0.0..1.0).contains(&p) || (p * 1000.0).fract().abs() > 1e-9 {
+                return Err(format!("{expected}; dropout in thousandths"));
+            }
+            dropout_milli = (p * 1000.0).round() as u32;
+            items.pop();
+        }
+        let widths: Vec<i64> = items
+            .iter()
+            .map(|w| w.parse::<i64>())
             .collect::<Result<_, _>>()
             .map_err(|_| expected.to_string())?;
-        if hidden.is_empty()
-            || hidden.len() > 8
-            || hidden.iter().any(|&w| !(1..=16384).contains(&w))
-        {
-            return Err(expected.into());
+        match kind {
+            "mlp" => {
+                if widths.is_empty()
+                    || widths.len() > 8
+                    || widths.iter().any(|&w| !(1..=16384).contains(&w))
+                {
+                    return Err(expected.into());
+                }
+                Ok(Arch::Mlp {
+                    hidden: widths,
+                    dropout_milli,
+                })
+            }
+            "cnn" => {
+                let Some((&fc, channels)) = widths.split_last() else {
+                    return Err(expected.into());
+                };
+                if channels.is_empty()
+                    || channels.len() > 4
+                    || channels.iter().any(|&c| !(1..=1024).contains(&c))
+                    || !(1..=16384).contains(&fc)
+                {
+                    return Err(expected.into());
+                }
+                Ok(Arch::Cnn {
+                    channels: channels.to_vec(),
+                    fc,
+                    dropout_milli,
+                })
+            }
+            _ => Err(expected.into()),
         }
-        Ok(Arch::Mlp { hidden })
     }
 
     /// The spec string, which [`Arch::parse`] reads back.
     pub fn spec(&self) -> String {
+        let join = |v: &[i64]| {
+            v.iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let drop = |m: u32| match m {
+            0 => String::new(),
+            m => format!(",dropout={}", m as f64 / 1000.0),
+        };
         match self {
-            Arch::Mlp { hidden } => {
-                let w: Vec<String> = hidden.iter().map(|w| w.to_string()).collect();
-                format!("mlp:{}", w.join(","))
-            }
+            Arch::Mlp {
+                hidden,
+                dropout_milli,
+            } => format!("mlp:{}{}", join(hidden), drop(*dropout_milli)),
+            Arch::Cnn {
+                channels,
+                fc,
+                dropout_milli,
+            } => format!("cnn:{},{fc}{}", join(channels), drop(*dropout_milli)),
             Arch::TorchScript => "torchscript".into(),
         }
     }
 
-    /// Layer widths from input to logits.
-    pub fn widths(&self) -> Vec<i64> {
+    /// Whether this is an MLP (whose layers export as a `torch.nn.Sequential` of linear
+    /// layers).
+    pub fn is_mlp(&self) -> bool {
+        matches!(self, Arch::Mlp { .. })
+    }
+
+    /// Dropout probability during training.
+    pub fn dropout(&self) -> f64 {
         match self {
-            Arch::Mlp { hidden } => std::iter::once(INPUTS)
-                .chain(hidden.iter().copied())
-                .chain(std::iter::once(OUTPUTS))
-                .collect(),
-            Arch::TorchScript => Vec::new(),
+            Arch::Mlp { dropout_milli, .. } | Arch::Cnn { dropout_milli, .. } => {
+                *dropout_milli as f64 / 1000.0
+            }
+            Arch::TorchScript => 0.0,
         }
     }
 
-    /// Trainable parameters: sum over layers of `in * out + out`.
+    /// An MLP's layer widths from input to logits; empty for other architectures.
+    pub fn widths(&self) -> Vec<i64> {
+        match self {
+            Arch::Mlp { hidden, .. } => std::iter::once(INPUTS)
+                .chain(hidden.iter().copied())
+                .chain(std::iter::once(OUTPUTS))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A CNN's `(in, out)` channels per conv block and the widths of its linear layers
+    /// (flattened features, fc, 10).
+    fn cnn_layout(channels: &[i64], fc: i64) -> (Vec<(i64, i64)>, [i64; 3]) {
+        let convs = std::iter::once(1)
+            .chain(channels.iter().copied())
+            .collect::<Vec<_>>()
+            .windows(2)
+            .map(|w| (w[0], w[1]))
+            .collect();
+        let side = side_after(channels.len());
+        let flat = channels.last().copied().unwrap_or(1) * side * side;
+        (convs, [flat, fc, OUTPUTS])
+    }
+
+    /// Trainable parameters (batch norm's running statistics are buffers, not counted).
     pub fn num_params(&self) -> i64 {
-        self.widths().windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+        let dense = |w: &[i64]| w.windows(2).map(|w| w[0] * w[1] + w[1]).sum::<i64>();
+        match self {
+            Arch::Mlp { .. } => dense(&self.widths()),
+            Arch::Cnn { channels, fc, .. } => {
+                let (convs, lin) = Arch::cnn_layout(channels, *fc);
+                convs
+                    .iter()
+                    .map(|&(i, o)| i * o * 9 + o + 2 * o)
+                    .sum::<i64>()
+                    + dense(&lin)
+            }
+            Arch::TorchScript => 0,
+        }
     }
 
     /// Multiply-accumulates of one forward pass for one example.
     pub fn macs_per_example(&self) -> i64 {
-        self.widths().windows(2).map(|w| w[0] * w[1]).sum()
+        let dense = |w: &[i64]| w.windows(2).map(|w| w[0] * w[1]).sum::<i64>();
+        match self {
+            Arch::Mlp { .. } => dense(&self.widths()),
+            Arch::Cnn { channels, fc, .. } => {
+                let (convs, lin) = Arch::cnn_layout(channels, *fc);
+                convs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(i, o))| {
+                        let s = side_after(k);
+                        s * s * i * o * 9
+                    })
+                    .sum::<i64>()
+                    + dense(&lin)
+            }
+            Arch::TorchScript => 0,
+        }
     }
 
     /// A freshly initialised network of this architecture on `device` (draws from
@@ -110,6 +259,7 @@ impl Arch {
     pub fn build(&self, device: Device) -> Box<dyn Network> {
         match self {
             Arch::Mlp { .. } => Box::new(Mlp::new(self.clone(), device)),
+            Arch::Cnn { .. } => Box::new(Cnn::new(self.clone(), device)),
             Arch::TorchScript => unreachable!("TorchScript models are loaded, not built"),
         }
     }
@@ -137,8 +287,23 @@ pub trait Network: Send {
     /// training behaviour (dropout, batch statistics) where the network has any.
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor;
 
-    /// Parameters in a fixed order with their checkpoint names (`fc1.weight`, ...).
+    /// Trainable parameters in a fixed order with their checkpoint names (`fc1.weight`,
+    /// ...): what the optimizer holds.
     fn named_parameters(&self) -> Vec<(String, Tensor)>;
+
+    /// State that is not trained by gradient but saved with the weights, in a fixed
+    /// order: batch norm's running statistics (`bn1.running_mean`, ...). None for an MLP.
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// Everything a checkpoint holds: [`Network::named_parameters`] then
+    /// [`Network::named_buffers`].
+    fn named_state(&self) -> Vec<(String, Tensor)> {
+        let mut all = self.named_parameters();
+        all.extend(self.named_buffers());
+        all
+    }
 
     /// Turns off gradients for every parameter (a frozen teacher).
     fn freeze(&mut self);
@@ -150,7 +315,8 @@ pub trait Network: Send {
         self.forward_t(x, false)
     }
 
-    /// The parameters as tensors, in the order of [`Network::named_parameters`].
+    /// The trainable parameters as tensors, in the order of
+    /// [`Network::named_parameters`].
     fn parameters(&self) -> Vec<Tensor> {
         self.named_parameters()
             .into_iter()
@@ -158,21 +324,22 @@ pub trait Network: Send {
             .collect()
     }
 
-    /// A detached copy of every parameter (for early stopping's best weights).
+    /// A detached copy of the whole state, parameters and buffers (for early stopping's
+    /// best weights).
     fn snapshot(&self) -> Vec<Tensor> {
         tch::no_grad(|| {
-            self.parameters()
+            self.named_state()
                 .iter()
-                .map(|t| t.detach().copy())
+                .map(|(_, t)| t.detach().copy())
                 .collect()
         })
     }
 
-    /// Copies `values` (same order and shapes as [`Network::parameters`]) into the
-    /// parameters.
+    /// Copies `values` (same order and shapes as [`Network::named_state`]) into the
+    /// parameters and buffers.
     fn restore(&self, values: &[Tensor]) {
         tch::no_grad(|| {
-            for (mut p, v) in self.parameters().into_iter().zip(values) {
+            for ((_, mut p), v) in self.named_state().into_iter().zip(values) {
                 p.copy_(v);
             }
         });
@@ -224,13 +391,17 @@ impl Network for Mlp {
         &self.arch
     }
 
-    fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let last = self.layers.len() - 1;
+        let p = self.arch.dropout();
         let mut h = x.shallow_clone();
         for (i, (w, b)) in self.layers.iter().enumerate() {
             h = h.linear(w, Some(b)); // [batch, out]
             if i < last {
                 h = h.relu();
+                if train && p > 0.0 {
+                    h = h.dropout(p, true);
+                }
             }
         }
         h
@@ -243,6 +414,120 @@ impl Network for Mlp {
             out.push((format!("fc{}.bias", i + 1), b.shallow_clone()));
         }
         out
+    }
+
+    fn freeze(&mut self) {
+        self.vs.freeze();
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
+}
+
+/// A CNN ([`Arch::Cnn`]) with its own [`nn::VarStore`]. Layers are `conv1`, `bn1`, ...
+/// per block, then `fc1` and `fc2`; initialisation is tch's (PyTorch's Kaiming-uniform
+/// weights; conv biases zero, linear biases uniform), batch norm with PyTorch's momentum
+/// 0.1 and eps 1e-5.
+pub struct Cnn {
+    arch: Arch,
+    pub vs: nn::VarStore,
+    blocks: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    /// Checkpoint names of the trainable parameters and of the buffers, sorted.
+    param_names: Vec<String>,
+    buffer_names: Vec<String>,
+}
+
+impl Cnn {
+    /// A freshly initialised CNN on `device` (seed libtorch's generator first).
+    ///
+    /// # Panics
+    /// When `arch` is not [`Arch::Cnn`].
+    pub fn new(arch: Arch, device: Device) -> Cnn {
+        let Arch::Cnn { channels, fc, .. } = &arch else {
+            panic!("Cnn::new needs a cnn architecture, not {}", arch.spec());
+        };
+        let (convs, lin) = Arch::cnn_layout(channels, *fc);
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let blocks = convs
+            .iter()
+            .enumerate()
+            .map(|(k, &(i, o))| {
+                let conv = nn::conv2d(
+                    &root / format!("conv{}", k + 1),
+                    i,
+                    o,
+                    3,
+                    nn::ConvConfig {
+                        padding: 1,
+                        ..Default::default()
+                    },
+                );
+                let bn = nn::batch_norm2d(&root / format!("bn{}", k + 1), o, Default::default());
+                (conv, bn)
+            })
+            .collect();
+        let fc1 = nn::linear(&root / "fc1", lin[0], lin[1], Default::default());
+        let fc2 = nn::linear(&root / "fc2", lin[1], lin[2], Default::default());
+        let mut param_names = Vec::new();
+        let mut buffer_names = Vec::new();
+        for (name, t) in vs.variables() {
+            if t.requires_grad() {
+                param_names.push(name);
+            } else {
+                buffer_names.push(name);
+            }
+        }
+        param_names.sort();
+        buffer_names.sort();
+        Cnn {
+            arch,
+            vs,
+            blocks,
+            fc1,
+            fc2,
+            param_names,
+            buffer_names,
+        }
+    }
+
+    fn named(&self, names: &[String]) -> Vec<(String, Tensor)> {
+        let vars = self.vs.variables();
+        names
+            .iter()
+            .map(|n| (n.clone(), vars[n].shallow_clone()))
+            .collect()
+    }
+}
+
+impl Network for Cnn {
+    fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        use tch::nn::{Module, ModuleT};
+        let mut h = x.view([-1, 1, 28, 28]); // [batch, 1, 28, 28]
+        for (conv, bn) in &self.blocks {
+            h = bn
+                .forward_t(&conv.forward(&h), train)
+                .relu()
+                .max_pool2d_default(2);
+        }
+        let h = self.fc1.forward(&h.flatten(1, -1)).relu(); // [batch, fc]
+        let h = h.dropout(self.arch.dropout(), train);
+        self.fc2.forward(&h) // [batch, 10]
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.named(&self.param_names)
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        self.named(&self.buffer_names)
     }
 
     fn freeze(&mut self) {
@@ -287,7 +572,19 @@ mod tests {
         assert_eq!(Arch::teacher().spec(), "mlp:512,256,128");
         assert_eq!(Arch::parse("teacher").unwrap(), Arch::teacher());
         assert_eq!(Arch::parse("student").unwrap(), Arch::student());
-        for bad in ["", "mlp:", "mlp:0", "mlp:1,x", "cnn", "mlp:99999"] {
+        for bad in [
+            "",
+            "mlp:",
+            "mlp:0",
+            "mlp:1,x",
+            "cnn:",
+            "cnn:64",
+            "cnn:1,2,3,4,5,6",
+            "mlp:99999",
+            "mlp:128,dropout=1",
+            "mlp:128,dropout=0.0005",
+            "rnn:5",
+        ] {
             assert!(Arch::parse(bad).is_err(), "{bad}");
         }
     }
@@ -330,5 +627,88 @@ mod tests {
         let s = Arch::teacher().build(Device::Cpu);
         let x = Tensor::rand([3, 784], (Kind::Float, Device::Cpu));
         assert_eq!(s.forward(&x).size(), vec![3, 10]);
+    }
+
+    #[test]
+    fn cnn_shapes_parameter_count_and_buffers() {
+        let arch = Arch::cnn();
+        assert_eq!(arch.spec(), "cnn:32,64,256,dropout=0.3");
+        assert_eq!(Arch::parse(&arch.spec()).unwrap(), arch);
+        // conv1 1*32*9+32, bn1 2*32, conv2 32*64*9+64, bn2 2*64, fc1 64*7*7*256+256,
+        // fc2 256*10+10.
+        let by_hand = (9 * 32 + 32) + 64 + (32 * 64 * 9 + 64) + 128 + (3136 * 256 + 256) + 2570;
+        assert_eq!(arch.num_params(), by_hand);
+        assert_eq!(by_hand, 824_650);
+        tch::manual_seed(0);
+        let m = arch.build(Device::Cpu);
+        let count: i64 = m.parameters().iter().map(|p| p.numel() as i64).sum();
+        assert_eq!(count, by_hand);
+        let buffers: Vec<_> = m
+            .named_buffers()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+        assert_eq!(
+            buffers,
+            vec![
+                ("bn1.running_mean".to_string(), vec![32]),
+                ("bn1.running_var".to_string(), vec![32]),
+                ("bn2.running_mean".to_string(), vec![64]),
+                ("bn2.running_var".to_string(), vec![64]),
+            ]
+        );
+        assert_eq!(m.named_state().len(), m.named_parameters().len() + 4);
+        let x = Tensor::rand([5, 784], (Kind::Float, Device::Cpu));
+        assert_eq!(m.forward(&x).size(), vec![5, 10]);
+        // Training mode draws dropout masks and updates the running statistics; eval mode
+        // is deterministic.
+        let before = m.named_buffers()[0].1.copy();
+        let a = m.forward_t(&x, true);
+        let b = m.forward_t(&x, true);
+        assert!(a.not_equal_tensor(&b).any().int64_value(&[]) == 1);
+        assert!(
+            before
+                .not_equal_tensor(&m.named_buffers()[0].1)
+                .any()
+                .int64_value(&[])
+                == 1
+        );
+        assert!(m.forward(&x).equal(&m.forward(&x)));
+        // A deeper spec: three blocks leave 3x3 maps.
+        let deep = Arch::parse("cnn:8,8,8,16").unwrap();
+        assert_eq!(deep.build(Device::Cpu).forward(&x).size(), vec![5, 10]);
+        let n: i64 = deep
+            .build(Device::Cpu)
+            .parameters()
+            .iter()
+            .map(|p| p.numel() as i64)
+            .sum();
+        assert_eq!(n, deep.num_params());
+    }
+
+    #[test]
+    fn snapshot_and_restore_cover_the_buffers() {
+        tch::manual_seed(1);
+        let m = Arch::cnn().build(Device::Cpu);
+        let snap = m.snapshot();
+        let x = Tensor::rand([8, 784], (Kind::Float, Device::Cpu));
+        let want = m.forward(&x);
+        let _ = m.forward_t(&x, true); // moves the running statistics
+        assert!(!m.forward(&x).equal(&want));
+        m.restore(&snap);
+        assert!(m.forward(&x).equal(&want));
+    }
+
+    #[test]
+    fn mlp_dropout_only_in_training() {
+        let arch = Arch::parse("mlp:512,256,128,dropout=0.2").unwrap();
+        assert_eq!(arch.num_params(), 567_434);
+        assert_eq!(arch.spec(), "mlp:512,256,128,dropout=0.2");
+        let m = arch.build(Device::Cpu);
+        let x = Tensor::rand([4, 784], (Kind::Float, Device::Cpu));
+        assert!(m.forward(&x).equal(&m.forward(&x)));
+        assert!(!m.forward_t(&x, true).equal(&m.forward_t(&x, true)));
+        let plain = Arch::teacher().build(Device::Cpu);
+        assert!(plain.forward_t(&x, true).equal(&plain.forward(&x)));
     }
 }

@@ -53,7 +53,8 @@ pub struct LoadedModel {
     pub arch: String,
     /// Layer widths from input to logits, e.g. `[784, 128, 10]`.
     pub widths: Vec<i64>,
-    /// `(weight [out, in] f32, bias [out] f32)` per linear layer, input to output; ReLU
+    /// For an MLP, `(weight [out, in] f32, bias [out] f32)` per linear layer, input to
+    /// output (empty for other architectures); ReLU
     /// between them, none after the last.
     pub layers: Vec<(Tensor, Tensor)>,
     net: Box<dyn Network>,
@@ -88,11 +89,16 @@ pub fn load_network(path: &Path, device: Device) -> Result<LoadedModel> {
     let mut net = ckpt.network(device)?;
     let arch = net.arch().clone();
     net.freeze();
-    let params = net.named_parameters();
-    let layers = params
-        .chunks(2)
-        .map(|wb| (wb[0].1.detach(), wb[1].1.detach()))
-        .collect();
+    // Only an MLP is a plain stack of linear layers (what the ONNX and PyTorch-named
+    // exports rebuild); other architectures leave `layers` empty.
+    let layers = if arch.is_mlp() {
+        net.named_parameters()
+            .chunks(2)
+            .map(|wb| (wb[0].1.detach(), wb[1].1.detach()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(LoadedModel {
         arch: arch.spec(),
         widths: arch.widths(),

@@ -421,7 +421,7 @@ impl Run {
         let meta = self.metadata(model, rec.epoch);
         // last.safetensors first, with the state inside: one atomic file that `--resume`
         // can trust whatever moment a kill strikes.
-        let mut tensors = model.named_parameters();
+        let mut tensors = model.named_state();
         tensors.extend(opt.state(names));
         let mut last_meta = meta.clone();
         last_meta.insert(META_STATE.to_string(), serde_json::to_string(state)?);
@@ -450,7 +450,7 @@ impl Run {
             crate::errln!(
                 "epoch {:>3}/{}  train loss {:.4}{kd} acc {:.4} | val loss {:.4} ce {:.4} acc {:.4} | lr {:.2e} | {:.2} s{}",
                 rec.epoch,
-                self.config.train.epochs,
+                self.config.epochs_for(self.kind == RunKind::Teacher),
                 t.loss,
                 t.acc,
                 v.loss,

@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
+use crate::augment::{self, Augment, ViewSet};
 use crate::data::Dataset;
 use crate::eval::{self, Metrics};
 use crate::model::Network;
@@ -63,8 +64,29 @@ pub struct LoopConfig {
     pub adam: AdamConfig,
     /// Early-stopping patience in epochs; `None` disables early stopping.
     pub patience: Option<usize>,
+    /// What early stopping and the best-epoch selection watch.
+    pub monitor: Monitor,
     pub seed: u64,
+    /// Training augmentation (none: the images as they are).
+    pub augment: Augment,
+    /// With augmentation: draw each epoch one of this many fixed views per example (so
+    /// the teacher's logits of every view can be cached); 0 draws a fresh view per epoch.
+    pub views: u64,
 }
+
+/// The validation figure that selects the best epoch and drives early stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Monitor {
+    /// Validation cross-entropy on the labels (lower is better; ties keep the earlier
+    /// epoch).
+    Ce,
+    /// Validation accuracy (higher is better; ties keep the earlier epoch).
+    Acc,
+}
+
+/// Salt that separates the augmentation draws from the shuffle's seed.
+const AUGMENT_SALT: u64 = 0x6175_676d_656e_7421;
 
 /// How the run ended.
 pub struct FitResult {
@@ -145,10 +167,52 @@ pub fn fit(
         schedule.decay_steps
     ));
 
-    // Keyed by row of `data.train`, i.e. by example, not by batch position.
-    let train_cache = teacher
-        .filter(|t| t.cache)
-        .map(|t| eval::logits(t.network, &data.train.images)); // [n, 10]
+    let aug = cfg.augment;
+    let view_set = (!aug.is_none() && cfg.views > 0).then(|| ViewSet {
+        augment: aug,
+        k: cfg.views,
+        base: augment::key(cfg.seed ^ AUGMENT_SALT, u64::MAX),
+    });
+    if !aug.is_none() {
+        run.say(&format!(
+            "augmentation {}: {}",
+            aug.spec(),
+            match cfg.views {
+                0 => "a fresh view of each example every epoch".to_string(),
+                k => format!("each epoch one of {k} fixed views per example"),
+            }
+        ));
+    }
+    // Keyed by row of `data.train`, i.e. by example, not by batch position; with
+    // augmentation, by (view, example): row k * n + i holds view k of example i.
+    let train_cache = match (teacher.filter(|t| t.cache), aug.is_none(), &view_set) {
+        (None, _, _) => None,
+        (Some(t), true, _) => Some(eval::logits(t.network, &data.train.images)), // [n, 10]
+        (Some(t), false, Some(set)) => {
+            let t0 = Instant::now();
+            let views: Vec<Tensor> = (0..set.k)
+                .map(|k| {
+                    let v = set.fixed(k, n, device);
+                    eval::logits_with(t.network, &data.train.images, |x, rows| {
+                        aug.apply(x, &v.narrow(0, rows.0, rows.1))
+                    })
+                })
+                .collect();
+            run.say(&format!(
+                "cached the teacher's logits on {} views of {n} examples in {:.1} s",
+                set.k,
+                t0.elapsed().as_secs_f64()
+            ));
+            Some(Tensor::cat(&views, 0)) // [k * n, 10]
+        }
+        (Some(_), false, None) => {
+            run.say(
+                "augment.views = 0 draws a fresh view every epoch, which no cache can hold: \
+                 the teacher runs on every batch",
+            );
+            None
+        }
+    };
     let val_teacher = teacher.map(|t| eval::logits(t.network, &data.val.images)); // [n_val, 10]
 
     let mut epoch_seconds = Vec::new();
@@ -165,6 +229,16 @@ pub fn fit(
     for epoch in first_epoch..=cfg.epochs {
         tch::manual_seed(epoch_seed(cfg.seed, epoch));
         let perm = Tensor::randperm(n, (Kind::Int64, device));
+        let epoch_key = augment::key(cfg.seed ^ AUGMENT_SALT, epoch as u64);
+        // [n, 3] i64 per example, and with fixed views the view each example takes.
+        let (epoch_views, choice) = match (&view_set, aug.is_none()) {
+            (_, true) => (None, None),
+            (Some(set), false) => (
+                Some(set.epoch_views(epoch_key, n, device)),
+                Some(set.choice(epoch_key, n, device)),
+            ),
+            (None, false) => (Some(aug.views(epoch_key, n, device)), None),
+        };
         let mut meter = Meter::default();
         let mut progress = Progress::epoch(run.quiet, epoch, cfg.epochs, steps_per_epoch as u64);
         let t0 = Instant::now();
@@ -195,11 +269,18 @@ pub fn fit(
             let start = step * bs;
             let len = bs.min(n - start);
             let idx = perm.narrow(0, start, len); // [len] i64
-            let x = data.train.images.index_select(0, &idx); // [len, 784]
+            let mut x = data.train.images.index_select(0, &idx); // [len, 784]
+            if let Some(v) = &epoch_views {
+                x = aug.apply(&x, &v.index_select(0, &idx)); // the view the student sees
+            }
             let y = data.train.labels.index_select(0, &idx); // [len]
             let logits = model.forward_t(&x, true); // [len, 10]
             let teacher_logits = match (&train_cache, teacher) {
-                (Some(c), _) => Some(c.index_select(0, &idx)), // [len, 10]
+                (Some(c), _) => Some(match &choice {
+                    // view k of example i is row k * n + i
+                    Some(ch) => c.index_select(0, &(ch.index_select(0, &idx) * n + &idx)),
+                    None => c.index_select(0, &idx),
+                }), // [len, 10]
                 (None, Some(t)) => Some(tch::no_grad(|| t.network.forward(&x))),
                 (None, None) => None,
             };
@@ -253,9 +334,13 @@ pub fn fit(
                 kept_note(&state, run)
             );
         }
-        let improved = state.best_epoch == 0 || val.ce < state.best_metric;
+        let metric = match cfg.monitor {
+            Monitor::Ce => val.ce,
+            Monitor::Acc => -val.acc,
+        };
+        let improved = state.best_epoch == 0 || metric < state.best_metric;
         if improved {
-            state.best_metric = val.ce;
+            state.best_metric = metric;
             state.best_epoch = epoch;
             state.bad_epochs = 0;
             best_weights = model.snapshot();
@@ -273,11 +358,22 @@ pub fn fit(
         };
         state.history.push(record.clone());
         run.end_epoch(model, &opt, &names, &state, &record, improved)?;
+        // Test hook: `KDTRAIN_TEST_INTERRUPT=epoch:N` acts as a Ctrl-C right after epoch N
+        // is saved (resume tests need a stop at a known epoch).
+        if std::env::var(crate::commands::INTERRUPT_HOOK)
+            .is_ok_and(|v| v == format!("epoch:{epoch}"))
+        {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+        }
         if let Some(p) = cfg.patience
             && state.bad_epochs >= p
         {
             run.say(&format!(
-                "early stopping: validation cross-entropy has not improved for {p} epochs; restoring epoch {}",
+                "early stopping: validation {} has not improved for {p} epochs; restoring epoch {}",
+                match cfg.monitor {
+                    Monitor::Ce => "cross-entropy",
+                    Monitor::Acc => "accuracy",
+                },
                 state.best_epoch
             ));
             stopped_early = true;

@@ -30,7 +30,7 @@ use crate::train::{LoopConfig, Teacher};
 
 /// Test hook: `KDTRAIN_TEST_INTERRUPT=final-evaluation` acts as a Ctrl-C that arrives
 /// after the last epoch, while the final evaluation runs (too short a moment for a test
-/// to hit with a real signal).
+/// to hit with a real signal); `epoch:N` one that arrives right after epoch N is saved.
 pub const INTERRUPT_HOOK: &str = "KDTRAIN_TEST_INTERRUPT";
 
 /// Runs the parsed command line.
@@ -41,7 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let settings = Settings::resolve(&cli)?;
     match &cli.command {
-        Command::Train { model } => train::run(&settings, *model),
+        Command::Train { model, .. } => train::run(&settings, *model),
         Command::Distill(_) => distill::run(&settings),
         Command::Evaluate(args) => evaluate::run(&settings, args),
         Command::Reproduce(_) => reproduce::run(&settings),
@@ -347,12 +347,15 @@ pub fn train_one(
     } else {
         c.lr_schedule.alpha
     };
+    let is_teacher = kind == RunKind::Teacher;
+    let epochs = c.epochs_for(is_teacher);
+    let (augment, views) = c.augment_for(is_teacher);
     let loop_cfg = LoopConfig {
-        epochs: c.train.epochs,
+        epochs,
         batch_size: c.data.batch_size as i64,
         schedule: CosineDecay {
             initial_lr: c.lr_schedule.initial_lr,
-            decay_steps: c.decay_steps(steps_per_epoch),
+            decay_steps: c.decay_steps(epochs, steps_per_epoch),
             alpha,
         },
         adam: AdamConfig {
@@ -366,7 +369,10 @@ pub fn train_one(
             .early_stopping
             .enabled
             .then_some(c.early_stopping.patience),
+        monitor: c.early_stopping.monitor,
         seed: c.seed,
+        augment,
+        views,
     };
     let teacher = teacher.map(|network| Teacher {
         network,

@@ -70,6 +70,9 @@ pub fn run(s: &Settings) -> Result<()> {
             let config = s.run_config(|c| {
                 c.seed = seed;
                 c.runtime.out_dir = out_dir.display().to_string();
+                if !c.reproduce.teacher.is_empty() {
+                    c.model.teacher = c.reproduce.teacher.clone();
+                }
             });
             let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
             run.resume_args = format!(" --seed {seed}");

@@ -1,0 +1,229 @@
+//! The CNN teacher and augmentation with consistent teaching, end to end on small
+//! synthetic data: the CNN's checkpoint carries its architecture and batch-norm
+//! statistics and is rebuilt from them by `evaluate` and `distill`; an augmented run
+//! resumes bit for bit; the teacher's logits during augmented distillation are those of
+//! the view the student sees, whether cached per view or computed per batch.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use kdtrain::checkpoint::{Checkpoint, META_ARCH};
+use kdtrain::model::Arch;
+
+const CNN: &str = "cnn:4,8,16,dropout=0.2";
+
+fn sandbox(extra: &str) -> Sandbox {
+    let s = Sandbox::new();
+    s.write_data(600, 200);
+    s.write_config(&format!("batch_size = 64\n{extra}"));
+    s
+}
+
+fn train_cnn_teacher(s: &Sandbox, name: &str, epochs: &str) -> PathBuf {
+    let o = s.kd(&[
+        "train",
+        "teacher",
+        "--arch",
+        CNN,
+        "--augment",
+        "shift1,flip",
+        "--epochs",
+        epochs,
+        "--run-name",
+        name,
+        "-q",
+    ]);
+    assert_ok(&o);
+    s.runs().join(name)
+}
+
+/// Largest absolute difference between same-named tensors; the names must agree.
+fn max_diff(a: &Path, b: &Path) -> f64 {
+    let (ca, cb) = (Checkpoint::read(a).unwrap(), Checkpoint::read(b).unwrap());
+    let mut na: Vec<_> = ca.tensors.keys().collect();
+    let mut nb: Vec<_> = cb.tensors.keys().collect();
+    na.sort();
+    nb.sort();
+    assert_eq!(na, nb);
+    ca.tensors
+        .iter()
+        .map(|(n, t)| (t - &cb.tensors[n]).abs().max().double_value(&[]))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn a_cnn_teacher_is_saved_with_its_arch_and_statistics_and_rebuilt_from_them() {
+    let s = sandbox("");
+    let dir = train_cnn_teacher(&s, "cnn", "2");
+    let summary = json(&dir.join("summary.json"));
+    let arch = Arch::parse(CNN).unwrap();
+    assert_eq!(summary["arch"], CNN);
+    assert_eq!(summary["params"].as_i64(), Some(arch.num_params()));
+    let ckpt = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
+    assert_eq!(ckpt.metadata[META_ARCH], CNN);
+    // Batch norm's running statistics are saved and have moved from their start (0, 1).
+    let mean = &ckpt.tensors["bn1.running_mean"];
+    assert_eq!(mean.size(), vec![4]);
+    assert!(mean.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0);
+    assert!(ckpt.tensors.contains_key("bn2.running_var"));
+    // evaluate rebuilds it from the metadata and reproduces the summary's accuracy.
+    let model = dir.join("model.safetensors");
+    let o = s.kd(&["evaluate", model.to_str().unwrap(), "--json"]);
+    assert_ok(&o);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["test"]["acc"], summary["test_acc"], "{report}");
+    // distill takes it as a teacher, and records its architecture.
+    let o = s.kd(&[
+        "distill",
+        "--teacher",
+        model.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--run-name",
+        "d",
+        "-q",
+    ]);
+    assert_ok(&o);
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    let o = s.kd(&[
+        "evaluate",
+        s.runs().join("d/model.safetensors").to_str().unwrap(),
+        "--teacher",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_ok(&o);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        report["test"]["teacher_acc"], summary["test_acc"],
+        "{report}"
+    );
+}
+
+#[test]
+fn an_augmented_cnn_run_resumes_bit_for_bit() {
+    let s = sandbox("");
+    let whole = train_cnn_teacher(&s, "whole", "3");
+    let args = [
+        "train",
+        "teacher",
+        "--arch",
+        CNN,
+        "--augment",
+        "shift1,flip",
+        "--epochs",
+        "3",
+        "--run-name",
+        "cut",
+        "-q",
+    ];
+    let o = s
+        .command(&s.args(&args))
+        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    assert_ok(&s.kd(&resumed));
+    let cut = s.runs().join("cut");
+    for f in ["model.safetensors", "last.safetensors"] {
+        assert_eq!(max_diff(&whole.join(f), &cut.join(f)), 0.0, "{f}");
+    }
+}
+
+#[test]
+fn augmentation_changes_training_and_the_teacher_sees_the_students_view() {
+    let s = sandbox("[augment]\nstudent = \"shift1,flip\"\nviews = 3");
+    let teacher = train_cnn_teacher(&s, "t", "2").join("model.safetensors");
+    let t = teacher.to_str().unwrap();
+    let distil = |name: &str, extra: &[&str]| {
+        let mut a = vec![
+            "distill",
+            "--teacher",
+            t,
+            "--t",
+            "4",
+            "--alpha",
+            "0.1",
+            "--epochs",
+            "2",
+            "--run-name",
+            name,
+        ];
+        a.extend_from_slice(extra);
+        let o = s.kd(&a);
+        assert_ok(&o);
+        (s.runs().join(name).join("model.safetensors"), stderr(&o))
+    };
+    let (cached, err) = distil("cached", &[]);
+    assert!(
+        err.contains("cached the teacher's logits on 3 views of 500 examples"),
+        "{err}"
+    );
+    let (per_batch, _) = distil("per-batch", &["--no-teacher-cache"]);
+    // The same views, so the same teacher logits: the cache holds each view's logits,
+    // the per-batch path runs the teacher on the augmented batch. (A cache of the
+    // unaugmented images gives other weights; see the last check.)
+    let d = max_diff(&cached, &per_batch);
+    assert!(d < 1e-5, "cached views and per-batch teacher differ by {d}");
+    // Without augmentation the weights differ: the augmentation is applied.
+    let plain = Sandbox::new();
+    plain.write_data(600, 200);
+    plain.write_config("batch_size = 64");
+    let o = plain.kd(&[
+        "distill",
+        "--teacher",
+        t,
+        "--t",
+        "4",
+        "--alpha",
+        "0.1",
+        "--epochs",
+        "2",
+        "--run-name",
+        "plain",
+        "-q",
+    ]);
+    assert_ok(&o);
+    let d = max_diff(&cached, &plain.runs().join("plain/model.safetensors"));
+    assert!(
+        d > 1e-3,
+        "augmented and plain distillation differ by only {d}"
+    );
+    // A fresh view every epoch (views = 0) cannot be cached: the teacher runs per batch.
+    let fresh = sandbox("[augment]\nstudent = \"shift1,flip\"\nviews = 0");
+    let o = fresh.kd(&[
+        "distill",
+        "--teacher",
+        t,
+        "--epochs",
+        "1",
+        "--run-name",
+        "f",
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("the teacher runs on every batch"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_arch_and_augment_values_are_refused_by_name() {
+    let s = sandbox("");
+    let o = s.kd(&["train", "teacher", "--arch", "cnn:64", "--epochs", "1"]);
+    assert_fails(&o, 2, &["--arch \"cnn:64\"", "cnn:32,64,256"]);
+    let o = s.kd(&["train", "student", "--augment", "rotate", "--epochs", "1"]);
+    assert_fails(&o, 2, &["--augment \"rotate\"", "shiftN"]);
+    let bad = sandbox("[augment]\nteacher = \"shift9\"");
+    let o = bad.kd(&["train", "teacher", "--epochs", "1"]);
+    assert_fails(&o, 2, &["augment.teacher", "\"shift9\""]);
+    let bad = sandbox("[early_stopping]\nmonitor = \"loss\"");
+    let o = bad.kd(&["train", "teacher", "--epochs", "1"]);
+    assert_fails(&o, 2, &["monitor"]);
+}
