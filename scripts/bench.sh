@@ -16,7 +16,14 @@
 #   BENCH_EPOCHS    epochs per run (default 3)
 #   BENCH_THREADS   intra-op threads for both sides (default: nproc)
 #   BENCH_SEED      seed (default 42)
-#   BENCH_MODELS    models to run (default "teacher student distill")
+#   BENCH_MODELS    models to run (default "teacher student distill"); also "cnn" (the
+#                   --arch cnn teacher with --augment shift2,flip) and "student-aug" (the
+#                   student with and without --augment shift2,flip, interleaved) and
+#                   "distill-aug" (distillation from the cnn teacher with --augment
+#                   shift2,flip: the teacher cached on 8 views, and --no-teacher-cache)
+#   BENCH_OUT       output prefix (default bench/RESULTS: bench/RESULTS.md, and the raw
+#                   records in bench/results.jsonl and bench/gflops.json; another prefix P
+#                   writes P.md, P.jsonl and P-gflops.json)
 #   BENCH_IDLE_WAIT before each run, wait up to this many seconds for other processes to
 #                   leave the CPUs idle (<= 10% busy); default 120, 0 = don't wait
 #   BENCH_BUSY_LIMIT a run during which other processes used more than this percentage of
@@ -186,11 +193,14 @@ run_ours() {
   local name="$model-$variant-r$round" la
   la=$(wait_idle)
   local cmd
-  if [ "$model" = distill ]; then
-    cmd=("$bin" distill --teacher "$teacher_ckpt")
-  else
-    cmd=("$bin" train "$model")
-  fi
+  case $model in
+    distill) cmd=("$bin" distill --teacher "$teacher_ckpt" --augment none) ;;
+    distill-aug) cmd=("$bin" distill --teacher "$cnn_ckpt" --augment shift2,flip) ;;
+    cnn) cmd=("$bin" train teacher --arch cnn --augment shift2,flip) ;;
+    student-aug) cmd=("$bin" train student) ;;
+    # The reference's MLPs without augmentation, whatever config.toml says.
+    *) cmd=("$bin" train "$model" --arch mlp --augment none) ;;
+  esac
   cmd+=(--epochs "$EPOCHS" --out-dir "$tmp/ours" --run-name "$name" --quiet --seed "$SEED"
         --threads "$THREADS" --device cpu "$@")
   measure "$tmp/$name.measure" "$tmp/$name.log" "${cmd[@]}" || die "kdtrain run $name failed (log: $tmp/$name.log)"
@@ -204,8 +214,14 @@ run_ref() {
   local variant="pytorch-$pipeline${cache:+-cache}"
   local name="$model-$variant-r$round" la
   la=$(wait_idle)
-  local cmd=("$python" "$ref" "$model" --epochs "$EPOCHS" --pipeline "$pipeline" --seed "$SEED"
-             --threads "$THREADS" --out "$tmp/$name.json")
+  local cmd
+  case $model in
+    cnn) cmd=("$python" "$ref" cnn --augment shift2,flip) ;;
+    student-aug) cmd=("$python" "$ref" student --augment shift2,flip) ;;
+    *) cmd=("$python" "$ref" "$model") ;;
+  esac
+  cmd+=(--epochs "$EPOCHS" --pipeline "$pipeline" --seed "$SEED" --threads "$THREADS"
+        --out "$tmp/$name.json")
   [ "$model" = distill ] && cmd+=(--teacher "$teacher_ckpt")
   [ -n "$cache" ] && cmd+=(--teacher-cache)
   measure "$tmp/$name.measure" "$tmp/$name.log" "${cmd[@]}" || die "reference run $name failed (log: $tmp/$name.log)"
@@ -214,6 +230,7 @@ run_ref() {
 
 notes=()
 teacher_ckpt=""
+cnn_ckpt=""
 for model in $MODELS; do
   if [ "$model" = distill ] && [ -z "$teacher_ckpt" ]; then
     # Distill needs a teacher: kdtrain's round-1 teacher, trained here if the teacher
@@ -230,10 +247,28 @@ for model in $MODELS; do
     [ -n "$teacher_ckpt" ] && [ -f "$teacher_ckpt" ] || die "kdtrain's teacher run left no .safetensors"
     notes+=("Distillation (both implementations) uses the teacher kdtrain trained in teacher round 1 (epochs: $EPOCHS, seed $SEED).")
   fi
+  if [ "$model" = distill-aug ] && [ -z "$cnn_ckpt" ]; then
+    if [ ! -d "$tmp/ours/cnn-kdtrain-r1" ]; then
+      say "training a cnn teacher for distill-aug"
+      NO_RECORD=1 run_ours cnn 1 kdtrain
+      notes+=("CNN teacher for distill-aug trained by kdtrain (epochs: $EPOCHS) outside the cnn rounds.")
+    fi
+    cnn_ckpt="$tmp/ours/cnn-kdtrain-r1/model.safetensors"
+    [ -f "$cnn_ckpt" ] || die "kdtrain's cnn run left no model.safetensors"
+  fi
   for round in $(seq 1 "$ROUNDS"); do
     say "[$model round $round/$ROUNDS]"
-    run_ours "$model" "$round" kdtrain
-    [ "$model" = distill ] && run_ours "$model" "$round" kdtrain-nocache --no-teacher-cache
+    if [ "$model" = student-aug ]; then
+      run_ours "$model" "$round" kdtrain --augment shift2,flip
+      run_ours "$model" "$round" kdtrain-noaug --augment none
+    else
+      run_ours "$model" "$round" kdtrain
+    fi
+    case $model in distill | distill-aug)
+      run_ours "$model" "$round" kdtrain-nocache --no-teacher-cache ;;
+    esac
+    # No PyTorch twin of augmented distillation.
+    [ "$model" = distill-aug ] && continue
     run_ref "$model" "$round" memory
     run_ref "$model" "$round" dataloader
     if [ "$model" = distill ]; then
@@ -276,9 +311,15 @@ PY
 
 "$python" "$report" report --results "$results" --gflops "$tmp/gflops.json" \
   --header "$tmp/header.json" --busy-limit "$BUSY_LIMIT" >"$tmp/RESULTS.md"
-mkdir -p bench
-cp "$tmp/RESULTS.md" bench/RESULTS.md
-cp "$results" bench/results.jsonl
-cp "$tmp/gflops.json" bench/gflops.json
-cat bench/RESULTS.md
-say "wrote bench/RESULTS.md (raw records: bench/results.jsonl, bench/gflops.json)"
+out=${BENCH_OUT:-bench/RESULTS}
+if [ "$out" = bench/RESULTS ]; then
+  md=bench/RESULTS.md jsonl=bench/results.jsonl gfl=bench/gflops.json
+else
+  md=$out.md jsonl=$out.jsonl gfl=$out-gflops.json
+fi
+mkdir -p "$(dirname "$md")"
+cp "$tmp/RESULTS.md" "$md"
+cp "$results" "$jsonl"
+cp "$tmp/gflops.json" "$gfl"
+cat "$md"
+say "wrote $md (raw records: $jsonl, $gfl)"

@@ -25,8 +25,14 @@ LAYERS = {
 # ones named in the brief; the fourth is the student's first layer.
 TRAIN_SHAPES = [(256, 784, 512), (256, 512, 256), (256, 256, 128), (256, 784, 128)]
 SQUARE = (2048, 2048, 2048)
-VARIANTS = ["kdtrain", "kdtrain-nocache", "pytorch-memory", "pytorch-dataloader",
-            "pytorch-memory-cache", "pytorch-dataloader-cache"]
+VARIANTS = ["kdtrain", "kdtrain-nocache", "kdtrain-noaug", "pytorch-memory",
+            "pytorch-dataloader", "pytorch-memory-cache", "pytorch-dataloader-cache"]
+# `cnn`: the --arch cnn teacher with shift2,flip augmentation; `student-aug`: the student
+# with shift2,flip augmentation (its `kdtrain-noaug` variant: the same run without).
+MODELS = ("teacher", "student", "distill", "cnn", "student-aug", "distill-aug")
+# MACs of one forward pass of cnn:32,64,256: conv 28x28x1x32x9, conv 14x14x32x64x9,
+# linear 3136x256 and 256x10 (batch norm, ReLU and pooling are not MACs).
+CNN_MACS = 28 * 28 * 1 * 32 * 9 + 14 * 14 * 32 * 64 * 9 + 3136 * 256 + 256 * 10
 
 
 def reference_of(model, variant, pipeline):
@@ -126,7 +132,9 @@ def epoch_gflop(model, exact=False):
 
     if model == "teacher":
         per_sample = train_flop(LAYERS["teacher"])
-    elif model in ("student", "distill-cached"):
+    elif model == "cnn":
+        per_sample = 3 * 2 * CNN_MACS - (2 * 28 * 28 * 32 * 9 if exact else 0)
+    elif model in ("student", "distill-cached", "student-aug"):
         per_sample = train_flop(LAYERS["student"])
     elif model == "distill":  # teacher forward every step
         per_sample = train_flop(LAYERS["student"]) + 2 * macs(LAYERS["teacher"])
@@ -166,7 +174,7 @@ def cmd_report(args):
 
     # Aggregate: median over rounds of each run's figures.
     agg = {}
-    for model in ("teacher", "student", "distill"):
+    for model in MODELS:
         for variant in VARIANTS:
             all_rs = [r for r in recs if r["model"] == model and r["variant"] == variant]
             if not all_rs:
@@ -187,6 +195,7 @@ def cmd_report(args):
                 "acc": med([r["test_acc"] for r in rs]),
                 "wall": med([r.get("wall_seconds") for r in rs]),
                 "threads": med([r["threads"] for r in rs]),
+                "cache": med([r.get("teacher_cache_seconds") for r in rs]),
             }
 
     out = []
@@ -214,7 +223,7 @@ def cmd_report(args):
       "clean runs enter the medians unless a variant has none.")
     w("")
 
-    for model in ("teacher", "student", "distill"):
+    for model in MODELS:
         rows = [(v, agg[(model, v)]) for v in VARIANTS if (model, v) in agg]
         if not rows:
             continue
@@ -239,6 +248,10 @@ def cmd_report(args):
                 name = "kdtrain (teacher cache)"
             elif v == "kdtrain-nocache":
                 name = "kdtrain (--no-teacher-cache)"
+            elif v == "kdtrain-noaug":
+                name = "kdtrain (no augmentation)"
+            elif model == "student-aug" and v == "kdtrain":
+                name = "kdtrain (--augment shift2,flip)"
             elif v.endswith("-cache"):
                 name = f"{v[:-len('-cache')]} (teacher cache)"
             w(f"| {name} | {fmt(a['epoch'], '.3f')} | {fmt(a['epoch_min'], '.3f')}–"
@@ -261,6 +274,33 @@ def cmd_report(args):
             w(f"| kdtrain distill, teacher cache | {fmt(dc, '.3f')} | {fmt(ratio(dc, st), '.2f')} |")
         if dn is not None:
             w(f"| kdtrain distill, --no-teacher-cache | {fmt(dn, '.3f')} | {fmt(ratio(dn, st), '.2f')} |")
+        w("")
+
+    # Augmentation overhead: the same student with and without shift2,flip, interleaved.
+    sa = agg.get(("student-aug", "kdtrain"), {}).get("epoch")
+    sn = agg.get(("student-aug", "kdtrain-noaug"), {}).get("epoch")
+    if sa and sn:
+        w("## Augmentation overhead (kdtrain student)")
+        w("")
+        w("| | s/epoch | / without augmentation |")
+        w("|---|---:|---:|")
+        w(f"| train student | {fmt(sn, '.3f')} | 1.00 |")
+        w(f"| train student --augment shift2,flip | {fmt(sa, '.3f')} | {fmt(ratio(sa, sn), '.2f')} |")
+        w("")
+
+    # Consistent teaching: the teacher cached on K views, or run on every batch.
+    dac = agg.get(("distill-aug", "kdtrain"))
+    dan = agg.get(("distill-aug", "kdtrain-nocache"))
+    if dac and dan and dac["epoch"] and dan["epoch"]:
+        w("## Consistent teaching with augmentation (kdtrain, cnn teacher, shift2,flip)")
+        w("")
+        w("| teacher's logits | cache s (once) | s/epoch | seconds for 60 epochs |")
+        w("|---|---:|---:|---:|")
+        c = dac["cache"] or 0.0
+        w(f"| cached on 8 views per example | {fmt(dac['cache'], '.2f')} | {fmt(dac['epoch'], '.3f')} "
+          f"| {c + 60 * dac['epoch']:.0f} |")
+        w(f"| teacher on every batch (--no-teacher-cache) | – | {fmt(dan['epoch'], '.3f')} "
+          f"| {60 * dan['epoch']:.0f} |")
         w("")
 
     # Matmul throughput and the physical bound.
@@ -293,6 +333,8 @@ def cmd_report(args):
          ("distill", "pytorch-memory-cache")),
         ("distill (no cache)", "distill", ("distill", "kdtrain-nocache"), ("distill", "pytorch-memory")),
     ]
+    bound_rows.append(("cnn teacher, shift2,flip", "cnn", ("cnn", "kdtrain"), ("cnn", "pytorch-memory")))
+    bound_rows = [r for r in bound_rows if r[2] in agg]
     for label, key, ours_key, pt_key in bound_rows:
         fl = epoch_gflop(key)
         fle = epoch_gflop(key, exact=True)

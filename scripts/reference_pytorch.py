@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
 """Plain-PyTorch twin of kdtrain, for timing and accuracy comparison.
 
-    reference_pytorch.py {teacher,student,distill} --epochs N --pipeline {dataloader,memory}
-        [--teacher PATH.safetensors] [--teacher-cache] [--seed S] [--threads K] [--data-dir DIR]
-        [--out FILE.json] [--save PATH.safetensors] [--flush-denormal] [-v]
+    reference_pytorch.py {teacher,student,distill,cnn} --epochs N --pipeline {dataloader,memory}
+        [--teacher PATH.safetensors] [--teacher-cache] [--augment shift2,flip] [--seed S]
+        [--threads K] [--data-dir DIR] [--out FILE.json] [--save PATH.safetensors]
+        [--flush-denormal] [-v]
+
+`cnn` is kdtrain's `--arch cnn` teacher (cnn:32,64,256,dropout=0.3): conv 3x3 (padding 1)
+-> batch norm -> ReLU -> max-pool 2 for 32 then 64 channels, linear 3136-256, ReLU,
+dropout 0.3, linear 256-10, PyTorch's default initialisation, trained on the labels.
+`--augment shift2,flip` draws per example and per batch a shift of -2..2 pixels along
+each axis (zero padding) and a left-right flip with probability 1/2, applied to the
+batch with one pad and one gather, as kdtrain does.
 
 Everything the training loop does matches kdtrain: Fashion-MNIST pixels/255 as float32
 [n,784]; 5000 training images held out for validation (drawn by the seed), training on
@@ -126,6 +134,30 @@ def mlp(sizes):
     return nn.Sequential(OrderedDict(layers))
 
 
+def cnn_model():
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Dropout(0.3),
+        nn.Linear(256, 10))
+
+
+def augment(x, shift, flip):
+    """Random shifts (zero padding) and left-right flips per example: [b, 784] -> [b, 784]."""
+    b = x.shape[0]
+    side, ps = 28, 28 + 2 * shift
+    dx = torch.randint(-shift, shift + 1, (b, 1, 1))
+    dy = torch.randint(-shift, shift + 1, (b, 1, 1))
+    f = torch.randint(0, 2 if flip else 1, (b, 1, 1))
+    r = torch.arange(side).view(1, side, 1)
+    c = torch.arange(side).view(1, 1, side)
+    c = c + f * (side - 1 - 2 * c)
+    idx = (r + dy + shift) * ps + (c + dx + shift)
+    padded = F.pad(x.view(b, side, side), (shift, shift, shift, shift)).reshape(b, ps * ps)
+    return padded.gather(1, idx.view(b, side * side))
+
+
 def teacher_model():
     return mlp([784, 512, 256, 128, 10])
 
@@ -183,12 +215,14 @@ def evaluate(model, x, y, batch=EVAL_BATCH):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", choices=["teacher", "student", "distill"])
+    ap.add_argument("model", choices=["teacher", "student", "distill", "cnn"])
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--pipeline", choices=["dataloader", "memory"], required=True)
     ap.add_argument("--teacher", help="teacher checkpoint (.safetensors) for distill")
     ap.add_argument("--teacher-cache", action="store_true",
                     help="distill: compute the teacher's outputs once, gather them per batch")
+    ap.add_argument("--augment", default="none",
+                    help="none, or shiftN and/or flip, comma-separated (e.g. shift2,flip)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--data-dir")
@@ -225,8 +259,18 @@ def main():
 
     # Models.
     teacher, teacher_source = None, None
+    aug_shift, aug_flip = 0, False
+    for part in filter(None, args.augment.split(",")):
+        if part == "flip":
+            aug_flip = True
+        elif part.startswith("shift"):
+            aug_shift = int(part[5:])
+        elif part != "none":
+            ap.error(f"--augment {args.augment!r}: expected none, shiftN, flip")
     if args.model == "teacher":
         model = teacher_model()
+    elif args.model == "cnn":
+        model = cnn_model()
     else:
         model = student_model()
     if args.model == "distill":
@@ -285,6 +329,8 @@ def main():
                 startup_seconds = time.time() - T_START
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, decay_steps)
+            if aug_shift or aug_flip:
+                xb = augment(xb, aug_shift, aug_flip)
             z = model(xb)
             if cache is not None:
                 loss = kd_loss(z, yb, t=cache[idx])

@@ -107,6 +107,10 @@ pub struct DistillArgs {
     /// Run the teacher on every batch instead of caching its logits once.
     #[arg(long)]
     pub no_teacher_cache: bool,
+    /// The student's training views: none, or a comma list of shiftN and flip; the
+    /// teacher sees the same view [config: augment.student].
+    #[arg(long, value_name = "VIEWS")]
+    pub augment: Option<String>,
     /// Distil even when the teacher was trained with another validation split (its
     /// training images may then be in this run's validation set).
     #[arg(long)]
@@ -236,6 +240,10 @@ impl Cli {
                 d.objective.apply(&mut o);
                 o.no_teacher_cache = d.no_teacher_cache;
                 o.teacher = d.teacher.clone();
+                o.augment = d
+                    .augment
+                    .clone()
+                    .map(|a| (crate::run::RunKind::Distilled, a));
             }
             Command::Reproduce(r) => {
                 r.objective.apply(&mut o);

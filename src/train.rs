@@ -97,6 +97,9 @@ pub struct FitResult {
     pub epoch_seconds: Vec<f64>,
     /// Seconds from process start to the first optimizer step.
     pub startup_seconds: f64,
+    /// Seconds to compute the teacher's cached logits (every view's, with
+    /// augmentation); `None` without a cache.
+    pub teacher_cache_seconds: Option<f64>,
 }
 
 /// The seed of epoch `epoch`'s shuffle: a function of the run's seed and the epoch
@@ -185,11 +188,11 @@ pub fn fit(
     }
     // Keyed by row of `data.train`, i.e. by example, not by batch position; with
     // augmentation, by (view, example): row k * n + i holds view k of example i.
+    let t_cache = Instant::now();
     let train_cache = match (teacher.filter(|t| t.cache), aug.is_none(), &view_set) {
         (None, _, _) => None,
         (Some(t), true, _) => Some(eval::logits(t.network, &data.train.images)), // [n, 10]
         (Some(t), false, Some(set)) => {
-            let t0 = Instant::now();
             let views: Vec<Tensor> = (0..set.k)
                 .map(|k| {
                     let v = set.fixed(k, n, device);
@@ -201,7 +204,7 @@ pub fn fit(
             run.say(&format!(
                 "cached the teacher's logits on {} views of {n} examples in {:.1} s",
                 set.k,
-                t0.elapsed().as_secs_f64()
+                t_cache.elapsed().as_secs_f64()
             ));
             Some(Tensor::cat(&views, 0)) // [k * n, 10]
         }
@@ -213,6 +216,9 @@ pub fn fit(
             None
         }
     };
+    let teacher_cache_seconds = train_cache
+        .as_ref()
+        .map(|_| t_cache.elapsed().as_secs_f64());
     let val_teacher = teacher.map(|t| eval::logits(t.network, &data.val.images)); // [n_val, 10]
 
     let mut epoch_seconds = Vec::new();
@@ -387,6 +393,7 @@ pub fn fit(
         stopped_early,
         epoch_seconds,
         startup_seconds: startup_seconds.unwrap_or(0.0),
+        teacher_cache_seconds,
     })
 }
 

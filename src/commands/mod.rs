@@ -78,6 +78,9 @@ pub struct RunOutcome {
     pub eval_test_seconds: f64,
     /// Seconds from process start to the first optimizer step.
     pub startup_seconds: f64,
+    /// Seconds to compute the teacher's cached logits before the first epoch (every
+    /// view's, with augmentation); `null` without a cache.
+    pub teacher_cache_seconds: Option<f64>,
     /// Seconds to read, validate and move the data to the device.
     pub data_load_seconds: f64,
     /// The set that `train_loss` and `train_acc` cover.
@@ -447,6 +450,7 @@ pub fn train_one(
         epoch_seconds: fit.epoch_seconds,
         eval_test_seconds,
         startup_seconds: fit.startup_seconds,
+        teacher_cache_seconds: fit.teacher_cache_seconds,
         data_load_seconds,
         train_set: match c.data.validation {
             Validation::Split => {
