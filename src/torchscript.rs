@@ -38,7 +38,7 @@ pub struct TorchScriptNet {
 
 impl TorchScriptNet {
     /// Loads `path` onto `device` (a model saved on CUDA loads on the CPU), sets eval
-    /// mode and probes it with a batch of two blank images.
+    /// mode and probes it with batches of two and three blank images.
     ///
     /// # Errors
     /// A [`UsageError`] naming the file: not TorchScript (a pickled state dict, say), an
@@ -69,8 +69,10 @@ impl TorchScriptNet {
             input,
             device,
         };
-        let probe = Tensor::zeros([2, 784], (Kind::Float, device));
-        let _logits = net.try_forward(&probe).map_err(|e| {
+        // Two batch sizes: a model traced with its batch size baked in passes one and
+        // fails the other here, not in the middle of training.
+        let probe = |n: i64| net.try_forward(&Tensor::zeros([n, 784], (Kind::Float, device)));
+        let _logits = probe(2).and_then(|_| probe(3)).map_err(|e| {
             UsageError(format!(
                 "--teacher {shown}: {e}; the teacher must map {} f32 in [0, 1] to logits \
                  [batch, 10] (set model.teacher_input = \"{}\" if it takes {})",
@@ -111,7 +113,7 @@ impl TorchScriptNet {
             tch::no_grad(|| self.module.forward_is(&[IValue::Tensor(input)])).map_err(|e| {
                 format!(
                     "it failed on a probe batch {}: {}",
-                    self.input_desc().replace("batch", "2"),
+                    self.input_desc().replace("batch", &batch.to_string()),
                     e.to_string().lines().next().unwrap_or("").trim()
                 )
             })?;

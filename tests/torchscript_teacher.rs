@@ -7,7 +7,8 @@ mod common;
 use common::*;
 
 /// Trains a small MLP on the sandbox's data in PyTorch for a few steps, saves it with
-/// torch.jit (as `kind`: "good", "tuple", "shape", "flat", "state_dict"), and prints its
+/// torch.jit (as `kind`: "good", "tuple", "shape", "flat", "state_dict", "fixed": its
+/// batch size traced in as 2), and prints its
 /// test accuracy.
 const MAKE: &str = r#"
 import gzip, struct, sys, torch
@@ -33,12 +34,15 @@ class Tuple(torch.nn.Module):
 class Five(torch.nn.Module):
     def __init__(self, n): super().__init__(); self.n = n
     def forward(self, x): return self.n(x)[:, :5]
+class Fixed(torch.nn.Module):
+    def __init__(self, n): super().__init__(); self.n = n
+    def forward(self, x): return self.n(x.reshape(2, 1, 28, 28))
 if kind == "state_dict":
     torch.save(net.state_dict(), out)
 elif kind == "flat":
     torch.jit.save(torch.jit.trace(net[1:], x[:2].flatten(1)), out)
 else:
-    m = {"good": net, "tuple": Tuple(net), "shape": Five(net)}[kind]
+    m = {"good": net, "tuple": Tuple(net), "shape": Five(net), "fixed": Fixed(net)}[kind]
     torch.jit.save(torch.jit.trace(m, x[:2]), out)
 with torch.no_grad():
     print((net(xt).argmax(1) == yt).float().mean().item())
@@ -147,6 +151,8 @@ fn unusable_torchscript_teachers_are_refused_by_name() {
             "shape",
             &["shape.model", "shape [2, 5]", "expected [2, 10]"][..],
         ),
+        // Passes a probe of 2 images, fails one of 3: refused before training.
+        ("fixed", &["fixed.model", "probe batch [3, 1, 28, 28]"][..]),
         (
             "state_dict",
             &[
