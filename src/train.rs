@@ -50,6 +50,10 @@ impl std::error::Error for Interrupted {}
 /// eval mode under `no_grad`) and whether its training-set logits are cached.
 pub struct Teacher<'a> {
     pub network: &'a dyn Network,
+    /// What identifies the teacher's weights (its file's SHA-256): the key under which
+    /// its cached logits are kept for the next run of this process (the seeds and
+    /// objectives of a `reproduce` share them).
+    pub id: String,
     /// Compute the logits of every training example once (`[n, 10] f32`, keyed by row
     /// of the training set) instead of a forward pass per batch. Any objective reads
     /// the same logits, so the cache serves them all.
@@ -171,10 +175,12 @@ pub fn fit(
     ));
 
     let aug = cfg.augment;
+    // The K views are the same for every seed (only the per-epoch choice among them
+    // depends on the seed), so one cache serves every run with this teacher.
     let view_set = (!aug.is_none() && cfg.views > 0).then(|| ViewSet {
         augment: aug,
         k: cfg.views,
-        base: augment::key(cfg.seed ^ AUGMENT_SALT, u64::MAX),
+        base: AUGMENT_SALT,
     });
     if !aug.is_none() {
         run.say(&format!(
@@ -191,22 +197,31 @@ pub fn fit(
     let t_cache = Instant::now();
     let train_cache = match (teacher.filter(|t| t.cache), aug.is_none(), &view_set) {
         (None, _, _) => None,
-        (Some(t), true, _) => Some(eval::logits(t.network, &data.train.images)), // [n, 10]
+        (Some(t), true, _) => Some(cached_logits(t, &data.split.split_hash, "none", n, || {
+            eval::logits(t.network, &data.train.images) // [n, 10]
+        })),
         (Some(t), false, Some(set)) => {
-            let views: Vec<Tensor> = (0..set.k)
-                .map(|k| {
-                    let v = set.fixed(k, n, device);
-                    eval::logits_with(t.network, &data.train.images, |x, rows| {
-                        aug.apply(x, &v.narrow(0, rows.0, rows.1))
+            let what = format!("{} x{}", aug.spec(), set.k);
+            let mut fresh = false;
+            let logits = cached_logits(t, &data.split.split_hash, &what, n, || {
+                fresh = true;
+                let views: Vec<Tensor> = (0..set.k)
+                    .map(|k| {
+                        let v = set.fixed(k, n, device);
+                        eval::logits_with(t.network, &data.train.images, |x, rows| {
+                            aug.apply(x, &v.narrow(0, rows.0, rows.1))
+                        })
                     })
-                })
-                .collect();
+                    .collect();
+                Tensor::cat(&views, 0) // [k * n, 10]
+            });
             run.say(&format!(
-                "cached the teacher's logits on {} views of {n} examples in {:.1} s",
+                "{} the teacher's logits on {} views of {n} examples in {:.1} s",
+                if fresh { "cached" } else { "reused" },
                 set.k,
                 t_cache.elapsed().as_secs_f64()
             ));
-            Some(Tensor::cat(&views, 0)) // [k * n, 10]
+            Some(logits)
         }
         (Some(_), false, None) => {
             run.say(
@@ -395,6 +410,31 @@ pub fn fit(
         startup_seconds: startup_seconds.unwrap_or(0.0),
         teacher_cache_seconds,
     })
+}
+
+/// The last teacher cache computed in this process, with its key.
+static LAST_CACHE: std::sync::Mutex<Option<(String, Tensor)>> = std::sync::Mutex::new(None);
+
+/// The teacher's training-set logits for `what` (`none`, or the views), computed by
+/// `compute` unless the previous run of this process computed them for the same teacher
+/// (by SHA-256), training split, views, size and device.
+fn cached_logits(
+    t: &Teacher,
+    split_hash: &str,
+    what: &str,
+    n: i64,
+    compute: impl FnOnce() -> Tensor,
+) -> Tensor {
+    let key = format!("{}|{split_hash}|{what}|{n}|{:?}", t.id, t.network.device());
+    let mut last = LAST_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, v)) = last.as_ref()
+        && *k == key
+    {
+        return v.shallow_clone();
+    }
+    let v = compute();
+    *last = Some((key, v.shallow_clone()));
+    v
 }
 
 /// What a stopped run leaves: the best checkpoint so far, or none.

@@ -69,7 +69,7 @@ pub fn run(s: &Settings) -> Result<()> {
         &config,
         &mut run,
         objective.as_ref(),
-        Some(teacher.network.as_ref()),
+        Some(&teacher),
         &data,
     )?;
     print_result(&out);

@@ -335,7 +335,7 @@ pub fn train_one(
     config: &Config,
     run: &mut Run,
     objective: &dyn Objective,
-    teacher: Option<&dyn Network>,
+    teacher: Option<&LoadedTeacher>,
     data: &(Dataset, f64),
 ) -> Result<RunOutcome> {
     let (data, data_load_seconds) = (&data.0, data.1);
@@ -377,8 +377,9 @@ pub fn train_one(
         augment,
         views,
     };
-    let teacher = teacher.map(|network| Teacher {
-        network,
+    let teacher = teacher.map(|t| Teacher {
+        network: t.network.as_ref(),
+        id: t.sha256.clone(),
         cache: c.distill.teacher_cache,
     });
     let fit = crate::train::fit(

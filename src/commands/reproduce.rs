@@ -110,14 +110,7 @@ pub fn run(s: &Settings) -> Result<()> {
                 t_path.display()
             );
             run.add_meta(t.meta())?;
-            let out = train_one(
-                s,
-                &config,
-                &mut run,
-                objective.as_ref(),
-                Some(t.network.as_ref()),
-                &data,
-            )?;
+            let out = train_one(s, &config, &mut run, objective.as_ref(), Some(t), &data)?;
             print_result(&out);
             runs.push(out);
         }
