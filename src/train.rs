@@ -177,7 +177,7 @@ pub fn fit(
     let aug = cfg.augment;
     // The K views are the same for every seed (only the per-epoch choice among them
     // depends on the seed), so one cache serves every run with this teacher.
-    let view_set = (!aug.is_none() && cfg.views > 0).then(|| ViewSet {
+    let view_set = (!aug.is_none() && cfg.views > 0).then_some(ViewSet {
         augment: aug,
         k: cfg.views,
         base: AUGMENT_SALT,
