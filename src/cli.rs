@@ -73,7 +73,7 @@ pub struct ObjectiveArgs {
     #[arg(long = "t", visible_alias = "temperature", value_name = "T")]
     pub t: Option<f64>,
     /// kd, mse: weight of the hard-label cross-entropy in [0, 1], the soft term gets
-    /// 1 - alpha [kd 0.9, mse 0.5]; dkd: weight of TCKD [1].
+    /// 1 - alpha [kd 0.5, mse 0.5]; dkd: weight of TCKD [1].
     #[arg(long)]
     pub alpha: Option<f64>,
     /// dkd: weight of NCKD [8]; dist: weight of the inter-class term [1].
@@ -163,7 +163,8 @@ pub struct Common {
     /// Run folder name inside --out-dir [default: <model>-<date>-<time>].
     #[arg(long, global = true, value_name = "NAME")]
     pub run_name: Option<String>,
-    /// Maximum epochs (full passes over the training set) [default: 50].
+    /// Epochs (full passes over the training set) of every model trained, the teacher
+    /// included [default: 200, the teacher 60, reproduce's teacher 20].
     #[arg(long, global = true)]
     pub epochs: Option<usize>,
     /// Examples per optimizer step [default: 256].

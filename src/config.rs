@@ -89,6 +89,10 @@ pub struct ReproduceConfig {
     pub teacher_per_seed: bool,
     /// The teacher's architecture in `reproduce`; `""` = `model.teacher`.
     pub teacher: String,
+    /// Its training augmentation; `""` = `augment.teacher`.
+    pub teacher_augment: String,
+    /// Its epochs; 0 = `train.teacher_epochs`.
+    pub teacher_epochs: usize,
 }
 
 /// The reference's `DATA_CONFIG`, plus where the data lives and how validation is drawn.
@@ -312,8 +316,8 @@ impl Default for DataConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            epochs: 50,
-            teacher_epochs: 0,
+            epochs: 200,
+            teacher_epochs: 60,
         }
     }
 }
@@ -344,9 +348,9 @@ impl Default for OptimizerConfig {
 impl Default for EarlyStoppingConfig {
     fn default() -> Self {
         EarlyStoppingConfig {
-            enabled: true,
+            enabled: false,
             patience: 5,
-            monitor: crate::train::Monitor::Ce,
+            monitor: crate::train::Monitor::Acc,
         }
     }
 }
@@ -357,7 +361,7 @@ pub const DEFAULT_SPLIT_SEED: u64 = 20_150_309;
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            teacher: "mlp:512,256,128".into(),
+            teacher: "mlp:512,256,128,dropout=0.2".into(),
             student: "mlp:128".into(),
             teacher_input: "image".into(),
         }
@@ -380,7 +384,9 @@ impl Default for ReproduceConfig {
             seeds: vec![0, 1, 2],
             objectives: Vec::new(),
             teacher_per_seed: false,
-            teacher: String::new(),
+            teacher: "cnn:32,64,256,dropout=0.3".into(),
+            teacher_augment: "shift2,flip".into(),
+            teacher_epochs: 20,
         }
     }
 }
@@ -404,7 +410,7 @@ impl Default for KdConfig {
     fn default() -> Self {
         KdConfig {
             temperature: 2.0,
-            alpha: 0.9,
+            alpha: 0.5,
             t_squared_scaling: true,
         }
     }
@@ -709,6 +715,7 @@ impl Config {
         if let Some(v) = o.epochs {
             self.train.epochs = v;
             self.train.teacher_epochs = 0;
+            self.reproduce.teacher_epochs = 0;
         }
         if let Some((kind, a)) = &o.arch {
             let spec = match a.as_str() {
@@ -973,6 +980,22 @@ impl Config {
                 "reproduce.teacher",
                 format!("{:?}", self.reproduce.teacher),
                 &format!("\"\" (model.teacher) or {e}"),
+            );
+        }
+        if !self.reproduce.teacher_augment.is_empty()
+            && let Err(e) = crate::augment::Augment::parse(&self.reproduce.teacher_augment)
+        {
+            return bad(
+                "reproduce.teacher_augment",
+                format!("{:?}", self.reproduce.teacher_augment),
+                &format!("\"\" (augment.teacher) or {e}"),
+            );
+        }
+        if self.reproduce.teacher_epochs > 1_000_000 {
+            return bad(
+                "reproduce.teacher_epochs",
+                self.reproduce.teacher_epochs,
+                "0 (= train.teacher_epochs) to 1000000",
             );
         }
         for (key, text) in [

@@ -36,6 +36,8 @@ pub fn t_interval_95(x: &[f64]) -> Option<(f64, f64)> {
 pub struct ModelSummary {
     /// `teacher`, `student`, or `distilled (kd)`.
     pub model: String,
+    /// The architecture spec (`cnn:32,64,256,dropout=0.3`, `mlp:128`).
+    pub arch: String,
     pub objective: String,
     pub objective_settings: String,
     pub params: i64,
@@ -69,6 +71,8 @@ pub struct Gain {
 pub struct Results {
     pub dataset: &'static str,
     pub validation: String,
+    /// What chose each run's weights: `validation accuracy` or `validation cross-entropy`.
+    pub selection: String,
     pub seeds: Vec<u64>,
     pub teacher_per_seed: bool,
     pub models: Vec<ModelSummary>,
@@ -100,6 +104,7 @@ impl Results {
         objectives: &[String],
         teacher_per_seed: bool,
         validation: String,
+        selection: String,
         wall_seconds: f64,
     ) -> Results {
         let mut labels: Vec<String> = Vec::new();
@@ -118,6 +123,7 @@ impl Results {
                 let (acc_mean, acc_sd) = mean_sd(&col(|r| r.test_acc));
                 ModelSummary {
                     model: l.clone(),
+                    arch: rs[0].arch.clone(),
                     objective: rs[0].objective.clone(),
                     objective_settings: rs[0].objective_settings.clone(),
                     params: rs[0].params,
@@ -167,6 +173,7 @@ impl Results {
         Results {
             dataset: "Fashion-MNIST",
             validation,
+            selection,
             seeds: seeds.to_vec(),
             teacher_per_seed,
             models,
@@ -181,8 +188,8 @@ impl Results {
         let n = self.seeds.len();
         let seeds: Vec<String> = self.seeds.iter().map(|s| s.to_string()).collect();
         let mut s = format!(
-            "{}, test set; {n} seed{} ({}); validation: {}; teacher: {}; models chosen on \
-             validation cross-entropy. Accuracy in percent, mean ± sample sd over seeds.\n\n",
+            "{}, test set; {n} seed{} ({}); validation: {}; teacher: {}; each run's weights \
+             chosen on {}. Accuracy in percent, mean ± sample sd over seeds.\n\n",
             self.dataset,
             if n == 1 { "" } else { "s" },
             seeds.join(", "),
@@ -191,21 +198,24 @@ impl Results {
                 "one per seed"
             } else {
                 "one, trained with the first seed, for every seed"
-            }
+            },
+            self.selection
         );
         let pct = |v: f64| format!("{:.2}", v * 100.0);
-        s.push_str("| model | objective | parameters | test acc (%) | test loss | ECE | epochs run (best) | s/epoch |\n");
-        s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        s.push_str("| model | architecture | objective | parameters | test acc (%) | validation acc (%) | test loss | ECE | epochs run (best) | s/epoch |\n");
+        s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for m in &self.models {
             let acc = match m.test_acc_sd {
                 Some(sd) => format!("{} ± {}", pct(m.test_acc_mean), pct(sd)),
                 None => pct(m.test_acc_mean),
             };
             s.push_str(&format!(
-                "| {} | {} | {} | {acc} | {:.4} | {:.4} | {:.1} ({:.1}) | {} |\n",
+                "| {} | {} | {} | {} | {acc} | {} | {:.4} | {:.4} | {:.1} ({:.1}) | {} |\n",
                 m.model,
+                m.arch,
                 m.objective_settings,
                 m.params,
+                pct(m.best_val_acc_mean),
                 m.test_loss_mean,
                 m.test_ece_mean,
                 m.epochs_run_mean,

@@ -52,7 +52,8 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
         "train loss did not fall: {rows:?}"
     );
     let ckpt = Checkpoint::read(&teacher.join("model.safetensors")).unwrap();
-    assert_eq!(ckpt.arch(), Some(Arch::teacher()));
+    // The default teacher: the reference's MLP with dropout 0.2 (the same parameters).
+    assert_eq!(ckpt.arch(), Arch::parse("mlp:512,256,128,dropout=0.2").ok());
     assert_eq!(ckpt.tensors["fc1.weight"].size(), vec![512, 784]);
     assert!(stdout(&o).contains("teacher: train loss"), "{}", stdout(&o));
 
@@ -135,9 +136,11 @@ fn reproduce_writes_the_table_and_the_comparison() {
     for needle in [
         "| teacher |",
         "| student |",
-        "| distilled (kd) | kd (T=2, alpha=0.9, KL scaling T^2) |",
-        "567434",
+        "| distilled (kd) | mlp:128 | kd (T=2, alpha=0.5, KL scaling T^2) |",
+        // reproduce's teacher is the CNN (cnn:32,64,256,dropout=0.3).
+        "| teacher | cnn:32,64,256,dropout=0.3 | cross-entropy on the labels | 824650 |",
         "101770",
+        "chosen on validation accuracy",
         "ECE",
         "95% interval",
     ] {
@@ -227,7 +230,7 @@ fn early_stopping_restores_the_best_epoch() {
     // schedule does not depend on --epochs, so a same-seed run of exactly `best` epochs
     // must end with the same weights, bit for bit.
     let p = s.path().join("test.toml");
-    std::fs::write(&p, "[data]\nvalidation_size = 100\n[early_stopping]\npatience = 1\n[lr_schedule]\ninitial_lr = 0.2\nalpha = 1.0\n").unwrap();
+    std::fs::write(&p, "[data]\nvalidation_size = 100\n[early_stopping]\nenabled = true\nmonitor = \"ce\"\npatience = 1\n[lr_schedule]\ninitial_lr = 0.2\nalpha = 1.0\n").unwrap();
     let o = s.kd(&["train", "student", "--epochs", "30", "--run-name", "es"]);
     assert_ok(&o);
     let dir = s.runs().join("es");

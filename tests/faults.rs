@@ -1189,7 +1189,7 @@ fn sigkill_at_random_moments_never_tears_a_checkpoint() {
         );
         let best = Checkpoint::read(&r.join("model.safetensors"))
             .unwrap_or_else(|e| panic!("round {round}: {e:#}"));
-        assert_eq!(best.arch(), Some(Arch::teacher()));
+        assert_eq!(best.arch(), Arch::parse("mlp:512,256,128,dropout=0.2").ok());
     }
     // Finish: the epoch budget may change on --resume.
     let done = state_epoch(&r).unwrap() + 3;
@@ -1280,7 +1280,7 @@ fn resume_continues_exactly_where_the_run_stopped() {
     let s = sandbox_with(
         3000,
         100,
-        "batch_size = 32\n[early_stopping]\npatience = 4\n[logging]\nplots = false",
+        "batch_size = 32\n[early_stopping]\nenabled = true\nmonitor = \"ce\"\npatience = 4\n[logging]\nplots = false",
     );
     let mut x: u32 = 12345;
     let labels: Vec<u8> = (0..3000)

@@ -70,8 +70,15 @@ pub fn run(s: &Settings) -> Result<()> {
             let config = s.run_config(|c| {
                 c.seed = seed;
                 c.runtime.out_dir = out_dir.display().to_string();
-                if !c.reproduce.teacher.is_empty() {
-                    c.model.teacher = c.reproduce.teacher.clone();
+                let r = c.reproduce.clone();
+                if !r.teacher.is_empty() {
+                    c.model.teacher = r.teacher;
+                }
+                if !r.teacher_augment.is_empty() {
+                    c.augment.teacher = r.teacher_augment;
+                }
+                if r.teacher_epochs > 0 {
+                    c.train.teacher_epochs = r.teacher_epochs;
                 }
             });
             let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
@@ -125,6 +132,10 @@ pub fn run(s: &Settings) -> Result<()> {
         &objectives,
         per_seed_teacher,
         validation,
+        match c.early_stopping.monitor {
+            crate::train::Monitor::Acc => "validation accuracy".into(),
+            crate::train::Monitor::Ce => "validation cross-entropy".into(),
+        },
         t0.elapsed().as_secs_f64(),
     );
     let md = results.markdown();
