@@ -21,6 +21,7 @@
 #                   student with and without --augment shift2,flip, interleaved) and
 #                   "distill-aug" (distillation from the cnn teacher with --augment
 #                   shift2,flip: the teacher cached on 8 views, and --no-teacher-cache)
+#   BENCH_PIPELINES PyTorch pipelines to compare with (default "memory dataloader")
 #   BENCH_OUT       output prefix (default bench/RESULTS: bench/RESULTS.md, and the raw
 #                   records in bench/results.jsonl and bench/gflops.json; another prefix P
 #                   writes P.md, P.jsonl and P-gflops.json)
@@ -43,6 +44,7 @@ EPOCHS=${BENCH_EPOCHS:-3}
 THREADS=${BENCH_THREADS:-$(nproc)}
 SEED=${BENCH_SEED:-42}
 MODELS=${BENCH_MODELS:-teacher student distill}
+PIPELINES=${BENCH_PIPELINES:-memory dataloader}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-120}
 BUSY_LIMIT=${BENCH_BUSY_LIMIT:-15}
 
@@ -269,11 +271,13 @@ for model in $MODELS; do
     esac
     # No PyTorch twin of augmented distillation.
     [ "$model" = distill-aug ] && continue
-    run_ref "$model" "$round" memory
-    run_ref "$model" "$round" dataloader
+    for pipeline in $PIPELINES; do
+      run_ref "$model" "$round" "$pipeline"
+    done
     if [ "$model" = distill ]; then
-      run_ref "$model" "$round" memory cache
-      run_ref "$model" "$round" dataloader cache
+      for pipeline in $PIPELINES; do
+        run_ref "$model" "$round" "$pipeline" cache
+      done
     fi
   done
 done
