@@ -241,8 +241,10 @@ def cmd_report(args):
             is_ours = v.startswith("kdtrain")
             mem = agg.get((model, reference_of(model, v, "memory")), {}).get("epoch")
             dl = agg.get((model, reference_of(model, v, "dataloader")), {}).get("epoch")
-            r_mem = fmt(ratio(a["epoch"], mem), ".2f") if is_ours else ""
-            r_dl = fmt(ratio(a["epoch"], dl), ".2f") if is_ours else ""
+            # kdtrain-noaug is compared with kdtrain, not with the augmented twin.
+            compared = is_ours and v != "kdtrain-noaug"
+            r_mem = fmt(ratio(a["epoch"], mem), ".2f") if compared else ""
+            r_dl = fmt(ratio(a["epoch"], dl), ".2f") if compared else ""
             name = v
             if v == "kdtrain" and model == "distill":
                 name = "kdtrain (teacher cache)"

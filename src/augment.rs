@@ -15,11 +15,16 @@
 //!
 //! Both give the same views and so the same logits (up to the order of floating-point
 //! reductions in the teacher's batched forward pass); the cache is the default because
-//! its cost does not grow with the epochs: with the CNN teacher on 2 cores, one pass over
-//! the 55,000 training images costs a few seconds while a long student schedule runs
-//! 60 epochs (the measured figures are in `bench/AUGMENT.md`).
+//! its cost does not grow with the epochs: K passes of the teacher over the training set
+//! once, against one pass per epoch (the measured seconds, with the CNN teacher on 2
+//! cores, are in `bench/CNN.md`).
+//!
+//! A view is stored as the index of its (dx, dy, flip) combination, and the per-batch
+//! work is one gather through a small table of source pixels per combination (built once
+//! per run by [`Augment::table`]): three ops per batch, so that the student's short
+//! epochs stay short.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// What augmentation draws. `shift` is the largest shift in pixels along each axis
 /// (uniform in `-shift..=shift`, zero padding); `flip` mirrors left-right with
@@ -114,47 +119,61 @@ impl Augment {
         }
     }
 
-    /// The views of examples `0..n` under `key`, as `[n, 3] i64` (dx, dy, flip) on
-    /// `device`, to be gathered by row like the images.
-    pub fn views(&self, key: u64, n: i64, device: Device) -> Tensor {
-        let v: Vec<i64> = (0..n as u64)
-            .flat_map(|i| {
-                let v = self.view(key, i);
-                [v.dx, v.dy, v.flip as i64]
-            })
-            .collect();
-        Tensor::from_slice(&v).view([n, 3]).to_device(device)
+    /// The index of a view's combination: `((dy + s) * (2s + 1) + (dx + s)) * 2 + flip`,
+    /// a row of [`Augment::table`].
+    pub fn combo(&self, v: View) -> i64 {
+        let span = 2 * self.shift + 1;
+        ((v.dy + self.shift) * span + (v.dx + self.shift)) * 2 + v.flip as i64
     }
 
-    /// The augmented images: output pixel (r, c) is input pixel (r + dy, c' + dx), with
-    /// c' = 27 - c when flipped and c otherwise, and 0 outside the image.
+    /// The views of examples `0..n` under `key`, as combination indices `[n] i64` on
+    /// `device` (see [`Augment::combo`]), to be gathered by row like the images.
+    pub fn views(&self, key: u64, n: i64, device: Device) -> Tensor {
+        let v: Vec<i64> = (0..n as u64)
+            .map(|i| self.combo(self.view(key, i)))
+            .collect();
+        Tensor::from_slice(&v).to_device(device)
+    }
+
+    /// Per combination (row [`Augment::combo`]), the source of each output pixel (r, c):
+    /// input pixel (r + dy, c' + dx), with c' = 27 - c when flipped and c otherwise, as an
+    /// index into the image with one zero pixel appended (784 where the source falls
+    /// outside the image). `[(2s + 1)^2 * 2, 784] i64` on `device`.
+    pub fn table(&self, device: Device) -> Tensor {
+        let s = self.shift;
+        let mut t = Vec::new();
+        for dy in -s..=s {
+            for dx in -s..=s {
+                for flip in [false, true] {
+                    for r in 0..28i64 {
+                        for c in 0..28i64 {
+                            let c = if flip { 27 - c } else { c };
+                            let (sr, sc) = (r + dy, c + dx);
+                            let inside = (0..28).contains(&sr) && (0..28).contains(&sc);
+                            t.push(if inside { sr * 28 + sc } else { 784 });
+                        }
+                    }
+                }
+            }
+        }
+        let rows = (2 * s + 1) * (2 * s + 1) * 2;
+        Tensor::from_slice(&t).view([rows, 784]).to_device(device)
+    }
+
+    /// The augmented images.
     ///
     /// # Shapes
-    /// `images: [b, 784] f32`, `views: [b, 3] i64` (from [`Augment::views`]) ->
-    /// `[b, 784] f32`. One pad and one gather on the images' device.
-    pub fn apply(&self, images: &Tensor, views: &Tensor) -> Tensor {
+    /// `images: [b, 784] f32`, `table` from [`Augment::table`], `views: [b] i64` (from
+    /// [`Augment::views`]) -> `[b, 784] f32`. Three ops on the images' device: append a
+    /// zero pixel, pick each example's row of the table, gather.
+    pub fn apply(&self, images: &Tensor, table: &Tensor, views: &Tensor) -> Tensor {
         if self.is_none() {
             return images.shallow_clone();
         }
-        let s = self.shift;
-        let side = 28i64;
-        let padded_side = side + 2 * s;
         let b = images.size()[0];
-        let dev = images.device();
-        let opts = (Kind::Int64, dev);
-        let dx = views.select(1, 0).view([b, 1, 1]);
-        let dy = views.select(1, 1).view([b, 1, 1]);
-        let flip = views.select(1, 2).view([b, 1, 1]);
-        let r = Tensor::arange(side, opts).view([1, side, 1]);
-        let c = Tensor::arange(side, opts).view([1, 1, side]);
-        // c' = c + flip * (27 - 2c)
-        let c = &c + &flip * (-&c * 2 + (side - 1));
-        let idx = (r + &dy + s) * padded_side + (c + &dx + s); // [b, 28, 28]
-        let padded = images
-            .view([b, side, side])
-            .constant_pad_nd([s, s, s, s])
-            .view([b, padded_side * padded_side]);
-        padded.gather(1, &idx.view([b, side * side]), false)
+        let zero = Tensor::zeros([b, 1], (images.kind(), images.device()));
+        let extended = Tensor::cat(&[images, &zero], 1); // [b, 785]
+        extended.gather(1, &table.index_select(0, views), false)
     }
 }
 
@@ -169,7 +188,7 @@ pub struct ViewSet {
 }
 
 impl ViewSet {
-    /// View `k` of examples `0..n`: `[n, 3] i64`.
+    /// View `k` of examples `0..n`: `[n] i64` combination indices.
     pub fn fixed(&self, k: u64, n: i64, device: Device) -> Tensor {
         self.augment.views(key(self.base, k), n, device)
     }
@@ -183,35 +202,46 @@ impl ViewSet {
         Tensor::from_slice(&v).to_device(device)
     }
 
-    /// The views of examples `0..n` in the epoch of `epoch_key`: `[n, 3] i64`, row i
-    /// equal to row i of `fixed(choice[i])`.
+    /// The views of examples `0..n` in the epoch of `epoch_key`: `[n] i64`, entry i
+    /// equal to entry i of `fixed(choice[i])`.
     pub fn epoch_views(&self, epoch_key: u64, n: i64, device: Device) -> Tensor {
         let v: Vec<i64> = (0..n as u64)
-            .flat_map(|i| {
+            .map(|i| {
                 let k = mix(key(epoch_key, i)) % self.k;
-                let v = self.augment.view(key(self.base, k), i);
-                [v.dx, v.dy, v.flip as i64]
+                self.augment.combo(self.augment.view(key(self.base, k), i))
             })
             .collect();
-        Tensor::from_slice(&v).view([n, 3]).to_device(device)
+        Tensor::from_slice(&v).to_device(device)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     fn image(seed: i64) -> Tensor {
         tch::manual_seed(seed);
         Tensor::rand([1, 784], (Kind::Float, Device::Cpu))
     }
 
-    fn views(list: &[(i64, i64, bool)]) -> Tensor {
+    /// `a` applied to `x` with the listed views (dx, dy, flip).
+    fn apply(a: &Augment, x: &Tensor, list: &[(i64, i64, bool)]) -> Tensor {
         let v: Vec<i64> = list
             .iter()
-            .flat_map(|&(dx, dy, f)| [dx, dy, f as i64])
+            .map(|&(dx, dy, flip)| a.combo(View { dx, dy, flip }))
             .collect();
-        Tensor::from_slice(&v).view([list.len() as i64, 3])
+        a.apply(x, &a.table(Device::Cpu), &Tensor::from_slice(&v))
+    }
+
+    /// Decodes combination indices back into (dx, dy, flip) columns `[n, 3]`.
+    fn decode(a: &Augment, combos: &Tensor) -> Tensor {
+        let span = 2 * a.shift + 1;
+        let flip = combos.remainder(2);
+        let rest = combos.floor_divide_scalar(2);
+        let dx = rest.remainder(span) - a.shift;
+        let dy = rest.floor_divide_scalar(span) - a.shift;
+        Tensor::stack(&[dx, dy, flip], 1)
     }
 
     #[test]
@@ -247,11 +277,11 @@ mod tests {
         };
         let x = image(3);
         let grid = x.view([28, 28]);
-        let flipped = a.apply(&x, &views(&[(0, 0, true)])).view([28, 28]);
+        let flipped = apply(&a, &x, &[(0, 0, true)]).view([28, 28]);
         assert!(flipped.equal(&grid.flip([1])));
-        assert!(a.apply(&x, &views(&[(0, 0, false)])).equal(&x));
+        assert!(apply(&a, &x, &[(0, 0, false)]).equal(&x));
         // dx = 2: output column c is input column c + 2; the last two columns are zero.
-        let shifted = a.apply(&x, &views(&[(2, 0, false)])).view([28, 28]);
+        let shifted = apply(&a, &x, &[(2, 0, false)]).view([28, 28]);
         assert!(shifted.narrow(1, 0, 26).equal(&grid.narrow(1, 2, 26)));
         assert_eq!(
             shifted
@@ -262,12 +292,17 @@ mod tests {
             0.0
         );
         // dy = -1: output row r is input row r - 1; the first row is zero.
-        let down = a.apply(&x, &views(&[(0, -1, false)])).view([28, 28]);
+        let down = apply(&a, &x, &[(0, -1, false)]).view([28, 28]);
         assert!(down.narrow(0, 1, 27).equal(&grid.narrow(0, 0, 27)));
         assert_eq!(down.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0);
         // Per example: a batch of two with different views.
         let two = Tensor::cat(&[&x, &x], 0);
-        let out = a.apply(&two, &views(&[(0, 0, true), (2, 0, false)]));
+        let out = apply(&a, &two, &[(0, 0, true), (2, 0, false)]);
+        // A flip and a shift at once: the source column is (27 - c) + dx, so output column
+        // c is the mirrored image's column c - dx.
+        let both = apply(&a, &x, &[(1, 0, true)]).view([28, 28]);
+        let mirrored = grid.flip([1]);
+        assert!(both.narrow(1, 1, 27).equal(&mirrored.narrow(1, 0, 27)));
         assert!(out.get(0).view([28, 28]).equal(&flipped));
         assert!(out.get(1).view([28, 28]).equal(&shifted));
         assert_eq!(out.size(), vec![2, 784]);
@@ -279,11 +314,11 @@ mod tests {
             shift: 2,
             flip: true,
         };
-        let v1 = a.views(key(7, 3), 5000, Device::Cpu);
-        let v2 = a.views(key(7, 3), 5000, Device::Cpu);
+        let v1 = decode(&a, &a.views(key(7, 3), 5000, Device::Cpu));
+        let v2 = decode(&a, &a.views(key(7, 3), 5000, Device::Cpu));
         assert!(v1.equal(&v2));
-        assert!(!v1.equal(&a.views(key(7, 4), 5000, Device::Cpu)));
-        assert!(!v1.equal(&a.views(key(8, 3), 5000, Device::Cpu)));
+        assert!(!v1.equal(&decode(&a, &a.views(key(7, 4), 5000, Device::Cpu))));
+        assert!(!v1.equal(&decode(&a, &a.views(key(8, 3), 5000, Device::Cpu))));
         for col in 0..2 {
             let c = v1.select(1, col);
             assert_eq!(c.min().int64_value(&[]), -2);
@@ -292,11 +327,11 @@ mod tests {
         let flips = v1.select(1, 2).sum(Kind::Int64).int64_value(&[]);
         assert!((2300..2700).contains(&flips), "{flips} flips of 5000");
         // Without flip, nothing is flipped.
-        let noflip = Augment {
+        let nf = Augment {
             shift: 1,
             flip: false,
-        }
-        .views(1, 1000, Device::Cpu);
+        };
+        let noflip = decode(&nf, &nf.views(1, 1000, Device::Cpu));
         assert_eq!(noflip.select(1, 2).sum(Kind::Int64).int64_value(&[]), 0);
     }
 

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use crate::model::Network;
 use crate::objective::{Objective, cross_entropy, kl_divergence};
 
-/// Examples per forward pass when evaluating (no activations are kept, so large is cheap).
+/// Examples per forward pass when evaluating an MLP (no activations are kept, so large is
+/// cheap); see [`Network::eval_batch`].
 pub const EVAL_BATCH: i64 = 10_000;
 
 /// Logits of `model` for every row of `images`, computed under `no_grad`.
@@ -34,10 +35,11 @@ pub fn logits_with(
 ) -> Tensor {
     tch::no_grad(|| {
         let n = images.size()[0];
+        let chunk = model.eval_batch();
         let parts: Vec<Tensor> = (0..n)
-            .step_by(EVAL_BATCH as usize)
+            .step_by(chunk as usize)
             .map(|s| {
-                let rows = EVAL_BATCH.min(n - s);
+                let rows = chunk.min(n - s);
                 model.forward(&prepare(&images.narrow(0, s, rows), (s, rows)))
             })
             .collect();

@@ -310,6 +310,11 @@ pub trait Network: Send {
 
     fn device(&self) -> Device;
 
+    /// Rows per forward pass when evaluating many examples ([`crate::eval::logits`]).
+    fn eval_batch(&self) -> i64 {
+        crate::eval::EVAL_BATCH
+    }
+
     /// Evaluation-mode logits (see [`Network::forward_t`]).
     fn forward(&self, x: &Tensor) -> Tensor {
         self.forward_t(x, false)
@@ -524,6 +529,13 @@ impl Network for Cnn {
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         self.named(&self.param_names)
+    }
+
+    /// 256 rows: a CNN's feature maps for 10,000 images (1 GB after the first conv)
+    /// spill out of the caches; measured on 2 cores, 55,000 images take 12.5 s in chunks
+    /// of 256 against 19.6 s in chunks of 10,000.
+    fn eval_batch(&self) -> i64 {
+        256
     }
 
     fn named_buffers(&self) -> Vec<(String, Tensor)> {

@@ -178,6 +178,12 @@ impl Network for TorchScriptNet {
         Vec::new()
     }
 
+    /// 256 rows: the model is unknown (a CNN or larger), and large chunks of its
+    /// activations cost memory and time (see [`crate::model::Cnn`]'s).
+    fn eval_batch(&self) -> i64 {
+        256
+    }
+
     fn freeze(&mut self) {}
 
     fn device(&self) -> Device {

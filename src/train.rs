@@ -192,6 +192,7 @@ pub fn fit(
             }
         ));
     }
+    let table = aug.table(device); // [combinations, 784] i64
     // Keyed by row of `data.train`, i.e. by example, not by batch position; with
     // augmentation, by (view, example): row k * n + i holds view k of example i.
     let t_cache = Instant::now();
@@ -209,7 +210,7 @@ pub fn fit(
                     .map(|k| {
                         let v = set.fixed(k, n, device);
                         eval::logits_with(t.network, &data.train.images, |x, rows| {
-                            aug.apply(x, &v.narrow(0, rows.0, rows.1))
+                            aug.apply(x, &table, &v.narrow(0, rows.0, rows.1))
                         })
                     })
                     .collect();
@@ -251,7 +252,7 @@ pub fn fit(
         tch::manual_seed(epoch_seed(cfg.seed, epoch));
         let perm = Tensor::randperm(n, (Kind::Int64, device));
         let epoch_key = augment::key(cfg.seed ^ AUGMENT_SALT, epoch as u64);
-        // [n, 3] i64 per example, and with fixed views the view each example takes.
+        // [n] i64: each example's view, and with fixed views which of the K it is.
         let (epoch_views, choice) = match (&view_set, aug.is_none()) {
             (_, true) => (None, None),
             (Some(set), false) => (
@@ -292,7 +293,7 @@ pub fn fit(
             let idx = perm.narrow(0, start, len); // [len] i64
             let mut x = data.train.images.index_select(0, &idx); // [len, 784]
             if let Some(v) = &epoch_views {
-                x = aug.apply(&x, &v.index_select(0, &idx)); // the view the student sees
+                x = aug.apply(&x, &table, &v.index_select(0, &idx)); // the view the student sees
             }
             let y = data.train.labels.index_select(0, &idx); // [len]
             let logits = model.forward_t(&x, true); // [len, 10]
