@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{ObjectiveFlags, Overrides, UsageError, parse_seeds};
 
-/// Knowledge distillation (Hinton et al. 2015) of an MLP teacher into a small MLP student
-/// on Fashion-MNIST, on libtorch.
+/// Knowledge distillation (Hinton et al. 2015) of a teacher (a CNN, an MLP or a TorchScript
+/// model) into a small MLP student on Fashion-MNIST, on libtorch.
 #[derive(Debug, Parser)]
 #[command(name = "kdtrain", version, about, long_about = None)]
 pub struct Cli {
@@ -20,14 +20,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train the teacher (784-512-256-128-10) or the student (784-128-10) on the labels.
+    /// Train the teacher (model.teacher: the 784-512-256-128-10 MLP with dropout 0.2; --arch
+    /// cnn for the CNN) or the student (784-128-10) on the labels.
     Train {
         /// Which model.
         #[arg(value_enum)]
         model: ModelArg,
-        /// Architecture: mlp (the role's MLP: 784-512-256-128-10 teacher, 784-128-10
-        /// student), cnn (cnn:32,64,256,dropout=0.3) or a spec such as
-        /// "mlp:512,256,128,dropout=0.2" [config: model.teacher / model.student].
+        /// Architecture: mlp (the Keras example's MLP for the role, without dropout:
+        /// 784-512-256-128-10 teacher, 784-128-10 student), cnn (cnn:32,64,256,dropout=0.3)
+        /// or a spec such as "mlp:512,256,128,dropout=0.2" [config: model.teacher /
+        /// model.student].
         #[arg(long, value_name = "ARCH")]
         arch: Option<String>,
         /// Training augmentation: none, or a comma list of shiftN and flip
@@ -173,7 +175,8 @@ pub struct Common {
     /// Initial learning rate of the cosine schedule, per optimizer step [default: 1e-3].
     #[arg(long, global = true)]
     pub lr: Option<f64>,
-    /// Seed for initialisation, the validation split and the shuffles [default: 42].
+    /// Seed for initialisation, the shuffles, dropout and augmentation (the validation
+    /// split has its own, data.split_seed) [default: 42].
     #[arg(long, global = true)]
     pub seed: Option<u64>,
     /// auto, cpu, cuda or cuda:N [default: auto = the first GPU if any].

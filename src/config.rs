@@ -725,21 +725,24 @@ impl Config {
                 "mlp" => crate::model::Arch::student().spec(),
                 other => other.to_string(),
             };
-            if let Err(e) = crate::model::Arch::parse(&spec) {
-                return usage(format!("--arch {a:?}: expected mlp, cnn or {e}"));
-            }
+            // Saved as the canonical spec, so `cnn` and its full spec resume each other.
+            let spec = match crate::model::Arch::parse(&spec) {
+                Ok(arch) => arch.spec(),
+                Err(e) => return usage(format!("--arch {a:?}: expected mlp, cnn or {e}")),
+            };
             match kind {
                 crate::run::RunKind::Teacher => self.model.teacher = spec,
                 _ => self.model.student = spec,
             }
         }
         if let Some((kind, a)) = &o.augment {
-            if let Err(e) = crate::augment::Augment::parse(a) {
-                return usage(format!("--augment {a:?}: expected {e}"));
-            }
+            let a = match crate::augment::Augment::parse(a) {
+                Ok(aug) => aug.spec(),
+                Err(e) => return usage(format!("--augment {a:?}: expected {e}")),
+            };
             match kind {
-                crate::run::RunKind::Teacher => self.augment.teacher = a.clone(),
-                _ => self.augment.student = a.clone(),
+                crate::run::RunKind::Teacher => self.augment.teacher = a,
+                _ => self.augment.student = a,
             }
         }
         if let Some(v) = o.batch_size {

@@ -565,7 +565,9 @@ impl Run {
 fn check_same_training(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
     let norm = |c: &Config| {
         let mut c = c.clone();
+        // The epoch budget may change on resume (the schedule's horizon is kept).
         c.train.epochs = 0;
+        c.train.teacher_epochs = 0;
         c.runtime = Default::default();
         c.logging = Default::default();
         c.data.dir = String::new();

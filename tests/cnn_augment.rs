@@ -227,3 +227,78 @@ fn bad_arch_and_augment_values_are_refused_by_name() {
     let o = bad.kd(&["train", "teacher", "--epochs", "1"]);
     assert_fails(&o, 2, &["monitor"]);
 }
+
+#[test]
+fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
+    // Epochs from the config, not --epochs: the teacher's run records
+    // train.teacher_epochs = 2 (from reproduce.teacher_epochs), which the printed
+    // command's --epochs must be allowed to restate.
+    let s = sandbox("[train]\nepochs = 2\n[reproduce]\nteacher_epochs = 2");
+    let o = s
+        .command(&s.args(&["reproduce", "--seeds", "0,", "-q"]))
+        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let err = stderr(&o);
+    // reproduce's teacher recipe ([reproduce] teacher, teacher_augment) is in the hint.
+    let hint = err
+        .split('`')
+        .find(|p| p.starts_with("kdtrain train teacher"))
+        .unwrap_or_else(|| panic!("no resume command in:\n{err}"));
+    assert!(
+        hint.contains("--arch cnn:32,64,256,dropout=0.3 --augment shift2,flip --epochs 2"),
+        "{hint}"
+    );
+    let mut args: Vec<String> = hint.split_whitespace().skip(1).map(String::from).collect();
+    args.extend(
+        [
+            "--config",
+            "test.toml",
+            "--data-dir",
+            "data",
+            "--threads",
+            "1",
+            "-q",
+        ]
+        .map(String::from),
+    );
+    let o = s.raw(&args);
+    assert_ok(&o);
+    // The same architecture written differently (`cnn` for its full spec, views in
+    // another order) resumes too: specs are saved in their canonical form.
+    let args = [
+        "train",
+        "teacher",
+        "--arch",
+        "cnn",
+        "--augment",
+        "flip,shift1",
+        "--epochs",
+        "2",
+        "--run-name",
+        "alias",
+        "-q",
+    ];
+    let o = s
+        .command(&s.args(&args))
+        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let resumed = [
+        "train",
+        "teacher",
+        "--arch",
+        "cnn:32,64,256,dropout=0.3",
+        "--augment",
+        "shift1,flip",
+        "--epochs",
+        "2",
+        "--run-name",
+        "alias",
+        "--resume",
+        "-q",
+    ];
+    assert_ok(&s.kd(&resumed));
+}

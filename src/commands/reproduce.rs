@@ -82,7 +82,13 @@ pub fn run(s: &Settings) -> Result<()> {
                 }
             });
             let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
-            run.resume_args = format!(" --seed {seed}");
+            // reproduce's own teacher recipe, as `train teacher` flags.
+            run.resume_args = format!(
+                " --seed {seed} --arch {} --augment {} --epochs {}",
+                config.model.teacher,
+                config.augment.teacher,
+                config.epochs_for(true)
+            );
             let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
             print_result(&out);
             drop(run);
