@@ -29,12 +29,20 @@ fn readme_results_are_the_committed_results() {
 
 #[test]
 fn committed_results_md_agrees_with_results_json() {
-    let md = read("docs/results/results.md");
-    let json: serde_json::Value = serde_json::from_str(&read("docs/results/results.json")).unwrap();
+    // The current results (the default recipe) and the earlier MLP-teacher ones.
+    for dir in ["docs/results", "docs/results/mlp-teacher"] {
+        check_results(dir);
+    }
+}
+
+fn check_results(dir: &str) {
+    let md = read(&format!("{dir}/results.md"));
+    let json: serde_json::Value =
+        serde_json::from_str(&read(&format!("{dir}/results.json"))).unwrap();
     let models = json["models"].as_array().unwrap();
     assert!(
-        models.len() >= 4,
-        "teacher, student and at least two objectives"
+        models.len() >= 3,
+        "{dir}: teacher, student and at least one distilled student"
     );
     assert!(json["seeds"].as_array().unwrap().len() >= 3);
     for m in models {
