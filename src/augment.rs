@@ -44,12 +44,19 @@ pub struct View {
     pub flip: bool,
 }
 
-/// splitmix64's finaliser: a bijective mix of 64 bits.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+/// splitmix64's increment (the golden ratio in 64 bits).
+pub const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// splitmix64's finaliser alone: a bijective mix of 64 bits.
+pub fn finalise(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// One splitmix64 step: the increment, then the finaliser.
+pub fn mix(z: u64) -> u64 {
+    finalise(z.wrapping_add(GOLDEN))
 }
 
 /// A key from two values (e.g. a seed and an epoch).
@@ -193,25 +200,21 @@ impl ViewSet {
         self.augment.views(key(self.base, k), n, device)
     }
 
-    /// Which of the K views each example `0..n` takes in the epoch of `epoch_key`:
-    /// `[n] i64` in `0..K`.
-    pub fn choice(&self, epoch_key: u64, n: i64, device: Device) -> Tensor {
-        let v: Vec<i64> = (0..n as u64)
-            .map(|i| (mix(key(epoch_key, i)) % self.k) as i64)
-            .collect();
-        Tensor::from_slice(&v).to_device(device)
-    }
-
-    /// The views of examples `0..n` in the epoch of `epoch_key`: `[n] i64`, entry i
-    /// equal to entry i of `fixed(choice[i])`.
-    pub fn epoch_views(&self, epoch_key: u64, n: i64, device: Device) -> Tensor {
-        let v: Vec<i64> = (0..n as u64)
+    /// The epoch of `epoch_key` for examples `0..n`: which of the K views each takes
+    /// (`[n] i64` in `0..K`), and that view (`[n] i64`, entry i equal to entry i of
+    /// `fixed(choice[i])`).
+    pub fn epoch(&self, epoch_key: u64, n: i64, device: Device) -> (Tensor, Tensor) {
+        let (choice, views): (Vec<i64>, Vec<i64>) = (0..n as u64)
             .map(|i| {
                 let k = mix(key(epoch_key, i)) % self.k;
-                self.augment.combo(self.augment.view(key(self.base, k), i))
+                let view = self.augment.view(key(self.base, k), i);
+                (k as i64, self.augment.combo(view))
             })
-            .collect();
-        Tensor::from_slice(&v).to_device(device)
+            .unzip();
+        (
+            Tensor::from_slice(&choice).to_device(device),
+            Tensor::from_slice(&views).to_device(device),
+        )
     }
 }
 
@@ -346,9 +349,8 @@ mod tests {
             base: 99,
         };
         let n = 300;
-        let choice = set.choice(key(1, 5), n, Device::Cpu);
+        let (choice, ev) = set.epoch(key(1, 5), n, Device::Cpu);
         let fixed: Vec<Tensor> = (0..4).map(|k| set.fixed(k, n, Device::Cpu)).collect();
-        let ev = set.epoch_views(key(1, 5), n, Device::Cpu);
         for i in 0..n {
             let k = choice.int64_value(&[i]);
             assert!(ev.get(i).equal(&fixed[k as usize].get(i)), "example {i}");

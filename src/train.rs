@@ -89,6 +89,16 @@ pub enum Monitor {
     Acc,
 }
 
+impl Monitor {
+    /// What it watches, in words: `validation accuracy`, `validation cross-entropy`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Monitor::Ce => "validation cross-entropy",
+            Monitor::Acc => "validation accuracy",
+        }
+    }
+}
+
 /// Salt that separates the augmentation draws from the shuffle's seed.
 const AUGMENT_SALT: u64 = 0x6175_676d_656e_7421;
 
@@ -109,11 +119,8 @@ pub struct FitResult {
 /// The seed of epoch `epoch`'s shuffle: a function of the run's seed and the epoch
 /// alone, so a resumed run draws the same permutations as an uninterrupted one.
 fn epoch_seed(seed: u64, epoch: usize) -> i64 {
-    // splitmix64 finaliser
-    let mut z = seed.wrapping_add((epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) as i64 & i64::MAX
+    let z = seed.wrapping_add((epoch as u64).wrapping_mul(augment::GOLDEN));
+    augment::finalise(z) as i64 & i64::MAX
 }
 
 /// Trains `model` on `data` and leaves it holding the best weights (by validation
@@ -255,10 +262,10 @@ pub fn fit(
         // [n] i64: each example's view, and with fixed views which of the K it is.
         let (epoch_views, choice) = match (&view_set, aug.is_none()) {
             (_, true) => (None, None),
-            (Some(set), false) => (
-                Some(set.epoch_views(epoch_key, n, device)),
-                Some(set.choice(epoch_key, n, device)),
-            ),
+            (Some(set), false) => {
+                let (choice, views) = set.epoch(epoch_key, n, device);
+                (Some(views), Some(choice))
+            }
             (None, false) => (Some(aug.views(epoch_key, n, device)), None),
         };
         let mut meter = Meter::default();
@@ -391,11 +398,8 @@ pub fn fit(
             && state.bad_epochs >= p
         {
             run.say(&format!(
-                "early stopping: validation {} has not improved for {p} epochs; restoring epoch {}",
-                match cfg.monitor {
-                    Monitor::Ce => "cross-entropy",
-                    Monitor::Acc => "accuracy",
-                },
+                "early stopping: {} has not improved for {p} epochs; restoring epoch {}",
+                cfg.monitor.describe(),
                 state.best_epoch
             ));
             stopped_early = true;

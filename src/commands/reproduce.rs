@@ -138,10 +138,7 @@ pub fn run(s: &Settings) -> Result<()> {
         &objectives,
         per_seed_teacher,
         validation,
-        match c.early_stopping.monitor {
-            crate::train::Monitor::Acc => "validation accuracy".into(),
-            crate::train::Monitor::Ce => "validation cross-entropy".into(),
-        },
+        c.early_stopping.monitor.describe().into(),
         t0.elapsed().as_secs_f64(),
     );
     let md = results.markdown();
