@@ -39,6 +39,18 @@ fn train_cnn_teacher(s: &Sandbox, name: &str, epochs: &str) -> PathBuf {
     s.runs().join(name)
 }
 
+/// Runs `args` with a Ctrl-C arriving right after epoch 1 is saved (the test hook), and
+/// checks that it exits 130.
+fn stopped_after_epoch_1(s: &Sandbox, args: &[&str]) -> std::process::Output {
+    let o = s
+        .command(&s.args(args))
+        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    o
+}
+
 /// Largest absolute difference between same-named tensors; the names must agree.
 fn max_diff(a: &Path, b: &Path) -> f64 {
     let (ca, cb) = (Checkpoint::read(a).unwrap(), Checkpoint::read(b).unwrap());
@@ -120,12 +132,7 @@ fn an_augmented_cnn_run_resumes_bit_for_bit() {
         "cut",
         "-q",
     ];
-    let o = s
-        .command(&s.args(&args))
-        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    stopped_after_epoch_1(&s, &args);
     let mut resumed = args.to_vec();
     resumed.push("--resume");
     assert_ok(&s.kd(&resumed));
@@ -234,12 +241,7 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
     // train.teacher_epochs = 2 (from reproduce.teacher_epochs), which the printed
     // command's --epochs must be allowed to restate.
     let s = sandbox("[train]\nepochs = 2\n[reproduce]\nteacher_epochs = 2");
-    let o = s
-        .command(&s.args(&["reproduce", "--seeds", "0,", "-q"]))
-        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let o = stopped_after_epoch_1(&s, &["reproduce", "--seeds", "0,", "-q"]);
     let err = stderr(&o);
     // reproduce's teacher recipe ([reproduce] teacher, teacher_augment) is in the hint.
     let hint = err
@@ -280,12 +282,7 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
         "alias",
         "-q",
     ];
-    let o = s
-        .command(&s.args(&args))
-        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    stopped_after_epoch_1(&s, &args);
     let resumed = [
         "train",
         "teacher",
