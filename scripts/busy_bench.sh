@@ -3,7 +3,8 @@
 #
 #   old  the previous default: 2 (nproc) threads, libgomp's own spin count
 #        (GOMP_SPINCOUNT=300000, what libgomp uses when OMP_WAIT_POLICY is unset)
-#   new  the current default: nproc threads, the spin count src/main.rs sets
+#   new  the current default: nproc threads, the spin count src/main.rs chooses from
+#        the load at start (0 when other processes keep the CPUs busy, else 10,000)
 #   t1   --threads 1
 #
 # "busy" runs one other CPU-bound process (`yes > /dev/null`, not pinned; BUSY_PIN=1 pins
@@ -184,7 +185,7 @@ out = {
 json.dump(out, open(sys.argv[2], "w"), indent=2)
 desc = {
     "old": "previous default: nproc threads, GOMP_SPINCOUNT=300000 (libgomp's default)",
-    "new": "current default: nproc threads, spin count set by src/main.rs",
+    "new": "current default: nproc threads, spin count chosen by src/main.rs from the load at start",
     "t1": "--threads 1",
 }
 with open(sys.argv[3], "w") as f:

@@ -91,22 +91,40 @@ fn keep_freed_memory() {
     }
 }
 
-/// How long libtorch's OpenMP workers (GNU libgomp, which the PyTorch wheel ships and
-/// libtorch_cpu links) spin between parallel regions before they sleep, unless the user
-/// chose: the `GOMP_SPINCOUNT` that [`tune_openmp_wait`] sets when neither
-/// `OMP_WAIT_POLICY` nor `GOMP_SPINCOUNT` is in the environment. libgomp's own default is
-/// 300,000 spins; on a machine where another process wants a core, a spinning worker
-/// keeps the core from the thread that the parallel region waits for. The thread count,
-/// and so every result, stays the same whatever this is.
-const GOMP_SPINCOUNT: &str = "10000";
+/// libgomp's spin count (`GOMP_SPINCOUNT`: how long libtorch's OpenMP workers spin
+/// between parallel regions before they sleep) when the CPUs the workers will run on are
+/// free: about 0.1 ms. libgomp's own default, 300,000 spins, keeps a core from any other
+/// process that wants it.
+const SPIN_WHEN_FREE: &str = "10000";
 
-/// Puts [`GOMP_SPINCOUNT`] into the environment and runs this program again with the same
-/// arguments (the same process: `exec`). libgomp reads its environment once, in its ELF
-/// constructor, before `main` runs, and libc's own start-up resets the environment after
-/// an executable's `.preinit_array`, so setting the variable here and carrying on would
-/// have no effect. If `exec` fails, the run goes on with libgomp's default. With
-/// `--threads 1` there are no workers to wait, and loading libtorch twice (about 0.3 s)
-/// is skipped.
+/// The spin count when other processes already keep some of those CPUs busy: sleep at
+/// once. A worker that shares its core with another process then gives the core up at
+/// each barrier and gets it back when woken, instead of spinning through its time slice
+/// while the parallel region waits for a sibling that the other process holds off. On a
+/// free machine sleeping costs the wake-up at every parallel region (about a third of a
+/// teacher epoch on 2 cores), hence two values. Measured by `scripts/busy_bench.sh`
+/// (`bench/BUSY.md`).
+const SPIN_WHEN_BUSY: &str = "0";
+
+/// How long [`other_load`] watches the CPUs.
+const LOAD_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Chooses libgomp's spin count ([`SPIN_WHEN_FREE`] or [`SPIN_WHEN_BUSY`]), puts it into
+/// the environment and runs this program again with the same arguments (the same
+/// process: `exec`). libgomp reads its environment once, in its ELF constructor, before
+/// `main` runs, and libc's own start-up resets the environment after an executable's
+/// `.preinit_array`, so setting the variable here and carrying on would have no effect.
+///
+/// The choice: for the commands that train (`train`, `distill`, `reproduce`, `sweep`),
+/// the CPU time other processes take on the CPUs this process may use is sampled for
+/// 0.1 s ([`other_load`]); when fewer CPUs than the worker threads are left free (half a
+/// CPU of slack), workers sleep at once. The thread count never depends on the load, so
+/// neither does any result: the spin count only changes how workers wait. The load is
+/// read once, at start; a load that begins later in the run does not change the choice.
+///
+/// Left alone: a user's `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`, and `--threads 1` (no
+/// workers to wait; loading libtorch twice, about 0.3 s, is skipped). If `exec` fails,
+/// the run goes on with libgomp's default.
 fn tune_openmp_wait() {
     #[cfg(target_os = "linux")]
     {
@@ -117,18 +135,112 @@ fn tune_openmp_wait() {
             return;
         }
         let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        let one_thread = argv.windows(2).any(|w| w[0] == "--threads" && w[1] == "1")
-            || argv.iter().any(|a| a == "--threads=1");
-        if one_thread {
+        let requested = argv
+            .windows(2)
+            .filter(|w| w[0] == "--threads")
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .chain(argv.iter().filter_map(|a| {
+                a.to_str()
+                    .and_then(|a| a.strip_prefix("--threads="))
+                    .map(str::to_string)
+            }))
+            .next_back()
+            .and_then(|t| t.parse::<usize>().ok());
+        if requested == Some(1) {
             return;
+        }
+        let trains = argv.iter().skip(1).any(|a| {
+            ["train", "distill", "reproduce", "sweep"].contains(&a.to_str().unwrap_or(""))
+        });
+        let mut spin = SPIN_WHEN_FREE;
+        if trains {
+            let threads = requested
+                .filter(|&t| t > 0)
+                .unwrap_or_else(kdtrain::device::physical_cores);
+            if let Some((cpus, load)) = other_load()
+                && too_busy(cpus, load, threads)
+            {
+                spin = SPIN_WHEN_BUSY;
+            }
         }
         let mut args = std::env::args_os();
         let mut cmd = std::process::Command::new("/proc/self/exe");
         if let Some(arg0) = args.next() {
             cmd.arg0(arg0);
         }
-        let _ = cmd.args(args).env("GOMP_SPINCOUNT", GOMP_SPINCOUNT).exec();
+        let _ = cmd.args(args).env("GOMP_SPINCOUNT", spin).exec();
     }
+}
+
+/// Whether fewer of the `cpus` CPUs are left free by other processes' `load` (in CPUs)
+/// than `threads` workers need, with half a CPU of slack.
+fn too_busy(cpus: usize, load: f64, threads: usize) -> bool {
+    (cpus as f64 - load) < threads.min(cpus) as f64 - 0.5
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list` in `/proc/self/status`) and how
+/// many of them, in CPUs, other processes kept busy over [`LOAD_SAMPLE`] (user, nice,
+/// system, irq, softirq and steal time in `/proc/stat`; this process sleeps meanwhile).
+/// `KDTRAIN_TEST_OTHER_LOAD=<cpus>` replaces the measured load (for tests). `None` when
+/// `/proc` cannot be read or parsed.
+#[cfg(target_os = "linux")]
+fn other_load() -> Option<(usize, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    let mut allowed = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        allowed.extend(a..=b.min(a + 4096));
+    }
+    if allowed.is_empty() {
+        return None;
+    }
+    if let Some(v) = std::env::var_os("KDTRAIN_TEST_OTHER_LOAD") {
+        return Some((allowed.len(), v.to_str()?.parse().ok()?));
+    }
+    // Per allowed CPU: (busy, total) jiffies.
+    let sample = || -> Option<Vec<(u64, u64)>> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let mut out = Vec::with_capacity(allowed.len());
+        for &cpu in &allowed {
+            let name = format!("cpu{cpu}");
+            let line = stat
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+            out.push((busy, busy + f[3] + f[4]));
+        }
+        Some(out)
+    };
+    let before = sample()?;
+    std::thread::sleep(LOAD_SAMPLE);
+    let after = sample()?;
+    let busy = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| {
+            let total = a.1.saturating_sub(b.1);
+            if total == 0 {
+                0.0
+            } else {
+                a.0.saturating_sub(b.0) as f64 / total as f64
+            }
+        })
+        .sum();
+    Some((allowed.len(), busy))
 }
 
 /// Ends the process at once with `code`, from the Ctrl-C thread while the main thread
@@ -146,4 +258,22 @@ fn exit_now(code: i32) -> ! {
     }
     #[cfg(not(unix))]
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_busy;
+
+    #[test]
+    fn workers_sleep_when_other_processes_leave_too_few_cpus_free() {
+        // 2 CPUs, 2 threads: idle, a little noise, one CPU taken.
+        assert!(!too_busy(2, 0.0, 2));
+        assert!(!too_busy(2, 0.4, 2));
+        assert!(too_busy(2, 0.6, 2));
+        assert!(too_busy(2, 1.0, 2));
+        // More threads than CPUs count as one per CPU; many free CPUs absorb the load.
+        assert!(!too_busy(2, 0.0, 8));
+        assert!(!too_busy(16, 3.0, 8));
+        assert!(too_busy(16, 8.0, 9));
+    }
 }

@@ -157,6 +157,19 @@ fn gomp_spincount(args: &[&str], env: &[(&str, &str)]) -> String {
 fn openmp_workers_spin_briefly_unless_the_user_says_otherwise() {
     assert_eq!(gomp_spincount(&[], &[]), "10000");
     assert_eq!(gomp_spincount(&["--threads", "2"], &[]), "10000");
+    // A command that trains samples the other processes' load first: workers sleep at
+    // once when the CPUs are taken, and spin briefly when they are free.
+    let load = |l: &'static str| [("KDTRAIN_TEST_OTHER_LOAD", l)];
+    assert_eq!(gomp_spincount(&["train", "--help"], &load("0")), "10000");
+    assert_eq!(gomp_spincount(&["train", "--help"], &load("4096")), "0");
+    assert_eq!(
+        gomp_spincount(&["distill", "--help", "--threads=2"], &load("4096")),
+        "0"
+    );
+    assert_eq!(
+        gomp_spincount(&["train", "--help", "--threads", "1"], &load("4096")),
+        "300000"
+    );
     // libgomp's own values for these settings.
     assert_eq!(
         gomp_spincount(&[], &[("OMP_WAIT_POLICY", "active")]),
