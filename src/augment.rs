@@ -19,10 +19,14 @@
 //! once, against one pass per epoch (the measured seconds, with the CNN teacher on 2
 //! cores, are in `bench/CNN.md`).
 //!
-//! A view is stored as the index of its (dx, dy, flip) combination, and the per-batch
-//! work is one gather through a small table of source pixels per combination (built once
-//! per run by [`Augment::table`]): three ops per batch, so that the student's short
-//! epochs stay short.
+//! A view is stored as the index of its (dx, dy, flip) combination, and applied as one
+//! gather through a small table of source pixels per combination (built once per run by
+//! [`Augment::table`]). With K fixed views the gathers are done once per run instead of
+//! at every step: [`ViewSet::store`] keeps the K views of every example as u8 pixels
+//! (`K * n * 784` bytes, 345 MB for K = 8 and 55,000 examples), and a step reads its
+//! batch's rows like unaugmented data ([`ViewSet::pixels`]), so that augmentation adds
+//! little to the student's short epochs (`bench/AUG.md`). Fresh views every epoch
+//! (`augment.views = 0`) gather at each step.
 
 use tch::{Device, Tensor};
 
@@ -218,6 +222,48 @@ impl ViewSet {
     }
 }
 
+impl ViewSet {
+    /// Rows at a time when [`ViewSet::store`] augments the training set.
+    const STORE_CHUNK: i64 = 4096;
+
+    /// The K fixed views of every example, built once: `[k * n, 784] u8` on the images'
+    /// device, row `k * n + i` holding view `k` of example `i` (the same rows as the
+    /// teacher cache), as pixel values 0..=255.
+    ///
+    /// # Shapes
+    /// `images: [n, 784] f32`, pixels / 255 as [`crate::data::Examples`] builds them;
+    /// `table` from [`Augment::table`]. Every augmented pixel is a copy of a source pixel
+    /// or 0, so `round(x * 255)` recovers its byte exactly and [`ViewSet::pixels`] gives
+    /// back the very f32 values that [`Augment::apply`] on the batch would.
+    pub fn store(&self, images: &Tensor, table: &Tensor) -> Tensor {
+        let n = images.size()[0];
+        let device = images.device();
+        let out = Tensor::empty([self.k as i64 * n, 784], (tch::Kind::Uint8, device));
+        for k in 0..self.k {
+            let v = self.fixed(k, n, device);
+            let mut start = 0;
+            while start < n {
+                let len = Self::STORE_CHUNK.min(n - start);
+                let x = self.augment.apply(
+                    &images.narrow(0, start, len),
+                    table,
+                    &v.narrow(0, start, len),
+                );
+                let bytes = (x * 255.0).round().to_kind(tch::Kind::Uint8);
+                out.narrow(0, k as i64 * n + start, len).copy_(&bytes);
+                start += len;
+            }
+        }
+        out
+    }
+
+    /// The batch's views from a [`ViewSet::store`]: `rows: [b] i64` (`k * n + i`) ->
+    /// `[b, 784] f32 in [0, 1]`, converted as [`crate::data::Examples`] converts pixels.
+    pub fn pixels(store: &Tensor, rows: &Tensor) -> Tensor {
+        store.index_select(0, rows).to_kind(tch::Kind::Float) / 255.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +382,39 @@ mod tests {
         };
         let noflip = decode(&nf, &nf.views(1, 1000, Device::Cpu));
         assert_eq!(noflip.select(1, 2).sum(Kind::Int64).int64_value(&[]), 0);
+    }
+
+    #[test]
+    fn stored_views_equal_views_applied_per_batch() {
+        let set = ViewSet {
+            augment: Augment {
+                shift: 2,
+                flip: true,
+            },
+            k: 3,
+            base: 7,
+        };
+        // Pixels / 255 as the data loader builds them; more rows than one store chunk.
+        let n = ViewSet::STORE_CHUNK + 100;
+        tch::manual_seed(3);
+        let images =
+            Tensor::randint(256, [n, 784], (Kind::Uint8, Device::Cpu)).to_kind(Kind::Float) / 255.0;
+        let table = set.augment.table(Device::Cpu);
+        let store = set.store(&images, &table);
+        assert_eq!(store.size(), [3 * n, 784]);
+        let (choice, views) = set.epoch(key(2, 9), n, Device::Cpu);
+        let idx = Tensor::randperm(n, (Kind::Int64, Device::Cpu)).narrow(0, 0, 500);
+        let rows = choice.index_select(0, &idx) * n + &idx;
+        let from_store = ViewSet::pixels(&store, &rows);
+        let applied = set.augment.apply(
+            &images.index_select(0, &idx),
+            &table,
+            &views.index_select(0, &idx),
+        );
+        assert!(
+            from_store.equal(&applied),
+            "the stored views differ from apply's"
+        );
     }
 
     #[test]

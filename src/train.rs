@@ -243,6 +243,17 @@ pub fn fit(
         .as_ref()
         .map(|_| t_cache.elapsed().as_secs_f64());
     let val_teacher = teacher.map(|t| eval::logits(t.network, &data.val.images)); // [n_val, 10]
+    // With K fixed views, every view of every example, augmented once ([k * n, 784] u8).
+    let view_store = view_set.as_ref().map(|set| {
+        let t = Instant::now();
+        let store = set.store(&data.train.images, &table);
+        run.say(&format!(
+            "augmented {} views of {n} examples once, in {:.2} s",
+            set.k,
+            t.elapsed().as_secs_f64()
+        ));
+        store
+    });
 
     let mut epoch_seconds = Vec::new();
     let mut startup_seconds = None;
@@ -298,16 +309,25 @@ pub fn fit(
             let start = step * bs;
             let len = bs.min(n - start);
             let idx = perm.narrow(0, start, len); // [len] i64
-            let mut x = data.train.images.index_select(0, &idx); // [len, 784]
-            if let Some(v) = &epoch_views {
-                x = aug.apply(&x, &table, &v.index_select(0, &idx)); // the view the student sees
-            }
+            // With fixed views, view k of example i is row k * n + i of the store and cache.
+            let rows = choice
+                .as_ref()
+                .map(|ch| ch.index_select(0, &idx) * n + &idx); // [len]
+            // [len, 784]: the view the student sees
+            let x = match (&view_store, &rows, &epoch_views) {
+                (Some(store), Some(r), _) => ViewSet::pixels(store, r),
+                (_, _, Some(v)) => aug.apply(
+                    &data.train.images.index_select(0, &idx),
+                    &table,
+                    &v.index_select(0, &idx),
+                ),
+                _ => data.train.images.index_select(0, &idx),
+            };
             let y = data.train.labels.index_select(0, &idx); // [len]
             let logits = model.forward_t(&x, true); // [len, 10]
             let teacher_logits = match (&train_cache, teacher) {
-                (Some(c), _) => Some(match &choice {
-                    // view k of example i is row k * n + i
-                    Some(ch) => c.index_select(0, &(ch.index_select(0, &idx) * n + &idx)),
+                (Some(c), _) => Some(match &rows {
+                    Some(r) => c.index_select(0, r),
                     None => c.index_select(0, &idx),
                 }), // [len, 10]
                 (None, Some(t)) => Some(tch::no_grad(|| t.network.forward(&x))),
