@@ -128,6 +128,10 @@ pub struct ReproduceArgs {
     /// [config: reproduce.seeds, default 0,1,2].
     #[arg(long, value_name = "LIST|N")]
     pub seeds: Option<String>,
+    /// The teacher's epochs (after --epochs, which sets every model's)
+    /// [config: reproduce.teacher_epochs, default 15].
+    #[arg(long, value_name = "N")]
+    pub teacher_epochs: Option<usize>,
     /// Run the teacher on every batch instead of caching its logits once.
     #[arg(long)]
     pub no_teacher_cache: bool,
@@ -166,7 +170,7 @@ pub struct Common {
     #[arg(long, global = true, value_name = "NAME")]
     pub run_name: Option<String>,
     /// Epochs (full passes over the training set) of every model trained, the teacher
-    /// included [default: 200, the teacher 60, reproduce's teacher 20].
+    /// included [default: 200, the teacher 60, reproduce's teacher 15].
     #[arg(long, global = true)]
     pub epochs: Option<usize>,
     /// Examples per optimizer step [default: 256].
@@ -253,6 +257,7 @@ impl Cli {
                 r.objective.apply(&mut o);
                 o.many_objectives = true;
                 o.no_teacher_cache = r.no_teacher_cache;
+                o.teacher_epochs = r.teacher_epochs;
                 if let Some(s) = &r.seeds {
                     o.seeds = Some(parse_seeds(s).map_err(UsageError)?);
                 }

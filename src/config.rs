@@ -386,7 +386,7 @@ impl Default for ReproduceConfig {
             teacher_per_seed: false,
             teacher: "cnn:32,64,256,dropout=0.3".into(),
             teacher_augment: "shift2,flip".into(),
-            teacher_epochs: 20,
+            teacher_epochs: 15,
         }
     }
 }
@@ -515,6 +515,8 @@ pub struct Overrides {
     pub many_objectives: bool,
     /// `--seeds` (reproduce).
     pub seeds: Option<Vec<u64>>,
+    /// `--teacher-epochs` (reproduce): its teacher's epochs, applied after `--epochs`.
+    pub teacher_epochs: Option<usize>,
     pub params: ObjectiveFlags,
     pub no_teacher_cache: bool,
     pub teacher: Option<PathBuf>,
@@ -768,6 +770,15 @@ impl Config {
         }
         if let Some(s) = &o.seeds {
             self.reproduce.seeds = s.clone();
+        }
+        if let Some(v) = o.teacher_epochs {
+            if v == 0 {
+                return usage(
+                    "--teacher-epochs 0: expected at least 1 epoch for reproduce's teacher"
+                        .to_string(),
+                );
+            }
+            self.reproduce.teacher_epochs = v;
         }
         if o.objectives.len() > 1 && !o.many_objectives {
             return usage(format!(

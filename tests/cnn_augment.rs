@@ -299,3 +299,42 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
     ];
     assert_ok(&s.kd(&resumed));
 }
+
+/// `reproduce --teacher-epochs N` trains its teacher for N epochs, after `--epochs` set
+/// every model's; 0 is refused by name.
+#[test]
+fn reproduce_teacher_epochs_sets_the_teachers_epochs_alone() {
+    let s = sandbox("");
+    let o = s.kd(&[
+        "reproduce",
+        "--seeds",
+        "0,",
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "2",
+        "-q",
+    ]);
+    assert_ok(&o);
+    let root = std::fs::read_dir(s.runs())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("results.json").is_file())
+        .expect("a reproduce folder with results.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("results.json")).unwrap()).unwrap();
+    let epochs = |model: &str| {
+        json["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == model)
+            .unwrap_or_else(|| panic!("no {model} in {json}"))["epochs_run_mean"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(epochs("teacher"), 2.0);
+    assert_eq!(epochs("student"), 1.0);
+    let o = s.kd(&["reproduce", "--seeds", "0,", "--teacher-epochs", "0"]);
+    assert_fails(&o, 2, &["--teacher-epochs 0"]);
+}
