@@ -683,7 +683,9 @@ pub fn newest_unfinished(out: &Path, kind: RunKind) -> Result<PathBuf> {
     })
 }
 
-/// The newest trained model of `kind` in `out` (by modification time).
+/// The newest trained model of `kind` in `out` (by modification time). Runs whose
+/// `state.json` says they have not finished (interrupted, or still training in another
+/// process) are skipped: their `model.safetensors` is only the best epoch so far.
 pub fn newest_model(out: &Path, kind: RunKind) -> Option<PathBuf> {
     // `<out>/<kind>-*/model.safetensors` from `train`/`distill`, and
     // `<out>/reproduce-*/<kind>/model.safetensors` from `reproduce`; the newest file wins.
@@ -700,6 +702,13 @@ pub fn newest_model(out: &Path, kind: RunKind) -> Option<PathBuf> {
             } else {
                 None
             }
+        })
+        .filter(|p| {
+            let state = p.parent().map(|d| d.join(STATE_FILE));
+            state
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
+                .is_none_or(|s| s.finished)
         })
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();

@@ -206,23 +206,42 @@ pub fn fit(
     let train_cache = match (teacher.filter(|t| t.cache), aug.is_none(), &view_set) {
         (None, _, _) => None,
         (Some(t), true, _) => Some(cached_logits(t, &data.split.split_hash, "none", n, || {
-            eval::logits(t.network, &data.train.images) // [n, 10]
-        })),
+            Ok(eval::logits(t.network, &data.train.images)) // [n, 10]
+        })?),
         (Some(t), false, Some(set)) => {
             let what = format!("{} x{}", aug.spec(), set.k);
             let mut fresh = false;
             let logits = cached_logits(t, &data.split.split_hash, &what, n, || {
                 fresh = true;
-                let views: Vec<Tensor> = (0..set.k)
-                    .map(|k| {
-                        let v = set.fixed(k, n, device);
-                        eval::logits_with(t.network, &data.train.images, |x, rows| {
-                            aug.apply(x, &table, &v.narrow(0, rows.0, rows.1))
-                        })
-                    })
-                    .collect();
-                Tensor::cat(&views, 0) // [k * n, 10]
-            });
+                let mut views = Vec::new();
+                for k in 0..set.k {
+                    // Each view is a pass of the teacher over the training set: a Ctrl-C
+                    // is answered between views, not after all K.
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        return Err(Interrupted(format!(
+                            "interrupted while caching the teacher's logits (view {} of {}), \
+                             before this run's first step; nothing new was saved in {}",
+                            k + 1,
+                            set.k,
+                            run.dir.display()
+                        ))
+                        .into());
+                    }
+                    let v = set.fixed(k, n, device);
+                    views.push(eval::logits_with(
+                        t.network,
+                        &data.train.images,
+                        |x, rows| aug.apply(x, &table, &v.narrow(0, rows.0, rows.1)),
+                    ));
+                    // Test hook: `cache:K` acts as a Ctrl-C right after view K is cached.
+                    if std::env::var(crate::commands::INTERRUPT_HOOK)
+                        .is_ok_and(|h| h == format!("cache:{}", k + 1))
+                    {
+                        INTERRUPTED.store(true, Ordering::SeqCst);
+                    }
+                }
+                Ok(Tensor::cat(&views, 0)) // [k * n, 10]
+            })?;
             run.say(&format!(
                 "{} the teacher's logits on {} views of {n} examples in {:.1} s",
                 if fresh { "cached" } else { "reused" },
@@ -243,6 +262,26 @@ pub fn fit(
         .as_ref()
         .map(|_| t_cache.elapsed().as_secs_f64());
     let val_teacher = teacher.map(|t| eval::logits(t.network, &data.val.images)); // [n_val, 10]
+    // A teacher with broken weights (NaN or infinite) would make the first loss NaN,
+    // which would read as a divergence of the student.
+    for (logits, set) in [(&val_teacher, "validation"), (&train_cache, "training")] {
+        if let Some(l) = logits {
+            let bad = l
+                .isfinite()
+                .logical_not()
+                .any_dim(1, false)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            if bad > 0 {
+                return crate::config::usage(format!(
+                    "the teacher's logits are not finite (NaN or infinite) in {bad} of its {} \
+                     rows on the {set} images: its weights are broken; retrain it, or pass \
+                     another --teacher",
+                    l.size()[0]
+                ));
+            }
+        }
+    }
     // With K fixed views, every view of every example, augmented once ([k * n, 784] u8).
     let view_store = view_set.as_ref().map(|set| {
         let t = Instant::now();
@@ -448,18 +487,18 @@ fn cached_logits(
     split_hash: &str,
     what: &str,
     n: i64,
-    compute: impl FnOnce() -> Tensor,
-) -> Tensor {
+    compute: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
     let key = format!("{}|{split_hash}|{what}|{n}|{:?}", t.id, t.network.device());
     let mut last = LAST_CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((k, v)) = last.as_ref()
         && *k == key
     {
-        return v.shallow_clone();
+        return Ok(v.shallow_clone());
     }
-    let v = compute();
+    let v = compute()?;
     *last = Some((key, v.shallow_clone()));
-    v
+    Ok(v)
 }
 
 /// What a stopped run leaves: the best checkpoint so far, or none.

@@ -309,3 +309,72 @@ fn real_data_one_teacher_epoch() {
     assert!(acc >= 0.80, "test accuracy after one teacher epoch: {acc}");
     assert_eq!(summary["params"], 567434);
 }
+
+/// `distill` without `--teacher` takes the newest *finished* teacher: a newer run that
+/// was interrupted (or is still training) holds only its best epoch so far.
+#[test]
+fn distill_skips_an_unfinished_teacher_run() {
+    let s = sandbox();
+    let o = s.kd(&[
+        "train",
+        "teacher",
+        "--epochs",
+        "1",
+        "--run-name",
+        "teacher-done",
+        "-q",
+    ]);
+    assert_ok(&o);
+    let o = s
+        .command(&s.args(&[
+            "train",
+            "teacher",
+            "--epochs",
+            "2",
+            "--run-name",
+            "teacher-cut",
+            "-q",
+        ]))
+        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(s.runs().join("teacher-cut/model.safetensors").is_file());
+    let o = s.kd(&["distill", "--epochs", "1", "--run-name", "d"]);
+    assert_ok(&o);
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("teacher: "))
+        .unwrap_or_else(|| panic!("no teacher line in:\n{err}"));
+    assert!(line.contains("teacher-done/model.safetensors"), "{line}");
+}
+
+/// A teacher whose (finite) weights make its logits overflow to infinity or NaN is
+/// refused (exit 2) before the student trains, not reported as the student's
+/// divergence. (NaN or infinite weights are refused when the checkpoint is read.)
+#[test]
+fn a_teacher_whose_logits_overflow_is_refused() {
+    let s = sandbox();
+    let o = s.kd(&["train", "teacher", "--epochs", "1", "--run-name", "t", "-q"]);
+    assert_ok(&o);
+    // safetensors: an 8-byte header length, the JSON header, then the tensors' bytes.
+    // Every value of the first layer's bias becomes f32::MAX: finite, but the next
+    // layer's sums overflow.
+    let path = s.runs().join("t/model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let offsets = &header["fc1.bias"]["data_offsets"];
+    let (from, to) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
+    for at in (8 + len + from..8 + len + to).step_by(4) {
+        bytes[at..at + 4].copy_from_slice(&f32::MAX.to_le_bytes());
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let teacher = path.display().to_string();
+    let o = s.kd(&["distill", "--teacher", &teacher, "--epochs", "1"]);
+    assert_fails(&o, 2, &["teacher's logits are not finite"]);
+}

@@ -171,6 +171,23 @@ fn augmentation_changes_training_and_the_teacher_sees_the_students_view() {
         err.contains("cached the teacher's logits on 3 views of 500 examples"),
         "{err}"
     );
+    // A Ctrl-C while the views are cached stops after the view in progress (hook:
+    // right after view 1), exit 130, without waiting for the other views.
+    let o = s
+        .command(&s.args(&[
+            "distill",
+            "--teacher",
+            t,
+            "--epochs",
+            "2",
+            "--run-name",
+            "cut",
+        ]))
+        .env(kdtrain::commands::INTERRUPT_HOOK, "cache:1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(view 2 of 3)"), "{}", stderr(&o));
     let (per_batch, _) = distil("per-batch", &["--no-teacher-cache"]);
     // The same views, so the same teacher logits: the cache holds each view's logits,
     // the per-batch path runs the teacher on the augmented batch. (A cache of the

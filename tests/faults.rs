@@ -661,7 +661,7 @@ fn distill_without_a_teacher_says_to_train_one() {
         &s.kd(&["distill", "--epochs", "1"]),
         2,
         &[
-            "no teacher checkpoint",
+            "no finished teacher checkpoint",
             "run `train teacher` first",
             "--teacher",
         ],

@@ -30,7 +30,8 @@ use crate::train::{LoopConfig, Teacher};
 
 /// Test hook: `KDTRAIN_TEST_INTERRUPT=final-evaluation` acts as a Ctrl-C that arrives
 /// after the last epoch, while the final evaluation runs (too short a moment for a test
-/// to hit with a real signal); `epoch:N` one that arrives right after epoch N is saved.
+/// to hit with a real signal); `epoch:N` one that arrives right after epoch N is saved;
+/// `cache:K` one that arrives right after the teacher's logits on view K are cached.
 pub const INTERRUPT_HOOK: &str = "KDTRAIN_TEST_INTERRUPT";
 
 /// Runs the parsed command line.
@@ -186,9 +187,9 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
             Some(p) => p,
             None => {
                 return usage(format!(
-                    "no teacher checkpoint in {0}/teacher-*/model.safetensors or \
-                     {0}/reproduce-*/teacher/model.safetensors; run `train teacher` first, \
-                     or pass --teacher PATH",
+                    "no finished teacher checkpoint in {0}/teacher-*/model.safetensors or \
+                     {0}/reproduce-*/teacher/model.safetensors (interrupted runs are skipped; \
+                     finish one with --resume); run `train teacher` first, or pass --teacher PATH",
                     out.display()
                 ));
             }

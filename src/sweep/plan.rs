@@ -567,7 +567,7 @@ pub fn read_sweep_file(path: &Path, opts: &PlanOptions) -> Result<(Config, Grid)
                 let out = Path::new(&base.runtime.out_dir);
                 crate::run::newest_model(out, RunKind::Teacher).ok_or_else(|| {
                     UsageError(format!(
-                        "no teacher checkpoint in {}/teacher-*/model.safetensors; run `kdtrain train teacher` first, or pass --teacher PATH",
+                        "no finished teacher checkpoint in {}/teacher-*/model.safetensors (interrupted runs are skipped; finish one with --resume); run `kdtrain train teacher` first, or pass --teacher PATH",
                         out.display()
                     ))
                 })?
