@@ -88,7 +88,33 @@ pub fn to_safetensors(
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    Ok(safetensors::serialize(views, Some(metadata))?)
+    let bytes = safetensors::serialize(views, Some(metadata))?;
+    sorted_metadata(bytes)
+}
+
+/// The same safetensors bytes with the `__metadata__` entries in key order. The crate
+/// writes them in `HashMap` order, which changes from process to process, so two
+/// identical runs wrote different bytes (and different SHA-256s for the same teacher).
+/// Layout: an 8-byte little-endian header length, the JSON header padded with spaces
+/// to a multiple of 8 bytes, then the tensors' bytes (offsets relative to their start,
+/// so a header of another length keeps them valid).
+fn sorted_metadata(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    use std::collections::BTreeMap;
+    let len = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + len])?;
+    if let Some(serde_json::Value::Object(meta)) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, serde_json::Value> =
+            std::mem::take(meta).into_iter().collect();
+        *meta = sorted.into_iter().collect();
+    }
+    let mut json = serde_json::to_vec(&header)?;
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
 }
 
 /// A checkpoint read from disk.
@@ -231,6 +257,17 @@ impl Checkpoint {
                         self.path.display()
                     );
                 }
+                // Batch norm divides by sqrt(running_var + eps): a negative variance gives
+                // NaN logits for every image.
+                if name.ends_with("running_var")
+                    && bool::try_from(src.lt(0.0).any()).unwrap_or(true)
+                {
+                    bail!(
+                        "checkpoint {}: tensor `{name}` holds negative variances; the \
+                         checkpoint is corrupt; use another one or train again",
+                        self.path.display()
+                    );
+                }
                 p.copy_(src);
             }
             Ok(())
@@ -343,6 +380,30 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let t = vec![
+            ("b".to_string(), Tensor::from_slice(&[1.0f32, 2.0])),
+            ("a".to_string(), Tensor::from_slice(&[3.0f32])),
+        ];
+        // Each HashMap has its own random hasher, so each iterates its 20 keys in its
+        // own order.
+        let meta = || -> HashMap<String, String> {
+            (0..20)
+                .map(|i| (format!("key{i}"), format!("value {i}")))
+                .collect()
+        };
+        let first = to_safetensors(&t, meta()).unwrap();
+        for _ in 0..5 {
+            assert_eq!(to_safetensors(&t, meta()).unwrap(), first);
+        }
+        let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(st.tensor("b").unwrap().data().len(), 8);
+        let (_, parsed) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+        assert_eq!(parsed.metadata().as_ref().unwrap(), &meta());
+        assert_eq!(u64::from_le_bytes(first[..8].try_into().unwrap()) % 8, 0);
     }
 
     #[test]
