@@ -249,6 +249,16 @@ impl Run {
             "version": env!("CARGO_PKG_VERSION"),
             "libtorch": crate::LIBTORCH_VERSION,
             "device": config.runtime.device,
+            // How libgomp's workers wait (src/main.rs): the spin count, and whether
+            // kdtrain chose it from the load at start or the user set it.
+            "openmp_spincount": std::env::var("GOMP_SPINCOUNT").ok(),
+            "openmp_spincount_chosen_by": if std::env::var_os(crate::device::CHOSEN_SPINCOUNT).is_some() {
+                "kdtrain, from the load at start"
+            } else if std::env::var_os("GOMP_SPINCOUNT").is_some() {
+                "the user"
+            } else {
+                "libgomp's default"
+            },
         });
         write_atomic(
             &dir.join("meta.json"),
@@ -272,13 +282,19 @@ impl Run {
     }
 
     /// Removes a folder this process created when the run fails before its first epoch
-    /// (bad data, say), so that no empty run folder is left behind. Anything but the
-    /// files [`Run::open`] wrote keeps the folder.
+    /// (bad data, say), so that no empty run folder is left behind. A folder holding
+    /// anything but the files [`Run::open`] wrote (a checkpoint, metrics) is kept whole.
     pub fn abandon(&self) {
-        if !self.created {
+        const OURS: [&str; 3] = ["config.toml", "meta.json", "run.lock"];
+        let only_ours = std::fs::read_dir(&self.dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .all(|e| e.file_name().to_str().is_some_and(|n| OURS.contains(&n)))
+        });
+        if !self.created || !only_ours {
             return;
         }
-        for f in ["config.toml", "meta.json", "run.lock"] {
+        for f in OURS {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
         let _ = std::fs::remove_dir(&self.dir); // fails, harmlessly, if anything else is there
@@ -683,9 +699,10 @@ pub fn newest_unfinished(out: &Path, kind: RunKind) -> Result<PathBuf> {
     })
 }
 
-/// The newest trained model of `kind` in `out` (by modification time). Runs whose
-/// `state.json` says they have not finished (interrupted, or still training in another
-/// process) are skipped: their `model.safetensors` is only the best epoch so far.
+/// The newest trained model of `kind` in `out` (by modification time), among the runs
+/// whose `state.json` says they finished. Others (interrupted, still training in another
+/// process, or with a `state.json` missing or unreadable after a kill) are skipped:
+/// their `model.safetensors` may be only the best epoch so far.
 pub fn newest_model(out: &Path, kind: RunKind) -> Option<PathBuf> {
     // `<out>/<kind>-*/model.safetensors` from `train`/`distill`, and
     // `<out>/reproduce-*/<kind>/model.safetensors` from `reproduce`; the newest file wins.
@@ -708,7 +725,7 @@ pub fn newest_model(out: &Path, kind: RunKind) -> Option<PathBuf> {
             state
                 .and_then(|f| std::fs::read_to_string(f).ok())
                 .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
-                .is_none_or(|s| s.finished)
+                .is_some_and(|s| s.finished)
         })
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();

@@ -340,13 +340,24 @@ fn distill_skips_an_unfinished_teacher_run() {
         .unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(s.runs().join("teacher-cut/model.safetensors").is_file());
-    let o = s.kd(&["distill", "--epochs", "1", "--run-name", "d"]);
-    assert_ok(&o);
-    let err = stderr(&o);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("teacher: "))
-        .unwrap_or_else(|| panic!("no teacher line in:\n{err}"));
+    let teacher_used = |name: &str| {
+        let o = s.kd(&["distill", "--epochs", "1", "--run-name", name]);
+        assert_ok(&o);
+        let err = stderr(&o);
+        err.lines()
+            .find(|l| l.starts_with("teacher: "))
+            .unwrap_or_else(|| panic!("no teacher line in:\n{err}"))
+            .to_string()
+    };
+    let line = teacher_used("d1");
+    assert!(line.contains("teacher-done/model.safetensors"), "{line}");
+    // A state.json lost to a kill, or unreadable, does not make the run count as done.
+    let state = s.runs().join("teacher-cut/state.json");
+    std::fs::write(&state, "{garbage").unwrap();
+    let line = teacher_used("d2");
+    assert!(line.contains("teacher-done/model.safetensors"), "{line}");
+    std::fs::remove_file(&state).unwrap();
+    let line = teacher_used("d3");
     assert!(line.contains("teacher-done/model.safetensors"), "{line}");
 }
 
@@ -377,4 +388,41 @@ fn a_teacher_whose_logits_overflow_is_refused() {
     let teacher = path.display().to_string();
     let o = s.kd(&["distill", "--teacher", &teacher, "--epochs", "1"]);
     assert_fails(&o, 2, &["teacher's logits are not finite"]);
+    // Finite but huge logits (the last layer's weights times 1e6): mse's loss diverges,
+    // and the message names the teacher instead of the learning rate.
+    let o = s.kd(&[
+        "train",
+        "teacher",
+        "--epochs",
+        "1",
+        "--run-name",
+        "big",
+        "-q",
+    ]);
+    assert_ok(&o);
+    let path = s.runs().join("big/model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let offsets = &header["fc4.weight"]["data_offsets"];
+    let (from, to) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
+    for at in (8 + len + from..8 + len + to).step_by(4) {
+        let v = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) * 1e6;
+        bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let teacher = path.display().to_string();
+    let o = s.kd(&[
+        "distill",
+        "--teacher",
+        &teacher,
+        "--objective",
+        "mse",
+        "--epochs",
+        "1",
+    ]);
+    assert_fails(&o, 1, &["diverged", "the teacher is the likely cause"]);
 }

@@ -64,6 +64,7 @@ pub fn run(s: &Settings) -> Result<()> {
     let mut meta = teacher.meta();
     meta["allow_split_mismatch"] = serde_json::Value::Bool(s.allow_split_mismatch);
     run.add_meta(meta)?;
+    // So does a run stopped before its first epoch completes.
     let out = train_one(
         s,
         &config,
@@ -71,7 +72,8 @@ pub fn run(s: &Settings) -> Result<()> {
         objective.as_ref(),
         Some(&teacher),
         &data,
-    )?;
+    )
+    .inspect_err(|_| run.abandon())?;
     print_result(&out);
     Ok(())
 }

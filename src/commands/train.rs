@@ -18,7 +18,9 @@ pub fn run(s: &Settings, model: ModelArg) -> Result<()> {
     let mut run = Run::open(&s.config, kind, s.run_name.as_deref(), s.resume, s.quiet)?;
     // A bad data file leaves no empty run folder behind.
     let data = load_data(s, &dir).inspect_err(|_| run.abandon())?;
-    let out = train_one(s, &s.config, &mut run, &CrossEntropy, None, &data)?;
+    // So does a run stopped before its first epoch completes.
+    let out = train_one(s, &s.config, &mut run, &CrossEntropy, None, &data)
+        .inspect_err(|_| run.abandon())?;
     print_result(&out);
     Ok(())
 }
