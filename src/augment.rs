@@ -235,10 +235,13 @@ impl ViewSet {
     /// `table` from [`Augment::table`]. Every augmented pixel is a copy of a source pixel
     /// or 0, so `round(x * 255)` recovers its byte exactly and [`ViewSet::pixels`] gives
     /// back the very f32 values that [`Augment::apply`] on the batch would.
-    pub fn store(&self, images: &Tensor, table: &Tensor) -> Tensor {
+    ///
+    /// # Errors
+    /// The allocation's failure (out of memory), as libtorch reports it.
+    pub fn store(&self, images: &Tensor, table: &Tensor) -> Result<Tensor, tch::TchError> {
         let n = images.size()[0];
         let device = images.device();
-        let out = Tensor::empty([self.k as i64 * n, 784], (tch::Kind::Uint8, device));
+        let out = Tensor::f_empty([self.k as i64 * n, 784], (tch::Kind::Uint8, device))?;
         for k in 0..self.k {
             let v = self.fixed(k, n, device);
             let mut start = 0;
@@ -254,7 +257,12 @@ impl ViewSet {
                 start += len;
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// The bytes a [`ViewSet::store`] of `n` examples takes: `K * n * 784`.
+    pub fn store_bytes(&self, n: i64) -> u64 {
+        self.k * n.max(0) as u64 * 784
     }
 
     /// The batch's views from a [`ViewSet::store`]: `rows: [b] i64` (`k * n + i`) ->
@@ -400,7 +408,7 @@ mod tests {
         let images =
             Tensor::randint(256, [n, 784], (Kind::Uint8, Device::Cpu)).to_kind(Kind::Float) / 255.0;
         let table = set.augment.table(Device::Cpu);
-        let store = set.store(&images, &table);
+        let store = set.store(&images, &table).unwrap();
         assert_eq!(store.size(), [3 * n, 784]);
         let (choice, views) = set.epoch(key(2, 9), n, Device::Cpu);
         let idx = Tensor::randperm(n, (Kind::Int64, Device::Cpu)).narrow(0, 0, 500);

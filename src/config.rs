@@ -772,11 +772,10 @@ impl Config {
             self.reproduce.seeds = s.clone();
         }
         if let Some(v) = o.teacher_epochs {
-            if v == 0 {
-                return usage(
-                    "--teacher-epochs 0: expected at least 1 epoch for reproduce's teacher"
-                        .to_string(),
-                );
+            if v == 0 || v > 1_000_000 {
+                return usage(format!(
+                    "--teacher-epochs {v}: expected 1 to 1000000 epochs for reproduce's teacher"
+                ));
             }
             self.reproduce.teacher_epochs = v;
         }

@@ -189,6 +189,25 @@ pub fn fit(
         k: cfg.views,
         base: AUGMENT_SALT,
     });
+    // The views' store is K * n * 784 bytes; refuse what this machine cannot hold before
+    // the teacher spends K passes on a cache that would be thrown away.
+    if let Some(set) = &view_set {
+        let need = set.store_bytes(n);
+        if device == tch::Device::Cpu
+            && let Some(free) = available_memory_bytes()
+            && need > free
+        {
+            return crate::config::usage(format!(
+                "augment.views = {}: the {} fixed views of {n} examples need {:.1} GB \
+                 (views x examples x 784 bytes), more than the {:.1} GB of memory available; \
+                 use fewer views (8 by default), or views = 0 for a fresh view every epoch",
+                set.k,
+                set.k,
+                need as f64 / 1e9,
+                free as f64 / 1e9
+            ));
+        }
+    }
     if !aug.is_none() {
         run.say(&format!(
             "augmentation {}: {}",
@@ -220,10 +239,9 @@ pub fn fit(
                     if INTERRUPTED.load(Ordering::SeqCst) {
                         return Err(Interrupted(format!(
                             "interrupted while caching the teacher's logits (view {} of {}), \
-                             before this run's first step; nothing new was saved in {}",
+                             before this run's first step; no checkpoint was written",
                             k + 1,
                             set.k,
-                            run.dir.display()
                         ))
                         .into());
                     }
@@ -262,6 +280,10 @@ pub fn fit(
         .as_ref()
         .map(|_| t_cache.elapsed().as_secs_f64());
     let val_teacher = teacher.map(|t| eval::logits(t.network, &data.val.images)); // [n_val, 10]
+    // The teacher's largest |logit| on the validation images, named if the loss diverges.
+    let teacher_max_logit = val_teacher
+        .as_ref()
+        .map(|l| l.abs().max().double_value(&[]));
     // A teacher with broken weights (NaN or infinite) would make the first loss NaN,
     // which would read as a divergence of the student.
     for (logits, set) in [(&val_teacher, "validation"), (&train_cache, "training")] {
@@ -283,16 +305,27 @@ pub fn fit(
         }
     }
     // With K fixed views, every view of every example, augmented once ([k * n, 784] u8).
-    let view_store = view_set.as_ref().map(|set| {
-        let t = Instant::now();
-        let store = set.store(&data.train.images, &table);
-        run.say(&format!(
-            "augmented {} views of {n} examples once, in {:.2} s",
-            set.k,
-            t.elapsed().as_secs_f64()
-        ));
-        store
-    });
+    let view_store = match &view_set {
+        None => None,
+        Some(set) => {
+            let t = Instant::now();
+            let store = set.store(&data.train.images, &table).map_err(|e| {
+                crate::config::UsageError(format!(
+                    "augment.views = {}: cannot allocate the {:.1} GB that its fixed views \
+                     of {n} examples take ({e}); use fewer views (8 by default), or views = 0 \
+                     for a fresh view every epoch",
+                    set.k,
+                    set.store_bytes(n) as f64 / 1e9
+                ))
+            })?;
+            run.say(&format!(
+                "augmented {} views of {n} examples once, in {:.2} s",
+                set.k,
+                t.elapsed().as_secs_f64()
+            ));
+            Some(store)
+        }
+    };
 
     let mut epoch_seconds = Vec::new();
     let mut startup_seconds = None;
@@ -382,10 +415,18 @@ pub fn fit(
             let value = loss.double_value(&[]);
             if !(value.is_finite() && value <= DIVERGED_LOSS) {
                 progress.finish();
+                let cause = match teacher_max_logit {
+                    // Logits of a trained classifier stay within a few tens.
+                    Some(m) if m > TEACHER_LOGIT_SUSPECT => format!(
+                        "the teacher's logits reach |z| = {m:.3e} on the validation images, \
+                         far beyond a trained classifier's, so the teacher is the likely cause: \
+                         check or retrain it"
+                    ),
+                    _ => "lower lr_schedule.initial_lr (--lr)".to_string(),
+                };
                 bail!(
                     "the loss became {value:e} at epoch {epoch}, step {} (global step {}, LR {lr:.3e}): training \
-                     diverged (NaN, infinite or above {DIVERGED_LOSS:e}) and stopped; {}; lower \
-                     lr_schedule.initial_lr (--lr)",
+                     diverged (NaN, infinite or above {DIVERGED_LOSS:e}) and stopped; {}; {cause}",
                     step + 1,
                     opt.step,
                     kept_note(&state, run)
@@ -580,6 +621,24 @@ impl Meter {
             terms,
         }
     }
+}
+
+/// A teacher's |logit| above which a diverged loss is blamed on the teacher rather than
+/// the learning rate (a trained classifier's logits stay within a few tens).
+const TEACHER_LOGIT_SUSPECT: f64 = 1e4;
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes; `None` where it cannot be read.
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]

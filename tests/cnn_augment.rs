@@ -352,6 +352,43 @@ fn reproduce_teacher_epochs_sets_the_teachers_epochs_alone() {
     };
     assert_eq!(epochs("teacher"), 2.0);
     assert_eq!(epochs("student"), 1.0);
-    let o = s.kd(&["reproduce", "--seeds", "0,", "--teacher-epochs", "0"]);
-    assert_fails(&o, 2, &["--teacher-epochs 0"]);
+    for bad in ["0", "1000001"] {
+        let o = s.kd(&["reproduce", "--seeds", "0,", "--teacher-epochs", bad]);
+        assert_fails(
+            &o,
+            2,
+            &[&format!("--teacher-epochs {bad}: expected 1 to 1000000")],
+        );
+    }
+}
+
+/// A CNN checkpoint whose batch-norm running variance went negative (NaN logits for
+/// every image) is refused by name when read, by evaluate and by distill alike.
+#[test]
+fn a_negative_batch_norm_variance_is_refused() {
+    let s = sandbox("");
+    let path = train_cnn_teacher(&s, "t", "1").join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let at = 8
+        + len
+        + header["bn1.running_var"]["data_offsets"][0]
+            .as_u64()
+            .unwrap() as usize;
+    bytes[at..at + 4].copy_from_slice(&(-1e-5f32).to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let p = path.to_str().unwrap();
+    for args in [
+        vec!["evaluate", p],
+        vec!["distill", "--teacher", p, "--epochs", "1"],
+    ] {
+        let o = s.kd(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&o).contains("`bn1.running_var` holds negative variances"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
 }
