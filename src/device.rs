@@ -96,6 +96,20 @@ pub fn physical_cores() -> usize {
     }
 }
 
+/// Set (to the spin count chosen) by `kdtrain`'s start-up when it, not the user, put
+/// `GOMP_SPINCOUNT` into the environment; see `tune_openmp_wait` in `src/main.rs`.
+pub const CHOSEN_SPINCOUNT: &str = "KDTRAIN_CHOSEN_GOMP_SPINCOUNT";
+
+/// Keeps the OpenMP spin count this process chose from the load at its start out of a
+/// child kdtrain (a sweep's local job, or `sbatch` and so its array tasks), which then
+/// chooses from the load it finds itself. A `GOMP_SPINCOUNT` the user set is passed on.
+pub fn leave_spincount_to_child(cmd: &mut std::process::Command) {
+    if std::env::var_os(CHOSEN_SPINCOUNT).is_some() {
+        cmd.env_remove("GOMP_SPINCOUNT")
+            .env_remove(CHOSEN_SPINCOUNT);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

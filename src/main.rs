@@ -106,6 +106,22 @@ const SPIN_WHEN_FREE: &str = "10000";
 /// (`bench/BUSY.md`).
 const SPIN_WHEN_BUSY: &str = "0";
 
+/// kdtrain's commands (see `src/cli.rs`).
+const COMMANDS: [&str; 8] = [
+    "train",
+    "distill",
+    "evaluate",
+    "reproduce",
+    "sweep",
+    "predict",
+    "export",
+    "help",
+];
+
+/// The commands that train, for which the wait is tuned; the others (short, or no
+/// libtorch work at all) start once, with libgomp's default, instead of twice.
+const TRAINING_COMMANDS: [&str; 4] = ["train", "distill", "reproduce", "sweep"];
+
 /// How long [`other_load`] watches the CPUs.
 const LOAD_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -115,10 +131,11 @@ const LOAD_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// `main` runs, and libc's own start-up resets the environment after an executable's
 /// `.preinit_array`, so setting the variable here and carrying on would have no effect.
 ///
-/// The choice: for the commands that train (`train`, `distill`, `reproduce`, `sweep`),
-/// the CPU time other processes take on the CPUs this process may use is sampled for
-/// 0.1 s ([`other_load`]); when fewer CPUs than the worker threads are left free (half a
-/// CPU of slack), workers sleep at once. The thread count never depends on the load, so
+/// Only for the commands that train ([`TRAINING_COMMANDS`]): the CPU time other
+/// processes take on the CPUs this process may use is sampled for 0.1 s
+/// ([`other_load`]); when fewer CPUs than the worker threads are left free (half a CPU of
+/// slack), workers sleep at once. The value chosen is also put in
+/// [`kdtrain::device::CHOSEN_SPINCOUNT`], so that child kdtrain processes choose anew. The thread count never depends on the load, so
 /// neither does any result: the spin count only changes how workers wait. The load is
 /// read once, at start; a load that begins later in the run does not change the choice.
 ///
@@ -149,26 +166,34 @@ fn tune_openmp_wait() {
         if requested == Some(1) {
             return;
         }
-        let trains = argv.iter().skip(1).any(|a| {
-            ["train", "distill", "reproduce", "sweep"].contains(&a.to_str().unwrap_or(""))
+        // The command: the first argument that names one (a later `train`, say a file
+        // name given to `predict`, is not the command).
+        let command = argv.iter().skip(1).find_map(|a| {
+            let a = a.to_str()?;
+            COMMANDS.contains(&a).then_some(a)
         });
+        if !command.is_some_and(|c| TRAINING_COMMANDS.contains(&c)) {
+            return;
+        }
+        let threads = requested
+            .filter(|&t| t > 0)
+            .unwrap_or_else(kdtrain::device::physical_cores);
         let mut spin = SPIN_WHEN_FREE;
-        if trains {
-            let threads = requested
-                .filter(|&t| t > 0)
-                .unwrap_or_else(kdtrain::device::physical_cores);
-            if let Some((cpus, load)) = other_load()
-                && too_busy(cpus, load, threads)
-            {
-                spin = SPIN_WHEN_BUSY;
-            }
+        if let Some((cpus, load)) = other_load()
+            && too_busy(cpus, load, threads)
+        {
+            spin = SPIN_WHEN_BUSY;
         }
         let mut args = std::env::args_os();
         let mut cmd = std::process::Command::new("/proc/self/exe");
         if let Some(arg0) = args.next() {
             cmd.arg0(arg0);
         }
-        let _ = cmd.args(args).env("GOMP_SPINCOUNT", spin).exec();
+        let _ = cmd
+            .args(args)
+            .env("GOMP_SPINCOUNT", spin)
+            .env(kdtrain::device::CHOSEN_SPINCOUNT, spin)
+            .exec();
     }
 }
 

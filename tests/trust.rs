@@ -150,13 +150,14 @@ fn gomp_spincount(args: &[&str], env: &[(&str, &str)]) -> String {
         .to_string()
 }
 
-/// libgomp sees the spin count src/main.rs sets before libtorch starts, unless the user
-/// set `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` (theirs wins), and `--threads 1` is left
-/// alone (no workers to wait).
+/// libgomp sees the spin count src/main.rs chooses before libtorch starts for the
+/// commands that train, unless the user set `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` (theirs
+/// wins), and `--threads 1` is left alone (no workers to wait).
 #[test]
 fn openmp_workers_spin_briefly_unless_the_user_says_otherwise() {
-    assert_eq!(gomp_spincount(&[], &[]), "10000");
-    assert_eq!(gomp_spincount(&["--threads", "2"], &[]), "10000");
+    // Commands that do not train start once, with libgomp's own spin count.
+    assert_eq!(gomp_spincount(&[], &[]), "300000");
+    assert_eq!(gomp_spincount(&["predict", "train"], &[]), "300000");
     // A command that trains samples the other processes' load first: workers sleep at
     // once when the CPUs are taken, and spin briefly when they are free.
     let load = |l: &'static str| [("KDTRAIN_TEST_OTHER_LOAD", l)];
@@ -178,4 +179,51 @@ fn openmp_workers_spin_briefly_unless_the_user_says_otherwise() {
     assert_eq!(gomp_spincount(&[], &[("OMP_WAIT_POLICY", "passive")]), "0");
     assert_eq!(gomp_spincount(&[], &[("GOMP_SPINCOUNT", "123")]), "123");
     assert_eq!(gomp_spincount(&["--threads", "1"], &[]), "300000");
+}
+
+/// A run's meta.json records the spin count its workers waited with, and who chose it.
+#[test]
+fn meta_json_records_the_openmp_spin_count() {
+    let s = Sandbox::new();
+    s.write_data(300, 30);
+    s.write_config("batch_size = 64");
+    let run = |name: &str, env: &[(&str, &str)]| -> serde_json::Value {
+        // Two threads (the sandbox's usual arguments add --threads 1, which skips the
+        // choice): the data, config and out-dir given here instead.
+        let (config, data, runs) = (s.path().join("test.toml"), s.data_dir(), s.runs());
+        let mut c = s.command(&[
+            "train".as_ref(),
+            "student".as_ref(),
+            "--epochs".as_ref(),
+            "1".as_ref(),
+            "--threads".as_ref(),
+            "2".as_ref(),
+            "--run-name".as_ref(),
+            name.as_ref(),
+            "-q".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--out-dir".as_ref(),
+            runs.as_os_str(),
+        ] as &[&std::ffi::OsStr]);
+        c.env_remove("OMP_WAIT_POLICY").env_remove("GOMP_SPINCOUNT");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert_ok(&o);
+        let text = std::fs::read_to_string(s.runs().join(name).join("meta.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let busy = run("busy", &[("KDTRAIN_TEST_OTHER_LOAD", "4096")]);
+    assert_eq!(busy["openmp_spincount"], "0");
+    assert_eq!(
+        busy["openmp_spincount_chosen_by"],
+        "kdtrain, from the load at start"
+    );
+    let user = run("user", &[("GOMP_SPINCOUNT", "123")]);
+    assert_eq!(user["openmp_spincount"], "123");
+    assert_eq!(user["openmp_spincount_chosen_by"], "the user");
 }

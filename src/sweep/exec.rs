@@ -340,6 +340,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                 let out = std::fs::File::create(&log)
                     .with_context(|| format!("creating {}", log.display()))?;
                 let mut cmd = Command::new(&exe);
+                crate::device::leave_spincount_to_child(&mut cmd);
                 cmd.args(job_args(sweep, job, resume))
                     .stdin(Stdio::null())
                     .stdout(out.try_clone()?)
@@ -632,6 +633,7 @@ pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
         ));
     };
     let mut cmd = Command::new(&sbatch);
+    crate::device::leave_spincount_to_child(&mut cmd);
     if o.wait {
         cmd.arg("--wait");
     }
