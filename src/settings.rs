@@ -27,6 +27,8 @@ pub struct Settings {
     pub download: bool,
     /// `--allow-split-mismatch` (distill).
     pub allow_split_mismatch: bool,
+    /// `--config`, when given (`reproduce` repeats it in the commands it prints).
+    pub config_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -84,6 +86,7 @@ impl Settings {
             run_name: c.run_name.clone(),
             download: c.download,
             allow_split_mismatch: matches!(&cli.command, Command::Distill(d) if d.allow_split_mismatch),
+            config_file: c.config.clone(),
         })
     }
 

@@ -269,11 +269,15 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
         hint.contains("--arch cnn:32,64,256,dropout=0.3 --augment shift2,flip --epochs 2"),
         "{hint}"
     );
+    // The config file reproduce was given is part of the command.
+    let config = s.path().join("test.toml");
+    assert!(
+        hint.contains(&format!("--config {} ", config.display())),
+        "{hint}"
+    );
     let mut args: Vec<String> = hint.split_whitespace().skip(1).map(String::from).collect();
     args.extend(
         [
-            "--config",
-            "test.toml",
             "--data-dir",
             "data",
             "--threads",

@@ -59,6 +59,19 @@ pub fn run(s: &Settings) -> Result<()> {
     let q = s.quiet;
     let mut runs: Vec<RunOutcome> = Vec::new();
     let mut teacher: Option<(LoadedTeacher, PathBuf)> = None;
+    // The config file the user named, repeated in the resume commands printed on Ctrl-C.
+    let config_flag = s
+        .config_file
+        .as_ref()
+        .map(|p| {
+            format!(
+                " --config {}",
+                shlex::try_quote(&p.display().to_string())
+                    .map(|q| q.into_owned())
+                    .unwrap_or_else(|_| p.display().to_string())
+            )
+        })
+        .unwrap_or_default();
     for (i, &seed) in seeds.iter().enumerate() {
         let seed_dir = root.join(format!("seed-{seed}"));
         if per_seed_teacher || i == 0 {
@@ -84,7 +97,7 @@ pub fn run(s: &Settings) -> Result<()> {
             let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
             // reproduce's own teacher recipe, as `train teacher` flags.
             run.resume_args = format!(
-                " --seed {seed} --arch {} --augment {} --epochs {}",
+                "{config_flag} --seed {seed} --arch {} --augment {} --epochs {}",
                 config.model.teacher,
                 config.augment.teacher,
                 config.epochs_for(true)
@@ -104,7 +117,7 @@ pub fn run(s: &Settings) -> Result<()> {
             c.distill.teacher = t_path.display().to_string();
         });
         let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
-        run.resume_args = format!(" --seed {seed}");
+        run.resume_args = format!("{config_flag} --seed {seed}");
         let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
         print_result(&out);
         runs.push(out);
@@ -119,7 +132,7 @@ pub fn run(s: &Settings) -> Result<()> {
             let folder = format!("distilled-{name}");
             let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
             run.resume_args = format!(
-                " --seed {seed} --objective {name} --teacher {}",
+                "{config_flag} --seed {seed} --objective {name} --teacher {}",
                 t_path.display()
             );
             run.add_meta(t.meta())?;
