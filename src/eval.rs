@@ -33,17 +33,30 @@ pub fn logits_with(
     images: &Tensor,
     prepare: impl Fn(&Tensor, (i64, i64)) -> Tensor,
 ) -> Tensor {
+    logits_until(model, images, prepare, || false).expect("never stopped")
+}
+
+/// Like [`logits_with`], asking `stop()` before each chunk: `None` as soon as it says
+/// yes (a Ctrl-C, say), so that a long pass over the training set can be abandoned
+/// between chunks.
+pub fn logits_until(
+    model: &dyn Network,
+    images: &Tensor,
+    prepare: impl Fn(&Tensor, (i64, i64)) -> Tensor,
+    stop: impl Fn() -> bool,
+) -> Option<Tensor> {
     tch::no_grad(|| {
         let n = images.size()[0];
         let chunk = model.eval_batch();
-        let parts: Vec<Tensor> = (0..n)
-            .step_by(chunk as usize)
-            .map(|s| {
-                let rows = chunk.min(n - s);
-                model.forward(&prepare(&images.narrow(0, s, rows), (s, rows)))
-            })
-            .collect();
-        Tensor::cat(&parts, 0)
+        let mut parts = Vec::new();
+        for s in (0..n).step_by(chunk as usize) {
+            if stop() {
+                return None;
+            }
+            let rows = chunk.min(n - s);
+            parts.push(model.forward(&prepare(&images.narrow(0, s, rows), (s, rows))));
+        }
+        Some(Tensor::cat(&parts, 0))
     })
 }
 

@@ -235,22 +235,23 @@ pub fn fit(
                 let mut views = Vec::new();
                 for k in 0..set.k {
                     // Each view is a pass of the teacher over the training set: a Ctrl-C
-                    // is answered between views, not after all K.
-                    if INTERRUPTED.load(Ordering::SeqCst) {
-                        return Err(Interrupted(format!(
+                    // is answered between its chunks, not after all K views.
+                    let interrupted = || {
+                        Interrupted(format!(
                             "interrupted while caching the teacher's logits (view {} of {}), \
                              before this run's first step; no checkpoint was written",
                             k + 1,
                             set.k,
                         ))
-                        .into());
-                    }
+                    };
                     let v = set.fixed(k, n, device);
-                    views.push(eval::logits_with(
+                    let logits = eval::logits_until(
                         t.network,
                         &data.train.images,
                         |x, rows| aug.apply(x, &table, &v.narrow(0, rows.0, rows.1)),
-                    ));
+                        || INTERRUPTED.load(Ordering::SeqCst),
+                    );
+                    views.push(logits.ok_or_else(interrupted)?);
                     // Test hook: `cache:K` acts as a Ctrl-C right after view K is cached.
                     if std::env::var(crate::commands::INTERRUPT_HOOK)
                         .is_ok_and(|h| h == format!("cache:{}", k + 1))
