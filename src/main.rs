@@ -101,9 +101,9 @@ const SPIN_WHEN_FREE: &str = "10000";
 /// once. A worker that shares its core with another process then gives the core up at
 /// each barrier and gets it back when woken, instead of spinning through its time slice
 /// while the parallel region waits for a sibling that the other process holds off. On a
-/// free machine sleeping costs the wake-up at every parallel region (about a third of a
-/// teacher epoch on 2 cores), hence two values. Measured by `scripts/busy_bench.sh`
-/// (`bench/BUSY.md`).
+/// free machine sleeping costs a wake-up at every parallel region, which makes epochs
+/// slower, hence two values. Measured by `scripts/busy_bench.sh` (`bench/BUSY.md`; its
+/// `BUSY_SPINS` variants time fixed spin counts).
 const SPIN_WHEN_BUSY: &str = "0";
 
 /// kdtrain's commands (see `src/cli.rs`).
@@ -135,9 +135,10 @@ const LOAD_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// processes take on the CPUs this process may use is sampled for 0.1 s
 /// ([`other_load`]); when fewer CPUs than the worker threads are left free (half a CPU of
 /// slack), workers sleep at once. The value chosen is also put in
-/// [`kdtrain::device::CHOSEN_SPINCOUNT`], so that child kdtrain processes choose anew. The thread count never depends on the load, so
-/// neither does any result: the spin count only changes how workers wait. The load is
-/// read once, at start; a load that begins later in the run does not change the choice.
+/// [`kdtrain::device::CHOSEN_SPINCOUNT`], so that child kdtrain processes choose anew.
+/// The thread count never depends on the load, so neither does any result: the spin
+/// count only changes how workers wait. The load is read once, at start; a load that
+/// begins later in the run does not change the choice.
 ///
 /// Left alone: a user's `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`, and `--threads 1` (no
 /// workers to wait; loading libtorch twice, about 0.3 s, is skipped). If `exec` fails,
