@@ -276,16 +276,7 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
         "{hint}"
     );
     let mut args: Vec<String> = hint.split_whitespace().skip(1).map(String::from).collect();
-    args.extend(
-        [
-            "--data-dir",
-            "data",
-            "--threads",
-            "1",
-            "-q",
-        ]
-        .map(String::from),
-    );
+    args.extend(["--data-dir", "data", "--threads", "1", "-q"].map(String::from));
     let o = s.raw(&args);
     assert_ok(&o);
     // The same architecture written differently (`cnn` for its full spec, views in
