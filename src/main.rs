@@ -106,18 +106,6 @@ const SPIN_WHEN_FREE: &str = "10000";
 /// `BUSY_SPINS` variants time fixed spin counts).
 const SPIN_WHEN_BUSY: &str = "0";
 
-/// kdtrain's commands (see `src/cli.rs`).
-const COMMANDS: [&str; 8] = [
-    "train",
-    "distill",
-    "evaluate",
-    "reproduce",
-    "sweep",
-    "predict",
-    "export",
-    "help",
-];
-
 /// The commands that train, for which the wait is tuned; the others (short, or no
 /// libtorch work at all) start once, with libgomp's default, instead of twice.
 const TRAINING_COMMANDS: [&str; 4] = ["train", "distill", "reproduce", "sweep"];
@@ -169,11 +157,13 @@ fn tune_openmp_wait() {
         }
         // The command: the first argument that names one (a later `train`, say a file
         // name given to `predict`, is not the command).
+        use clap::CommandFactory;
+        let cli = kdtrain::cli::Cli::command();
         let command = argv.iter().skip(1).find_map(|a| {
             let a = a.to_str()?;
-            COMMANDS.contains(&a).then_some(a)
+            cli.find_subcommand(a).map(|c| c.get_name().to_string())
         });
-        if !command.is_some_and(|c| TRAINING_COMMANDS.contains(&c)) {
+        if !command.is_some_and(|c| TRAINING_COMMANDS.contains(&c.as_str())) {
             return;
         }
         let threads = requested

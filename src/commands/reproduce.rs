@@ -63,14 +63,7 @@ pub fn run(s: &Settings) -> Result<()> {
     let config_flag = s
         .config_file
         .as_ref()
-        .map(|p| {
-            format!(
-                " --config {}",
-                shlex::try_quote(&p.display().to_string())
-                    .map(|q| q.into_owned())
-                    .unwrap_or_else(|_| p.display().to_string())
-            )
-        })
+        .map(|p| format!(" --config {}", crate::sweep::exec::quote(p)))
         .unwrap_or_default();
     for (i, &seed) in seeds.iter().enumerate() {
         let seed_dir = root.join(format!("seed-{seed}"));

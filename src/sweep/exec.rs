@@ -514,7 +514,8 @@ pub fn array_ranges(idx: &[usize]) -> String {
     out.join(",")
 }
 
-fn quote(p: &Path) -> String {
+/// `p` quoted for a POSIX shell (job scripts, and the commands kdtrain prints).
+pub(crate) fn quote(p: &Path) -> String {
     shlex::try_quote(&p.display().to_string())
         .map(|s| s.into_owned())
         .unwrap_or_else(|_| format!("'{}'", p.display()))
