@@ -325,8 +325,8 @@ fn distill_skips_an_unfinished_teacher_run() {
         "-q",
     ]);
     assert_ok(&o);
-    let o = s
-        .command(&s.args(&[
+    s.interrupted(
+        &[
             "train",
             "teacher",
             "--epochs",
@@ -334,11 +334,9 @@ fn distill_skips_an_unfinished_teacher_run() {
             "--run-name",
             "teacher-cut",
             "-q",
-        ]))
-        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+        ],
+        "epoch:1",
+    );
     assert!(s.runs().join("teacher-cut/model.safetensors").is_file());
     let teacher_used = |name: &str| {
         let o = s.kd(&["distill", "--epochs", "1", "--run-name", name]);
@@ -369,22 +367,10 @@ fn a_teacher_whose_logits_overflow_is_refused() {
     let s = sandbox();
     let o = s.kd(&["train", "teacher", "--epochs", "1", "--run-name", "t", "-q"]);
     assert_ok(&o);
-    // safetensors: an 8-byte header length, the JSON header, then the tensors' bytes.
     // Every value of the first layer's bias becomes f32::MAX: finite, but the next
     // layer's sums overflow.
     let path = s.runs().join("t/model.safetensors");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    let offsets = &header["fc1.bias"]["data_offsets"];
-    let (from, to) = (
-        offsets[0].as_u64().unwrap() as usize,
-        offsets[1].as_u64().unwrap() as usize,
-    );
-    for at in (8 + len + from..8 + len + to).step_by(4) {
-        bytes[at..at + 4].copy_from_slice(&f32::MAX.to_le_bytes());
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    edit_tensor(&path, "fc1.bias", |_, _| f32::MAX);
     let teacher = path.display().to_string();
     let o = s.kd(&["distill", "--teacher", &teacher, "--epochs", "1"]);
     assert_fails(&o, 2, &["teacher's logits are not finite"]);
@@ -401,19 +387,7 @@ fn a_teacher_whose_logits_overflow_is_refused() {
     ]);
     assert_ok(&o);
     let path = s.runs().join("big/model.safetensors");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    let offsets = &header["fc4.weight"]["data_offsets"];
-    let (from, to) = (
-        offsets[0].as_u64().unwrap() as usize,
-        offsets[1].as_u64().unwrap() as usize,
-    );
-    for at in (8 + len + from..8 + len + to).step_by(4) {
-        let v = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) * 1e6;
-        bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    edit_tensor(&path, "fc4.weight", |_, w| w * 1e6);
     let teacher = path.display().to_string();
     let o = s.kd(&[
         "distill",

@@ -42,13 +42,7 @@ fn train_cnn_teacher(s: &Sandbox, name: &str, epochs: &str) -> PathBuf {
 /// Runs `args` with a Ctrl-C arriving right after epoch 1 is saved (the test hook), and
 /// checks that it exits 130.
 fn stopped_after_epoch_1(s: &Sandbox, args: &[&str]) -> std::process::Output {
-    let o = s
-        .command(&s.args(args))
-        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    o
+    s.interrupted(args, "epoch:1")
 }
 
 /// Largest absolute difference between same-named tensors; the names must agree.
@@ -173,8 +167,8 @@ fn augmentation_changes_training_and_the_teacher_sees_the_students_view() {
     );
     // A Ctrl-C while the views are cached stops after the view in progress (hook:
     // right after view 1), exit 130, without waiting for the other views.
-    let o = s
-        .command(&s.args(&[
+    let o = s.interrupted(
+        &[
             "distill",
             "--teacher",
             t,
@@ -182,11 +176,9 @@ fn augmentation_changes_training_and_the_teacher_sees_the_students_view() {
             "2",
             "--run-name",
             "cut",
-        ]))
-        .env(kdtrain::commands::INTERRUPT_HOOK, "cache:1")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+        ],
+        "cache:1",
+    );
     assert!(stderr(&o).contains("(view 2 of 3)"), "{}", stderr(&o));
     let (per_batch, _) = distil("per-batch", &["--no-teacher-cache"]);
     // The same views, so the same teacher logits: the cache holds each view's logits,
@@ -333,8 +325,7 @@ fn reproduce_teacher_epochs_sets_the_teachers_epochs_alone() {
         .map(|e| e.unwrap().path())
         .find(|p| p.join("results.json").is_file())
         .expect("a reproduce folder with results.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("results.json")).unwrap()).unwrap();
+    let json = json(&root.join("results.json"));
     let epochs = |model: &str| {
         json["models"]
             .as_array()
@@ -363,16 +354,12 @@ fn reproduce_teacher_epochs_sets_the_teachers_epochs_alone() {
 fn a_negative_batch_norm_variance_is_refused() {
     let s = sandbox("");
     let path = train_cnn_teacher(&s, "t", "1").join("model.safetensors");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    let at = 8
-        + len
-        + header["bn1.running_var"]["data_offsets"][0]
-            .as_u64()
-            .unwrap() as usize;
-    bytes[at..at + 4].copy_from_slice(&(-1e-5f32).to_le_bytes());
-    std::fs::write(&path, &bytes).unwrap();
+    // One variance, the first, goes negative.
+    edit_tensor(
+        &path,
+        "bn1.running_var",
+        |i, v| if i == 0 { -1e-5 } else { v },
+    );
     let p = path.to_str().unwrap();
     for args in [
         vec!["evaluate", p],

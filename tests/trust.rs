@@ -214,8 +214,7 @@ fn meta_json_records_the_openmp_spin_count() {
         }
         let o = c.output().unwrap();
         assert_ok(&o);
-        let text = std::fs::read_to_string(s.runs().join(name).join("meta.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
+        json(&s.runs().join(name).join("meta.json"))
     };
     let busy = run("busy", &[("KDTRAIN_TEST_OTHER_LOAD", "4096")]);
     assert_eq!(busy["openmp_spincount"], "0");

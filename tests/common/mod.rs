@@ -95,6 +95,18 @@ impl Sandbox {
         self.command(args).output().expect("run kdtrain")
     }
 
+    /// Runs `args` (as [`Sandbox::kd`]) with a Ctrl-C simulated by the test hook `hook`
+    /// (`epoch:N`, `cache:K`, `final-evaluation`), and checks that it exits 130.
+    pub fn interrupted(&self, args: &[&str], hook: &str) -> Output {
+        let o = self
+            .command(&self.args(args))
+            .env(kdtrain::commands::INTERRUPT_HOOK, hook)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+        o
+    }
+
     pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kdtrain"));
         c.args(args)
@@ -138,6 +150,25 @@ pub fn synthetic(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
         }
     }
     (pixels, labels)
+}
+
+/// Rewrites every f32 of tensor `name` in the safetensors file at `path` with
+/// `f(index, value)` (a checkpoint damaged on purpose). Layout: an 8-byte little-endian header length, the
+/// JSON header, then the tensors' bytes at the header's `data_offsets`.
+pub fn edit_tensor(path: &Path, name: &str, f: impl Fn(usize, f32) -> f32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let offsets = &header[name]["data_offsets"];
+    let (from, to) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
+    for (i, at) in (8 + len + from..8 + len + to).step_by(4).enumerate() {
+        let v = f(i, f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()));
+        bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, &bytes).unwrap();
 }
 
 /// A JSON file (summary.json, meta.json, state.json, results.json) parsed.
