@@ -83,9 +83,18 @@ pub struct Results {
     pub wall_seconds: f64,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The median of `v`: its middle value, or the mean of the two middle values when `v`
+/// has an even length (as Python's `statistics.median`, which the PyTorch twin in
+/// `scripts/reference_pytorch.py` uses, so that the two compare like with like). `None`
+/// when `v` is empty.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied()
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// The label of a run in the tables.
@@ -272,6 +281,15 @@ impl Results {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn median_averages_the_two_middle_values_of_an_even_count() {
+        use super::median;
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0]), Some(3.0));
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 10.0]), Some(3.0));
+    }
+
     use super::*;
 
     #[test]

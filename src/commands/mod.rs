@@ -425,8 +425,7 @@ pub fn train_one(
     };
     // Every epoch of the run, also those of earlier processes before a resume (a
     // resumed run that trains no further epoch still has a median).
-    let mut secs: Vec<f64> = history.iter().map(|r| r.seconds).collect();
-    secs.sort_by(f64::total_cmp);
+    let secs: Vec<f64> = history.iter().map(|r| r.seconds).collect();
     let distilled = kind == RunKind::Distilled;
     let d = &c.distill;
     let (temperature, alpha) = match objective.name() {
@@ -448,7 +447,7 @@ pub fn train_one(
         epochs_run: fit.epochs_run,
         best_epoch: fit.best_epoch,
         stopped_early: fit.stopped_early,
-        median_epoch_seconds: secs.get(secs.len() / 2).copied(),
+        median_epoch_seconds: crate::report::median(secs),
         epoch_seconds: fit.epoch_seconds,
         eval_test_seconds,
         startup_seconds: fit.startup_seconds,
