@@ -377,6 +377,7 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
     let t_infer = t0.elapsed().as_secs_f64() - t_model - t_read;
 
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut write_error: Option<std::io::Error> = None;
     for entry in &g.order {
         use std::io::Write as _;
         let line = match *entry {
@@ -431,12 +432,28 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
                 })?
             }
         };
-        // A closed pipe (`| head`) ends the output quietly.
-        if writeln!(out, "{line}").is_err() {
+        // A closed pipe (`| head`) ends the output quietly; any other failure (a full
+        // disk, say) is reported once the loop stops.
+        if let Err(e) = writeln!(out, "{line}") {
+            write_error = Some(e);
             break;
         }
     }
+    {
+        use std::io::Write as _;
+        if let Err(e) = out.flush()
+            && write_error.is_none()
+        {
+            write_error = Some(e);
+        }
+    }
     drop(out);
+    if let Some(e) = write_error.filter(|e| e.kind() != std::io::ErrorKind::BrokenPipe) {
+        bail!(
+            "could not write the predictions to standard output ({e}); free space where it \
+             goes, or redirect it elsewhere, and run predict again"
+        );
+    }
     if !quiet {
         crate::errln!(
             "predict: {n} images; checkpoint {t_model:.3} s, reading {t_read:.3} s, \

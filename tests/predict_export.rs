@@ -174,6 +174,42 @@ fn predict_on_the_test_idx_gives_evaluates_predictions() {
     );
 }
 
+#[test]
+fn predict_reports_output_it_could_not_write() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let t = trained();
+    let ckpt = t.ckpt("student");
+    let s = Sandbox::new();
+    let images = test_images();
+    let args = ["predict".as_ref(), ckpt.as_os_str(), images.as_os_str()];
+    // A full disk: every write to /dev/full fails with ENOSPC, and that is an error.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = s.command(&args).stdout(full).output().unwrap();
+    assert_fails(
+        &o,
+        1,
+        &[
+            "could not write the predictions to standard output",
+            "space",
+        ],
+    );
+    // A reader that stops early (`| head -1`) is not: the output ends quietly.
+    let mut child = s
+        .command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap(); // the pipe closes here
+    let o = child.wait_with_output().unwrap();
+    assert_ok(&o);
+}
+
 /// Writes test image `i` as PNG in several forms; returns (file, test index).
 fn write_pngs(dir: &Path, indices: &[usize]) -> Vec<(PathBuf, usize)> {
     let pixels = &test_set().0;
