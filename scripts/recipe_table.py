@@ -17,6 +17,14 @@ import tomllib
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else "docs/recipe"
     runs = os.path.join(root, "runs")
+    # A teacher is named by its checkpoint's SHA-256 where teachers.json knows it (the same
+    # weights may sit in checkpoints written by different versions), else by its folder.
+    names = {}
+    known = os.path.join(root, "teachers.json")
+    if os.path.exists(known):
+        with open(known) as f:
+            for name, shas in json.load(f).items():
+                names.update({sha: name for sha in shas})
     rows = []
     for name in sorted(os.listdir(runs)):
         d = os.path.join(runs, name)
@@ -31,7 +39,10 @@ def main():
         views = aug.get("teacher" if role == "teacher" else "student", "none")
         if role != "teacher" and views != "none":
             views += f" ({aug.get('views')} views)"
-        teacher = os.path.basename(os.path.dirname(m["teacher"])) if m.get("teacher") else ""
+        teacher = ""
+        if m.get("teacher"):
+            teacher = names.get(m.get("teacher_sha256"),
+                                os.path.basename(os.path.dirname(m["teacher"])))
         rows.append((role, name, s["arch"], s["objective_settings"], teacher, views,
                      f"{s['epochs_run']} ({s['best_epoch']})", s["best_val_acc"], s["test_acc"],
                      c["lr_schedule"]["initial_lr"], s["threads"]))
@@ -48,8 +59,10 @@ def main():
         "20 epochs, `cnn3` is `cnn:32,64,128,256,dropout=0.3` with shift1,flip for 20 epochs;",
         "`mlp-*` are the reference's MLP teacher with dropout (`mlp-default-seedN`: the",
         "default `train teacher`, 60 epochs, 2 threads). Students without a teacher",
-        "trained alone. Run names: `L-` 200 epochs, otherwise 60 (students);",
-        "`kd-tX-aY`: kd at T = X, alpha = 0.Y.",
+        "trained alone. Run names: `L-` 200 epochs, `XL-` 400, otherwise 60 (students);",
+        "`kd-tX-aY`: kd at T = X, alpha = 0.Y; `-bs128`: batch size 128; `dkd`, `lskd` and",
+        "`dist` at their config.toml settings. `teachers.json` names a teacher by the SHA-256",
+        "of its checkpoint.",
         "",
         "| model | run | architecture | objective | teacher | augmentation | epochs (best) "
         "| val acc (%) | test acc (%) | initial LR | threads |",
