@@ -1129,7 +1129,11 @@ mod tests {
 
     #[test]
     fn shipped_configs_parse_and_validate() {
-        for file in ["config.toml", "configs/reference.toml"] {
+        for file in [
+            "config.toml",
+            "configs/reference.toml",
+            "configs/deep-teacher.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let c = Config::load(&path, true).unwrap();
             c.validate().unwrap();

@@ -29,11 +29,12 @@ fn readme_results_are_the_committed_results() {
 
 #[test]
 fn committed_results_md_agrees_with_results_json() {
-    // The default reproduce, the best recipe (20 teacher epochs), and the earlier
-    // MLP-teacher results.
+    // The default reproduce, the 20-epoch teacher, the deeper teacher of
+    // configs/deep-teacher.toml, and the earlier MLP-teacher results.
     for dir in [
         "docs/results",
         "docs/results/teacher20",
+        "docs/results/deep-teacher",
         "docs/results/mlp-teacher",
     ] {
         check_results(dir);
