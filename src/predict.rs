@@ -343,6 +343,20 @@ enum JsonLine<'a> {
     },
 }
 
+/// Standard output as a file of its own (a duplicate of descriptor 1), so that every
+/// failed write is reported: Rust's `Stdout` takes EBADF (descriptor 1 open for reading
+/// only, as with `1<file`) for success and would drop the predictions without a word.
+fn stdout_file() -> Box<dyn std::io::Write> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd as _;
+        if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() {
+            return Box::new(std::fs::File::from(fd));
+        }
+    }
+    Box::new(std::io::stdout())
+}
+
 /// Runs `predict`.
 ///
 /// # Errors
@@ -376,7 +390,7 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
     };
     let t_infer = t0.elapsed().as_secs_f64() - t_model - t_read;
 
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = std::io::BufWriter::new(stdout_file());
     let mut write_error: Option<std::io::Error> = None;
     for entry in &g.order {
         use std::io::Write as _;

@@ -197,7 +197,18 @@ fn predict_reports_output_it_could_not_write() {
             "space",
         ],
     );
-    // A reader that stops early (`| head -1`) is not: the output ends quietly.
+    // Nor can it write to a descriptor open for reading only (`1<file`).
+    let read_only = std::fs::File::open(&ckpt).unwrap();
+    let o = s.command(&args).stdout(read_only).output().unwrap();
+    assert_fails(
+        &o,
+        1,
+        &[
+            "could not write the predictions to standard output",
+            "descriptor",
+        ],
+    );
+    // A reader that stops early (`| head -1`) is not an error: the output ends quietly.
     let mut child = s
         .command(&args)
         .stdout(Stdio::piped())
