@@ -84,65 +84,96 @@ impl Arch {
     /// reference's two MLPs.
     ///
     /// # Errors
-    /// A message saying what a spec looks like.
+    /// A message saying what a spec looks like and what is wrong with this one (the
+    /// dropout, a width that is not a number or out of range, too many layers).
     pub fn parse(spec: &str) -> Result<Arch, String> {
         let expected = "an architecture such as \"mlp:512,256,128\" (hidden widths, 1 to 8 layers of \
                         1 to 16384 units) or \"cnn:32,64,256\" (1 to 4 conv blocks of 1 to 1024 \
-                        channels, then FC units), optionally ending in \",dropout=P\" with P in [0, 1)";
+                        channels, then FC units), optionally ending in \",dropout=P\" with P in [0, 1) \
+                        and at most 3 decimals";
+        // The message: what a spec looks like, then what is wrong with this one.
+        let bad = |problem: String| format!("{expected}; here {problem}");
         match spec {
             "teacher" => return Ok(Arch::teacher()),
             "student" => return Ok(Arch::student()),
             "cnn" => return Ok(Arch::cnn()),
             _ => {}
         }
-        let (kind, rest) = spec.split_once(':').ok_or_else(|| expected.to_string())?;
+        let (kind, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| bad("the \"mlp:\" or \"cnn:\" in front is missing".into()))?;
+        if !matches!(kind, "mlp" | "cnn") {
+            return Err(bad(format!("{kind:?} is neither mlp nor cnn")));
+        }
         let mut items: Vec<&str> = rest.split(',').map(str::trim).collect();
         let mut dropout_milli = 0;
-        if let Some(p) = items.last().and_then(|l| l.strip_prefix("dropout=")) {
-            let p: f64 = p.parse().map_err(|_| expected.to_string())?;
-            if !(0.0..1.0).contains(&p) || (p * 1000.0).fract().abs() > 1e-9 {
-                return Err(format!("{expected}; dropout in thousandths"));
+        if let Some(text) = items.last().and_then(|l| l.strip_prefix("dropout=")) {
+            let p: f64 = text
+                .parse()
+                .map_err(|_| bad(format!("dropout {text:?} is not a number")))?;
+            if !(0.0..1.0).contains(&p) {
+                return Err(bad(format!("dropout {text} is not in [0, 1)")));
+            }
+            if (p * 1000.0).fract().abs() > 1e-9 {
+                return Err(bad(format!("dropout {text} has more than 3 decimals")));
             }
             dropout_milli = (p * 1000.0).round() as u32;
             items.pop();
         }
         let widths: Vec<i64> = items
             .iter()
-            .map(|w| w.parse::<i64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| expected.to_string())?;
-        match kind {
-            "mlp" => {
-                if widths.is_empty()
-                    || widths.len() > 8
-                    || widths.iter().any(|&w| !(1..=16384).contains(&w))
-                {
-                    return Err(expected.into());
-                }
-                Ok(Arch::Mlp {
-                    hidden: widths,
-                    dropout_milli,
-                })
+            .map(|w| {
+                w.parse::<i64>()
+                    .map_err(|_| bad(format!("{w:?} is not a whole number of units")))
+            })
+            .collect::<Result<_, _>>()?;
+        let outside = |what: &str, v: i64, max: i64| -> Result<(), String> {
+            match (1..=max).contains(&v) {
+                true => Ok(()),
+                false => Err(bad(format!("{what} = {v}, not from 1 to {max}"))),
             }
-            "cnn" => {
-                let Some((&fc, channels)) = widths.split_last() else {
-                    return Err(expected.into());
-                };
-                if channels.is_empty()
-                    || channels.len() > 4
-                    || channels.iter().any(|&c| !(1..=1024).contains(&c))
-                    || !(1..=16384).contains(&fc)
-                {
-                    return Err(expected.into());
-                }
-                Ok(Arch::Cnn {
-                    channels: channels.to_vec(),
-                    fc,
-                    dropout_milli,
-                })
-            }
-            _ => Err(expected.into()),
+        };
+        if widths.is_empty() {
+            return Err(bad("there are no widths".into()));
         }
+        if kind == "mlp" {
+            if widths.len() > 8 {
+                return Err(bad(format!(
+                    "{} hidden layers are more than 8",
+                    widths.len()
+                )));
+            }
+            for &w in &widths {
+                outside("hidden width", w, 16384)?;
+            }
+            return Ok(Arch::Mlp {
+                hidden: widths,
+                dropout_milli,
+            });
+        }
+        let Some((&fc, channels)) = widths.split_last() else {
+            return Err(bad("there are no widths".into()));
+        };
+        if channels.is_empty() {
+            return Err(bad(
+                "there is no conv block before the FC width (the last number)".into(),
+            ));
+        }
+        if channels.len() > 4 {
+            return Err(bad(format!(
+                "{} conv blocks are more than 4",
+                channels.len()
+            )));
+        }
+        for &c in channels {
+            outside("conv channels", c, 1024)?;
+        }
+        outside("FC width", fc, 16384)?;
+        Ok(Arch::Cnn {
+            channels: channels.to_vec(),
+            fc,
+            dropout_milli,
+        })
     }
 
     /// The spec string, which [`Arch::parse`] reads back.
@@ -586,20 +617,34 @@ mod tests {
         assert_eq!(Arch::teacher().spec(), "mlp:512,256,128");
         assert_eq!(Arch::parse("teacher").unwrap(), Arch::teacher());
         assert_eq!(Arch::parse("student").unwrap(), Arch::student());
-        for bad in [
-            "",
-            "mlp:",
-            "mlp:0",
-            "mlp:1,x",
-            "cnn:",
-            "cnn:64",
-            "cnn:1,2,3,4,5,6",
-            "mlp:99999",
-            "mlp:128,dropout=1",
-            "mlp:128,dropout=0.0005",
-            "rnn:5",
+        // Each refusal says what a spec looks like and what is wrong with this one.
+        for (bad, problem) in [
+            ("", "in front is missing"),
+            ("mlp:", "\"\" is not a whole number"),
+            ("mlp:dropout=0.2", "there are no widths"),
+            ("cnn:dropout=0.2", "there are no widths"),
+            ("mlp:0", "hidden width = 0, not from 1 to 16384"),
+            ("mlp:1,x", "\"x\" is not a whole number"),
+            ("mlp:1,2,3,4,5,6,7,8,9", "9 hidden layers are more than 8"),
+            ("cnn:", "\"\" is not a whole number"),
+            ("cnn:64", "no conv block before the FC width"),
+            ("cnn:1,2,3,4,5,6", "5 conv blocks are more than 4"),
+            ("cnn:2000,64", "conv channels = 2000, not from 1 to 1024"),
+            ("cnn:32,0", "FC width = 0, not from 1 to 16384"),
+            ("mlp:99999", "hidden width = 99999, not from 1 to 16384"),
+            ("mlp:128,dropout=1", "dropout 1 is not in [0, 1)"),
+            ("mlp:128,dropout=x", "dropout \"x\" is not a number"),
+            (
+                "mlp:128,dropout=0.0005",
+                "dropout 0.0005 has more than 3 decimals",
+            ),
+            ("rnn:5", "\"rnn\" is neither mlp nor cnn"),
         ] {
-            assert!(Arch::parse(bad).is_err(), "{bad}");
+            let e = Arch::parse(bad).unwrap_err();
+            assert!(
+                e.starts_with("an architecture such as") && e.contains(problem),
+                "{bad:?}: {e}"
+            );
         }
     }
 
