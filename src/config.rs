@@ -618,6 +618,10 @@ pub fn parse_seeds(s: &str) -> std::result::Result<Vec<u64>, String> {
     if !s.contains(',') {
         return match s.parse::<u64>() {
             Ok(n) if (1..=1000).contains(&n) => Ok((0..n).collect()),
+            // A count of 0 seeds is nothing to run; seed 0 alone is a one-item list.
+            Ok(0) => Err(format!(
+                "--seeds {s:?}: {expected}; for seed 0 alone, write --seeds 0,"
+            )),
             _ => Err(format!("--seeds {s:?}: {expected}")),
         };
     }
@@ -1348,5 +1352,10 @@ mod tests {
         for bad in ["", "0", "a,b", "1,-2", ",", "1001"] {
             assert!(parse_seeds(bad).is_err(), "{bad:?}");
         }
+        assert!(
+            parse_seeds("0")
+                .unwrap_err()
+                .ends_with("for seed 0 alone, write --seeds 0,")
+        );
     }
 }
