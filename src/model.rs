@@ -151,9 +151,9 @@ impl Arch {
                 dropout_milli,
             });
         }
-        let Some((&fc, channels)) = widths.split_last() else {
-            return Err(bad("there are no widths".into()));
-        };
+        let (&fc, channels) = widths
+            .split_last()
+            .expect("widths were checked to be non-empty");
         if channels.is_empty() {
             return Err(bad(
                 "there is no conv block before the FC width (the last number)".into(),
