@@ -203,8 +203,9 @@ run_ours() {
     # The reference's MLPs without augmentation, whatever config.toml says.
     *) cmd=("$bin" train "$model" --arch mlp --augment none) ;;
   esac
-  cmd+=(--epochs "$EPOCHS" --out-dir "$tmp/ours" --run-name "$name" --quiet --seed "$SEED"
-        --threads "$THREADS" --device cpu "$@")
+  # The twin's student has no dropout: the Keras example's, not config.toml's default.
+  cmd+=(--config configs/no-student-dropout.toml --epochs "$EPOCHS" --out-dir "$tmp/ours"
+        --run-name "$name" --quiet --seed "$SEED" --threads "$THREADS" --device cpu "$@")
   measure "$tmp/$name.measure" "$tmp/$name.log" "${cmd[@]}" || die "kdtrain run $name failed (log: $tmp/$name.log)"
   [ -f "$tmp/ours/$name/summary.json" ] || die "kdtrain wrote no $tmp/ours/$name/summary.json"
   record "$model" "$variant" "$round" "$tmp/ours/$name/summary.json" "$tmp/$name.measure" "$la"

@@ -72,11 +72,12 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
 
     assert_ok(&s.kd(&["train", "student", "--epochs", "2"]));
     let student = run_dir(&s.runs(), "student-");
+    // The default student: the reference's 784-128-10 with dropout 0.1 (the same parameters).
     assert_eq!(
         Checkpoint::read(&student.join("model.safetensors"))
             .unwrap()
             .arch(),
-        Some(Arch::student())
+        Arch::parse("mlp:128,dropout=0.1").ok()
     );
 
     // distill finds the newest teacher by itself.
@@ -149,7 +150,7 @@ fn reproduce_writes_the_table_and_the_comparison() {
     for needle in [
         "| teacher |",
         "| student |",
-        "| distilled (kd) | mlp:128 | kd (T=2, alpha=0.5, KL scaling T^2) |",
+        "| distilled (kd) | mlp:128,dropout=0.1 | kd (T=2, alpha=0.5, KL scaling T^2) |",
         // reproduce's teacher is the CNN (cnn:32,64,256,dropout=0.3).
         "| teacher | cnn:32,64,256,dropout=0.3 | cross-entropy on the labels | 824650 |",
         "101770",

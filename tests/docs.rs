@@ -29,10 +29,13 @@ fn readme_results_are_the_committed_results() {
 
 #[test]
 fn committed_results_md_agrees_with_results_json() {
-    // The default reproduce, the 20-epoch teacher, the deeper teacher of
-    // configs/deep-teacher.toml, and the earlier MLP-teacher results.
+    // The default reproduce and the same with a 20-epoch teacher, each also without the
+    // student's dropout, the deeper teacher of configs/deep-teacher.toml, and the earlier
+    // MLP-teacher results.
     for dir in [
         "docs/results",
+        "docs/results/no-student-dropout",
+        "docs/results/no-student-dropout/teacher20",
         "docs/results/teacher20",
         "docs/results/deep-teacher",
         "docs/results/mlp-teacher",
@@ -70,5 +73,41 @@ fn check_results(dir: &str) {
             "interval of {} missing",
             g["objective"]
         );
+    }
+}
+
+/// Each committed `reproduce` was made with the config the README names for it: the
+/// teacher's and the students' architectures in its results.json are that config's.
+#[test]
+fn committed_results_come_from_the_configs_named_for_them() {
+    for (dir, config) in [
+        ("docs/results", "config.toml"),
+        (
+            "docs/results/no-student-dropout",
+            "configs/no-student-dropout.toml",
+        ),
+        ("docs/results/teacher20", "config.toml"),
+        (
+            "docs/results/no-student-dropout/teacher20",
+            "configs/no-student-dropout.toml",
+        ),
+        ("docs/results/deep-teacher", "configs/deep-teacher.toml"),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(config);
+        let c = kdtrain::config::Config::load(&path, true).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&read(&format!("{dir}/results.json"))).unwrap();
+        for m in json["models"].as_array().unwrap() {
+            let (role, arch) = (m["model"].as_str().unwrap(), m["arch"].as_str().unwrap());
+            let want = if role == "teacher" {
+                &c.reproduce.teacher
+            } else {
+                &c.model.student
+            };
+            assert_eq!(
+                arch, want,
+                "{dir}: the {role}'s architecture, against {config}"
+            );
+        }
     }
 }

@@ -61,7 +61,7 @@ fn every_seed_shares_the_teachers_split() {
         a["split_hash"].as_str().unwrap()
     );
     assert_eq!(c.role(), Some("distilled"));
-    assert_eq!(c.metadata["kdtrain.arch"], "mlp:128");
+    assert_eq!(c.metadata["kdtrain.arch"], "mlp:128,dropout=0.1");
 }
 
 /// Another split (seed or size) is refused, naming both, unless overridden.
