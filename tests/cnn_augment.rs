@@ -304,6 +304,39 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
     assert_ok(&s.kd(&resumed));
 }
 
+/// A student of `reproduce --epochs N` interrupted mid-run resumes for N epochs with the
+/// printed command: the command names --epochs, which a resume may otherwise change.
+#[test]
+fn an_interrupted_reproduce_student_resumes_for_its_own_epochs() {
+    let s = sandbox("");
+    let args = [
+        "reproduce",
+        "--seeds",
+        "0,",
+        "--epochs",
+        "3",
+        "--teacher-epochs",
+        "1",
+        "-q",
+    ];
+    // The teacher's single epoch never reaches the hook; the student stops after epoch 2.
+    let o = s.interrupted(&args, "epoch:2");
+    let err = stderr(&o);
+    let hint = err
+        .split('`')
+        .find(|p| p.starts_with("kdtrain train student"))
+        .unwrap_or_else(|| panic!("no resume command in:\n{err}"));
+    assert!(hint.contains("--seed 0 --epochs 3"), "{hint}");
+    let mut args: Vec<String> = hint.split_whitespace().skip(1).map(String::from).collect();
+    args.extend(["--data-dir", "data", "--threads", "1", "-q"].map(String::from));
+    assert_ok(&s.raw(&args));
+    let dir =
+        std::path::PathBuf::from(&args[args.iter().position(|a| a == "--out-dir").unwrap() + 1])
+            .join("student");
+    let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 1 + 3, "{metrics}");
+}
+
 /// `reproduce --teacher-epochs N` trains its teacher for N epochs, after `--epochs` set
 /// every model's; 0 is refused by name.
 #[test]

@@ -110,7 +110,12 @@ pub fn run(s: &Settings) -> Result<()> {
             c.distill.teacher = t_path.display().to_string();
         });
         let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
-        run.resume_args = format!("{config_flag} --seed {seed}");
+        // --epochs too: a resumed run may be given more epochs than it started with, so
+        // leaving it out would silently train to the default count.
+        run.resume_args = format!(
+            "{config_flag} --seed {seed} --epochs {}",
+            config.epochs_for(false)
+        );
         let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
         print_result(&out);
         runs.push(out);
@@ -125,7 +130,8 @@ pub fn run(s: &Settings) -> Result<()> {
             let folder = format!("distilled-{name}");
             let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
             run.resume_args = format!(
-                "{config_flag} --seed {seed} --objective {name} --teacher {}",
+                "{config_flag} --seed {seed} --epochs {} --objective {name} --teacher {}",
+                config.epochs_for(false),
                 t_path.display()
             );
             run.add_meta(t.meta())?;
