@@ -840,6 +840,35 @@ impl Config {
 
     /// Checks every value's range. The error names the key (`section.key`), the value
     /// found and what is allowed.
+    /// Rewrites the architecture and augmentation specs (`model.*`, `augment.*`,
+    /// `reproduce.teacher`, `reproduce.teacher_augment`) in their canonical form, as
+    /// `--arch` and `--augment` are saved: `"mlp: 128, dropout=0.10"` becomes
+    /// `"mlp:128,dropout=0.1"` and `"cnn"` its full spec, so the same model written
+    /// differently resumes the same run and gets the same sweep job id. Specs that do not
+    /// parse are left for [`Config::validate`] to report.
+    pub fn canonicalize(&mut self) {
+        for spec in [
+            &mut self.model.teacher,
+            &mut self.model.student,
+            &mut self.reproduce.teacher,
+        ] {
+            if let Ok(arch) = crate::model::Arch::parse(spec) {
+                *spec = arch.spec();
+            }
+        }
+        for spec in [
+            &mut self.augment.teacher,
+            &mut self.augment.student,
+            &mut self.reproduce.teacher_augment,
+        ] {
+            if !spec.is_empty()
+                && let Ok(aug) = crate::augment::Augment::parse(spec)
+            {
+                *spec = aug.spec();
+            }
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
             // The flag that sets the key, if any, so a bad flag value is recognisable.

@@ -227,8 +227,10 @@ impl Run {
             }
             let saved = std::fs::read_to_string(dir.join("config.toml"))
                 .with_context(|| format!("--resume: cannot read {}/config.toml", dir.display()))?;
-            let saved = Config::parse(&saved)
+            let mut saved = Config::parse(&saved)
                 .map_err(|e| UsageError(format!("--resume: {}/config.toml: {e}", dir.display())))?;
+            // Runs saved before specs were written in canonical form.
+            saved.canonicalize();
             check_same_training(&saved, config, &dir)?;
         } else if [MODEL_FILE, LAST_FILE, STATE_FILE]
             .iter()

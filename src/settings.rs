@@ -70,6 +70,7 @@ impl Settings {
         let mut config = Config::load(&config_path, required)?;
         config.apply(&cli.overrides()?)?;
         config.validate()?;
+        config.canonicalize();
         let device = crate::device::resolve(&config.runtime.device)?;
         // The resolved config (written next to each checkpoint) names the device used.
         config.runtime.device = match device {

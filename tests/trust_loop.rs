@@ -447,3 +447,36 @@ fn odd_inputs_get_one_clear_line() {
         );
     }
 }
+
+/// Architecture and augmentation specs from the config file are saved in their canonical
+/// form, as `--arch` and `--augment` are, so the run resumes under the canonical spelling.
+#[test]
+fn specs_from_the_config_file_are_saved_canonical() {
+    let s = sandbox();
+    s.write_config(
+        "[logging]\nhistograms = false\nplots = false\n\
+         [model]\nstudent = \"mlp: 128, dropout=0.10\"\n[augment]\nstudent = \"flip, shift1\"\n",
+    );
+    let args = ["train", "student", "--epochs", "2", "--run-name", "c", "-q"];
+    s.interrupted(&args, "epoch:1");
+    let saved = std::fs::read_to_string(s.runs().join("c/config.toml")).unwrap();
+    assert!(
+        saved.contains("student = \"mlp:128,dropout=0.1\""),
+        "{saved}"
+    );
+    assert!(saved.contains("student = \"shift1,flip\""), "{saved}");
+    s.write_config(
+        "[logging]\nhistograms = false\nplots = false\n\
+         [model]\nstudent = \"mlp:128,dropout=0.1\"\n[augment]\nstudent = \"shift1,flip\"\n",
+    );
+    assert_ok(&s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "2",
+        "--run-name",
+        "c",
+        "--resume",
+        "-q",
+    ]));
+}

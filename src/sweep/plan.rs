@@ -352,6 +352,7 @@ fn job_config(base: &Config, objective: &str, values: &[(&str, f64)], seed: u64)
         ..Overrides::default()
     })?;
     c.validate()?;
+    c.canonicalize();
     Ok(c)
 }
 
@@ -551,6 +552,7 @@ pub fn read_sweep_file(path: &Path, opts: &PlanOptions) -> Result<(Config, Grid)
         base.runtime.threads = 1;
     }
     base.validate().map_err(|e| in_file(format!("{e:#}")))?;
+    base.canonicalize();
     let grid = parse_grid(&sweep).map_err(|e| in_file(format!("{e:#}")))?;
 
     // The data folder and the teacher, resolved now, so every job (also on another node
