@@ -37,11 +37,18 @@ impl Settings {
     ///
     /// # Errors
     /// [`crate::config::UsageError`]s naming the file, key or flag; flags that have no
-    /// effect on `evaluate` are refused by name.
+    /// effect on `evaluate`, `predict` or `export` are refused by name.
     pub fn resolve(cli: &Cli) -> Result<Settings> {
         let c = &cli.common;
-        if let Command::Evaluate(_) = &cli.command {
+        let (name, reads_data) = match &cli.command {
+            Command::Evaluate(_) => ("evaluate", true),
+            Command::Predict(_) => ("predict", false),
+            Command::Export(_) => ("export", false),
+            _ => ("", true),
+        };
+        if !name.is_empty() {
             let unused: Vec<&str> = [
+                ("--data-dir", !reads_data && c.data_dir.is_some()),
                 ("--epochs", c.epochs.is_some()),
                 ("--batch-size", c.batch_size.is_some()),
                 ("--lr", c.lr.is_some()),
@@ -55,12 +62,20 @@ impl Settings {
             .filter_map(|(f, given)| given.then_some(f))
             .collect();
             if !unused.is_empty() {
-                return usage(format!(
-                    "evaluate does not train and takes no {}; drop {} (to fetch the data, \
-                     use --download with a training command, or pass --data-dir)",
-                    unused.join(", "),
-                    if unused.len() == 1 { "it" } else { "them" }
-                ));
+                let it = if unused.len() == 1 { "it" } else { "them" };
+                return usage(if reads_data {
+                    format!(
+                        "{name} does not train and takes no {}; drop {it} (to fetch the data, \
+                         use --download with a training command, or pass --data-dir)",
+                        unused.join(", ")
+                    )
+                } else {
+                    format!(
+                        "{name} reads only the checkpoint and its own arguments and takes no {}; \
+                         drop {it}",
+                        unused.join(", ")
+                    )
+                });
             }
         }
         let (config_path, required) = match &c.config {

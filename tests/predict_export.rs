@@ -402,6 +402,22 @@ fn usage_errors_exit_2() {
         2,
         &["--invert"],
     );
+    // Training flags do nothing here and are refused by name, for export too.
+    assert_fails(
+        &s.raw(&["predict", c, png, "--epochs", "3", "--lr", "5"]),
+        2,
+        &["predict", "--epochs, --lr", "drop them"],
+    );
+    let out = s.path().join("x.pt");
+    let out = out.to_str().unwrap();
+    for flag in ["--resume", "--data-dir=data", "--run-name=r"] {
+        assert_fails(
+            &s.raw(&["export", c, "--format", "torchscript", "-o", out, flag]),
+            2,
+            &["export", flag.split('=').next().unwrap(), "drop it"],
+        );
+    }
+    assert!(!Path::new(out).exists());
     // --index picks one image, --top 10 lists every class.
     let o = s.raw(&["predict", c, idx, "--index", "42", "--top", "10"]);
     assert_ok(&o);
