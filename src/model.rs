@@ -99,6 +99,13 @@ impl Arch {
             "cnn" => return Ok(Arch::cnn()),
             _ => {}
         }
+        if spec == "mlp" {
+            return Err(bad(
+                "\"mlp\" has no widths; write them out (\"mlp:128\"), or use the \
+                 aliases \"teacher\" and \"student\" for the Keras example's MLPs"
+                    .into(),
+            ));
+        }
         let (kind, rest) = spec
             .split_once(':')
             .ok_or_else(|| bad("the \"mlp:\" or \"cnn:\" in front is missing".into()))?;
@@ -122,9 +129,13 @@ impl Arch {
         }
         let widths: Vec<i64> = items
             .iter()
-            .map(|w| {
-                w.parse::<i64>()
-                    .map_err(|_| bad(format!("{w:?} is not a whole number of units")))
+            .map(|w| match w.starts_with("dropout=") {
+                true => Err(bad(format!(
+                    "{w:?} is not last, or dropout is given twice; give it once, after the widths"
+                ))),
+                false => w
+                    .parse::<i64>()
+                    .map_err(|_| bad(format!("{w:?} is not a whole number of units"))),
             })
             .collect::<Result<_, _>>()?;
         let outside = |what: &str, v: i64, max: i64| -> Result<(), String> {
@@ -633,6 +644,12 @@ mod tests {
             ("cnn:32,0", "FC width = 0, not from 1 to 16384"),
             ("mlp:99999", "hidden width = 99999, not from 1 to 16384"),
             ("mlp:128,dropout=1", "dropout 1 is not in [0, 1)"),
+            (
+                "mlp:128,dropout=0.1,dropout=0.2",
+                "\"dropout=0.1\" is not last, or dropout is given twice",
+            ),
+            ("mlp:dropout=0.1,128", "is not last"),
+            ("mlp", "\"mlp\" has no widths"),
             ("mlp:128,dropout=x", "dropout \"x\" is not a number"),
             (
                 "mlp:128,dropout=0.0005",
