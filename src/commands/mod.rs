@@ -20,7 +20,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{Config, UsageError, Validation, usage};
 use crate::data::{self, Dataset};
 use crate::eval::{self, Metrics};
-use crate::model::Network;
+use crate::model::{Arch, Network};
 use crate::objective::Objective;
 use crate::optim::AdamConfig;
 use crate::run::{Run, RunKind};
@@ -330,6 +330,46 @@ pub fn check_teacher_split(s: &Settings, teacher: &LoadedTeacher, data: &Dataset
     }
 }
 
+/// Bytes of memory the kernel says are available (`MemAvailable` in /proc/meminfo);
+/// `None` where that cannot be read (not Linux).
+pub fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses, before allocating anything, an architecture whose training state cannot fit
+/// in `available` bytes: the f32 weights, their gradients and Adam's moment tensors (m
+/// and v, and AMSGrad's running max when `amsgrad`), 16 or 20 bytes per parameter,
+/// activations not counted. libtorch would otherwise abort mid-allocation with an
+/// internal error.
+///
+/// # Errors
+/// A [`crate::config::UsageError`] naming the role, the spec, the parameter count and
+/// both sizes.
+pub fn check_memory(
+    arch: &Arch,
+    kind: RunKind,
+    amsgrad: bool,
+    available: Option<u64>,
+) -> Result<()> {
+    let need = arch.num_params().max(0) as u64 * if amsgrad { 20 } else { 16 };
+    match available {
+        Some(have) if need > have => crate::config::usage(format!(
+            "the {} architecture {:?} has {} parameters; training it needs at least {:.1} GB \
+             (weights, gradients and Adam's moments in f32) but {:.1} GB of memory is \
+             available; choose fewer or narrower layers",
+            kind.name(),
+            arch.spec(),
+            arch.num_params(),
+            need as f64 / 1e9,
+            have as f64 / 1e9
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Trains one model in `run` with `config` and writes its final checkpoint and reports.
 pub fn train_one(
     s: &Settings,
@@ -343,6 +383,9 @@ pub fn train_one(
     let c = config;
     let kind = run.kind;
     let arch = kind.arch(c);
+    if s.device == tch::Device::Cpu {
+        check_memory(&arch, kind, c.optimizer.amsgrad, available_memory_bytes())?;
+    }
     tch::manual_seed(c.seed as i64);
     let model = arch.build(s.device);
     let steps_per_epoch = (data.train.len() as usize).div_ceil(c.data.batch_size);
@@ -526,4 +569,27 @@ pub fn print_result(o: &RunOutcome) {
             .unwrap_or_else(|| "-".into()),
         o.run_dir.join(crate::run::MODEL_FILE).display()
     );
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn an_architecture_too_big_for_memory_is_refused_by_name() {
+        let student = Arch::parse("mlp:128").unwrap();
+        // 101,770 parameters x 20 bytes = 2,035,400 bytes.
+        let e = check_memory(&student, RunKind::Student, true, Some(2_035_399)).unwrap_err();
+        assert!(e.downcast_ref::<UsageError>().is_some(), "exit 2: {e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("student architecture \"mlp:128\" has 101770 parameters"),
+            "{e}"
+        );
+        check_memory(&student, RunKind::Student, true, Some(2_035_400)).unwrap();
+        check_memory(&student, RunKind::Student, true, None).unwrap();
+        // Without AMSGrad's running max, 16 bytes per parameter.
+        check_memory(&student, RunKind::Student, false, Some(1_628_320)).unwrap();
+        assert!(check_memory(&student, RunKind::Student, false, Some(1_628_319)).is_err());
+    }
 }
