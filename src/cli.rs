@@ -21,7 +21,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train the teacher (model.teacher: the 784-512-256-128-10 MLP with dropout 0.2; --arch
-    /// cnn for the CNN) or the student (784-128-10) on the labels.
+    /// cnn for the CNN) or the student (model.student: 784-128-10 with dropout 0.1) on the
+    /// labels.
     Train {
         /// Which model.
         #[arg(value_enum)]
@@ -37,7 +38,8 @@ pub enum Command {
         #[arg(long, value_name = "VIEWS")]
         augment: Option<String>,
     },
-    /// Distil the trained teacher into a fresh student.
+    /// Distil the trained teacher into a fresh student (model.student: 784-128-10 with
+    /// dropout 0.1).
     Distill(DistillArgs),
     /// Report loss, accuracy, per-class accuracy, confusion matrix and calibration of a
     /// checkpoint; with --teacher, agreement and an objective's terms against it.

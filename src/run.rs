@@ -236,10 +236,21 @@ impl Run {
             .iter()
             .any(|f| dir.join(f).exists())
         {
-            return usage(format!(
-                "run folder {} already holds a trained model; use --resume to continue it, or another --run-name",
-                dir.display()
-            ));
+            let finished = std::fs::read_to_string(dir.join(STATE_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
+                .is_some_and(|s| s.finished);
+            return usage(if finished {
+                format!(
+                    "run folder {} already holds a finished run; choose another --run-name",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "run folder {} already holds a trained model; use --resume to continue it, or another --run-name",
+                    dir.display()
+                )
+            });
         }
         let config_toml = config.to_toml()?;
         // Also the writability probe: it fails here, before any data is loaded.
@@ -639,9 +650,11 @@ fn check_same_training(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
             .collect();
         return usage(format!(
             "--resume: the config saved in {}/config.toml disagrees with this command ({}); \
-             rerun with the same settings, or start a new run",
+             rerun with the same settings (`--config {}/config.toml` holds them all), or \
+             start a new run",
             dir.display(),
-            diff.join("; ")
+            diff.join("; "),
+            dir.display()
         ));
     }
     Ok(())

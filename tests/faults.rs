@@ -808,6 +808,12 @@ fn resume_with_a_config_that_disagrees() {
     ];
     let o = s.kd(&[&base[..], &["--seed", "6"]].concat());
     assert_fails(&o, 2, &["--resume", "disagrees", "`seed` saved 5 vs now 6"]);
+    // It points at the saved config, which holds every setting the run started with.
+    let saved = format!(
+        "`--config {}` holds them all",
+        r.join("config.toml").display()
+    );
+    assert!(stderr(&o).contains(&saved), "{}", stderr(&o));
     assert_intact(&before, &r, &keep);
     let o = s.kd(&[&base[..], &["--seed", "5", "--lr", "0.01"]].concat());
     assert_fails(
@@ -863,8 +869,14 @@ fn resume_of_a_finished_or_empty_run() {
         &["model.safetensors", "last.safetensors", "state.json"],
     );
     // Without --resume, the finished run is not overwritten.
+    // Nor is the user sent to --resume, which would refuse a finished run.
     let o = s.kd(&["train", "student", "--epochs", "1", "--run-name", "done"]);
-    assert_fails(&o, 2, &["already holds a trained model", "--resume"]);
+    assert_fails(
+        &o,
+        2,
+        &["already holds a finished run", "another --run-name"],
+    );
+    assert!(!stderr(&o).contains("--resume"), "{}", stderr(&o));
     assert_intact(
         &before,
         &done,
