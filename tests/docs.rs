@@ -111,3 +111,47 @@ fn committed_results_come_from_the_configs_named_for_them() {
         }
     }
 }
+
+/// The README's objectives table gives each objective's defaults as config.toml has them.
+#[test]
+fn readme_objective_defaults_are_the_configs() {
+    let readme = read("README.md");
+    let d = kdtrain::config::Config::default().distill;
+    for (name, defaults) in [
+        (
+            "kd",
+            format!("T {}, alpha {}", d.kd.temperature, d.kd.alpha),
+        ),
+        (
+            "dkd",
+            format!(
+                "T {}, alpha {}, beta {}, CE {}, warm-up {} epochs",
+                d.dkd.temperature, d.dkd.alpha, d.dkd.beta, d.dkd.ce_weight, d.dkd.warmup_epochs
+            ),
+        ),
+        (
+            "lskd",
+            format!(
+                "T {}, KD {}, CE {}",
+                d.lskd.temperature, d.lskd.kd_weight, d.lskd.ce_weight
+            ),
+        ),
+        (
+            "dist",
+            format!(
+                "tau {}, beta {}, gamma {}, CE {}",
+                d.dist.temperature, d.dist.beta, d.dist.gamma, d.dist.ce_weight
+            ),
+        ),
+        ("mse", format!("alpha {}", d.mse.alpha)),
+    ] {
+        let row = readme
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("README has no objectives row for {name}"));
+        assert!(
+            row.contains(&format!("| {defaults} |")),
+            "README's {name} row lacks its defaults \"{defaults}\":\n{row}"
+        );
+    }
+}
