@@ -128,6 +128,9 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
         "teacher agreement",
         "Ankle boot",
         "confusion matrix",
+        // Confusion-matrix rows carry the whole class name and its index.
+        "T-shirt/top  0",
+        " Ankle boot  9",
     ] {
         assert!(out.contains(needle), "{needle} missing:\n{out}");
     }

@@ -146,14 +146,14 @@ fn print_report(
         crate::outln!("  {name:<12} {acc:.4}  ({count})");
     }
     crate::outln!("\ntest confusion matrix (rows: true class, columns: predicted):");
-    crate::out!("{:>12}", "");
+    crate::out!("{:>14}", "");
     for i in 0..data::CLASS_NAMES.len() {
         crate::out!("{i:>6}");
     }
     crate::outln!();
     for (i, row) in test_r.confusion.iter().enumerate() {
-        let name: String = data::CLASS_NAMES[i].chars().take(9).collect();
-        crate::out!("{name:>9} {i:>2}");
+        // The longest class name, "T-shirt/top", has 11 characters.
+        crate::out!("{:>11} {i:>2}", data::CLASS_NAMES[i]);
         for c in row {
             crate::out!("{c:>6}");
         }
