@@ -156,7 +156,8 @@ impl Checkpoint {
         }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             anyhow::anyhow!(
-                "checkpoint {} is truncated or corrupt ({e}); use another checkpoint or train again",
+                "checkpoint {} is truncated or corrupt, or not safetensors at all (an ONNX \
+                 export, say) ({e}); pass a model.safetensors written by kdtrain, or train again",
                 path.display()
             )
         })?;
@@ -463,6 +464,18 @@ mod tests {
             let e = Checkpoint::read(&p).err().unwrap().to_string();
             assert!(e.contains("truncated or corrupt"), "cut {cut}: {e}");
         }
+        // The start of an ONNX file (protobuf: ir_version, producer_name "pytorch").
+        std::fs::write(
+            &p,
+            b"\x08\x08\x12\x07pytorch\x1a\x052.11.0:\xa4\x8f\x06\n\x0b",
+        )
+        .unwrap();
+        let e = Checkpoint::read(&p).err().unwrap().to_string();
+        assert!(e.contains("not safetensors at all (an ONNX export"), "{e}");
+        assert!(
+            e.contains("pass a model.safetensors written by kdtrain"),
+            "{e}"
+        );
     }
 
     #[test]
