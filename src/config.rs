@@ -838,8 +838,6 @@ impl Config {
         Ok(())
     }
 
-    /// Checks every value's range. The error names the key (`section.key`), the value
-    /// found and what is allowed.
     /// Rewrites the architecture and augmentation specs (`model.*`, `augment.*`,
     /// `reproduce.teacher`, `reproduce.teacher_augment`) in their canonical form, as
     /// `--arch` and `--augment` are saved: `"mlp: 128, dropout=0.10"` becomes
@@ -869,6 +867,8 @@ impl Config {
         }
     }
 
+    /// Checks every value's range. The error names the key (`section.key`), the value
+    /// found and what is allowed.
     pub fn validate(&self) -> Result<()> {
         fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
             // The flag that sets the key, if any, so a bad flag value is recognisable.

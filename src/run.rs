@@ -215,11 +215,7 @@ impl Run {
                     kind.name()
                 ));
             }
-            if std::fs::read_to_string(&state_path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
-                .is_some_and(|s| s.finished)
-            {
+            if saved_state(&dir).is_some_and(|s| s.finished) {
                 return usage(format!(
                     "--resume: the run in {} already finished; nothing to resume",
                     dir.display()
@@ -236,11 +232,7 @@ impl Run {
             .iter()
             .any(|f| dir.join(f).exists())
         {
-            let finished = std::fs::read_to_string(dir.join(STATE_FILE))
-                .ok()
-                .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
-                .is_some_and(|s| s.finished);
-            return usage(if finished {
+            return usage(if saved_state(&dir).is_some_and(|s| s.finished) {
                 format!(
                     "run folder {} already holds a finished run; choose another --run-name",
                     dir.display()
@@ -579,12 +571,16 @@ impl Run {
 
     /// The whole history, as saved in `state.json`.
     pub fn history(&self) -> Vec<EpochRecord> {
-        std::fs::read_to_string(self.dir.join(STATE_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
+        saved_state(&self.dir)
             .map(|s| s.history)
             .unwrap_or_default()
     }
+}
+
+/// The `state.json` in run folder `dir`, when it exists and parses.
+fn saved_state(dir: &Path) -> Option<TrainState> {
+    let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// A resumed run must train the same thing: everything but the epoch budget, the
@@ -696,12 +692,7 @@ pub fn newest_unfinished(out: &Path, kind: RunKind) -> Result<PathBuf> {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
         })
-        .filter(|p| {
-            std::fs::read_to_string(p.join(STATE_FILE))
-                .ok()
-                .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
-                .is_some_and(|s| !s.finished)
-        })
+        .filter(|p| saved_state(p).is_some_and(|s| !s.finished))
         .collect();
     candidates.sort();
     candidates.pop().ok_or_else(|| {
@@ -735,13 +726,7 @@ pub fn newest_model(out: &Path, kind: RunKind) -> Option<PathBuf> {
                 None
             }
         })
-        .filter(|p| {
-            let state = p.parent().map(|d| d.join(STATE_FILE));
-            state
-                .and_then(|f| std::fs::read_to_string(f).ok())
-                .and_then(|t| serde_json::from_str::<TrainState>(&t).ok())
-                .is_some_and(|s| s.finished)
-        })
+        .filter(|p| p.parent().and_then(saved_state).is_some_and(|s| s.finished))
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     found.sort();

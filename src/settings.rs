@@ -40,13 +40,14 @@ impl Settings {
     /// effect on `evaluate`, `predict` or `export` are refused by name.
     pub fn resolve(cli: &Cli) -> Result<Settings> {
         let c = &cli.common;
-        let (name, reads_data) = match &cli.command {
-            Command::Evaluate(_) => ("evaluate", true),
-            Command::Predict(_) => ("predict", false),
-            Command::Export(_) => ("export", false),
-            _ => ("", true),
+        // The commands that train nothing, and whether they read the data set.
+        let no_training = match &cli.command {
+            Command::Evaluate(_) => Some(("evaluate", true)),
+            Command::Predict(_) => Some(("predict", false)),
+            Command::Export(_) => Some(("export", false)),
+            _ => None,
         };
-        if !name.is_empty() {
+        if let Some((name, reads_data)) = no_training {
             let unused: Vec<&str> = [
                 ("--data-dir", !reads_data && c.data_dir.is_some()),
                 ("--epochs", c.epochs.is_some()),
