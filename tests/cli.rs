@@ -8,19 +8,6 @@ use common::*;
 use kdtrain::checkpoint::Checkpoint;
 use kdtrain::model::Arch;
 
-/// `train teacher --epochs 1 --run-name <name> -q`, which must succeed.
-fn train_teacher_one_epoch(s: &Sandbox, name: &str) {
-    assert_ok(&s.kd(&[
-        "train",
-        "teacher",
-        "--epochs",
-        "1",
-        "--run-name",
-        name,
-        "-q",
-    ]));
-}
-
 fn sandbox() -> Sandbox {
     let s = Sandbox::new();
     s.write_data(1200, 300);
@@ -332,7 +319,7 @@ fn real_data_one_teacher_epoch() {
 #[test]
 fn distill_skips_an_unfinished_teacher_run() {
     let s = sandbox();
-    train_teacher_one_epoch(&s, "teacher-done");
+    s.train_teacher_one_epoch("teacher-done");
     s.interrupted(
         &[
             "train",
@@ -373,7 +360,7 @@ fn distill_skips_an_unfinished_teacher_run() {
 #[test]
 fn a_teacher_whose_logits_overflow_is_refused() {
     let s = sandbox();
-    train_teacher_one_epoch(&s, "t");
+    s.train_teacher_one_epoch("t");
     // Every value of the first layer's bias becomes f32::MAX: finite, but the next
     // layer's sums overflow.
     let path = s.runs().join("t/model.safetensors");
@@ -383,7 +370,7 @@ fn a_teacher_whose_logits_overflow_is_refused() {
     assert_fails(&o, 2, &["teacher's logits are not finite"]);
     // Finite but huge logits (the last layer's weights times 1e6): mse's loss diverges,
     // and the message names the teacher instead of the learning rate.
-    train_teacher_one_epoch(&s, "big");
+    s.train_teacher_one_epoch("big");
     let path = s.runs().join("big/model.safetensors");
     edit_tensor(&path, "fc4.weight", |_, w| w * 1e6);
     let teacher = path.display().to_string();

@@ -114,15 +114,7 @@ fn resume_with_fewer_epochs_still_reports_a_median() {
 #[test]
 fn distill_optimises_only_the_student_and_leaves_the_teacher_file_alone() {
     let s = sandbox();
-    assert_ok(&s.kd(&[
-        "train",
-        "teacher",
-        "--epochs",
-        "1",
-        "--run-name",
-        "t",
-        "--quiet",
-    ]));
+    s.train_teacher_one_epoch("t");
     let teacher = s.runs().join("t/model.safetensors");
     let before = std::fs::read(&teacher).unwrap();
     for (run, extra) in [("a", None), ("b", Some("--no-t-squared"))] {
@@ -453,10 +445,13 @@ fn odd_inputs_get_one_clear_line() {
 #[test]
 fn specs_from_the_config_file_are_saved_canonical() {
     let s = sandbox();
-    s.write_config(
-        "[logging]\nhistograms = false\nplots = false\n\
-         [model]\nstudent = \"mlp: 128, dropout=0.10\"\n[augment]\nstudent = \"flip, shift1\"\n",
-    );
+    let config = |arch: &str, views: &str| {
+        s.write_config(&format!(
+            "[logging]\nhistograms = false\nplots = false\n\
+             [model]\nstudent = \"{arch}\"\n[augment]\nstudent = \"{views}\"\n"
+        ))
+    };
+    config("mlp: 128, dropout=0.10", "flip, shift1");
     let args = ["train", "student", "--epochs", "2", "--run-name", "c", "-q"];
     s.interrupted(&args, "epoch:1");
     let saved = std::fs::read_to_string(s.runs().join("c/config.toml")).unwrap();
@@ -465,10 +460,7 @@ fn specs_from_the_config_file_are_saved_canonical() {
         "{saved}"
     );
     assert!(saved.contains("student = \"shift1,flip\""), "{saved}");
-    s.write_config(
-        "[logging]\nhistograms = false\nplots = false\n\
-         [model]\nstudent = \"mlp:128,dropout=0.1\"\n[augment]\nstudent = \"shift1,flip\"\n",
-    );
+    config("mlp:128,dropout=0.1", "shift1,flip");
     assert_ok(&s.kd(&[
         "train",
         "student",

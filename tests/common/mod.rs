@@ -90,6 +90,19 @@ impl Sandbox {
         self.raw(&self.args(args))
     }
 
+    /// `train teacher --epochs 1 --run-name <name> -q`, which must succeed.
+    pub fn train_teacher_one_epoch(&self, name: &str) {
+        assert_ok(&self.kd(&[
+            "train",
+            "teacher",
+            "--epochs",
+            "1",
+            "--run-name",
+            name,
+            "-q",
+        ]));
+    }
+
     /// Runs the binary in the sandbox with exactly `args`.
     pub fn raw<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
         self.command(args).output().expect("run kdtrain")
