@@ -1,5 +1,6 @@
 //! Entry point: parse the command line, run, print the error chain once and map it to an
-//! exit code (0 ok, 1 runtime error, 2 usage or config error, 130 interrupted).
+//! exit code (0 ok, 1 runtime error, 2 usage or config error, 130 interrupted by SIGINT,
+//! SIGTERM or SIGHUP).
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -45,14 +46,16 @@ fn main() -> ExitCode {
             }
         }
     };
-    // First Ctrl-C: stop at the next step boundary. Second: exit now (every file is
-    // written atomically, so nothing is torn).
+    // First SIGINT (Ctrl-C), SIGTERM (`kill`, Slurm's `scancel` or time limit) or SIGHUP
+    // (a closed terminal): stop at the next step boundary, with the command that resumes
+    // the run. Second: exit now (every file is written atomically, so nothing is torn).
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             exit_now(130);
         }
         kdtrain::errln!(
-            "\nkdtrain: interrupt received; stopping at the next step (Ctrl-C again to quit now)"
+            "\nkdtrain: interrupt received (Ctrl-C, SIGTERM or SIGHUP); stopping at the next \
+             step (Ctrl-C again to quit now)"
         );
     });
     match kdtrain::commands::run(cli) {

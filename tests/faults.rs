@@ -117,12 +117,17 @@ fn wait_until(p: &mut Proc, limit: Duration, what: &str, cond: impl Fn() -> bool
 }
 
 fn sigint(child: &Child) {
+    signal(child, "INT");
+}
+
+/// Sends SIG`name` (INT, TERM, HUP) to `child` with `kill`.
+fn signal(child: &Child, name: &str) {
     let ok = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .expect("run kill")
         .success();
-    assert!(ok, "kill -INT failed");
+    assert!(ok, "kill -{name} failed");
 }
 
 /// The epoch that `state.json` in `dir` records, if it exists and parses.
@@ -1070,6 +1075,30 @@ fn sigint_stops_at_a_step_and_keeps_the_last_epoch() {
             .ends_with(".tmp")),
         "a .tmp file was left after a clean stop"
     );
+}
+
+/// `kill`, Slurm's `scancel` and its time limit send SIGTERM; a closed terminal sends
+/// SIGHUP. Both stop the run like Ctrl-C: at a step, with the command that resumes it.
+#[test]
+fn sigterm_and_sighup_stop_at_a_step_with_the_resume_command() {
+    let s = sandbox_with(2000, 100, "batch_size = 32");
+    for sig in ["TERM", "HUP"] {
+        let name = format!("sig{sig}");
+        let (mut child, r) = start_long_run(&s, &name, &[], &name);
+        signal(&child, sig);
+        let st = wait(&mut child, Duration::from_secs(60));
+        let err = spawned_stderr(&s, &name);
+        assert_eq!(st.code(), Some(130), "SIG{sig}: {err}");
+        assert!(err.contains("interrupt received"), "SIG{sig}: {err}");
+        assert!(
+            err.contains("interrupted during epoch")
+                && err.contains(&format!("--run-name {name} --resume")),
+            "SIG{sig}: {err}"
+        );
+        let epoch = state_epoch(&r).unwrap();
+        let last = Checkpoint::read(&r.join("last.safetensors")).unwrap();
+        assert_eq!(last.metadata[META_EPOCH], epoch.to_string());
+    }
 }
 
 #[test]
