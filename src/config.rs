@@ -685,6 +685,18 @@ impl Config {
         toml::from_str::<Config>(text).map_err(|e| {
             // toml's message spans several lines with a source excerpt; keep it on one.
             let mut msg = e.message().trim().to_string();
+            // serde names Rust's integer types; say what they mean.
+            for (rust, words) in [
+                ("expected usize", "expected an integer >= 0"),
+                ("expected u64", "expected an integer >= 0"),
+                ("expected u32", "expected an integer >= 0"),
+                ("expected i64", "expected an integer"),
+                ("expected f64", "expected a number"),
+            ] {
+                if let Some(head) = msg.strip_suffix(rust) {
+                    msg = format!("{head}{words}");
+                }
+            }
             // Before objectives had their own tables, kd's keys sat in [distill].
             for old in ["temperature", "alpha", "t_squared_scaling"] {
                 if msg.starts_with(&format!("unknown field `{old}`")) && msg.contains("`kd`") {

@@ -83,9 +83,18 @@ impl Settings {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from("config.toml"), false),
         };
-        let mut config = Config::load(&config_path, required)?;
+        let loaded = Config::load(&config_path, required)?;
+        let mut config = loaded.clone();
         config.apply(&cli.overrides()?)?;
-        config.validate()?;
+        if let Err(e) = config.validate() {
+            // The file is named when the bad value is its own, not a flag's (the built-in
+            // defaults, used when there is no file, always validate).
+            let from_file = loaded.validate().err().map(|f| f.to_string());
+            if from_file == Some(e.to_string()) {
+                return crate::config::usage(format!("config file {}: {e}", config_path.display()));
+            }
+            return Err(e);
+        }
         config.canonicalize();
         let device = crate::device::resolve(&config.runtime.device)?;
         // The resolved config (written next to each checkpoint) names the device used.

@@ -483,15 +483,46 @@ fn config_wrong_type_is_named_with_its_line() {
             "line 4",
             "distill.kd.temperature",
             "invalid type",
-            "expected f64",
+            "expected a number",
         ],
     );
     let s = sandbox_with(200, 50, "batch_size = -5");
-    assert_fails(&train_student(&s), 2, &["line 3", "data.batch_size"]);
+    assert_fails(
+        &train_student(&s),
+        2,
+        &["line 3", "data.batch_size", "expected an integer >= 0"],
+    );
     // A missing --config file is a usage error too.
     let s = sandbox();
     let o = s.kd(&["train", "student", "--config", "nope.toml"]);
     assert_fails(&o, 2, &["nope.toml", "cannot read config file"]);
+}
+
+/// A value out of range is named with the file it came from; the same value given by its
+/// flag is named with the flag alone, and a flag that mends the file's value wins.
+#[test]
+fn config_value_out_of_range_names_the_file_or_the_flag() {
+    let s = sandbox_with(200, 50, "batch_size = 0");
+    assert_fails(
+        &train_student(&s),
+        2,
+        &["config file", "test.toml", "data.batch_size", "= 0"],
+    );
+    let s = sandbox();
+    let o = s.kd(&["train", "student", "--batch-size", "0"]);
+    assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("config file"));
+    let s = sandbox_with(200, 50, "batch_size = 0");
+    let o = s.kd(&[
+        "train",
+        "student",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// `args` fail with exit 2 and name `key` (and the flag), before any run folder exists.
