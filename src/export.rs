@@ -173,6 +173,20 @@ pub fn run(args: &ExportArgs, quiet: bool) -> Result<()> {
         .into());
     }
     for p in [&out, &sidecar] {
+        if p.is_dir() {
+            return Err(UsageError(format!(
+                "-o {} is a folder (not overwritten even with --force); -o takes a file \
+                 name, e.g. {}",
+                p.display(),
+                p.join(
+                    default_output(&args.checkpoint, args.format)
+                        .file_name()
+                        .unwrap_or_default()
+                )
+                .display()
+            ))
+            .into());
+        }
         if p.exists() && !args.force {
             return Err(UsageError(format!(
                 "{} already exists; pass --force to overwrite it, or choose another -o",

@@ -609,6 +609,29 @@ fn export_refuses_to_overwrite_and_defaults_next_to_the_checkpoint() {
     );
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
     assert_ok(&s.raw(&["export", c, "--format", "torchscript", "--force"]));
+    // A folder given as -o is named as such, with or without --force, and left alone.
+    let folder = s.path().join("exports");
+    std::fs::create_dir(&folder).unwrap();
+    for force in [&[][..], &["--force"][..]] {
+        let args = [
+            &[
+                "export",
+                c,
+                "--format",
+                "onnx",
+                "-o",
+                folder.to_str().unwrap(),
+            ][..],
+            force,
+        ]
+        .concat();
+        assert_fails(
+            &s.raw(&args),
+            2,
+            &["exports is a folder", "exports/model.onnx"],
+        );
+    }
+    assert!(folder.is_dir() && std::fs::read_dir(&folder).unwrap().next().is_none());
     assert_fails(
         &s.raw(&[
             "export",
