@@ -93,6 +93,9 @@ impl Arch {
                         and at most 3 decimals";
         // The message: what a spec looks like, then what is wrong with this one.
         let bad = |problem: String| format!("{expected}; here {problem}");
+        // Spaces around the parts are allowed (" mlp : 128 , dropout = 0.1 "), not inside a
+        // number ("1 28").
+        let spec = spec.trim();
         match spec {
             "teacher" => return Ok(Arch::teacher()),
             "student" => return Ok(Arch::student()),
@@ -109,12 +112,18 @@ impl Arch {
         let (kind, rest) = spec
             .split_once(':')
             .ok_or_else(|| bad("the \"mlp:\" or \"cnn:\" in front is missing".into()))?;
+        let kind = kind.trim();
         if !matches!(kind, "mlp" | "cnn") {
             return Err(bad(format!("{kind:?} is neither mlp nor cnn")));
         }
         let mut items: Vec<&str> = rest.split(',').map(str::trim).collect();
+        // `dropout = P`, spaces allowed around the `=`.
+        fn dropout_value(item: &str) -> Option<&str> {
+            let (key, value) = item.split_once('=')?;
+            (key.trim() == "dropout").then_some(value.trim())
+        }
         let mut dropout_milli = 0;
-        if let Some(text) = items.last().and_then(|l| l.strip_prefix("dropout=")) {
+        if let Some(text) = items.last().and_then(|l| dropout_value(l)) {
             let p: f64 = text
                 .parse()
                 .map_err(|_| bad(format!("dropout {text:?} is not a number")))?;
@@ -129,7 +138,7 @@ impl Arch {
         }
         let widths: Vec<i64> = items
             .iter()
-            .map(|w| match w.starts_with("dropout=") {
+            .map(|w| match dropout_value(w).is_some() {
                 true => Err(bad(format!(
                     "{w:?} is not last, or dropout is given twice; give it once, after the widths"
                 ))),
@@ -628,6 +637,18 @@ mod tests {
         assert_eq!(Arch::teacher().spec(), "mlp:512,256,128");
         assert_eq!(Arch::parse("teacher").unwrap(), Arch::teacher());
         assert_eq!(Arch::parse("student").unwrap(), Arch::student());
+        // Spaces around any part are allowed, in every position alike.
+        let a = Arch::parse("mlp:128,dropout=0.1").unwrap();
+        for spaced in [
+            " mlp:128,dropout=0.1 ",
+            "mlp :128,dropout=0.1",
+            "mlp: 128 ,dropout=0.1",
+            "mlp:128, dropout = 0.1",
+            "mlp:128,dropout =0.10",
+        ] {
+            assert_eq!(Arch::parse(spaced), Ok(a.clone()), "{spaced:?}");
+        }
+        assert_eq!(Arch::parse(" teacher ").unwrap(), Arch::teacher());
         // Each refusal says what a spec looks like and what is wrong with this one.
         for (bad, problem) in [
             ("", "in front is missing"),
@@ -656,6 +677,11 @@ mod tests {
                 "dropout 0.0005 has more than 3 decimals",
             ),
             ("rnn:5", "\"rnn\" is neither mlp nor cnn"),
+            ("mlp:1 28", "\"1 28\" is not a whole number"),
+            (
+                "mlp:128,drop out=0.1",
+                "\"drop out=0.1\" is not a whole number",
+            ),
         ] {
             let e = Arch::parse(bad).unwrap_err();
             assert!(
