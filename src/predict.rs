@@ -470,8 +470,9 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
     }
     if !quiet {
         crate::errln!(
-            "predict: {n} images; checkpoint {t_model:.3} s, reading {t_read:.3} s, \
+            "predict: {n} image{}; checkpoint {t_model:.3} s, reading {t_read:.3} s, \
              inference {t_infer:.3} s, output {:.3} s",
+            if n == 1 { "" } else { "s" },
             t0.elapsed().as_secs_f64() - t_model - t_read - t_infer
         );
     }

@@ -376,6 +376,10 @@ fn usage_errors_exit_2() {
         &["--top", "11"],
     );
     assert_fails(&s.raw(&["predict", c, idx, "--top", "0"]), 2, &["--top"]);
+    let one = s.raw(&["predict", c, png]);
+    assert_ok(&one);
+    let err = String::from_utf8_lossy(&one.stderr);
+    assert!(err.contains("predict: 1 image;"), "{err}");
     assert_fails(
         &s.raw(&["predict", c, idx, "--index", "10000"]),
         2,
