@@ -59,6 +59,8 @@ def main():
         "shown, not used. Teachers: `cnn20` is `cnn:32,64,256,dropout=0.3` with shift2,flip for",
         "20 epochs, `cnn3` is `cnn:32,64,128,256,dropout=0.3` with shift1,flip for 20 epochs,",
         "`deep` the same for 60 epochs (the teacher of `docs/results/deep-teacher/`);",
+        "`ta` is a teacher assistant (Mirzadeh et al. 2020): run `M-ta-kd-t2-a05-s0`, the",
+        "reference's MLP teacher distilled from cnn20 for 100 epochs, exported as TorchScript;",
         "`mlp-*` are the reference's MLP teacher with dropout (`mlp-default-seedN`: the",
         "default `train teacher`, 60 epochs, 2 threads). Students without a teacher",
         "trained alone. Run names: `L-` 200 epochs, `XL-` 400, otherwise 60 (students);",
