@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use clap::Parser;
+use kdtrain::cli::Command;
+use kdtrain::commands::sweep::SweepAction;
 use kdtrain::config::UsageError;
 use kdtrain::train::{INTERRUPTED, Interrupted};
 
@@ -46,16 +48,27 @@ fn main() -> ExitCode {
             }
         }
     };
-    // First SIGINT (Ctrl-C), SIGTERM (`kill`, Slurm's `scancel` or time limit) or SIGHUP
-    // (a closed terminal): stop at the next step boundary, with the command that resumes
-    // the run. Second: exit now (every file is written atomically, so nothing is torn).
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+    // Commands that train stop at a step boundary on the first SIGINT (Ctrl-C), SIGTERM
+    // (`kill`, Slurm's `scancel` or time limit) or SIGHUP (a closed terminal), with the
+    // command that resumes the run, and exit at once on the second. The others have no
+    // steps to stop at and exit at once on the first. Every file is written atomically,
+    // so nothing is torn either way.
+    let steps = match &cli.command {
+        Command::Train { .. } | Command::Distill(_) | Command::Reproduce(_) => true,
+        Command::Sweep(a) => matches!(
+            a.action,
+            SweepAction::Run { .. } | SweepAction::RunOne { .. }
+        ),
+        Command::Evaluate(_) | Command::Predict(_) | Command::Export(_) => false,
+    };
+    let _ = ctrlc::set_handler(move || {
+        if !steps || INTERRUPTED.swap(true, Ordering::SeqCst) {
+            kdtrain::errln!("\nkdtrain: interrupted; exiting now");
             exit_now(130);
         }
         kdtrain::errln!(
             "\nkdtrain: interrupt received (Ctrl-C, SIGTERM or SIGHUP); stopping at the next \
-             step (Ctrl-C again to quit now)"
+             step (the same again quits now)"
         );
     });
     match kdtrain::commands::run(cli) {

@@ -225,7 +225,26 @@ pub fn fit(
     let train_cache = match (teacher.filter(|t| t.cache), aug.is_none(), &view_set) {
         (None, _, _) => None,
         (Some(t), true, _) => Some(cached_logits(t, &data.split.split_hash, "none", n, || {
-            Ok(eval::logits(t.network, &data.train.images)) // [n, 10]
+            // A Ctrl-C or SIGTERM is answered between chunks: a big teacher's pass can
+            // outlast Slurm's 30 s between SIGTERM and SIGKILL. Test hook: `cache:0` acts
+            // as one that arrives as the pass starts.
+            if std::env::var(crate::commands::INTERRUPT_HOOK).is_ok_and(|h| h == "cache:0") {
+                INTERRUPTED.store(true, Ordering::SeqCst);
+            }
+            let logits = eval::logits_until(
+                t.network,
+                &data.train.images,
+                |x, _| x.shallow_clone(),
+                || INTERRUPTED.load(Ordering::SeqCst),
+            ); // [n, 10]
+            logits.ok_or_else(|| {
+                Interrupted(
+                    "interrupted while caching the teacher's logits, before this run's first \
+                     step; no checkpoint was written"
+                        .into(),
+                )
+                .into()
+            })
         })?),
         (Some(t), false, Some(set)) => {
             let what = format!("{} x{}", aug.spec(), set.k);
@@ -360,8 +379,13 @@ pub fn fit(
                 progress.finish();
                 let msg = match state.epoch {
                     0 => format!(
-                        "interrupted during epoch {epoch}; no epoch had completed, so nothing was saved in {}",
-                        run.dir.display()
+                        "interrupted during epoch {epoch}, before any epoch had completed; no \
+                         checkpoint was written{}",
+                        if run.dir.join("config.toml").exists() {
+                            format!(" in {}", run.dir.display())
+                        } else {
+                            String::new()
+                        }
                     ),
                     e => format!(
                         "interrupted during epoch {epoch}; the checkpoint of epoch {e} is in {}; \

@@ -205,6 +205,28 @@ fn augmentation_changes_training_and_the_teacher_sees_the_students_view() {
         "-q",
     ]);
     assert_ok(&o);
+    // Without augmentation too, a Ctrl-C or SIGTERM while the teacher's logits are
+    // cached is answered between chunks (hook: as the pass starts), before any step.
+    let o = plain.interrupted(
+        &[
+            "distill",
+            "--teacher",
+            t,
+            "--epochs",
+            "2",
+            "--run-name",
+            "cut",
+        ],
+        "cache:0",
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "interrupted while caching the teacher's logits, before this run's first step"
+        ),
+        "{err}"
+    );
+    assert!(!plain.runs().join("cut/model.safetensors").exists());
     let d = max_diff(&cached, &plain.runs().join("plain/model.safetensors"));
     assert!(
         d > 1e-3,

@@ -1132,6 +1132,38 @@ fn sigterm_and_sighup_stop_at_a_step_with_the_resume_command() {
     }
 }
 
+/// A command without steps to stop at (predict here, blocked reading a FIFO that nobody
+/// writes) exits 130 at the first signal instead of waiting for a step that never comes.
+#[test]
+fn commands_that_do_not_train_exit_at_the_first_signal() {
+    let s = sandbox();
+    let ckpt = trained_student(&s, "stud").join("model.safetensors");
+    let fifo = s.path().join("images.fifo");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo")
+        .success();
+    assert!(ok, "mkfifo failed");
+    for sig in ["TERM", "INT"] {
+        let name = format!("predict{sig}");
+        let err = s.path().join(format!("{name}.err"));
+        let child = s
+            .command(&["predict", ckpt.to_str().unwrap(), fifo.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+            .spawn()
+            .expect("spawn kdtrain");
+        let mut child = Proc { child, err };
+        std::thread::sleep(Duration::from_millis(500));
+        signal(&child, sig);
+        let st = wait(&mut child, Duration::from_secs(10));
+        let err = spawned_stderr(&s, &name);
+        assert_eq!(st.code(), Some(130), "SIG{sig}: {err}");
+        assert!(err.contains("interrupted; exiting now"), "SIG{sig}: {err}");
+    }
+}
+
 #[test]
 fn second_sigint_exits_at_once_without_tearing_files() {
     let s = sandbox_with(2000, 100, "batch_size = 32");

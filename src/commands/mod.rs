@@ -31,7 +31,8 @@ use crate::train::{LoopConfig, Teacher};
 /// Test hook: `KDTRAIN_TEST_INTERRUPT=final-evaluation` acts as a Ctrl-C that arrives
 /// after the last epoch, while the final evaluation runs (too short a moment for a test
 /// to hit with a real signal); `epoch:N` one that arrives right after epoch N is saved;
-/// `cache:K` one that arrives right after the teacher's logits on view K are cached.
+/// `cache:K` one that arrives right after the teacher's logits on view K are cached
+/// (`cache:0`: as the pass over the unaugmented images starts).
 pub const INTERRUPT_HOOK: &str = "KDTRAIN_TEST_INTERRUPT";
 
 /// Runs the parsed command line.
