@@ -119,8 +119,9 @@ pub struct Run {
     terms: &'static [&'static str],
     /// The validation split, once the data is loaded.
     split: Option<SplitInfo>,
-    /// Flags the resume command needs besides `--out-dir`, `--run-name` and `--resume`
-    /// (a `reproduce` stage's `--seed`, objective and teacher), for the Ctrl-C message.
+    /// Flags the resume command needs besides `--out-dir`, `--run-name`, `--epochs` and
+    /// `--resume` (a `reproduce` stage's `--seed`, objective and teacher), for the Ctrl-C
+    /// message.
     pub resume_args: String,
     /// This process made the folder (so [`Run::abandon`] may remove it).
     created: bool,

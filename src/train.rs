@@ -8,6 +8,7 @@
 //! the epoch, then validation, early stopping and the epoch's checkpoint (through
 //! [`crate::run::Run`]).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use crate::objective::Objective;
 use crate::optim::{Adam, AdamConfig};
 use crate::run::{EpochRecord, Progress, Run, TrainState};
 use crate::schedule::CosineDecay;
+use crate::sweep::exec::quote;
 
 /// Set by the SIGINT handler; the loop checks it at every step boundary.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -389,15 +391,14 @@ pub fn fit(
                     ),
                     e => format!(
                         "interrupted during epoch {epoch}; the checkpoint of epoch {e} is in {}; \
-                         continue it with `kdtrain {} --out-dir {} --run-name {}{} --resume` \
+                         continue it with `kdtrain {} --out-dir {} --run-name {} --epochs {}{} \
+                         --resume` \
                          (plus the options you started it with)",
                         run.dir.display(),
                         run.kind.command(),
-                        run.dir
-                            .parent()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_default(),
-                        run.name(),
+                        quote(run.dir.parent().unwrap_or(Path::new(""))),
+                        quote(Path::new(&run.name())),
+                        cfg.epochs,
                         run.resume_args
                     ),
                 };

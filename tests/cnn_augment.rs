@@ -280,7 +280,8 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
         .find(|p| p.starts_with("kdtrain train teacher"))
         .unwrap_or_else(|| panic!("no resume command in:\n{err}"));
     assert!(
-        hint.contains("--arch cnn:32,64,256,dropout=0.3 --augment shift2,flip --epochs 2"),
+        hint.contains("--run-name teacher --epochs 2")
+            && hint.contains("--arch cnn:32,64,256,dropout=0.3 --augment shift2,flip"),
         "{hint}"
     );
     // The config file reproduce was given is part of the command.
@@ -348,7 +349,10 @@ fn an_interrupted_reproduce_student_resumes_for_its_own_epochs() {
         .split('`')
         .find(|p| p.starts_with("kdtrain train student"))
         .unwrap_or_else(|| panic!("no resume command in:\n{err}"));
-    assert!(hint.contains("--seed 0 --epochs 3"), "{hint}");
+    assert!(
+        hint.contains("--run-name student --epochs 3") && hint.contains("--seed 0"),
+        "{hint}"
+    );
     let mut args: Vec<String> = hint.split_whitespace().skip(1).map(String::from).collect();
     args.extend(["--data-dir", "data", "--threads", "1", "-q"].map(String::from));
     assert_ok(&s.raw(&args));

@@ -1081,7 +1081,8 @@ fn sigint_stops_at_a_step_and_keeps_the_last_epoch() {
     );
     assert!(err.contains("interrupt received"), "{err}");
     assert!(
-        err.contains("interrupted during epoch") && err.contains("--run-name int --resume"),
+        err.contains("interrupted during epoch")
+            && err.contains("--run-name int --epochs 500 --resume"),
         "{err}"
     );
     assert_eq!(
@@ -1123,13 +1124,60 @@ fn sigterm_and_sighup_stop_at_a_step_with_the_resume_command() {
         assert!(err.contains("interrupt received"), "SIG{sig}: {err}");
         assert!(
             err.contains("interrupted during epoch")
-                && err.contains(&format!("--run-name {name} --resume")),
+                && err.contains(&format!("--run-name {name} --epochs 500 --resume")),
             "SIG{sig}: {err}"
         );
         let epoch = state_epoch(&r).unwrap();
         let last = Checkpoint::read(&r.join("last.safetensors")).unwrap();
         assert_eq!(last.metadata[META_EPOCH], epoch.to_string());
     }
+}
+
+/// The printed resume command is quoted for a POSIX shell: run as printed (plus the
+/// options the run started with), it resumes a run whose out-dir and name hold a space
+/// and a quote.
+#[test]
+fn the_resume_command_is_shell_quoted_and_works_as_printed() {
+    let s = sandbox_with(300, 50, "batch_size = 32");
+    let out = s.path().join("my runs");
+    let config = s.path().join("test.toml");
+    let data = s.data_dir();
+    let common = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--threads",
+        "1",
+        "-q",
+    ];
+    let start = [
+        &["train", "student", "--epochs", "3", "--run-name", "a b'c"][..],
+        &["--out-dir", out.to_str().unwrap()],
+        &common,
+    ]
+    .concat();
+    let o = s
+        .command(&start)
+        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    let printed = err
+        .split("continue it with `")
+        .nth(1)
+        .and_then(|t| t.split('`').next())
+        .unwrap_or_else(|| panic!("no resume command in: {err}"));
+    let words = shlex::split(printed).unwrap_or_else(|| panic!("not shell words: {printed}"));
+    assert_eq!(words[0], "kdtrain", "{printed}");
+    let resume: Vec<&str> = words[1..]
+        .iter()
+        .map(String::as_str)
+        .chain(common)
+        .collect();
+    assert_ok(&s.raw(&resume));
+    assert_eq!(state_epoch(&out.join("a b'c")), Some(3));
 }
 
 /// A command without steps to stop at (predict here, blocked reading a FIFO that nobody

@@ -90,10 +90,8 @@ pub fn run(s: &Settings) -> Result<()> {
             let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
             // reproduce's own teacher recipe, as `train teacher` flags.
             run.resume_args = format!(
-                "{config_flag} --seed {seed} --arch {} --augment {} --epochs {}",
-                config.model.teacher,
-                config.augment.teacher,
-                config.epochs_for(true)
+                "{config_flag} --seed {seed} --arch {} --augment {}",
+                config.model.teacher, config.augment.teacher,
             );
             let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
             print_result(&out);
@@ -110,12 +108,7 @@ pub fn run(s: &Settings) -> Result<()> {
             c.distill.teacher = t_path.display().to_string();
         });
         let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
-        // --epochs too: a resumed run may be given more epochs than it started with, so
-        // leaving it out would silently train to the default count.
-        run.resume_args = format!(
-            "{config_flag} --seed {seed} --epochs {}",
-            config.epochs_for(false)
-        );
+        run.resume_args = format!("{config_flag} --seed {seed}");
         let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
         print_result(&out);
         runs.push(out);
@@ -130,9 +123,8 @@ pub fn run(s: &Settings) -> Result<()> {
             let folder = format!("distilled-{name}");
             let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
             run.resume_args = format!(
-                "{config_flag} --seed {seed} --epochs {} --objective {name} --teacher {}",
-                config.epochs_for(false),
-                t_path.display()
+                "{config_flag} --seed {seed} --objective {name} --teacher {}",
+                crate::sweep::exec::quote(t_path)
             );
             run.add_meta(t.meta())?;
             let out = train_one(s, &config, &mut run, objective.as_ref(), Some(t), &data)?;
