@@ -238,6 +238,42 @@ fn bad_sweep_files_exit_2_naming_the_key() {
     assert_eq!(planned, 0);
 }
 
+/// An interrupted `run-one` names itself as the way to resume (the job's options are in
+/// its jobs/<id>.toml, on no command line), and that command finishes the job.
+#[test]
+fn an_interrupted_run_one_says_to_run_it_again() {
+    let (s, teacher) = sandbox_with_teacher();
+    let f = sweep_file(
+        &s,
+        "one.toml",
+        "",
+        "t = [2]\nalpha = [0.5]\nseeds = [0]\nstudent = false",
+    );
+    let d = plan(&s, &f, &teacher);
+    let args: Vec<std::ffi::OsString> = vec![
+        "sweep".into(),
+        "run-one".into(),
+        d.clone().into(),
+        "--index".into(),
+        "0".into(),
+    ];
+    let o = s
+        .command(&args)
+        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains(&format!("kdtrain sweep run-one {} --index 0", d.display()))
+            && !err.contains("continue it with"),
+        "{err}"
+    );
+    assert_ok(&sweep(&s, &["run-one", "--index", "0"], &d));
+    let run = d.join("runs").join(&Plan::load(&d).unwrap().jobs[0].id);
+    assert_eq!(epochs_done(&run), 2);
+}
+
 #[test]
 fn collect_writes_rows_and_lists_jobs_not_finished() {
     let (s, teacher) = sandbox_with_teacher();

@@ -189,7 +189,21 @@ pub fn run_one(sweep: &Path, index: usize, quiet: bool) -> Result<()> {
     );
     let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&args)
         .map_err(|e| anyhow!("job {index}: {e}"))?;
-    let result = crate::commands::run(cli);
+    // An interrupted job resumes through run-one (its options are in jobs/<id>.toml, not
+    // on a command line), so that is the command to give.
+    let result = crate::commands::run(cli).map_err(|e| match e.downcast::<Interrupted>() {
+        Ok(Interrupted(msg)) => {
+            let head = msg.split("; continue it with").next().unwrap_or(&msg);
+            Interrupted(format!(
+                "job {index} ({}): {head}; resume it with `kdtrain sweep run-one {} --index \
+                 {index}` (or `sweep run`, or submit the sweep again)",
+                job.id,
+                quote(sweep)
+            ))
+            .into()
+        }
+        Err(e) => e,
+    });
     let slurm = match (
         std::env::var("SLURM_ARRAY_JOB_ID"),
         std::env::var("SLURM_ARRAY_TASK_ID"),
