@@ -84,13 +84,18 @@ impl Settings {
             None => (PathBuf::from("config.toml"), false),
         };
         let loaded = Config::load(&config_path, required)?;
+        let overrides = cli.overrides()?;
         let mut config = loaded.clone();
-        config.apply(&cli.overrides()?)?;
+        config.apply(&overrides)?;
         if let Err(e) = config.validate() {
-            // The file is named when the bad value is its own, not a flag's (the built-in
-            // defaults, used when there is no file, always validate).
-            let from_file = loaded.validate().err().map(|f| f.to_string());
-            if from_file == Some(e.to_string()) {
+            // The file is named when the bad value is its own: the file alone gives the
+            // same error, and the flags alone (on the built-in defaults, which always
+            // validate) do not, since a flag's value replaces the file's.
+            let same =
+                |c: &Config| c.validate().err().map(|f| f.to_string()) == Some(e.to_string());
+            let mut flags_alone = Config::default();
+            let by_flag = flags_alone.apply(&overrides).is_ok() && same(&flags_alone);
+            if same(&loaded) && !by_flag {
                 return crate::config::usage(format!("config file {}: {e}", config_path.display()));
             }
             return Err(e);

@@ -512,7 +512,11 @@ fn config_value_out_of_range_names_the_file_or_the_flag() {
     let o = s.kd(&["train", "student", "--batch-size", "0"]);
     assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("config file"));
+    // Bad in the file and by the flag alike: the flag's value is the one used.
     let s = sandbox_with(200, 50, "batch_size = 0");
+    let o = s.kd(&["train", "student", "--batch-size", "0"]);
+    assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("config file"));
     let o = s.kd(&[
         "train",
         "student",
