@@ -165,28 +165,36 @@ pub fn run(args: &ExportArgs, quiet: bool) -> Result<()> {
         None => default_output(&args.checkpoint, args.format),
     };
     let sidecar = sidecar_path(&out);
-    if same_file(&out, &args.checkpoint) {
+    for (p, what) in [(&out, "-o"), (&sidecar, "the sidecar of -o")] {
+        if same_file(p, &args.checkpoint) {
+            return Err(UsageError(format!(
+                "{what} {} is the checkpoint itself; choose another output file",
+                p.display()
+            ))
+            .into());
+        }
+    }
+    // A folder (or a name ending in `/`) is not an output file.
+    let file_name = default_output(&args.checkpoint, args.format);
+    let file_name = file_name.file_name().unwrap_or_default();
+    if out.is_dir() || out.as_os_str().as_encoded_bytes().ends_with(b"/") {
         return Err(UsageError(format!(
-            "-o {} is the checkpoint itself; choose another output file",
-            out.display()
+            "-o {} is a folder (not overwritten even with --force); -o takes a file name, \
+             e.g. {}",
+            out.display(),
+            out.join(file_name).display()
+        ))
+        .into());
+    }
+    if sidecar.is_dir() {
+        return Err(UsageError(format!(
+            "{} is a folder, where the export's sidecar (-o plus .json) goes; move it away \
+             or choose another -o",
+            sidecar.display(),
         ))
         .into());
     }
     for p in [&out, &sidecar] {
-        if p.is_dir() {
-            return Err(UsageError(format!(
-                "-o {} is a folder (not overwritten even with --force); -o takes a file \
-                 name, e.g. {}",
-                p.display(),
-                p.join(
-                    default_output(&args.checkpoint, args.format)
-                        .file_name()
-                        .unwrap_or_default()
-                )
-                .display()
-            ))
-            .into());
-        }
         if p.exists() && !args.force {
             return Err(UsageError(format!(
                 "{} already exists; pass --force to overwrite it, or choose another -o",

@@ -636,6 +636,43 @@ fn export_refuses_to_overwrite_and_defaults_next_to_the_checkpoint() {
         );
     }
     assert!(folder.is_dir() && std::fs::read_dir(&folder).unwrap().next().is_none());
+    // So is a name ending in '/', even when no such folder exists.
+    let slash = format!("{}/", s.path().join("new").display());
+    assert_fails(
+        &s.raw(&["export", c, "--format", "torchscript", "-o", &slash]),
+        2,
+        &["new/ is a folder", "new/model.pt"],
+    );
+    // A folder where the sidecar goes is named as the sidecar's place.
+    std::fs::create_dir(s.path().join("side.pt.json")).unwrap();
+    let side = s.path().join("side.pt");
+    assert_fails(
+        &s.raw(&[
+            "export",
+            c,
+            "--format",
+            "torchscript",
+            "-o",
+            side.to_str().unwrap(),
+        ]),
+        2,
+        &["side.pt.json is a folder, where the export's sidecar"],
+    );
+    // The sidecar may not overwrite the checkpoint either.
+    let ck_json = s.path().join("ck.json");
+    std::fs::copy(&ckpt, &ck_json).unwrap();
+    let before_ck = std::fs::read(&ck_json).unwrap();
+    let o = s.raw(&[
+        "export",
+        ck_json.to_str().unwrap(),
+        "--format",
+        "torchscript",
+        "-o",
+        s.path().join("ck").to_str().unwrap(),
+        "--force",
+    ]);
+    assert_fails(&o, 2, &["the sidecar of -o", "is the checkpoint itself"]);
+    assert_eq!(std::fs::read(&ck_json).unwrap(), before_ck);
     assert_fails(
         &s.raw(&[
             "export",
