@@ -879,6 +879,17 @@ impl Config {
         }
     }
 
+    /// Whether `e`, the error of [`Config::validate`] on `loaded` with `overrides`
+    /// applied, is the file's: the file alone gives the same error, and the flags alone
+    /// (on the built-in defaults, which always validate) do not, since a flag's value
+    /// replaces the file's.
+    pub fn file_is_to_blame(loaded: &Config, overrides: &Overrides, e: &anyhow::Error) -> bool {
+        let same = |c: &Config| c.validate().err().map(|f| f.to_string()) == Some(e.to_string());
+        let mut flags_alone = Config::default();
+        let by_flag = flags_alone.apply(overrides).is_ok() && same(&flags_alone);
+        same(loaded) && !by_flag
+    }
+
     /// Checks every value's range. The error names the key (`section.key`), the value
     /// found and what is allowed.
     pub fn validate(&self) -> Result<()> {

@@ -88,14 +88,8 @@ impl Settings {
         let mut config = loaded.clone();
         config.apply(&overrides)?;
         if let Err(e) = config.validate() {
-            // The file is named when the bad value is its own: the file alone gives the
-            // same error, and the flags alone (on the built-in defaults, which always
-            // validate) do not, since a flag's value replaces the file's.
-            let same =
-                |c: &Config| c.validate().err().map(|f| f.to_string()) == Some(e.to_string());
-            let mut flags_alone = Config::default();
-            let by_flag = flags_alone.apply(&overrides).is_ok() && same(&flags_alone);
-            if same(&loaded) && !by_flag {
+            // The file is named when the bad value is its own.
+            if Config::file_is_to_blame(&loaded, &overrides, &e) {
                 return crate::config::usage(format!("config file {}: {e}", config_path.display()));
             }
             return Err(e);

@@ -233,6 +233,29 @@ fn bad_sweep_files_exit_2_naming_the_key() {
         2,
         &["absent.safetensors", "not found"],
     );
+    // A bad value in the file names the file; the same value by a flag names the flag.
+    let f = sweep_file(
+        &s,
+        "bs0.toml",
+        "[lr_schedule]\ninitial_lr = 0.0\n",
+        "t = [1]",
+    );
+    let (o, _) = plan_with(&s, &f, &teacher);
+    assert_fails(&o, 2, &["sweep file", "bs0.toml", "lr_schedule.initial_lr"]);
+    let f = sweep_file(&s, "bs32.toml", "", "t = [1]");
+    let o = s.raw(&[
+        "sweep".as_ref(),
+        "plan".as_ref(),
+        f.as_os_str(),
+        "--teacher".as_ref(),
+        teacher.as_os_str(),
+        "--out-dir".as_ref(),
+        s.runs().as_os_str(),
+        "--batch-size".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
+    assert!(!stderr(&o).contains("sweep file"), "{}", stderr(&o));
     // Nothing was planned by any of these.
     let planned = std::fs::read_dir(s.runs()).map(|d| d.count()).unwrap_or(0);
     assert_eq!(planned, 0);
