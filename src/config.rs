@@ -812,13 +812,13 @@ impl Config {
                 self.reproduce.objectives = o.objectives.clone();
             }
         }
-        let active = if o.many_objectives && !self.reproduce.objectives.is_empty() {
-            self.reproduce.objectives.clone()
+        let (active, key) = if o.many_objectives && !self.reproduce.objectives.is_empty() {
+            (self.reproduce.objectives.clone(), "reproduce.objectives")
         } else {
-            vec![self.distill.objective.clone()]
+            (vec![self.distill.objective.clone()], "distill.objective")
         };
         for name in &active {
-            check_objective(name, "config key `distill.objective`")?;
+            check_objective(name, &format!("config key `{key}`"))?;
         }
         let p = &o.params;
         let given: [(&str, bool); 8] = [
@@ -879,15 +879,17 @@ impl Config {
         }
     }
 
-    /// Whether `e`, the error of [`Config::validate`] on `loaded` with `overrides`
-    /// applied, is the file's: the file alone gives the same error, and the flags alone
-    /// (on the built-in defaults, which always validate) do not, since a flag's value
-    /// replaces the file's.
+    /// Whether `e`, the error of [`Config::apply`] then [`Config::validate`] on `loaded`
+    /// with `overrides`, is the file's: the file alone gives the same error, and the
+    /// flags alone (on the built-in defaults, which always validate) do not, since a
+    /// flag's value replaces the file's.
     pub fn file_is_to_blame(loaded: &Config, overrides: &Overrides, e: &anyhow::Error) -> bool {
-        let same = |c: &Config| c.validate().err().map(|f| f.to_string()) == Some(e.to_string());
-        let mut flags_alone = Config::default();
-        let by_flag = flags_alone.apply(overrides).is_ok() && same(&flags_alone);
-        same(loaded) && !by_flag
+        let same = |c: &Config, o: &Overrides| {
+            let mut c = c.clone();
+            let err = c.apply(o).and_then(|()| c.validate()).err();
+            err.map(|f| f.to_string()) == Some(e.to_string())
+        };
+        same(loaded, &Overrides::default()) && !same(&Config::default(), overrides)
     }
 
     /// Checks every value's range. The error names the key (`section.key`), the value

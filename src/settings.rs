@@ -86,8 +86,7 @@ impl Settings {
         let loaded = Config::load(&config_path, required)?;
         let overrides = cli.overrides()?;
         let mut config = loaded.clone();
-        config.apply(&overrides)?;
-        if let Err(e) = config.validate() {
+        if let Err(e) = config.apply(&overrides).and_then(|()| config.validate()) {
             // The file is named when the bad value is its own.
             if Config::file_is_to_blame(&loaded, &overrides, &e) {
                 return crate::config::usage(format!("config file {}: {e}", config_path.display()));

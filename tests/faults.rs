@@ -512,6 +512,23 @@ fn config_value_out_of_range_names_the_file_or_the_flag() {
     let o = s.kd(&["train", "student", "--batch-size", "0"]);
     assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("config file"));
+    // An unknown objective in the file, and one in reproduce.objectives, by their keys.
+    let s = sandbox_with(200, 50, "[distill]\nobjective = \"foo\"");
+    assert_fails(
+        &train_student(&s),
+        2,
+        &["config file", "test.toml", "`distill.objective` = \"foo\""],
+    );
+    let s = sandbox_with(200, 50, "[reproduce]\nobjectives = [\"kd\", \"foo\"]");
+    assert_fails(
+        &s.kd(&["reproduce", "--epochs", "1"]),
+        2,
+        &[
+            "config file",
+            "test.toml",
+            "`reproduce.objectives` = \"foo\"",
+        ],
+    );
     // Bad in the file and by the flag alike: the flag's value is the one used.
     let s = sandbox_with(200, 50, "batch_size = 0");
     let o = s.kd(&["train", "student", "--batch-size", "0"]);

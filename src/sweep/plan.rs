@@ -546,8 +546,15 @@ pub fn read_sweep_file(path: &Path, opts: &PlanOptions) -> Result<(Config, Grid)
         .and_then(|r| r.get("threads"))
         .is_some()
         || opts.overrides.threads.is_some();
-    base.apply(&opts.overrides)
-        .map_err(|e| in_file(format!("{e:#}")))?;
+    if let Err(e) = base.apply(&opts.overrides) {
+        return Err(
+            if Config::file_is_to_blame(&file_only, &opts.overrides, &e) {
+                in_file(format!("{e:#}")).into()
+            } else {
+                e
+            },
+        );
+    }
     if !explicit_threads {
         // One intra-op thread per job: jobs run side by side, one per core.
         base.runtime.threads = 1;
