@@ -32,17 +32,20 @@ pub fn parse(s: &str) -> std::result::Result<Request, String> {
 /// A usage error when CUDA is asked for but libtorch sees no GPU, or `cuda:N` is past
 /// the last GPU.
 pub fn resolve(s: &str) -> Result<Device> {
-    let req = parse(s).map_err(|e| crate::config::UsageError(format!("--device: {e}")))?;
+    let req = parse(s)
+        .map_err(|e| crate::config::UsageError(format!("runtime.device (--device): {e}")))?;
     let gpus = tch::Cuda::device_count().max(0) as usize;
     match req {
         Request::Auto if gpus > 0 => Ok(Device::Cuda(0)),
         Request::Auto | Request::Cpu => Ok(Device::Cpu),
         Request::Cuda(_) if gpus == 0 => usage(format!(
-            "--device {s}: libtorch finds no CUDA device on this machine; use --device cpu \
-             (or auto), or build against a CUDA libtorch with a working driver"
+            "device {s} (runtime.device, --device): libtorch finds no CUDA device on this \
+             machine; use --device cpu (or auto), or build against a CUDA libtorch with a \
+             working driver"
         )),
         Request::Cuda(n) if n >= gpus => usage(format!(
-            "--device {s}: this machine has {gpus} CUDA device(s), numbered 0 to {}",
+            "device {s} (runtime.device, --device): this machine has {gpus} CUDA device(s), \
+             numbered 0 to {}",
             gpus - 1
         )),
         Request::Cuda(n) => Ok(Device::Cuda(n)),

@@ -94,7 +94,17 @@ impl Settings {
             return Err(e);
         }
         config.canonicalize();
-        let device = crate::device::resolve(&config.runtime.device)?;
+        let device = crate::device::resolve(&config.runtime.device).map_err(|e| {
+            // A device named by the file, not by --device: the file is named too.
+            if overrides.device.is_none()
+                && loaded.runtime.device != Config::default().runtime.device
+            {
+                crate::config::UsageError(format!("config file {}: {e}", config_path.display()))
+                    .into()
+            } else {
+                e
+            }
+        })?;
         // The resolved config (written next to each checkpoint) names the device used.
         config.runtime.device = match device {
             Device::Cuda(n) => format!("cuda:{n}"),

@@ -643,12 +643,32 @@ fn flags_device_that_does_not_exist() {
     if gpus == 0 {
         rejects(
             &["train", "student", "--device", "cuda"],
-            &["--device cuda", "no CUDA device", "--device cpu"],
+            &[
+                "device cuda (runtime.device, --device)",
+                "no CUDA device",
+                "--device cpu",
+            ],
+        );
+        assert!(
+            !stderr(&sandbox().kd(&["train", "student", "--device", "cuda"]))
+                .contains("config file")
+        );
+        // Named by the file, the file is named.
+        let s = sandbox_with(200, 50, "[runtime]\ndevice = \"cuda\"");
+        assert_fails(
+            &train_student(&s),
+            2,
+            &[
+                "config file",
+                "test.toml",
+                "device cuda (runtime.device",
+                "no CUDA device",
+            ],
         );
     }
     rejects(
         &["train", "student", "--device", "cuda:99"],
-        &["--device cuda:99"],
+        &["device cuda:99 (runtime.device, --device)"],
     );
     rejects(
         &["train", "student", "--device", "tpu"],
