@@ -697,6 +697,14 @@ impl Config {
                     msg = format!("{head}{words}");
                 }
             }
+            // An integer past 64 bits is read as i128, which serde calls a wrong type.
+            if msg.starts_with("invalid type: integer `") && msg.contains("` as i128,") {
+                msg = msg.replacen("invalid type:", "invalid value:", 1).replacen(
+                    "` as i128,",
+                    "` is too large,",
+                    1,
+                );
+            }
             // Before objectives had their own tables, kd's keys sat in [distill].
             for old in ["temperature", "alpha", "t_squared_scaling"] {
                 if msg.starts_with(&format!("unknown field `{old}`")) && msg.contains("`kd`") {

@@ -486,6 +486,14 @@ fn config_wrong_type_is_named_with_its_line() {
             "expected a number",
         ],
     );
+    let s = sandbox_with(200, 50, "batch_size = 99999999999999999999");
+    let o = train_student(&s);
+    assert_fails(
+        &o,
+        2,
+        &["data.batch_size", "`99999999999999999999` is too large"],
+    );
+    assert!(!stderr(&o).contains("i128"), "{}", stderr(&o));
     let s = sandbox_with(200, 50, "batch_size = -5");
     assert_fails(
         &train_student(&s),
