@@ -36,13 +36,36 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// log-softmax is computed stably.
 pub const DIVERGED_LOSS: f64 = 1e6;
 
-/// The run was stopped by Ctrl-C; `main` exits 130.
+/// The run was stopped by Ctrl-C, SIGTERM or SIGHUP; `main` exits 130.
 #[derive(Debug)]
-pub struct Interrupted(pub String);
+pub struct Interrupted {
+    /// What was interrupted and what is on disk.
+    pub what: String,
+    /// The command that resumes the run, when it can be resumed; a caller that knows a
+    /// better one (`sweep run-one`) gives its own.
+    pub resume: Option<String>,
+}
+
+impl Interrupted {
+    /// An interruption with no command to resume it.
+    pub fn new(what: impl Into<String>) -> Interrupted {
+        Interrupted {
+            what: what.into(),
+            resume: None,
+        }
+    }
+}
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match &self.resume {
+            None => f.write_str(&self.what),
+            Some(cmd) => write!(
+                f,
+                "{}; continue it with `{cmd}` (plus the options you started it with)",
+                self.what
+            ),
+        }
     }
 }
 
@@ -240,10 +263,9 @@ pub fn fit(
                 || INTERRUPTED.load(Ordering::SeqCst),
             ); // [n, 10]
             logits.ok_or_else(|| {
-                Interrupted(
+                Interrupted::new(
                     "interrupted while caching the teacher's logits, before this run's first \
-                     step; no checkpoint was written"
-                        .into(),
+                     step; no checkpoint was written",
                 )
                 .into()
             })
@@ -258,7 +280,7 @@ pub fn fit(
                     // Each view is a pass of the teacher over the training set: a Ctrl-C
                     // is answered between its chunks, not after all K views.
                     let interrupted = || {
-                        Interrupted(format!(
+                        Interrupted::new(format!(
                             "interrupted while caching the teacher's logits (view {} of {}), \
                              before this run's first step; no checkpoint was written",
                             k + 1,
@@ -379,8 +401,8 @@ pub fn fit(
         for step in 0..steps_per_epoch {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 progress.finish();
-                let msg = match state.epoch {
-                    0 => format!(
+                let stop = match state.epoch {
+                    0 => Interrupted::new(format!(
                         "interrupted during epoch {epoch}, before any epoch had completed; no \
                          checkpoint was written{}",
                         if run.dir.join("config.toml").exists() {
@@ -388,21 +410,23 @@ pub fn fit(
                         } else {
                             String::new()
                         }
-                    ),
-                    e => format!(
-                        "interrupted during epoch {epoch}; the checkpoint of epoch {e} is in {}; \
-                         continue it with `kdtrain {} --out-dir {} --run-name {} --epochs {}{} \
-                         --resume` \
-                         (plus the options you started it with)",
-                        run.dir.display(),
-                        run.kind.command(),
-                        quote(run.dir.parent().unwrap_or(Path::new(""))),
-                        quote(Path::new(&run.name())),
-                        cfg.epochs,
-                        run.resume_args
-                    ),
+                    )),
+                    e => Interrupted {
+                        what: format!(
+                            "interrupted during epoch {epoch}; the checkpoint of epoch {e} is in {}",
+                            run.dir.display()
+                        ),
+                        resume: Some(format!(
+                            "kdtrain {} --out-dir {} --run-name {} --epochs {}{} --resume",
+                            run.kind.command(),
+                            quote(run.dir.parent().unwrap_or(Path::new(""))),
+                            quote(Path::new(&run.name())),
+                            cfg.epochs,
+                            run.resume_args
+                        )),
+                    },
                 };
-                return Err(Interrupted(msg).into());
+                return Err(stop.into());
             }
             let start = step * bs;
             let len = bs.min(n - start);

@@ -192,16 +192,14 @@ pub fn run_one(sweep: &Path, index: usize, quiet: bool) -> Result<()> {
     // An interrupted job resumes through run-one (its options are in jobs/<id>.toml, not
     // on a command line), so that is the command to give.
     let result = crate::commands::run(cli).map_err(|e| match e.downcast::<Interrupted>() {
-        Ok(Interrupted(msg)) => {
-            let head = msg.split("; continue it with").next().unwrap_or(&msg);
-            Interrupted(format!(
-                "job {index} ({}): {head}; resume it with `kdtrain sweep run-one {} --index \
-                 {index}` (or `sweep run`, or submit the sweep again)",
-                job.id,
-                quote(sweep)
-            ))
-            .into()
-        }
+        Ok(i) => Interrupted::new(format!(
+            "job {index} ({}): {}; resume it with `kdtrain sweep run-one {} --index {index}` \
+             (or `sweep run`, or submit the sweep again)",
+            job.id,
+            i.what,
+            quote(sweep)
+        ))
+        .into(),
         Err(e) => e,
     });
     let slurm = match (
@@ -460,7 +458,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     if interrupted {
-        return Err(Interrupted(format!(
+        return Err(Interrupted::new(format!(
             "sweep {} interrupted after {secs:.1} s with {done} of {n} jobs finished; `kdtrain sweep run {}` completes it",
             sweep.display(),
             sweep.display()
