@@ -891,13 +891,34 @@ impl Config {
     /// with `overrides`, is the file's: the file alone gives the same error, and the
     /// flags alone (on the built-in defaults, which always validate) do not, since a
     /// flag's value replaces the file's.
-    pub fn file_is_to_blame(loaded: &Config, overrides: &Overrides, e: &anyhow::Error) -> bool {
+    fn file_is_to_blame(loaded: &Config, overrides: &Overrides, e: &anyhow::Error) -> bool {
         let same = |c: &Config, o: &Overrides| {
             let mut c = c.clone();
             let err = c.apply(o).and_then(|()| c.validate()).err();
             err.map(|f| f.to_string()) == Some(e.to_string())
         };
         same(loaded, &Overrides::default()) && !same(&Config::default(), overrides)
+    }
+
+    /// `self`, a config as loaded from a file, with `overrides` (the flags) applied and
+    /// then validated.
+    ///
+    /// # Errors
+    /// [`Config::apply`]'s and [`Config::validate`]'s. When the bad value is the file's
+    /// own (the file alone gives the same error and the flags alone do not), the error
+    /// goes through `in_file`, which names the file; a flag's bad value is never blamed
+    /// on the file, even when the file's value is bad too.
+    pub fn with_overrides(
+        &self,
+        overrides: &Overrides,
+        in_file: impl FnOnce(anyhow::Error) -> anyhow::Error,
+    ) -> Result<Config> {
+        let mut c = self.clone();
+        match c.apply(overrides).and_then(|()| c.validate()) {
+            Ok(()) => Ok(c),
+            Err(e) if Config::file_is_to_blame(self, overrides, &e) => Err(in_file(e)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Checks every value's range. The error names the key (`section.key`), the value

@@ -85,14 +85,9 @@ impl Settings {
         };
         let loaded = Config::load(&config_path, required)?;
         let overrides = cli.overrides()?;
-        let mut config = loaded.clone();
-        if let Err(e) = config.apply(&overrides).and_then(|()| config.validate()) {
-            // The file is named when the bad value is its own.
-            if Config::file_is_to_blame(&loaded, &overrides, &e) {
-                return crate::config::usage(format!("config file {}: {e}", config_path.display()));
-            }
-            return Err(e);
-        }
+        let mut config = loaded.with_overrides(&overrides, |e| {
+            crate::config::UsageError(format!("config file {}: {e}", config_path.display())).into()
+        })?;
         config.canonicalize();
         let device = crate::device::resolve(&config.runtime.device).map_err(|e| {
             // A device named by the file, not by --device: the file is named too.

@@ -539,35 +539,18 @@ pub fn read_sweep_file(path: &Path, opts: &PlanOptions) -> Result<(Config, Grid)
         )
         .into());
     }
-    let mut base = Config::parse(&base_text).map_err(in_file)?;
-    let file_only = base.clone();
     let explicit_threads = table
         .get("runtime")
         .and_then(|r| r.get("threads"))
         .is_some()
         || opts.overrides.threads.is_some();
-    if let Err(e) = base.apply(&opts.overrides) {
-        return Err(
-            if Config::file_is_to_blame(&file_only, &opts.overrides, &e) {
-                in_file(format!("{e:#}")).into()
-            } else {
-                e
-            },
-        );
-    }
+    // A flag's bad value is the flag's, not the sweep file's.
+    let mut base = Config::parse(&base_text)
+        .map_err(in_file)?
+        .with_overrides(&opts.overrides, |e| in_file(format!("{e:#}")).into())?;
     if !explicit_threads {
         // One intra-op thread per job: jobs run side by side, one per core.
         base.runtime.threads = 1;
-    }
-    if let Err(e) = base.validate() {
-        // A flag's bad value is the flag's, not the sweep file's.
-        return Err(
-            if Config::file_is_to_blame(&file_only, &opts.overrides, &e) {
-                in_file(format!("{e:#}")).into()
-            } else {
-                e
-            },
-        );
     }
     base.canonicalize();
     let grid = parse_grid(&sweep).map_err(|e| in_file(format!("{e:#}")))?;
