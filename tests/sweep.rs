@@ -51,30 +51,45 @@ fn sweep_file(s: &Sandbox, name: &str, head: &str, body: &str) -> PathBuf {
     p
 }
 
-fn plan_with(s: &Sandbox, file: &Path, teacher: &Path) -> (Output, Option<PathBuf>) {
-    let o = s.raw(&[
+/// `sweep plan FILE --teacher T --out-dir <runs> <flags>`: its output and the sweep folder
+/// it printed last.
+fn plan_with(
+    s: &Sandbox,
+    file: &Path,
+    teacher: &Path,
+    flags: &[&str],
+) -> (Output, Option<PathBuf>) {
+    let runs = s.runs();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "sweep".as_ref(),
         "plan".as_ref(),
         file.as_os_str(),
         "--teacher".as_ref(),
         teacher.as_os_str(),
         "--out-dir".as_ref(),
-        s.runs().as_os_str(),
-    ]);
+        runs.as_os_str(),
+    ];
+    args.extend(flags.iter().map(|f| std::ffi::OsStr::new(*f)));
+    let o = s.raw(&args);
     let dir = stdout(&o).lines().last().map(PathBuf::from);
     (o, dir)
 }
 
 fn plan(s: &Sandbox, file: &Path, teacher: &Path) -> PathBuf {
-    let (o, dir) = plan_with(s, file, teacher);
+    let (o, dir) = plan_with(s, file, teacher, &[]);
     assert_ok(&o);
     dir.unwrap()
 }
 
-fn sweep(s: &Sandbox, args: &[&str], dir: &Path) -> Output {
+/// `kdtrain sweep <args[0]> <dir> <args[1..]>`, not yet run.
+fn sweep_command(s: &Sandbox, args: &[&str], dir: &Path) -> std::process::Command {
     let mut a: Vec<std::ffi::OsString> = vec!["sweep".into(), args[0].into(), dir.into()];
     a.extend(args[1..].iter().map(|x| x.into()));
-    s.raw(&a)
+    s.command(&a)
+}
+
+fn sweep(s: &Sandbox, args: &[&str], dir: &Path) -> Output {
+    sweep_command(s, args, dir).output().expect("run kdtrain")
 }
 
 const GRID: &str = "t = [1, 4]\nalpha = [0.5, 0.9]\nseeds = [0, 1]";
@@ -135,19 +150,9 @@ fn plan_gives_stable_ids_and_one_resolved_config_per_job() {
     assert_eq!(ids.len(), 10);
     // A list left out takes the config's value; a common flag applies to every job.
     let f2 = sweep_file(&s, "t-only.toml", "[distill.kd]\nalpha = 0.7\n", "t = [3]");
-    let o = s.raw(&[
-        "sweep".as_ref(),
-        "plan".as_ref(),
-        f2.as_os_str(),
-        "--teacher".as_ref(),
-        teacher.as_os_str(),
-        "--out-dir".as_ref(),
-        s.runs().as_os_str(),
-        "--epochs".as_ref(),
-        "5".as_ref(),
-    ]);
+    let (o, d) = plan_with(&s, &f2, &teacher, &["--epochs", "5"]);
     assert_ok(&o);
-    let d = PathBuf::from(stdout(&o).lines().last().unwrap());
+    let d = d.unwrap();
     let p = Plan::load(&d).unwrap();
     assert_eq!(p.jobs.len(), 2, "one distill job and one student, seed 42");
     assert_eq!(
@@ -201,7 +206,7 @@ fn bad_sweep_files_exit_2_naming_the_key() {
         ("", "t = [1, \"x\"]", &["`sweep.t`", "not a number"]),
     ] {
         let f = sweep_file(&s, "bad.toml", head, body);
-        let (o, _) = plan_with(&s, &f, &teacher);
+        let (o, _) = plan_with(&s, &f, &teacher, &[]);
         let mut n = needles.to_vec();
         n.push("bad.toml");
         assert_fails(&o, 2, &n);
@@ -226,10 +231,14 @@ fn bad_sweep_files_exit_2_naming_the_key() {
     // No [sweep] at all, and a missing teacher.
     let f = s.path().join("none.toml");
     std::fs::write(&f, "[train]\nepochs = 2\n").unwrap();
-    assert_fails(&plan_with(&s, &f, &teacher).0, 2, &["no [sweep] table"]);
+    assert_fails(
+        &plan_with(&s, &f, &teacher, &[]).0,
+        2,
+        &["no [sweep] table"],
+    );
     let f = sweep_file(&s, "ok.toml", "", "t = [1]");
     assert_fails(
-        &plan_with(&s, &f, &s.path().join("absent.safetensors")).0,
+        &plan_with(&s, &f, &s.path().join("absent.safetensors"), &[]).0,
         2,
         &["absent.safetensors", "not found"],
     );
@@ -240,9 +249,25 @@ fn bad_sweep_files_exit_2_naming_the_key() {
         "[lr_schedule]\ninitial_lr = 0.0\n",
         "t = [1]",
     );
-    let (o, _) = plan_with(&s, &f, &teacher);
+    let (o, _) = plan_with(&s, &f, &teacher, &[]);
     assert_fails(&o, 2, &["sweep file", "bs0.toml", "lr_schedule.initial_lr"]);
     let f = sweep_file(&s, "bs32.toml", "", "t = [1]");
+    let (o, _) = plan_with(&s, &f, &teacher, &["--batch-size", "0"]);
+    assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
+    assert!(!stderr(&o).contains("sweep file"), "{}", stderr(&o));
+    // Nothing was planned by any of these.
+    let planned = std::fs::read_dir(s.runs()).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(planned, 0);
+}
+
+/// The commands kdtrain prints for a sweep folder are shell-quoted: run by a shell, a
+/// folder with a space in its path reaches kdtrain as one argument.
+#[test]
+fn printed_sweep_commands_are_shell_quoted() {
+    let s = sandbox();
+    let teacher = s.path().join("fake-teacher.safetensors");
+    let f = sweep_file(&s, "q.toml", "", "t = [1]\nstudent = false");
+    let out = s.path().join("my runs");
     let o = s.raw(&[
         "sweep".as_ref(),
         "plan".as_ref(),
@@ -250,15 +275,39 @@ fn bad_sweep_files_exit_2_naming_the_key() {
         "--teacher".as_ref(),
         teacher.as_os_str(),
         "--out-dir".as_ref(),
-        s.runs().as_os_str(),
-        "--batch-size".as_ref(),
-        "0".as_ref(),
+        out.as_os_str(),
     ]);
-    assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
-    assert!(!stderr(&o).contains("sweep file"), "{}", stderr(&o));
-    // Nothing was planned by any of these.
-    let planned = std::fs::read_dir(s.runs()).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(planned, 0);
+    assert_ok(&o);
+    let d = PathBuf::from(stdout(&o).lines().last().unwrap());
+    // `kdtrain ARGS` as a shell splits it, each argument on a line of its own.
+    let split = |cmd: &str| -> Vec<String> {
+        let args = cmd.strip_prefix("kdtrain ").expect(cmd);
+        let o = std::process::Command::new("sh")
+            .args(["-c", &format!("printf '%s\\n' {args}")])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        stdout(&o).lines().map(String::from).collect()
+    };
+    let o = sweep(&s, &["collect"], &d);
+    assert_ok(&o);
+    let md = std::fs::read_to_string(d.join("summary.md")).unwrap();
+    let cmd = md
+        .split('`')
+        .find(|c| c.starts_with("kdtrain sweep run "))
+        .unwrap_or_else(|| panic!("no sweep run command in summary.md:\n{md}"));
+    assert_eq!(split(cmd), ["sweep", "run", &d.display().to_string()]);
+    // A failed job's message too.
+    let plan = Plan::load(&d).unwrap();
+    std::fs::write(d.join(plan.jobs[0].config_path()), "[train]\nepochs = 0\n").unwrap();
+    let o = sweep(&s, &["run"], &d);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    let cmd = err
+        .split('`')
+        .find(|c| c.starts_with("kdtrain sweep run "))
+        .unwrap_or_else(|| panic!("no sweep run command:\n{err}"));
+    assert_eq!(split(cmd), ["sweep", "run", &d.display().to_string()]);
 }
 
 /// An interrupted `run-one` names itself as the way to resume (the job's options are in
@@ -273,15 +322,7 @@ fn an_interrupted_run_one_says_to_run_it_again() {
         "t = [2]\nalpha = [0.5]\nseeds = [0]\nstudent = false",
     );
     let d = plan(&s, &f, &teacher);
-    let args: Vec<std::ffi::OsString> = vec![
-        "sweep".into(),
-        "run-one".into(),
-        d.clone().into(),
-        "--index".into(),
-        "0".into(),
-    ];
-    let o = s
-        .command(&args)
+    let o = sweep_command(&s, &["run-one", "--index", "0"], &d)
         .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
         .output()
         .unwrap();
@@ -428,17 +469,6 @@ fn same_weights(a: &Path, b: &Path) -> bool {
             .all(|(k, t)| b.tensors.get(k).is_some_and(|u| t.equal(u)))
 }
 
-#[cfg(unix)]
-fn sigint(pid: u32) {
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: POSIX kill on a child we spawned.
-    unsafe {
-        kill(pid as i32, 2);
-    }
-}
-
 /// Waits until `f` holds, up to `secs`.
 fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
@@ -468,28 +498,11 @@ fn ctrl_c_stops_every_local_job_and_the_next_run_completes_them() {
         "[early_stopping]\nenabled = false\n",
         "t = [2]\nalpha = [0.5]\nseeds = [0, 1]\nstudent = false",
     );
-    let o = s.raw(&[
-        "sweep".as_ref(),
-        "plan".as_ref(),
-        f.as_os_str(),
-        "--teacher".as_ref(),
-        teacher.as_os_str(),
-        "--out-dir".as_ref(),
-        s.runs().as_os_str(),
-        "--epochs".as_ref(),
-        "300".as_ref(),
-    ]);
+    let (o, d) = plan_with(&s, &f, &teacher, &["--epochs", "300"]);
     assert_ok(&o);
-    let d = PathBuf::from(stdout(&o).lines().last().unwrap());
+    let d = d.unwrap();
     let plan = Plan::load(&d).unwrap();
-    let child = s
-        .command(&[
-            "sweep".as_ref(),
-            "run".as_ref(),
-            d.as_os_str(),
-            "--jobs".as_ref(),
-            "2".as_ref(),
-        ])
+    let child = sweep_command(&s, &["run", "--jobs", "2"], &d)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -508,7 +521,7 @@ fn ctrl_c_stops_every_local_job_and_the_next_run_completes_them() {
         2,
         &["is running in another process"],
     );
-    sigint(child.id());
+    signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
@@ -684,29 +697,12 @@ fn slurm_resubmission_completes_a_job_killed_mid_run() {
         "[early_stopping]\nenabled = false\n",
         "t = [2]\nalpha = [0.5, 0.9]\nseeds = [0]\nstudent = false",
     );
-    let o = s.raw(&[
-        "sweep".as_ref(),
-        "plan".as_ref(),
-        f.as_os_str(),
-        "--teacher".as_ref(),
-        teacher.as_os_str(),
-        "--out-dir".as_ref(),
-        s.runs().as_os_str(),
-        "--epochs".as_ref(),
-        "60".as_ref(),
-    ]);
+    let (o, d) = plan_with(&s, &f, &teacher, &["--epochs", "60"]);
     assert_ok(&o);
-    let d = PathBuf::from(stdout(&o).lines().last().unwrap());
+    let d = d.unwrap();
     let plan = Plan::load(&d).unwrap();
     let run0 = d.join("runs").join(&plan.jobs[0].id);
-    let mut child = s
-        .command(&[
-            "sweep".as_ref(),
-            "run-one".as_ref(),
-            d.as_os_str(),
-            "--index".as_ref(),
-            "0".as_ref(),
-        ])
+    let mut child = sweep_command(&s, &["run-one", "--index", "0"], &d)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -307,7 +307,7 @@ pub fn markdown(sweep: &Path, plan: &Plan, rows: &[Row], points: &[Point]) -> St
         }
         s.push_str(&format!(
             "\nComplete them with `kdtrain sweep run {0}` or `kdtrain sweep submit {0} --slurm`.\n",
-            sweep.display()
+            super::exec::quote(sweep)
         ));
     }
     s

@@ -461,7 +461,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
         return Err(Interrupted::new(format!(
             "sweep {} interrupted after {secs:.1} s with {done} of {n} jobs finished; `kdtrain sweep run {}` completes it",
             sweep.display(),
-            sweep.display()
+            quote(sweep)
         ))
         .into());
     }
@@ -475,13 +475,13 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
             failed.len(),
             list.join(", "),
             sweep.display(),
-            sweep.display()
+            quote(sweep)
         );
     }
     crate::outln!(
         "sweep {}: {done} jobs run in {secs:.1} s ({skipped} already finished); `kdtrain sweep collect {}` makes the table",
         sweep.display(),
-        sweep.display()
+        quote(sweep)
     );
     Ok(())
 }
@@ -615,7 +615,7 @@ pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
             "sweep {}: nothing to submit; all {} jobs finished (`kdtrain sweep collect {}`)",
             sweep.display(),
             plan.jobs.len(),
-            sweep.display()
+            quote(sweep)
         );
         return Ok(());
     }
@@ -631,7 +631,7 @@ pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
             "wrote {} ({} array tasks); submit it with: sbatch {}",
             script.display(),
             todo.len(),
-            script.display()
+            quote(&script)
         );
         return Ok(());
     }
@@ -641,8 +641,8 @@ pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
              loaded). {} is written: copy the sweep folder to a Slurm login node and run \
              `sbatch {}` there, or run the sweep here with `kdtrain sweep run {} --jobs K`",
             script.display(),
-            script.display(),
-            sweep.display()
+            quote(&script),
+            quote(sweep)
         ));
     };
     let mut cmd = Command::new(&sbatch);
@@ -677,7 +677,7 @@ pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
                 ""
             },
             sweep.display(),
-            sweep.display()
+            quote(sweep)
         );
     }
     Ok(())
