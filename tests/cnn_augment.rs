@@ -165,20 +165,19 @@ fn augmentation_changes_training_and_the_teacher_sees_the_students_view() {
         err.contains("cached the teacher's logits on 3 views of 500 examples"),
         "{err}"
     );
+    // The distillation that the Ctrl-C checks below interrupt.
+    let cut = [
+        "distill",
+        "--teacher",
+        t,
+        "--epochs",
+        "2",
+        "--run-name",
+        "cut",
+    ];
     // A Ctrl-C while the views are cached stops after the view in progress (hook:
     // right after view 1), exit 130, without waiting for the other views.
-    let o = s.interrupted(
-        &[
-            "distill",
-            "--teacher",
-            t,
-            "--epochs",
-            "2",
-            "--run-name",
-            "cut",
-        ],
-        "cache:1",
-    );
+    let o = s.interrupted(&cut, "cache:1");
     assert!(stderr(&o).contains("(view 2 of 3)"), "{}", stderr(&o));
     let (per_batch, _) = distil("per-batch", &["--no-teacher-cache"]);
     // The same views, so the same teacher logits: the cache holds each view's logits,
@@ -207,18 +206,7 @@ fn augmentation_changes_training_and_the_teacher_sees_the_students_view() {
     assert_ok(&o);
     // Without augmentation too, a Ctrl-C or SIGTERM while the teacher's logits are
     // cached is answered between chunks (hook: as the pass starts), before any step.
-    let o = plain.interrupted(
-        &[
-            "distill",
-            "--teacher",
-            t,
-            "--epochs",
-            "2",
-            "--run-name",
-            "cut",
-        ],
-        "cache:0",
-    );
+    let o = plain.interrupted(&cut, "cache:0");
     let err = stderr(&o);
     assert!(
         err.contains(

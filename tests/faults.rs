@@ -68,10 +68,15 @@ impl std::ops::DerefMut for Proc {
 
 /// Starts the binary in the background as `Sandbox::kd` would, stderr into `<name>.err`.
 fn spawn(s: &Sandbox, args: &[&str], name: &str) -> Proc {
+    spawn_raw(s, &s.args(args), name)
+}
+
+/// Starts the binary in the background with exactly `args`, stderr into `<name>.err`.
+fn spawn_raw<S: AsRef<std::ffi::OsStr>>(s: &Sandbox, args: &[S], name: &str) -> Proc {
     let err = s.path().join(format!("{name}.err"));
     let file = std::fs::File::create(&err).unwrap();
     let child = s
-        .command(&s.args(args))
+        .command(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(file))
@@ -117,17 +122,7 @@ fn wait_until(p: &mut Proc, limit: Duration, what: &str, cond: impl Fn() -> bool
 }
 
 fn sigint(child: &Child) {
-    signal(child, "INT");
-}
-
-/// Sends SIG`name` (INT, TERM, HUP) to `child` with `kill`.
-fn signal(child: &Child, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -{name} failed");
+    signal(child.id(), "INT");
 }
 
 /// The epoch that `state.json` in `dir` records, if it exists and parses.
@@ -519,7 +514,7 @@ fn config_value_out_of_range_names_the_file_or_the_flag() {
     let s = sandbox();
     let o = s.kd(&["train", "student", "--batch-size", "0"]);
     assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("config file"));
+    assert!(!stderr(&o).contains("config file"));
     // An unknown objective in the file, and one in reproduce.objectives, by their keys.
     let s = sandbox_with(200, 50, "[distill]\nobjective = \"foo\"");
     assert_fails(
@@ -541,7 +536,7 @@ fn config_value_out_of_range_names_the_file_or_the_flag() {
     let s = sandbox_with(200, 50, "batch_size = 0");
     let o = s.kd(&["train", "student", "--batch-size", "0"]);
     assert_fails(&o, 2, &["data.batch_size", "--batch-size"]);
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("config file"));
+    assert!(!stderr(&o).contains("config file"));
     let o = s.kd(&[
         "train",
         "student",
@@ -551,7 +546,7 @@ fn config_value_out_of_range_names_the_file_or_the_flag() {
         "1",
         "-q",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 /// `args` fail with exit 2 and name `key` (and the flag), before any run folder exists.
@@ -1166,7 +1161,7 @@ fn sigterm_and_sighup_stop_at_a_step_with_the_resume_command() {
     for sig in ["TERM", "HUP"] {
         let name = format!("sig{sig}");
         let (mut child, r) = start_long_run(&s, &name, &[], &name);
-        signal(&child, sig);
+        signal(child.id(), sig);
         let st = wait(&mut child, Duration::from_secs(60));
         let err = spawned_stderr(&s, &name);
         assert_eq!(st.code(), Some(130), "SIG{sig}: {err}");
@@ -1244,16 +1239,10 @@ fn commands_that_do_not_train_exit_at_the_first_signal() {
     assert!(ok, "mkfifo failed");
     for sig in ["TERM", "INT"] {
         let name = format!("predict{sig}");
-        let err = s.path().join(format!("{name}.err"));
-        let child = s
-            .command(&["predict", ckpt.to_str().unwrap(), fifo.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
-            .spawn()
-            .expect("spawn kdtrain");
-        let mut child = Proc { child, err };
+        let predict = ["predict".as_ref(), ckpt.as_os_str(), fifo.as_os_str()];
+        let mut child = spawn_raw(&s, &predict, &name);
         std::thread::sleep(Duration::from_millis(500));
-        signal(&child, sig);
+        signal(child.id(), sig);
         let st = wait(&mut child, Duration::from_secs(10));
         let err = spawned_stderr(&s, &name);
         assert_eq!(st.code(), Some(130), "SIG{sig}: {err}");

@@ -262,3 +262,13 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
         .collect();
     (header, rows)
 }
+
+/// Sends SIG`name` (INT, TERM, HUP) to process `pid` with `kill(1)`.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{name} {pid} failed");
+}
