@@ -30,14 +30,15 @@ fn readme_results_are_the_committed_results() {
 #[test]
 fn committed_results_md_agrees_with_results_json() {
     // The default reproduce and the same with a 20-epoch teacher, each also without the
-    // student's dropout, the deeper teacher of configs/deep-teacher.toml, and the earlier
-    // MLP-teacher results.
+    // student's dropout, the deeper teacher of configs/deep-teacher.toml (students without
+    // dropout) and configs/deep-teacher-dropout.toml, and the earlier MLP-teacher results.
     for dir in [
         "docs/results",
         "docs/results/no-student-dropout",
         "docs/results/no-student-dropout/teacher20",
         "docs/results/teacher20",
         "docs/results/deep-teacher",
+        "docs/results/deep-teacher-dropout",
         "docs/results/mlp-teacher",
     ] {
         check_results(dir);
@@ -92,6 +93,10 @@ fn committed_results_come_from_the_configs_named_for_them() {
             "configs/no-student-dropout.toml",
         ),
         ("docs/results/deep-teacher", "configs/deep-teacher.toml"),
+        (
+            "docs/results/deep-teacher-dropout",
+            "configs/deep-teacher-dropout.toml",
+        ),
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(config);
         let c = kdtrain::config::Config::load(&path, true).unwrap();
