@@ -161,6 +161,9 @@ fn augmentation_changes_training_and_the_teacher_sees_the_students_view() {
         (s.runs().join(name).join("model.safetensors"), stderr(&o))
     };
     let (cached, err) = distil("cached", &[]);
+    // The run records the teacher it used, not the MLP that `model.teacher` names.
+    let meta = json(&s.runs().join("cached/meta.json"));
+    assert_eq!(meta["teacher_arch"], CNN, "{meta}");
     assert!(
         err.contains("cached the teacher's logits on 3 views of 500 examples"),
         "{err}"

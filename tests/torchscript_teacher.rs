@@ -95,6 +95,7 @@ fn a_torchscript_teacher_distils_and_evaluates() {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s.runs().join("d/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["teacher_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(meta["teacher_arch"], "torchscript", "{meta}");
     let model = s.runs().join("d/model.safetensors");
     let o = s.kd(&[
         "evaluate",

@@ -166,10 +166,14 @@ pub struct LoadedTeacher {
 }
 
 impl LoadedTeacher {
-    /// What a distilled run records about its teacher in `meta.json`.
+    /// What a distilled run records about its teacher in `meta.json`: its file, the
+    /// file's SHA-256, its architecture as a spec (`cnn:32,64,256,dropout=0.3`, or
+    /// `torchscript`; the run's `model.teacher` is only what `train teacher` would build)
+    /// and its split's hash.
     pub fn meta(&self) -> serde_json::Value {
         serde_json::json!({
             "teacher": self.path.display().to_string(),
+            "teacher_arch": self.network.arch().spec(),
             "teacher_sha256": self.sha256,
             "teacher_split_hash": self.split.as_ref().map(|s| s.split_hash.clone()),
         })
