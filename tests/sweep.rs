@@ -75,6 +75,21 @@ fn plan_with(
     (o, dir)
 }
 
+/// `sweep plan` into `out` (instead of the sandbox's runs folder); the sweep folder.
+fn plan_in(s: &Sandbox, file: &Path, teacher: &Path, out: &Path) -> PathBuf {
+    let o = s.raw(&[
+        "sweep".as_ref(),
+        "plan".as_ref(),
+        file.as_os_str(),
+        "--teacher".as_ref(),
+        teacher.as_os_str(),
+        "--out-dir".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ok(&o);
+    PathBuf::from(stdout(&o).lines().last().unwrap())
+}
+
 fn plan(s: &Sandbox, file: &Path, teacher: &Path) -> PathBuf {
     let (o, dir) = plan_with(s, file, teacher, &[]);
     assert_ok(&o);
@@ -267,7 +282,6 @@ fn printed_sweep_commands_are_shell_quoted() {
     let s = sandbox();
     let teacher = s.path().join("fake-teacher.safetensors");
     let f = sweep_file(&s, "q.toml", "", "t = [1]\nstudent = false");
-    let out = s.path().join("my runs");
     let o = s.raw(&[
         "sweep".as_ref(),
         "plan".as_ref(),
@@ -275,7 +289,7 @@ fn printed_sweep_commands_are_shell_quoted() {
         "--teacher".as_ref(),
         teacher.as_os_str(),
         "--out-dir".as_ref(),
-        out.as_os_str(),
+        s.path().join("my runs").as_os_str(),
     ]);
     assert_ok(&o);
     let d = PathBuf::from(stdout(&o).lines().last().unwrap());
@@ -289,6 +303,17 @@ fn printed_sweep_commands_are_shell_quoted() {
         assert_ok(&o);
         stdout(&o).lines().map(String::from).collect()
     };
+    // The ways to run it that plan suggests.
+    let err = stderr(&o);
+    let cmd = err
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("kdtrain sweep run "))
+        .unwrap_or_else(|| panic!("no sweep run command:\n{err}"));
+    assert_eq!(
+        split(cmd),
+        ["sweep", "run", &d.display().to_string(), "--jobs", "2"]
+    );
     let o = sweep(&s, &["collect"], &d);
     assert_ok(&o);
     let md = std::fs::read_to_string(d.join("summary.md")).unwrap();
@@ -458,6 +483,58 @@ fn submit_writes_a_readable_array_script_and_needs_sbatch() {
     // Without sbatch: exit 2 with advice.
     assert_fails(&submit(&[]), 2, &["sbatch not found", "--jobs"]);
     assert_fails(&submit(&["--extra", "--qos='x"]), 2, &["--extra", "quotes"]);
+
+    // Given relative to the current folder, the sweep folder is made absolute: sbatch
+    // runs inside it, and must be handed a script it can open from there.
+    let bin = s.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("sbatch");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ntest -f \"$1\" || { echo \"no $1 in $(pwd)\" >&2; exit 1; }\n\
+         echo \"$1\" > sbatch-arg\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rel = d.strip_prefix(s.path()).unwrap();
+    let o = s
+        .command(&[
+            "sweep".as_ref(),
+            "submit".as_ref(),
+            rel.as_os_str(),
+            "--slurm".as_ref(),
+        ])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let handed = std::fs::read_to_string(d.join("sbatch-arg")).unwrap();
+    assert_eq!(handed.trim(), d.join("sweep.sbatch").display().to_string());
+    let script = std::fs::read_to_string(d.join("sweep.sbatch")).unwrap();
+    assert!(
+        script.contains(&format!("--output={}/logs/", d.display()))
+            && script.contains(&format!("sweep run-one {} --index", d.display())),
+        "{script}"
+    );
+
+    // A path that an #SBATCH line cannot hold is refused, naming the character.
+    let spaced = plan_in(&s, &f, &teacher, &s.path().join("my runs"));
+    let o = s
+        .command(&[
+            "sweep".as_ref(),
+            "submit".as_ref(),
+            spaced.as_os_str(),
+            "--slurm".as_ref(),
+            "--dry-run".as_ref(),
+        ])
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        2,
+        &["cannot go into a Slurm batch script", "' '", "sweep run"],
+    );
 }
 
 /// Tensors of two checkpoints, compared exactly.

@@ -147,7 +147,7 @@ pub fn run(cli: &Cli, args: &SweepArgs) -> Result<()> {
                 crate::errln!(
                     "planned {n} jobs ({} distill, {} student alone); run them with one of:\n  \
                      kdtrain sweep run {dir} --jobs 2\n  kdtrain sweep submit {dir} --slurm\n  \
-                     seq 0 {} | parallel -j 2 kdtrain sweep run-one {dir} --index {{}}",
+                     seq 0 {} | parallel -q -j 2 kdtrain sweep run-one {dir} --index {{}}",
                     p.jobs
                         .iter()
                         .filter(|j| j.kind == plan::JobKind::Distill)
@@ -157,7 +157,7 @@ pub fn run(cli: &Cli, args: &SweepArgs) -> Result<()> {
                         .filter(|j| j.kind == plan::JobKind::Student)
                         .count(),
                     n.saturating_sub(1),
-                    dir = dir.display()
+                    dir = exec::quote(&dir)
                 );
             }
             crate::outln!("{}", dir.display());

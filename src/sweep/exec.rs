@@ -585,6 +585,17 @@ pub fn sbatch_script(
     s
 }
 
+/// The first character of `p` that an `#SBATCH --output=` line cannot hold as it is
+/// (whitespace, a quote, a backslash, `%`), or U+FFFD for a path that is not UTF-8.
+fn slurm_unsafe(p: &Path) -> Option<char> {
+    match p.to_str() {
+        None => Some(char::REPLACEMENT_CHARACTER),
+        Some(s) => s
+            .chars()
+            .find(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '%')),
+    }
+}
+
 /// A program on `PATH`.
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -601,6 +612,19 @@ fn which(name: &str) -> Option<PathBuf> {
 /// A usage error when `sbatch` is not on `PATH`; a runtime error when it fails.
 pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
     let plan = Plan::load(sweep)?;
+    // sbatch runs in the sweep folder, and the script names it: both need its full path.
+    let sweep = &std::path::absolute(sweep)
+        .with_context(|| format!("resolving the sweep folder {}", sweep.display()))?;
+    if let Some(c) = slurm_unsafe(sweep) {
+        return usage(format!(
+            "{} cannot go into a Slurm batch script: its path has {c:?}, and Slurm splits \
+             #SBATCH lines at whitespace, treats quotes and backslashes specially and expands \
+             `%` in --output; plan the sweep again under an --out-dir without it, or run it \
+             here with `kdtrain sweep run {} --jobs K`",
+            sweep.display(),
+            quote(sweep)
+        ));
+    }
     if o.max_parallel == Some(0) {
         return usage("--max-parallel 0: expected at least 1 task at a time");
     }
