@@ -897,7 +897,19 @@ impl Config {
             let err = c.apply(o).and_then(|()| c.validate()).err();
             err.map(|f| f.to_string()) == Some(e.to_string())
         };
-        same(loaded, &Overrides::default()) && !same(&Config::default(), overrides)
+        // The flags alone, read as they are with this file: `--t` and `--alpha` set the
+        // keys of the file's objective (when it is a valid one), not the default's.
+        let mut flags_only = Config::default();
+        flags_only.distill.objective = loaded.distill.objective.clone();
+        let mut check = flags_only.clone();
+        if check
+            .apply(&Overrides::default())
+            .and_then(|()| check.validate())
+            .is_err()
+        {
+            flags_only = Config::default();
+        }
+        same(loaded, &Overrides::default()) && !same(&flags_only, overrides)
     }
 
     /// `self`, a config as loaded from a file, with `overrides` (the flags) applied and

@@ -532,6 +532,28 @@ fn config_value_out_of_range_names_the_file_or_the_flag() {
             "`reproduce.objectives` = \"foo\"",
         ],
     );
+    // A flag sets the file's objective's key: --t is dist's temperature here, so the
+    // error is the flag's although the file's value is bad too...
+    let s = sandbox_with(
+        200,
+        50,
+        "[distill]\nobjective = \"dist\"\n[distill.dist]\ntemperature = 0.0",
+    );
+    let o = s.kd(&["distill", "--t", "0", "--teacher", "none.safetensors"]);
+    assert_fails(&o, 2, &["distill.dist.temperature", "--t"]);
+    assert!(!stderr(&o).contains("config file"), "{}", stderr(&o));
+    // ...and a bad key of another objective is the file's, whatever --t says.
+    let s = sandbox_with(
+        200,
+        50,
+        "[distill]\nobjective = \"dkd\"\n[distill.kd]\ntemperature = 0.0",
+    );
+    let o = s.kd(&["distill", "--t", "0", "--teacher", "none.safetensors"]);
+    assert_fails(
+        &o,
+        2,
+        &["config file", "test.toml", "distill.kd.temperature"],
+    );
     // Bad in the file and by the flag alike: the flag's value is the one used.
     let s = sandbox_with(200, 50, "batch_size = 0");
     let o = s.kd(&["train", "student", "--batch-size", "0"]);
