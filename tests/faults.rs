@@ -1244,6 +1244,47 @@ fn the_resume_command_is_shell_quoted_and_works_as_printed() {
         .collect();
     assert_ok(&s.raw(&resume));
     assert_eq!(state_epoch(&out.join("a b'c")), Some(3));
+
+    // A distillation whose --teacher was relative to the folder it started in resumes
+    // from another folder: the run records its teacher's absolute path.
+    let t = ["train", "teacher", "--epochs", "1", "--run-name", "t"];
+    assert_ok(&s.raw(&[&t[..], &["--out-dir", out.to_str().unwrap()], &common].concat()));
+    let start = [
+        &["distill", "--teacher", "my runs/t/model.safetensors"][..],
+        &[
+            "--epochs",
+            "3",
+            "--run-name",
+            "d",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ],
+        &common,
+    ]
+    .concat();
+    let o = s
+        .command(&start)
+        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    let printed = err
+        .split("continue it with `")
+        .nth(1)
+        .and_then(|t| t.split('`').next())
+        .unwrap_or_else(|| panic!("no resume command in: {err}"));
+    let words = shlex::split(printed).unwrap();
+    let resume: Vec<&str> = words[1..]
+        .iter()
+        .map(String::as_str)
+        .chain(common)
+        .collect();
+    let elsewhere = s.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let o = s.command(&resume).current_dir(&elsewhere).output().unwrap();
+    assert_ok(&o);
+    assert_eq!(state_epoch(&out.join("d")), Some(3));
 }
 
 /// A command without steps to stop at (predict here, blocked reading a FIFO that nobody

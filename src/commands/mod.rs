@@ -202,6 +202,9 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
     } else {
         PathBuf::from(&config.distill.teacher)
     };
+    // Recorded by its absolute path, so that the run's config.toml (and the printed
+    // resume command) finds it from any folder.
+    let path = std::path::absolute(&path).unwrap_or(path);
     let (mut network, split) = open_teacher(&path, s, "--teacher")?;
     network.freeze();
     s.say(&format!("teacher: {} ({})", path.display(), network.arch()));
