@@ -392,6 +392,15 @@ fn collect_writes_rows_and_lists_jobs_not_finished() {
         2,
         &["train.epochs"],
     );
+    // Job 2 was stopped (exit 130, as a Ctrl-C leaves it) before its run folder existed:
+    // not finished, but not failed either.
+    let status = |j: usize| d.join("status").join(format!("{}.json", plan.jobs[j].id));
+    let mut st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(status(1)).unwrap()).unwrap();
+    st["index"] = 2.into();
+    st["id"] = plan.jobs[2].id.clone().into();
+    st["exit_code"] = 130.into();
+    std::fs::write(status(2), st.to_string()).unwrap();
 
     let o = sweep(&s, &["collect"], &d);
     assert_ok(&o);

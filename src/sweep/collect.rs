@@ -56,7 +56,9 @@ pub fn rows(sweep: &Path, plan: &Plan) -> Vec<Row> {
             };
             let failed = state != JobState::Finished
                 && state != JobState::Running
-                && status.as_ref().is_some_and(|s| s.exit_code != 0);
+                && status
+                    .as_ref()
+                    .is_some_and(|s| !matches!(s.exit_code, 0 | 130));
             Row {
                 job: job.clone(),
                 state: if failed { "failed" } else { state.name() }.to_string(),

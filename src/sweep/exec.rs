@@ -86,7 +86,8 @@ pub fn job_state(sweep: &Path, job: &Job) -> JobState {
 pub struct JobStatus {
     pub index: usize,
     pub id: String,
-    /// 0 ok, 1 runtime error, 2 usage error, 130 interrupted, -1 killed by a signal.
+    /// 0 ok, 1 runtime error, 2 usage error, 130 interrupted (also a job that `sweep run`
+    /// stopped before it could catch the signal), -1 killed by a signal.
     pub exit_code: i32,
     /// The error line, when it failed (run-one only; a child's is in its log).
     pub error: Option<String>,
@@ -395,7 +396,13 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                 };
                 let (_, job, started, resumed) = running.swap_remove(i);
                 let secs = started.elapsed().as_secs_f64();
-                let code = status.code().unwrap_or(-1);
+                // A job stopped by our SIGINT before it could catch it (still starting) dies
+                // of the signal: it was interrupted as the others were, not failed.
+                let code = match status.code() {
+                    Some(c) => c,
+                    None if interrupted => 130,
+                    None => -1,
+                };
                 write_status(
                     sweep,
                     &JobStatus {
