@@ -227,6 +227,14 @@ fn gather(args: &PredictArgs) -> Result<Gathered> {
         }
     }
     if args.index.is_some() && idx_inputs == 0 {
+        if let Some(missing) = args.inputs.iter().find(|p| !p.exists()) {
+            return usage(format!(
+                "{} does not exist; --index selects an image of an IDX file, so pass its \
+                 path (Fashion-MNIST's test images are t10k-images-idx3-ubyte.gz in the data \
+                 folder, e.g. /usr/share/datasets/fashion-mnist)",
+                missing.display()
+            ));
+        }
         return usage(
             "--index selects an image of an IDX file, but no IDX file was given; \
              drop --index or pass e.g. t10k-images-idx3-ubyte.gz",
@@ -479,10 +487,15 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
     if !g.failures.is_empty() {
         let names: Vec<&str> = g.failures.iter().map(|f| f.source.as_str()).collect();
         bail!(
-            "{} of {} inputs could not be read ({}); the others were classified",
+            "{} of {} inputs could not be read ({}); {}",
             g.failures.len(),
             g.failures.len() + g.items.len(),
-            names.join(", ")
+            names.join(", "),
+            if g.items.is_empty() {
+                "nothing was classified"
+            } else {
+                "the others were classified"
+            }
         );
     }
     if n == 0 {

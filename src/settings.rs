@@ -64,10 +64,15 @@ impl Settings {
             .collect();
             if !unused.is_empty() {
                 let it = if unused.len() == 1 { "it" } else { "them" };
-                return usage(if reads_data {
+                return usage(if reads_data && c.download {
                     format!(
                         "{name} does not train and takes no {}; drop {it} (to fetch the data, \
                          use --download with a training command, or pass --data-dir)",
+                        unused.join(", ")
+                    )
+                } else if reads_data {
+                    format!(
+                        "{name} does not train and takes no {}; drop {it}",
                         unused.join(", ")
                     )
                 } else {

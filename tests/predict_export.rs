@@ -396,6 +396,16 @@ fn usage_errors_exit_2() {
         2,
         &["--index", "no IDX file"],
     );
+    // An IDX file named where it is not: its absence is the error, not "no IDX file".
+    let o = s.raw(&["predict", c, "t10k-images-idx3-ubyte.gz", "--index", "17"]);
+    assert_fails(&o, 2, &["t10k-images-idx3-ubyte.gz does not exist", "data"]);
+    assert!(!stderr(&o).contains("no IDX file"), "{}", stderr(&o));
+    // Without --index, an input that cannot be read is reported; nothing else was there.
+    assert_fails(
+        &s.raw(&["predict", c, "absent.png"]),
+        1,
+        &["1 of 1 inputs could not be read", "nothing was classified"],
+    );
     assert_fails(
         &s.raw(&["predict", "nope.safetensors", png]),
         2,
@@ -422,6 +432,15 @@ fn usage_errors_exit_2() {
         );
     }
     assert!(!Path::new(out).exists());
+    // evaluate reads the data set: the hint about fetching it comes only with --download.
+    let o = s.raw(&["evaluate", c, "--epochs", "3"]);
+    assert_fails(&o, 2, &["evaluate", "--epochs", "drop it"]);
+    assert!(!stderr(&o).contains("fetch"), "{}", stderr(&o));
+    assert_fails(
+        &s.raw(&["evaluate", c, "--download"]),
+        2,
+        &["--download", "to fetch the data", "--data-dir"],
+    );
     // --index picks one image, --top 10 lists every class.
     let o = s.raw(&["predict", c, idx, "--index", "42", "--top", "10"]);
     assert_ok(&o);
