@@ -889,8 +889,8 @@ impl Config {
 
     /// Whether `e`, the error of [`Config::apply`] then [`Config::validate`] on `loaded`
     /// with `overrides`, is the file's: the file alone gives the same error, and the
-    /// flags alone (on the built-in defaults, which always validate) do not, since a
-    /// flag's value replaces the file's.
+    /// flags alone (on the built-in defaults with the file's objective, which validate)
+    /// do not, since a flag's value replaces the file's.
     fn file_is_to_blame(loaded: &Config, overrides: &Overrides, e: &anyhow::Error) -> bool {
         let same = |c: &Config, o: &Overrides| {
             let mut c = c.clone();
