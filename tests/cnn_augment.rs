@@ -266,10 +266,7 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
     let o = stopped_after_epoch_1(&s, &["reproduce", "--seeds", "0,", "-q"]);
     let err = stderr(&o);
     // reproduce's teacher recipe ([reproduce] teacher, teacher_augment) is in the hint.
-    let hint = err
-        .split('`')
-        .find(|p| p.starts_with("kdtrain train teacher"))
-        .unwrap_or_else(|| panic!("no resume command in:\n{err}"));
+    let hint = quoted_command(&err, "kdtrain train teacher");
     assert!(
         hint.contains("--run-name teacher --epochs 2")
             && hint.contains("--arch cnn:32,64,256,dropout=0.3 --augment shift2,flip"),
@@ -336,10 +333,7 @@ fn an_interrupted_reproduce_student_resumes_for_its_own_epochs() {
     // The teacher's single epoch never reaches the hook; the student stops after epoch 2.
     let o = s.interrupted(&args, "epoch:2");
     let err = stderr(&o);
-    let hint = err
-        .split('`')
-        .find(|p| p.starts_with("kdtrain train student"))
-        .unwrap_or_else(|| panic!("no resume command in:\n{err}"));
+    let hint = quoted_command(&err, "kdtrain train student");
     assert!(
         hint.contains("--run-name student --epochs 3") && hint.contains("--seed 0"),
         "{hint}"

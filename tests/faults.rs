@@ -1223,25 +1223,30 @@ fn the_resume_command_is_shell_quoted_and_works_as_printed() {
         &common,
     ]
     .concat();
-    let o = s
-        .command(&start)
-        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(130), "{err}");
-    let printed = err
-        .split("continue it with `")
-        .nth(1)
-        .and_then(|t| t.split('`').next())
-        .unwrap_or_else(|| panic!("no resume command in: {err}"));
-    let words = shlex::split(printed).unwrap_or_else(|| panic!("not shell words: {printed}"));
-    assert_eq!(words[0], "kdtrain", "{printed}");
-    let resume: Vec<&str> = words[1..]
-        .iter()
-        .map(String::as_str)
-        .chain(common)
-        .collect();
+    // Runs `start`, stopped in epoch 1, and reads the resume command that it prints:
+    // its words after `kdtrain`, then `common`.
+    let printed_resume = |start: &[&str]| -> Vec<String> {
+        let o = s
+            .command(start)
+            .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(130), "{err}");
+        let printed = err
+            .split("continue it with `")
+            .nth(1)
+            .and_then(|t| t.split('`').next())
+            .unwrap_or_else(|| panic!("no resume command in: {err}"));
+        let words = shlex::split(printed).unwrap_or_else(|| panic!("not shell words: {printed}"));
+        assert_eq!(words[0], "kdtrain", "{printed}");
+        words[1..]
+            .iter()
+            .cloned()
+            .chain(common.iter().map(|c| c.to_string()))
+            .collect()
+    };
+    let resume = printed_resume(&start);
     assert_ok(&s.raw(&resume));
     assert_eq!(state_epoch(&out.join("a b'c")), Some(3));
 
@@ -1262,24 +1267,7 @@ fn the_resume_command_is_shell_quoted_and_works_as_printed() {
         &common,
     ]
     .concat();
-    let o = s
-        .command(&start)
-        .env(kdtrain::commands::INTERRUPT_HOOK, "epoch:1")
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(130), "{err}");
-    let printed = err
-        .split("continue it with `")
-        .nth(1)
-        .and_then(|t| t.split('`').next())
-        .unwrap_or_else(|| panic!("no resume command in: {err}"));
-    let words = shlex::split(printed).unwrap();
-    let resume: Vec<&str> = words[1..]
-        .iter()
-        .map(String::as_str)
-        .chain(common)
-        .collect();
+    let resume = printed_resume(&start);
     let elsewhere = s.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
     let o = s.command(&resume).current_dir(&elsewhere).output().unwrap();

@@ -317,10 +317,7 @@ fn printed_sweep_commands_are_shell_quoted() {
     let o = sweep(&s, &["collect"], &d);
     assert_ok(&o);
     let md = std::fs::read_to_string(d.join("summary.md")).unwrap();
-    let cmd = md
-        .split('`')
-        .find(|c| c.starts_with("kdtrain sweep run "))
-        .unwrap_or_else(|| panic!("no sweep run command in summary.md:\n{md}"));
+    let cmd = quoted_command(&md, "kdtrain sweep run ");
     assert_eq!(split(cmd), ["sweep", "run", &d.display().to_string()]);
     // A failed job's message too.
     let plan = Plan::load(&d).unwrap();
@@ -328,11 +325,10 @@ fn printed_sweep_commands_are_shell_quoted() {
     let o = sweep(&s, &["run"], &d);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
-    let cmd = err
-        .split('`')
-        .find(|c| c.starts_with("kdtrain sweep run "))
-        .unwrap_or_else(|| panic!("no sweep run command:\n{err}"));
-    assert_eq!(split(cmd), ["sweep", "run", &d.display().to_string()]);
+    assert_eq!(
+        split(quoted_command(&err, "kdtrain sweep run ")),
+        ["sweep", "run", &d.display().to_string()]
+    );
 }
 
 /// An interrupted `run-one` names itself as the way to resume (the job's options are in

@@ -272,3 +272,11 @@ pub fn signal(pid: u32, name: &str) {
         .success();
     assert!(ok, "kill -{name} {pid} failed");
 }
+
+/// The command in backquotes in `text` (a message or a report) that starts with
+/// `prefix`, such as `kdtrain sweep run `; panics, showing `text`, when there is none.
+pub fn quoted_command<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.split('`')
+        .find(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}...` command in:\n{text}"))
+}
