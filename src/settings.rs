@@ -64,24 +64,21 @@ impl Settings {
             .collect();
             if !unused.is_empty() {
                 let it = if unused.len() == 1 { "it" } else { "them" };
-                return usage(if reads_data && c.download {
-                    format!(
-                        "{name} does not train and takes no {}; drop {it} (to fetch the data, \
-                         use --download with a training command, or pass --data-dir)",
-                        unused.join(", ")
-                    )
-                } else if reads_data {
-                    format!(
-                        "{name} does not train and takes no {}; drop {it}",
-                        unused.join(", ")
-                    )
+                let what = if reads_data {
+                    "does not train"
                 } else {
-                    format!(
-                        "{name} reads only the checkpoint and its own arguments and takes no {}; \
-                         drop {it}",
-                        unused.join(", ")
-                    )
-                });
+                    "reads only the checkpoint and its own arguments"
+                };
+                let hint = if reads_data && c.download {
+                    " (to fetch the data, use --download with a training command, or pass \
+                     --data-dir)"
+                } else {
+                    ""
+                };
+                return usage(format!(
+                    "{name} {what} and takes no {}; drop {it}{hint}",
+                    unused.join(", ")
+                ));
             }
         }
         let (config_path, required) = match &c.config {
