@@ -17,8 +17,8 @@ use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::UsageError;
 use crate::data::SplitInfo;
+use crate::error::UsageError;
 use crate::model::{Arch, Network};
 
 /// Metadata keys in the safetensors header.

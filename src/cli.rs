@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{ObjectiveFlags, Overrides, UsageError, parse_seeds};
+use crate::config::{ObjectiveFlags, Overrides, parse_seeds};
+use crate::error::UsageError;
 
 /// Knowledge distillation (Hinton et al. 2015) of a teacher (a CNN, an MLP or a TorchScript
 /// model) into a small MLP student on Fashion-MNIST, on libtorch.
@@ -52,7 +53,7 @@ pub enum Command {
     /// Export a checkpoint as TorchScript, ONNX or PyTorch-named safetensors.
     Export(crate::export::ExportArgs),
     /// Sweep temperature x alpha x objective x seed: plan, run here or on Slurm, collect.
-    Sweep(crate::commands::sweep::SweepArgs),
+    Sweep(SweepArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -231,7 +232,7 @@ impl Cli {
     /// The flags that override config values.
     ///
     /// # Errors
-    /// A [`crate::config::UsageError`] for a malformed `--seeds`.
+    /// A [`crate::error::UsageError`] for a malformed `--seeds`.
     pub fn overrides(&self) -> anyhow::Result<Overrides> {
         let c = &self.common;
         let mut o = Overrides {
@@ -253,7 +254,7 @@ impl Cli {
                 o.augment = d
                     .augment
                     .clone()
-                    .map(|a| (crate::run::RunKind::Distilled, a));
+                    .map(|a| (crate::model::RunKind::Distilled, a));
             }
             Command::Reproduce(r) => {
                 r.objective.apply(&mut o);
@@ -271,8 +272,8 @@ impl Cli {
                 augment,
             } => {
                 let kind = match model {
-                    ModelArg::Teacher => crate::run::RunKind::Teacher,
-                    ModelArg::Student => crate::run::RunKind::Student,
+                    ModelArg::Teacher => crate::model::RunKind::Teacher,
+                    ModelArg::Student => crate::model::RunKind::Student,
                 };
                 o.arch = arch.clone().map(|a| (kind, a));
                 o.augment = augment.clone().map(|a| (kind, a));
@@ -281,4 +282,79 @@ impl Cli {
         }
         Ok(o)
     }
+}
+
+/// `sweep`'s subcommands.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    #[command(subcommand)]
+    pub action: SweepAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SweepAction {
+    /// Expand a sweep file (a config with a [sweep] table of lists: objective, t, alpha,
+    /// beta, gamma, ce_weight, kd_weight, warmup, seeds; student = true|false) into a new
+    /// sweep-<date>-<time> folder under --out-dir; prints the folder last.
+    Plan {
+        /// The sweep file (TOML).
+        file: PathBuf,
+        /// Teacher checkpoint for every job [default: distill.teacher in the file, else the
+        /// newest <out-dir>/teacher-*/model.safetensors].
+        #[arg(long, value_name = "PATH")]
+        teacher: Option<PathBuf>,
+    },
+    /// Run the unfinished jobs of a sweep folder here, K at a time, each in its own
+    /// process; finished jobs are skipped, interrupted ones resumed.
+    Run {
+        /// A sweep folder written by `sweep plan`.
+        dir: PathBuf,
+        /// Jobs at a time (processes; each uses the threads its config names, 1 by default).
+        #[arg(long, short = 'j', default_value_t = 1, value_name = "K")]
+        jobs: usize,
+    },
+    /// Run one job of a sweep folder in this process (what each Slurm array task runs);
+    /// a finished job is skipped.
+    RunOne {
+        /// A sweep folder written by `sweep plan`.
+        dir: PathBuf,
+        /// The job's 0-based line in jobs.txt (Slurm: $SLURM_ARRAY_TASK_ID).
+        #[arg(long, value_name = "I")]
+        index: usize,
+    },
+    /// Submit the unfinished jobs as a Slurm job array (writes <dir>/sweep.sbatch, then
+    /// runs sbatch).
+    Submit {
+        /// A sweep folder written by `sweep plan`.
+        dir: PathBuf,
+        /// Submit to Slurm (the only scheduler so far; for others see jobs.txt).
+        #[arg(long)]
+        slurm: bool,
+        /// Slurm partition.
+        #[arg(long)]
+        partition: Option<String>,
+        /// Time limit per task, in sbatch's format (minutes, or H:MM:SS).
+        #[arg(long)]
+        time: Option<String>,
+        /// At most this many array tasks at once.
+        #[arg(long, value_name = "M")]
+        max_parallel: Option<usize>,
+        /// More sbatch arguments, quoted as one: --extra '--account=x --qos=y'.
+        #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+        extra: Option<String>,
+        /// Memory per task in MB [default: 1200, the measured peak of a job plus a third].
+        #[arg(long, value_name = "MB")]
+        mem: Option<u64>,
+        /// Only write sweep.sbatch.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until the array has finished (sbatch --wait).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Write sweep.csv, summary.md, heatmap.png and best.toml from the jobs' summaries.
+    Collect {
+        /// A sweep folder written by `sweep plan`.
+        dir: PathBuf,
+    },
 }

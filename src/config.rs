@@ -12,23 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// An error in how the program was called (config file, flag value, missing prerequisite
-/// file named by the user). `main` maps it to exit code 2; every other error exits 1.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// Shorthand for returning a [`UsageError`].
-pub fn usage<T>(msg: impl Into<String>) -> Result<T> {
-    Err(UsageError(msg.into()).into())
-}
+pub use crate::error::{UsageError, usage};
 
 /// The whole configuration, as in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,85 +163,118 @@ pub struct EarlyStoppingConfig {
     pub patience: usize,
     /// What selects the best epoch and counts as improvement: `"ce"` (validation
     /// cross-entropy, Keras's `val_loss`) or `"acc"` (validation accuracy).
-    pub monitor: crate::train::Monitor,
+    pub monitor: Monitor,
 }
 
-/// Distillation: the objective, its hyper-parameters (one table per objective), and the
-/// teacher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DistillConfig {
-    /// One of [`crate::objective::NAMES`]: `kd`, `dkd`, `lskd`, `dist`, `mse`.
-    pub objective: String,
-    /// Compute the frozen teacher's logits for the training set once and reuse them.
-    pub teacher_cache: bool,
-    /// Teacher checkpoint; empty = the newest `<out_dir>/teacher-*/model.safetensors`.
-    pub teacher: String,
-    pub kd: KdConfig,
-    pub dkd: DkdConfig,
-    pub lskd: LskdConfig,
-    pub dist: DistConfig,
-    pub mse: MseConfig,
+/// The validation figure that selects the best epoch and drives early stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Monitor {
+    /// Validation cross-entropy on the labels (lower is better; ties keep the earlier
+    /// epoch).
+    Ce,
+    /// Validation accuracy (higher is better; ties keep the earlier epoch).
+    Acc,
 }
 
-/// `kd` (Hinton et al. 2015, section 2), see [`crate::objective::kd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KdConfig {
-    /// Temperature T of the soft targets, > 0.
-    pub temperature: f64,
-    /// Weight of the hard-label cross-entropy, in [0, 1]; the KL term gets 1 - alpha.
-    pub alpha: f64,
-    /// Multiply the KL term by T^2 (the paper). `false` reproduces the Keras reference.
-    pub t_squared_scaling: bool,
+impl Monitor {
+    /// What it watches, in words: `validation accuracy`, `validation cross-entropy`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Monitor::Ce => "validation cross-entropy",
+            Monitor::Acc => "validation accuracy",
+        }
+    }
 }
 
-/// `dkd` (Zhao et al., CVPR 2022), see [`crate::objective::dkd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DkdConfig {
-    pub temperature: f64,
-    /// Weight of TCKD, the target-class term (the paper's alpha).
-    pub alpha: f64,
-    /// Weight of NCKD, the non-target term (the paper's beta).
-    pub beta: f64,
-    /// Weight of the hard-label cross-entropy.
-    pub ce_weight: f64,
-    /// Epochs over which the KD part ramps up linearly from 0 (0 = none).
-    pub warmup_epochs: usize,
-}
+/// `[distill]`, generated from the objectives' registry
+/// ([`crate::objective::with_objectives`]): the objective, the teacher, and one table of
+/// hyper-parameters per objective, each defined in its objective's file.
+macro_rules! distill_config {
+    ($($name:ident: $module:ident::$table:ident),* $(,)?) => {
+        /// Distillation: the objective, its hyper-parameters (one table per objective),
+        /// and the teacher.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct DistillConfig {
+            /// One of [`crate::objective::NAMES`]: `kd`, `dkd`, `lskd`, `dist`, `mse`.
+            pub objective: String,
+            /// Compute the frozen teacher's logits for the training set once and reuse them.
+            pub teacher_cache: bool,
+            /// Teacher checkpoint; empty = the newest `<out_dir>/teacher-*/model.safetensors`.
+            pub teacher: String,
+            $(
+                #[doc = concat!("`[distill.", stringify!($name), "]`, see [`crate::objective::", stringify!($module), "`].")]
+                pub $name: crate::objective::$module::$table,
+            )*
+        }
 
-/// `lskd` (Sun et al., CVPR 2024), see [`crate::objective::lskd`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LskdConfig {
-    pub temperature: f64,
-    /// Weight of the T^2-scaled KL of the standardised logits.
-    pub kd_weight: f64,
-    /// Weight of the hard-label cross-entropy.
-    pub ce_weight: f64,
-}
 
-/// `dist` (Huang et al., NeurIPS 2022), see [`crate::objective::dist`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DistConfig {
-    /// The paper's tau.
-    pub temperature: f64,
-    /// Weight of the inter-class relation term.
-    pub beta: f64,
-    /// Weight of the intra-class relation term.
-    pub gamma: f64,
-    /// Weight of the hard-label cross-entropy.
-    pub ce_weight: f64,
-}
+        impl Default for DistillConfig {
+            fn default() -> Self {
+                DistillConfig {
+                    objective: "kd".into(),
+                    teacher_cache: true,
+                    teacher: String::new(),
+                    $($name: Default::default(),)*
+                }
+            }
+        }
 
-/// `mse` (Ba & Caruana 2014), see [`crate::objective::mse`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MseConfig {
-    /// Weight of the hard-label cross-entropy, in [0, 1]; the logit MSE gets 1 - alpha.
-    pub alpha: f64,
+        impl DistillConfig {
+            /// The table `[distill.<name>]` as TOML; `None` for a name not in the registry.
+            pub fn table(&self, name: &str) -> Option<toml::Value> {
+                match name {
+                    $(stringify!($name) => toml::Value::try_from(&self.$name).ok(),)*
+                    _ => None,
+                }
+            }
+
+            /// Replaces the table `[distill.<name>]`.
+            ///
+            /// # Errors
+            /// A message when `name` is not in the registry or `value` does not fit its table.
+            pub fn set_table(&mut self, name: &str, value: toml::Value) -> std::result::Result<(), String> {
+                match name {
+                    $(stringify!($name) => {
+                        self.$name = value.try_into().map_err(|e| format!("[distill.{name}]: {e}"))?;
+                        Ok(())
+                    })*
+                    _ => Err(format!("no objective {name:?}")),
+                }
+            }
+        }
+    };
+}
+crate::with_objectives!(distill_config);
+
+impl DistillConfig {
+    /// Objective `name` with the hyper-parameters of its table.
+    ///
+    /// # Errors
+    /// A [`UsageError`] for a name that is not in the registry (validation checks it first).
+    pub fn build(&self, name: &str) -> Result<Box<dyn crate::objective::Objective>> {
+        let table = self.table(name).ok_or_else(|| {
+            UsageError(format!(
+                "no objective {name:?}; expected one of {}",
+                crate::objective::NAMES.join(", ")
+            ))
+        })?;
+        crate::objective::build(name, &table).map_err(|e| UsageError(e).into())
+    }
+
+    /// The objective named by `distill.objective`.
+    pub fn build_chosen(&self) -> Result<Box<dyn crate::objective::Objective>> {
+        self.build(&self.objective)
+    }
+
+    /// The temperature and alpha in force for `objective` (for tables and the heatmap).
+    pub fn t_alpha(&self, objective: &str) -> (Option<f64>, Option<f64>) {
+        match (crate::objective::spec(objective), self.table(objective)) {
+            (Some(spec), Some(table)) => spec.t_alpha(&table),
+            _ => (None, None),
+        }
+    }
 }
 
 /// What each run writes besides its checkpoint.
@@ -352,7 +369,7 @@ impl Default for EarlyStoppingConfig {
         EarlyStoppingConfig {
             enabled: false,
             patience: 5,
-            monitor: crate::train::Monitor::Acc,
+            monitor: Monitor::Acc,
         }
     }
 }
@@ -390,70 +407,6 @@ impl Default for ReproduceConfig {
             teacher_augment: "shift2,flip".into(),
             teacher_epochs: 15,
         }
-    }
-}
-
-impl Default for DistillConfig {
-    fn default() -> Self {
-        DistillConfig {
-            objective: "kd".into(),
-            teacher_cache: true,
-            teacher: String::new(),
-            kd: KdConfig::default(),
-            dkd: DkdConfig::default(),
-            lskd: LskdConfig::default(),
-            dist: DistConfig::default(),
-            mse: MseConfig::default(),
-        }
-    }
-}
-
-impl Default for KdConfig {
-    fn default() -> Self {
-        KdConfig {
-            temperature: 2.0,
-            alpha: 0.5,
-            t_squared_scaling: true,
-        }
-    }
-}
-
-impl Default for DkdConfig {
-    fn default() -> Self {
-        DkdConfig {
-            temperature: 4.0,
-            alpha: 1.0,
-            beta: 8.0,
-            ce_weight: 1.0,
-            warmup_epochs: 20,
-        }
-    }
-}
-
-impl Default for LskdConfig {
-    fn default() -> Self {
-        LskdConfig {
-            temperature: 2.0,
-            kd_weight: 9.0,
-            ce_weight: 0.1,
-        }
-    }
-}
-
-impl Default for DistConfig {
-    fn default() -> Self {
-        DistConfig {
-            temperature: 1.0,
-            beta: 1.0,
-            gamma: 1.0,
-            ce_weight: 1.0,
-        }
-    }
-}
-
-impl Default for MseConfig {
-    fn default() -> Self {
-        MseConfig { alpha: 0.5 }
     }
 }
 
@@ -508,9 +461,9 @@ pub struct Overrides {
     pub threads: Option<usize>,
     pub lr: Option<f64>,
     /// `train --arch`: the architecture of the role trained (teacher or student).
-    pub arch: Option<(crate::run::RunKind, String)>,
+    pub arch: Option<(crate::model::RunKind, String)>,
     /// `train --augment`: the augmentation of the role trained.
-    pub augment: Option<(crate::run::RunKind, String)>,
+    pub augment: Option<(crate::model::RunKind, String)>,
     /// `--objective`: one name, or (reproduce) several.
     pub objectives: Vec<String>,
     /// Whether several objectives may be given (reproduce).
@@ -546,57 +499,68 @@ pub struct ObjectiveFlags {
     pub no_t_squared: bool,
 }
 
-/// The flags each objective takes, by objective name.
-pub fn objective_flags(name: &str) -> &'static [&'static str] {
-    match name {
-        "kd" => &["--t", "--alpha", "--no-t-squared"],
-        "dkd" => &["--t", "--alpha", "--beta", "--ce-weight", "--warmup"],
-        "lskd" => &["--t", "--kd-weight", "--ce-weight"],
-        "dist" => &["--t", "--beta", "--gamma", "--ce-weight"],
-        "mse" => &["--alpha"],
-        _ => &[],
+impl ObjectiveFlags {
+    /// The value given for `flag` (`--t`, `--alpha`, ...) as its table's TOML value;
+    /// `--no-t-squared` gives `false` (the key it turns off). `None` when not given.
+    fn value(&self, flag: &str) -> Option<toml::Value> {
+        let f = |v: Option<f64>| v.map(toml::Value::Float);
+        match flag {
+            "--t" => f(self.t),
+            "--alpha" => f(self.alpha),
+            "--beta" => f(self.beta),
+            "--gamma" => f(self.gamma),
+            "--ce-weight" => f(self.ce_weight),
+            "--kd-weight" => f(self.kd_weight),
+            "--warmup" => self.warmup.map(|v| toml::Value::Integer(v as i64)),
+            "--no-t-squared" => self.no_t_squared.then_some(toml::Value::Boolean(false)),
+            _ => None,
+        }
+    }
+
+    /// The objective flags given, in the order `--help` lists them.
+    fn given(&self) -> Vec<&'static str> {
+        OBJECTIVE_FLAGS
+            .into_iter()
+            .filter(|f| self.value(f).is_some())
+            .collect()
     }
 }
 
-/// Writes the hyper-parameter flags that objective `name` takes (those of
-/// [`objective_flags`]) into its table of `d`.
-fn set_objective_flags(name: &str, d: &mut DistillConfig, p: &ObjectiveFlags) {
-    let set = |field: &mut f64, v: Option<f64>| {
-        if let Some(v) = v {
-            *field = v;
-        }
+/// Every objective flag, in the order `--help` lists them.
+const OBJECTIVE_FLAGS: [&str; 8] = [
+    "--t",
+    "--alpha",
+    "--beta",
+    "--gamma",
+    "--ce-weight",
+    "--kd-weight",
+    "--warmup",
+    "--no-t-squared",
+];
+
+/// The flags each objective takes, by objective name (from its
+/// [`crate::objective::Spec`]); none for a name not in the registry.
+pub fn objective_flags(name: &str) -> Vec<&'static str> {
+    crate::objective::spec(name).map_or_else(Vec::new, |s| s.flags())
+}
+
+/// Writes the hyper-parameter flags that objective `name` takes (those of its
+/// [`crate::objective::Spec`]) into its table of `d`.
+fn set_objective_flags(name: &str, d: &mut DistillConfig, p: &ObjectiveFlags) -> Result<()> {
+    let (Some(spec), Some(mut table)) = (crate::objective::spec(name), d.table(name)) else {
+        return Ok(());
     };
-    match name {
-        "kd" => {
-            set(&mut d.kd.temperature, p.t);
-            set(&mut d.kd.alpha, p.alpha);
-            if p.no_t_squared {
-                d.kd.t_squared_scaling = false;
-            }
+    let mut changed = false;
+    for param in spec.params {
+        if let (Some(v), Some(t)) = (p.value(param.flag), table.as_table_mut()) {
+            t.insert(param.key.to_string(), v);
+            changed = true;
         }
-        "dkd" => {
-            set(&mut d.dkd.temperature, p.t);
-            set(&mut d.dkd.alpha, p.alpha);
-            set(&mut d.dkd.beta, p.beta);
-            set(&mut d.dkd.ce_weight, p.ce_weight);
-            if let Some(v) = p.warmup {
-                d.dkd.warmup_epochs = v;
-            }
-        }
-        "lskd" => {
-            set(&mut d.lskd.temperature, p.t);
-            set(&mut d.lskd.kd_weight, p.kd_weight);
-            set(&mut d.lskd.ce_weight, p.ce_weight);
-        }
-        "dist" => {
-            set(&mut d.dist.temperature, p.t);
-            set(&mut d.dist.beta, p.beta);
-            set(&mut d.dist.gamma, p.gamma);
-            set(&mut d.dist.ce_weight, p.ce_weight);
-        }
-        "mse" => set(&mut d.mse.alpha, p.alpha),
-        _ => {}
     }
+    if changed {
+        d.set_table(name, table).map_err(UsageError)?;
+    }
+    Ok(())
 }
 
 /// Checks an objective name against [`crate::objective::NAMES`].
@@ -747,7 +711,7 @@ impl Config {
         }
         if let Some((kind, a)) = &o.arch {
             let spec = match a.as_str() {
-                "mlp" if *kind == crate::run::RunKind::Teacher => {
+                "mlp" if *kind == crate::model::RunKind::Teacher => {
                     crate::model::Arch::teacher().spec()
                 }
                 "mlp" => crate::model::Arch::student().spec(),
@@ -759,7 +723,7 @@ impl Config {
                 Err(e) => return usage(format!("--arch {a:?}: expected mlp, cnn or {e}")),
             };
             match kind {
-                crate::run::RunKind::Teacher => self.model.teacher = spec,
+                crate::model::RunKind::Teacher => self.model.teacher = spec,
                 _ => self.model.student = spec,
             }
         }
@@ -769,7 +733,7 @@ impl Config {
                 Err(e) => return usage(format!("--augment {a:?}: expected {e}")),
             };
             match kind {
-                crate::run::RunKind::Teacher => self.augment.teacher = a,
+                crate::model::RunKind::Teacher => self.augment.teacher = a,
                 _ => self.augment.student = a,
             }
         }
@@ -829,18 +793,8 @@ impl Config {
             check_objective(name, &format!("config key `{key}`"))?;
         }
         let p = &o.params;
-        let given: [(&str, bool); 8] = [
-            ("--t", p.t.is_some()),
-            ("--alpha", p.alpha.is_some()),
-            ("--beta", p.beta.is_some()),
-            ("--gamma", p.gamma.is_some()),
-            ("--ce-weight", p.ce_weight.is_some()),
-            ("--kd-weight", p.kd_weight.is_some()),
-            ("--warmup", p.warmup.is_some()),
-            ("--no-t-squared", p.no_t_squared),
-        ];
-        for (flag, is_given) in given {
-            if is_given && !active.iter().any(|n| objective_flags(n).contains(&flag)) {
+        for flag in p.given() {
+            if !active.iter().any(|n| objective_flags(n).contains(&flag)) {
                 let takes: Vec<String> = active
                     .iter()
                     .map(|n| format!("{n} takes {}", objective_flags(n).join(", ")))
@@ -853,7 +807,7 @@ impl Config {
             }
         }
         for name in &active {
-            set_objective_flags(name, &mut self.distill, p);
+            set_objective_flags(name, &mut self.distill, p)?;
         }
         Ok(())
     }
@@ -938,22 +892,29 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
             // The flag that sets the key, if any, so a bad flag value is recognisable.
+            // An objective's key: the flag of its registry spec (a switch's flag turns it
+            // off, so it is not named).
+            let objective_flag = key
+                .strip_prefix("distill.")
+                .and_then(|k| k.split_once('.'))
+                .and_then(|(name, k)| {
+                    crate::objective::spec(name)?
+                        .params
+                        .iter()
+                        .find(|p| p.key == k)
+                })
+                .filter(|p| p.range != crate::objective::Range::SwitchOff)
+                .map(|p| format!(" ({})", p.flag));
             let flag = match key {
                 "data.batch_size" => " (--batch-size)",
                 "train.epochs" => " (--epochs)",
                 "lr_schedule.initial_lr" => " (--lr)",
-                k if k.ends_with(".temperature") && k.starts_with("distill.") => " (--t)",
-                "distill.kd.alpha" | "distill.dkd.alpha" | "distill.mse.alpha" => " (--alpha)",
-                "distill.dkd.beta" | "distill.dist.beta" => " (--beta)",
-                "distill.dist.gamma" => " (--gamma)",
-                k if k.ends_with(".ce_weight") => " (--ce-weight)",
-                "distill.lskd.kd_weight" => " (--kd-weight)",
-                "distill.dkd.warmup_epochs" => " (--warmup)",
                 "reproduce.seeds" => " (--seeds)",
                 "runtime.threads" => " (--threads)",
                 "runtime.out_dir" => " (--out-dir)",
                 _ => "",
             };
+            let flag = objective_flag.as_deref().unwrap_or(flag);
             usage(format!(
                 "config key `{key}`{flag} = {found}: expected {expected}"
             ))
@@ -1038,46 +999,19 @@ impl Config {
         }
         let d = &self.distill;
         check_objective(&d.objective, "config key `distill.objective`")?;
-        // Below 1e-3 the logits / T overflow f32; above 1e3 the soft targets are uniform
-        // to f32 precision and T^2 overflows the loss. The paper uses T from 1 to 20.
-        for (key, t) in [
-            ("distill.kd.temperature", d.kd.temperature),
-            ("distill.dkd.temperature", d.dkd.temperature),
-            ("distill.lskd.temperature", d.lskd.temperature),
-            ("distill.dist.temperature", d.dist.temperature),
-        ] {
-            if !(t.is_finite() && (1e-3..=1e3).contains(&t)) {
-                return bad(key, t, "a number from 0.001 to 1000 (> 0)");
+        // Each objective's table, by the ranges of its registry spec.
+        for spec in crate::objective::SPECS {
+            let table = d.table(spec.name);
+            for param in spec.params {
+                let value = table.as_ref().and_then(|t| t.get(param.key));
+                if let Err((found, expected)) = param.check(value) {
+                    return bad(
+                        &format!("distill.{}.{}", spec.name, param.key),
+                        found,
+                        expected,
+                    );
+                }
             }
-        }
-        for (key, a) in [
-            ("distill.kd.alpha", d.kd.alpha),
-            ("distill.mse.alpha", d.mse.alpha),
-        ] {
-            if !(0.0..=1.0).contains(&a) {
-                return bad(key, a, "a number in [0, 1]");
-            }
-        }
-        for (key, w) in [
-            ("distill.dkd.alpha", d.dkd.alpha),
-            ("distill.dkd.beta", d.dkd.beta),
-            ("distill.dkd.ce_weight", d.dkd.ce_weight),
-            ("distill.lskd.kd_weight", d.lskd.kd_weight),
-            ("distill.lskd.ce_weight", d.lskd.ce_weight),
-            ("distill.dist.beta", d.dist.beta),
-            ("distill.dist.gamma", d.dist.gamma),
-            ("distill.dist.ce_weight", d.dist.ce_weight),
-        ] {
-            if !(w.is_finite() && (0.0..=1e4).contains(&w)) {
-                return bad(key, w, "a weight from 0 to 10000");
-            }
-        }
-        if d.dkd.warmup_epochs > 1_000_000 {
-            return bad(
-                "distill.dkd.warmup_epochs",
-                d.dkd.warmup_epochs,
-                "an integer from 0 to 1000000",
-            );
         }
         for (key, spec) in [
             ("model.teacher", &self.model.teacher),
@@ -1193,6 +1127,21 @@ impl Config {
             DecaySteps::Steps(n) => n.max(1) as u64,
             DecaySteps::Named(_) => (epochs * steps_per_epoch).max(1) as u64,
         }
+    }
+
+    /// The architecture a role trains, from `model.teacher` (the teacher) or
+    /// `model.student` (the student, alone or distilled).
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the key when its spec does not parse ([`Config::validate`]
+    /// refuses such a config first, so a validated config never fails here).
+    pub fn arch_for(&self, kind: crate::model::RunKind) -> Result<crate::model::Arch> {
+        let (key, spec) = match kind {
+            crate::model::RunKind::Teacher => ("model.teacher", &self.model.teacher),
+            _ => ("model.student", &self.model.student),
+        };
+        crate::model::Arch::parse(spec)
+            .map_err(|e| UsageError(format!("config key `{key}` = {spec:?}: expected {e}")).into())
     }
 
     /// The epoch budget of a role: `train.teacher_epochs` (when not 0) for the teacher,

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use serde::Serialize;
 
-use crate::config::UsageError;
+use crate::error::UsageError;
 
 /// Where `--download` fetches from unless `data.download_url` says otherwise.
 pub const OFFICIAL_URL: &str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/";

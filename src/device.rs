@@ -3,7 +3,7 @@
 use anyhow::Result;
 use tch::Device;
 
-use crate::config::usage;
+use crate::error::usage;
 
 /// What the user asked for, before checking that it exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub fn parse(s: &str) -> std::result::Result<Request, String> {
 /// the last GPU.
 pub fn resolve(s: &str) -> Result<Device> {
     let req = parse(s)
-        .map_err(|e| crate::config::UsageError(format!("runtime.device (--device): {e}")))?;
+        .map_err(|e| crate::error::UsageError(format!("runtime.device (--device): {e}")))?;
     let gpus = tch::Cuda::device_count().max(0) as usize;
     match req {
         Request::Auto if gpus > 0 => Ok(Device::Cuda(0)),

@@ -42,7 +42,7 @@ fn expected_md5s() -> Result<[String; 4]> {
     let ok = |p: &String| p.len() == 32 && p.chars().all(|c| c.is_ascii_hexdigit());
     match <[String; 4]>::try_from(parts) {
         Ok(a) if a.iter().all(ok) => Ok(a),
-        _ => Err(crate::config::UsageError(format!(
+        _ => Err(crate::error::UsageError(format!(
             "{MD5S_ENV} = {v:?}: expected four comma-separated MD5 hex digests (train images, \
              train labels, test images, test labels); unset it to check the published MD5s"
         ))

@@ -13,7 +13,7 @@ use crate::objective::{Objective, cross_entropy, kl_divergence};
 
 /// Examples per forward pass when evaluating an MLP (no activations are kept, so large is
 /// cheap); see [`Network::eval_batch`].
-pub const EVAL_BATCH: i64 = 10_000;
+pub use crate::model::EVAL_BATCH;
 
 /// Logits of `model` for every row of `images`, computed under `no_grad`.
 ///

@@ -27,8 +27,8 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{META_ARCH, to_safetensors, write_atomic};
-use crate::config::UsageError;
 use crate::data::{CLASS_NAMES, SIDE};
+use crate::error::UsageError;
 use crate::predict::{LoadedModel, load_network};
 
 /// The ONNX exporter, run by the project's Python.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod download;
+pub mod error;
 pub mod eval;
 pub mod export;
 pub mod image_input;

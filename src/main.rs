@@ -7,9 +7,8 @@ use std::sync::atomic::Ordering;
 
 use clap::Parser;
 use kdtrain::cli::Command;
-use kdtrain::commands::sweep::SweepAction;
-use kdtrain::config::UsageError;
-use kdtrain::train::{INTERRUPTED, Interrupted};
+use kdtrain::cli::SweepAction;
+use kdtrain::error::INTERRUPTED;
 
 fn main() -> ExitCode {
     tune_openmp_wait();
@@ -75,13 +74,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kdtrain::errln!("error: {e:#}");
-            if e.downcast_ref::<Interrupted>().is_some() {
-                ExitCode::from(130)
-            } else if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(kdtrain::error::exit_code(&e))
         }
     }
 }

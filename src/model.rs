@@ -1,5 +1,5 @@
 //! The networks. An architecture ([`Arch`]) is separate from the role a network plays
-//! (teacher or student, see [`crate::run::RunKind`]): `mlp:512,256,128` is the Keras
+//! (teacher or student, see [`RunKind`]): `mlp:512,256,128` is the Keras
 //! reference's teacher (784-512-256-128-10), `mlp:128` its student (784-128-10), both
 //! ReLU. A checkpoint records its architecture spec, and [`Arch::build`] rebuilds it.
 //!
@@ -15,6 +15,37 @@ use tch::{Device, Kind, Tensor, nn};
 pub const INPUTS: i64 = 784;
 /// Output logits: the ten Fashion-MNIST classes.
 pub const OUTPUTS: i64 = 10;
+
+/// Examples per forward pass when evaluating an MLP (no activations are kept, so large is
+/// cheap); see [`Network::eval_batch`].
+pub const EVAL_BATCH: i64 = 10_000;
+
+/// What kind of model a run trains; names the run folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Teacher,
+    Student,
+    Distilled,
+}
+
+impl RunKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKind::Teacher => "teacher",
+            RunKind::Student => "student",
+            RunKind::Distilled => "distilled",
+        }
+    }
+
+    /// The command that trains this kind of run.
+    pub fn command(self) -> &'static str {
+        match self {
+            RunKind::Teacher => "train teacher",
+            RunKind::Student => "train student",
+            RunKind::Distilled => "distill",
+        }
+    }
+}
 
 /// A network architecture, written as a spec string.
 ///
@@ -361,9 +392,9 @@ pub trait Network: Send {
 
     fn device(&self) -> Device;
 
-    /// Rows per forward pass when evaluating many examples ([`crate::eval::logits`]).
+    /// Rows per forward pass when evaluating many examples (`eval::logits`).
     fn eval_batch(&self) -> i64 {
-        crate::eval::EVAL_BATCH
+        EVAL_BATCH
     }
 
     /// Evaluation-mode logits (see [`Network::forward_t`]).

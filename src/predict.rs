@@ -13,8 +13,8 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::Checkpoint;
-use crate::config::{UsageError, usage};
 use crate::data::{CLASS_NAMES, Idx, SIDE};
+use crate::error::{UsageError, usage};
 use crate::image_input::{self, Invert};
 use crate::model::Network;
 

@@ -7,7 +7,65 @@
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
-use crate::commands::RunOutcome;
+use std::path::PathBuf;
+
+/// What one training run produced, for the results tables and `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    /// The role: `teacher`, `student` or `distilled`.
+    pub model: &'static str,
+    /// The architecture spec (`mlp:128`).
+    pub arch: String,
+    /// The objective minimised (`ce` for teacher and student; `kd`, `dkd`, ...).
+    pub objective: String,
+    /// The objective and its hyper-parameters in one line.
+    pub objective_settings: String,
+    pub run_dir: PathBuf,
+    pub params: i64,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub stopped_early: bool,
+    /// Training-loop seconds of each epoch run in this process.
+    pub epoch_seconds: Vec<f64>,
+    /// Median training-loop seconds over every epoch of the run (those before a resume
+    /// included); `null` only when no epoch completed.
+    pub median_epoch_seconds: Option<f64>,
+    /// Seconds to evaluate the test set (forward passes and metrics).
+    pub eval_test_seconds: f64,
+    /// Seconds from process start to the first optimizer step.
+    pub startup_seconds: f64,
+    /// Seconds to compute the teacher's cached logits before the first epoch (every
+    /// view's, with augmentation); `null` without a cache.
+    pub teacher_cache_seconds: Option<f64>,
+    /// Seconds to read, validate and move the data to the device.
+    pub data_load_seconds: f64,
+    /// The set that `train_loss` and `train_acc` cover.
+    pub train_set: String,
+    /// Its size (the training split: the training images less the validation split).
+    pub train_examples: i64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    /// Expected calibration error on the test set (15 bins).
+    pub test_ece: f64,
+    /// Validation accuracy and cross-entropy of the selected weights (the best epoch).
+    pub best_val_acc: f64,
+    pub best_val_ce: f64,
+    pub threads: usize,
+    pub device: String,
+    /// The objective's temperature (dist: tau) when distilling.
+    pub temperature: Option<f64>,
+    /// kd's and mse's alpha when distilling with them.
+    pub alpha: Option<f64>,
+    pub seed: u64,
+    /// The validation split (seed, size, hash).
+    pub split: crate::data::SplitInfo,
+    /// Validation accuracy per epoch (for the comparison plot).
+    pub val_acc: Vec<f64>,
+}
 
 /// Mean and sample standard deviation (n - 1 in the denominator; `None` for n < 2).
 pub fn mean_sd(x: &[f64]) -> (f64, Option<f64>) {

@@ -21,10 +21,12 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::checkpoint::{self, Checkpoint, RunLock, write_atomic};
-use crate::config::{Config, UsageError, usage};
+use crate::config::Config;
 use crate::data::SplitInfo;
+use crate::error::{UsageError, usage};
 use crate::eval::Metrics;
-use crate::model::{Arch, Network};
+use crate::model::Network;
+pub use crate::model::RunKind;
 use crate::optim::Adam;
 use crate::tensorboard::EventWriter;
 
@@ -67,42 +69,6 @@ pub struct TrainState {
 pub struct Resumed {
     pub state: TrainState,
     pub best_weights: Vec<Tensor>,
-}
-
-/// What kind of model a run trains; names the run folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunKind {
-    Teacher,
-    Student,
-    Distilled,
-}
-
-impl RunKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            RunKind::Teacher => "teacher",
-            RunKind::Student => "student",
-            RunKind::Distilled => "distilled",
-        }
-    }
-
-    /// The command that trains this kind of run.
-    pub fn command(self) -> &'static str {
-        match self {
-            RunKind::Teacher => "train teacher",
-            RunKind::Student => "train student",
-            RunKind::Distilled => "distill",
-        }
-    }
-
-    /// The architecture this role trains, from `model.teacher` / `model.student`.
-    pub fn arch(self, config: &Config) -> Arch {
-        let spec = match self {
-            RunKind::Teacher => &config.model.teacher,
-            RunKind::Student | RunKind::Distilled => &config.model.student,
-        };
-        Arch::parse(spec).unwrap_or_else(|_| Arch::student())
-    }
 }
 
 /// An open run folder, locked for this process.

@@ -9,7 +9,8 @@ use anyhow::Result;
 use tch::Device;
 
 use crate::cli::{Cli, Command};
-use crate::config::{Config, usage};
+use crate::config::Config;
+use crate::error::usage;
 
 /// Everything a command needs to know about how it was asked to run.
 pub struct Settings {
@@ -36,7 +37,7 @@ impl Settings {
     /// resolves the device and sets the thread count.
     ///
     /// # Errors
-    /// [`crate::config::UsageError`]s naming the file, key or flag; flags that have no
+    /// [`crate::error::UsageError`]s naming the file, key or flag; flags that have no
     /// effect on `evaluate`, `predict` or `export` are refused by name.
     pub fn resolve(cli: &Cli) -> Result<Settings> {
         let c = &cli.common;
@@ -88,7 +89,7 @@ impl Settings {
         let loaded = Config::load(&config_path, required)?;
         let overrides = cli.overrides()?;
         let mut config = loaded.with_overrides(&overrides, |e| {
-            crate::config::UsageError(format!("config file {}: {e}", config_path.display())).into()
+            crate::error::UsageError(format!("config file {}: {e}", config_path.display())).into()
         })?;
         config.canonicalize();
         let device = crate::device::resolve(&config.runtime.device).map_err(|e| {
@@ -96,7 +97,7 @@ impl Settings {
             if overrides.device.is_none()
                 && loaded.runtime.device != Config::default().runtime.device
             {
-                crate::config::UsageError(format!("config file {}: {e}", config_path.display()))
+                crate::error::UsageError(format!("config file {}: {e}", config_path.display()))
                     .into()
             } else {
                 e

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::Result;
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
-use crate::config::UsageError;
+use crate::error::UsageError;
 use crate::model::{Arch, Network};
 
 /// How the model takes its input (`model.teacher_input`).

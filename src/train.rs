@@ -8,25 +8,22 @@
 //! the epoch, then validation, early stopping and the epoch's checkpoint (through
 //! [`crate::run::Run`]).
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
 use crate::augment::{self, Augment, ViewSet};
+use crate::config::Monitor;
 use crate::data::Dataset;
+use crate::error::{INTERRUPTED, Interrupted};
 use crate::eval::{self, Metrics};
 use crate::model::Network;
 use crate::objective::Objective;
 use crate::optim::{Adam, AdamConfig};
 use crate::run::{EpochRecord, Progress, Run, TrainState};
 use crate::schedule::CosineDecay;
-use crate::sweep::exec::quote;
-
-/// Set by the SIGINT handler; the loop checks it at every step boundary.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// A loss above this is divergence, treated like NaN or infinity: the run stops.
 /// Cross-entropy over 10 classes starts at ln 10 = 2.3 and a mean of 1e6 means the true
@@ -35,41 +32,6 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// huge LR (`--lr 1e6`) drives the loss to 1e20 and beyond while staying finite, because
 /// log-softmax is computed stably.
 pub const DIVERGED_LOSS: f64 = 1e6;
-
-/// The run was stopped by Ctrl-C, SIGTERM or SIGHUP; `main` exits 130.
-#[derive(Debug)]
-pub struct Interrupted {
-    /// What was interrupted and what is on disk.
-    pub what: String,
-    /// The command that resumes the run, when it can be resumed; a caller that knows a
-    /// better one (`sweep run-one`) gives its own.
-    pub resume: Option<String>,
-}
-
-impl Interrupted {
-    /// An interruption with no command to resume it.
-    pub fn new(what: impl Into<String>) -> Interrupted {
-        Interrupted {
-            what: what.into(),
-            resume: None,
-        }
-    }
-}
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.resume {
-            None => f.write_str(&self.what),
-            Some(cmd) => write!(
-                f,
-                "{}; continue it with `{cmd}` (plus the options you started it with)",
-                self.what
-            ),
-        }
-    }
-}
-
-impl std::error::Error for Interrupted {}
 
 /// The frozen teacher of a distillation run: its network (own VarStore, frozen, run in
 /// eval mode under `no_grad`) and whether its training-set logits are cached.
@@ -101,27 +63,6 @@ pub struct LoopConfig {
     /// With augmentation: draw each epoch one of this many fixed views per example (so
     /// the teacher's logits of every view can be cached); 0 draws a fresh view per epoch.
     pub views: u64,
-}
-
-/// The validation figure that selects the best epoch and drives early stopping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Monitor {
-    /// Validation cross-entropy on the labels (lower is better; ties keep the earlier
-    /// epoch).
-    Ce,
-    /// Validation accuracy (higher is better; ties keep the earlier epoch).
-    Acc,
-}
-
-impl Monitor {
-    /// What it watches, in words: `validation accuracy`, `validation cross-entropy`.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Monitor::Ce => "validation cross-entropy",
-            Monitor::Acc => "validation accuracy",
-        }
-    }
 }
 
 /// Salt that separates the augmentation draws from the shuffle's seed.
@@ -222,7 +163,7 @@ pub fn fit(
             && let Some(free) = available_memory_bytes()
             && need > free
         {
-            return crate::config::usage(format!(
+            return crate::error::usage(format!(
                 "augment.views = {}: the {} fixed views of {n} examples need {:.1} GB \
                  (views x examples x 784 bytes), more than the {:.1} GB of memory available; \
                  use fewer views (8 by default), or views = 0 for a fresh view every epoch",
@@ -253,7 +194,7 @@ pub fn fit(
             // A Ctrl-C or SIGTERM is answered between chunks: a big teacher's pass can
             // outlast Slurm's 30 s between SIGTERM and SIGKILL. Test hook: `cache:0` acts
             // as one that arrives as the pass starts.
-            if std::env::var(crate::commands::INTERRUPT_HOOK).is_ok_and(|h| h == "cache:0") {
+            if std::env::var(crate::error::INTERRUPT_HOOK).is_ok_and(|h| h == "cache:0") {
                 INTERRUPTED.store(true, Ordering::SeqCst);
             }
             let logits = eval::logits_until(
@@ -296,7 +237,7 @@ pub fn fit(
                     );
                     views.push(logits.ok_or_else(interrupted)?);
                     // Test hook: `cache:K` acts as a Ctrl-C right after view K is cached.
-                    if std::env::var(crate::commands::INTERRUPT_HOOK)
+                    if std::env::var(crate::error::INTERRUPT_HOOK)
                         .is_ok_and(|h| h == format!("cache:{}", k + 1))
                     {
                         INTERRUPTED.store(true, Ordering::SeqCst);
@@ -339,7 +280,7 @@ pub fn fit(
                 .sum(Kind::Int64)
                 .int64_value(&[]);
             if bad > 0 {
-                return crate::config::usage(format!(
+                return crate::error::usage(format!(
                     "the teacher's logits are not finite (NaN or infinite) in {bad} of its {} \
                      rows on the {set} images: its weights are broken; retrain it, or pass \
                      another --teacher",
@@ -354,7 +295,7 @@ pub fn fit(
         Some(set) => {
             let t = Instant::now();
             let store = set.store(&data.train.images, &table).map_err(|e| {
-                crate::config::UsageError(format!(
+                crate::error::UsageError(format!(
                     "augment.views = {}: cannot allocate the {:.1} GB that its fixed views \
                      of {n} examples take ({e}); use fewer views (8 by default), or views = 0 \
                      for a fresh view every epoch",
@@ -416,14 +357,8 @@ pub fn fit(
                             "interrupted during epoch {epoch}; the checkpoint of epoch {e} is in {}",
                             run.dir.display()
                         ),
-                        resume: Some(format!(
-                            "kdtrain {} --out-dir {} --run-name {} --epochs {}{} --resume",
-                            run.kind.command(),
-                            quote(run.dir.parent().unwrap_or(Path::new(""))),
-                            quote(Path::new(&run.name())),
-                            cfg.epochs,
-                            run.resume_args
-                        )),
+                        resume: None,
+                        resumable: true,
                     },
                 };
                 return Err(stop.into());
@@ -539,8 +474,7 @@ pub fn fit(
         run.end_epoch(model, &opt, &names, &state, &record, improved)?;
         // Test hook: `KDTRAIN_TEST_INTERRUPT=epoch:N` acts as a Ctrl-C right after epoch N
         // is saved (resume tests need a stop at a known epoch).
-        if std::env::var(crate::commands::INTERRUPT_HOOK)
-            .is_ok_and(|v| v == format!("epoch:{epoch}"))
+        if std::env::var(crate::error::INTERRUPT_HOOK).is_ok_and(|v| v == format!("epoch:{epoch}"))
         {
             INTERRUPTED.store(true, Ordering::SeqCst);
         }

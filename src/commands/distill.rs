@@ -4,7 +4,8 @@
 use anyhow::Result;
 
 use super::{check_teacher_split, data_dir, load_data, load_teacher, print_result, train_one};
-use crate::config::{Config, usage};
+use crate::config::Config;
+use crate::error::usage;
 use crate::run::{Run, RunKind};
 use crate::settings::Settings;
 
@@ -50,7 +51,7 @@ pub fn run(s: &Settings) -> Result<()> {
     // The run's config records the teacher actually used, also when it was found
     // automatically.
     let config = s.run_config(|c| c.distill.teacher = teacher.path.display().to_string());
-    let objective = crate::objective::build(&config.distill);
+    let objective = config.distill.build_chosen()?;
     let mut run = Run::open(
         &config,
         RunKind::Distilled,

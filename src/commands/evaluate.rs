@@ -8,8 +8,8 @@ use anyhow::Result;
 use super::data_dir;
 use crate::checkpoint::Checkpoint;
 use crate::cli::EvaluateArgs;
-use crate::config::UsageError;
 use crate::data;
+use crate::error::UsageError;
 use crate::eval::{self, Report};
 use crate::model::Network;
 use crate::settings::Settings;
@@ -34,7 +34,7 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
         }
         None => None,
     };
-    let objective = crate::objective::build(&s.config.distill);
+    let objective = s.config.distill.build_chosen()?;
     let dir = data_dir(s)?;
     let raw = data::load_dir(&dir)?;
     let train = data::Examples::from_split(&raw.train, s.device);

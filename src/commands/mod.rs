@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
 use crate::cli::{Cli, Command};
-use crate::config::{Config, UsageError, Validation, usage};
+use crate::config::{Config, Validation};
 use crate::data::{self, Dataset};
+use crate::error::{Interrupted, quote};
+use crate::error::{UsageError, usage};
 use crate::eval::{self, Metrics};
 use crate::model::{Arch, Network};
 use crate::objective::Objective;
@@ -28,12 +29,7 @@ use crate::schedule::CosineDecay;
 use crate::settings::Settings;
 use crate::train::{LoopConfig, Teacher};
 
-/// Test hook: `KDTRAIN_TEST_INTERRUPT=final-evaluation` acts as a Ctrl-C that arrives
-/// after the last epoch, while the final evaluation runs (too short a moment for a test
-/// to hit with a real signal); `epoch:N` one that arrives right after epoch N is saved;
-/// `cache:K` one that arrives right after the teacher's logits on view K are cached
-/// (`cache:0`: as the pass over the unaugmented images starts).
-pub const INTERRUPT_HOOK: &str = "KDTRAIN_TEST_INTERRUPT";
+pub use crate::error::INTERRUPT_HOOK;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -53,63 +49,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// What one training run produced, for the results tables and `summary.json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunOutcome {
-    #[serde(rename = "impl")]
-    pub implementation: &'static str,
-    /// The role: `teacher`, `student` or `distilled`.
-    pub model: &'static str,
-    /// The architecture spec (`mlp:128`).
-    pub arch: String,
-    /// The objective minimised (`ce` for teacher and student; `kd`, `dkd`, ...).
-    pub objective: String,
-    /// The objective and its hyper-parameters in one line.
-    pub objective_settings: String,
-    pub run_dir: PathBuf,
-    pub params: i64,
-    pub epochs_run: usize,
-    pub best_epoch: usize,
-    pub stopped_early: bool,
-    /// Training-loop seconds of each epoch run in this process.
-    pub epoch_seconds: Vec<f64>,
-    /// Median training-loop seconds over every epoch of the run (those before a resume
-    /// included); `null` only when no epoch completed.
-    pub median_epoch_seconds: Option<f64>,
-    /// Seconds to evaluate the test set (forward passes and metrics).
-    pub eval_test_seconds: f64,
-    /// Seconds from process start to the first optimizer step.
-    pub startup_seconds: f64,
-    /// Seconds to compute the teacher's cached logits before the first epoch (every
-    /// view's, with augmentation); `null` without a cache.
-    pub teacher_cache_seconds: Option<f64>,
-    /// Seconds to read, validate and move the data to the device.
-    pub data_load_seconds: f64,
-    /// The set that `train_loss` and `train_acc` cover.
-    pub train_set: String,
-    /// Its size (the training split: the training images less the validation split).
-    pub train_examples: i64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub test_loss: f64,
-    pub test_acc: f64,
-    /// Expected calibration error on the test set (15 bins).
-    pub test_ece: f64,
-    /// Validation accuracy and cross-entropy of the selected weights (the best epoch).
-    pub best_val_acc: f64,
-    pub best_val_ce: f64,
-    pub threads: usize,
-    pub device: String,
-    /// The objective's temperature (dist: tau) when distilling.
-    pub temperature: Option<f64>,
-    /// kd's and mse's alpha when distilling with them.
-    pub alpha: Option<f64>,
-    pub seed: u64,
-    /// The validation split (seed, size, hash).
-    pub split: data::SplitInfo,
-    /// Validation accuracy per epoch (for the comparison plot).
-    pub val_acc: Vec<f64>,
-}
+pub use crate::report::RunOutcome;
 
 /// The data folder, found (or downloaded with `--download`) before anything else runs.
 pub fn data_dir(s: &Settings) -> Result<PathBuf> {
@@ -354,7 +294,7 @@ pub fn available_memory_bytes() -> Option<u64> {
 /// internal error.
 ///
 /// # Errors
-/// A [`crate::config::UsageError`] naming the role, the spec, the parameter count and
+/// A [`crate::error::UsageError`] naming the role, the spec, the parameter count and
 /// both sizes.
 pub fn check_memory(
     arch: &Arch,
@@ -364,7 +304,7 @@ pub fn check_memory(
 ) -> Result<()> {
     let need = arch.num_params().max(0) as u64 * if amsgrad { 20 } else { 16 };
     match available {
-        Some(have) if need > have => crate::config::usage(format!(
+        Some(have) if need > have => crate::error::usage(format!(
             "the {} architecture {:?} has {} parameters; training it needs at least {:.1} GB \
              (weights, gradients and Adam's moments in f32) but {:.1} GB of memory is \
              available; choose fewer or narrower layers",
@@ -390,7 +330,7 @@ pub fn train_one(
     let (data, data_load_seconds) = (&data.0, data.1);
     let c = config;
     let kind = run.kind;
-    let arch = kind.arch(c);
+    let arch = c.arch_for(kind)?;
     if s.device == tch::Device::Cpu {
         check_memory(&arch, kind, c.optimizer.amsgrad, available_memory_bytes())?;
     }
@@ -441,10 +381,11 @@ pub fn train_one(
         teacher.as_ref(),
         data,
         &loop_cfg,
-    )?;
+    )
+    .map_err(|e| with_resume_command(e, run, epochs))?;
     run.finish(model.as_ref(), fit.best_epoch)?;
     if std::env::var_os(INTERRUPT_HOOK).is_some_and(|v| v == "final-evaluation") {
-        crate::train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::error::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     let t0 = Instant::now();
@@ -478,15 +419,7 @@ pub fn train_one(
     // resumed run that trains no further epoch still has a median).
     let secs: Vec<f64> = history.iter().map(|r| r.seconds).collect();
     let distilled = kind == RunKind::Distilled;
-    let d = &c.distill;
-    let (temperature, alpha) = match objective.name() {
-        "kd" => (Some(d.kd.temperature), Some(d.kd.alpha)),
-        "dkd" => (Some(d.dkd.temperature), None),
-        "lskd" => (Some(d.lskd.temperature), None),
-        "dist" => (Some(d.dist.temperature), None),
-        "mse" => (None, Some(d.mse.alpha)),
-        _ => (None, None),
-    };
+    let (temperature, alpha) = c.distill.t_alpha(objective.name());
     let out = RunOutcome {
         implementation: "kdtrain",
         model: kind.name(),
@@ -530,7 +463,7 @@ pub fn train_one(
         &run.dir.join("summary.json"),
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;
-    if crate::train::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+    if crate::error::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
         // Ctrl-C after the last epoch: the selected model was already saved, so the run
         // is finished; it says so, and a command with more runs to go stops at the next
         // run's first step (exit 130).
@@ -559,6 +492,28 @@ pub fn train_one(
         )?;
     }
     Ok(out)
+}
+
+/// `e` with the command that resumes `run` when it is an [`Interrupted`] that left a
+/// completed epoch on disk: `kdtrain <command> --out-dir .. --run-name .. --epochs N
+/// <the run's resume_args> --resume`, shell-quoted. The loop knows only that it stopped;
+/// the command knows how it was started.
+fn with_resume_command(e: anyhow::Error, run: &Run, epochs: usize) -> anyhow::Error {
+    match e.downcast::<Interrupted>() {
+        Ok(mut stop) => {
+            if stop.resumable && stop.resume.is_none() {
+                stop.resume = Some(format!(
+                    "kdtrain {} --out-dir {} --run-name {} --epochs {epochs}{} --resume",
+                    run.kind.command(),
+                    quote(run.dir.parent().unwrap_or(Path::new(""))),
+                    quote(Path::new(&run.name())),
+                    run.resume_args
+                ));
+            }
+            stop.into()
+        }
+        Err(e) => e,
+    }
 }
 
 /// The one-line result of a run on stdout.

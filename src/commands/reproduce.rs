@@ -11,7 +11,8 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::{LoadedTeacher, RunOutcome, data_dir, load_data, print_result, train_one};
-use crate::config::{UsageError, Validation, usage};
+use crate::config::Validation;
+use crate::error::{UsageError, usage};
 use crate::objective::CrossEntropy;
 use crate::report::{Results, label};
 use crate::run::{Run, RunKind};
@@ -63,7 +64,7 @@ pub fn run(s: &Settings) -> Result<()> {
     let config_flag = s
         .config_file
         .as_ref()
-        .map(|p| format!(" --config {}", crate::sweep::exec::quote(p)))
+        .map(|p| format!(" --config {}", crate::error::quote(p)))
         .unwrap_or_default();
     for (i, &seed) in seeds.iter().enumerate() {
         let seed_dir = root.join(format!("seed-{seed}"));
@@ -119,12 +120,12 @@ pub fn run(s: &Settings) -> Result<()> {
                 c.distill.teacher = t_path.display().to_string();
                 c.distill.objective = name.clone();
             });
-            let objective = crate::objective::build(&config.distill);
+            let objective = config.distill.build_chosen()?;
             let folder = format!("distilled-{name}");
             let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
             run.resume_args = format!(
                 "{config_flag} --seed {seed} --objective {name} --teacher {}",
-                crate::sweep::exec::quote(t_path)
+                crate::error::quote(t_path)
             );
             run.add_meta(t.meta())?;
             let out = train_one(s, &config, &mut run, objective.as_ref(), Some(t), &data)?;

@@ -1,89 +1,12 @@
 //! `sweep`: plan a grid of distillation runs, run it here or on Slurm, and collect it
 //! (see [`crate::sweep`]).
 
-use std::path::PathBuf;
-
 use anyhow::Result;
-use clap::{Args, Subcommand};
 
 use crate::cli::Cli;
-use crate::config::usage;
+pub use crate::cli::{SweepAction, SweepArgs};
+use crate::error::usage;
 use crate::sweep::{collect, exec, plan};
-
-/// `sweep`'s subcommands.
-#[derive(Debug, Args)]
-pub struct SweepArgs {
-    #[command(subcommand)]
-    pub action: SweepAction,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum SweepAction {
-    /// Expand a sweep file (a config with a [sweep] table of lists: objective, t, alpha,
-    /// beta, gamma, ce_weight, kd_weight, warmup, seeds; student = true|false) into a new
-    /// sweep-<date>-<time> folder under --out-dir; prints the folder last.
-    Plan {
-        /// The sweep file (TOML).
-        file: PathBuf,
-        /// Teacher checkpoint for every job [default: distill.teacher in the file, else the
-        /// newest <out-dir>/teacher-*/model.safetensors].
-        #[arg(long, value_name = "PATH")]
-        teacher: Option<PathBuf>,
-    },
-    /// Run the unfinished jobs of a sweep folder here, K at a time, each in its own
-    /// process; finished jobs are skipped, interrupted ones resumed.
-    Run {
-        /// A sweep folder written by `sweep plan`.
-        dir: PathBuf,
-        /// Jobs at a time (processes; each uses the threads its config names, 1 by default).
-        #[arg(long, short = 'j', default_value_t = 1, value_name = "K")]
-        jobs: usize,
-    },
-    /// Run one job of a sweep folder in this process (what each Slurm array task runs);
-    /// a finished job is skipped.
-    RunOne {
-        /// A sweep folder written by `sweep plan`.
-        dir: PathBuf,
-        /// The job's 0-based line in jobs.txt (Slurm: $SLURM_ARRAY_TASK_ID).
-        #[arg(long, value_name = "I")]
-        index: usize,
-    },
-    /// Submit the unfinished jobs as a Slurm job array (writes <dir>/sweep.sbatch, then
-    /// runs sbatch).
-    Submit {
-        /// A sweep folder written by `sweep plan`.
-        dir: PathBuf,
-        /// Submit to Slurm (the only scheduler so far; for others see jobs.txt).
-        #[arg(long)]
-        slurm: bool,
-        /// Slurm partition.
-        #[arg(long)]
-        partition: Option<String>,
-        /// Time limit per task, in sbatch's format (minutes, or H:MM:SS).
-        #[arg(long)]
-        time: Option<String>,
-        /// At most this many array tasks at once.
-        #[arg(long, value_name = "M")]
-        max_parallel: Option<usize>,
-        /// More sbatch arguments, quoted as one: --extra '--account=x --qos=y'.
-        #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
-        extra: Option<String>,
-        /// Memory per task in MB [default: 1200, the measured peak of a job plus a third].
-        #[arg(long, value_name = "MB")]
-        mem: Option<u64>,
-        /// Only write sweep.sbatch.
-        #[arg(long)]
-        dry_run: bool,
-        /// Wait until the array has finished (sbatch --wait).
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Write sweep.csv, summary.md, heatmap.png and best.toml from the jobs' summaries.
-    Collect {
-        /// A sweep folder written by `sweep plan`.
-        dir: PathBuf,
-    },
-}
 
 /// Refuses common flags that would have no effect: `plan` takes the training flags
 /// (they apply to every job) but not `--config` (the sweep file is the config); the
@@ -157,14 +80,18 @@ pub fn run(cli: &Cli, args: &SweepArgs) -> Result<()> {
                         .filter(|j| j.kind == plan::JobKind::Student)
                         .count(),
                     n.saturating_sub(1),
-                    dir = exec::quote(&dir)
+                    dir = crate::error::quote(&dir)
                 );
             }
             crate::outln!("{}", dir.display());
             Ok(())
         }
         SweepAction::Run { dir, jobs } => exec::run_local(dir, *jobs, quiet),
-        SweepAction::RunOne { dir, index } => exec::run_one(dir, *index, quiet),
+        SweepAction::RunOne { dir, index } => exec::run_one(dir, *index, quiet, |args| {
+            let cli = <Cli as clap::Parser>::try_parse_from(args)
+                .map_err(|e| anyhow::anyhow!("job {index}: {e}"))?;
+            super::run(cli)
+        }),
         SweepAction::Submit {
             dir,
             slurm,

@@ -16,10 +16,51 @@
 use tch::{Kind, Tensor};
 
 use super::{Objective, Terms, cross_entropy};
-use crate::config::DistConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{Param, Range, Spec};
 
 /// The authors' epsilon in the cosine similarity.
 pub const EPS: f64 = 1e-8;
+
+/// `dist` (Huang et al., NeurIPS 2022), see [`crate::objective::dist`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// The paper's tau.
+    pub temperature: f64,
+    /// Weight of the inter-class relation term.
+    pub beta: f64,
+    /// Weight of the intra-class relation term.
+    pub gamma: f64,
+    /// Weight of the hard-label cross-entropy.
+    pub ce_weight: f64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            temperature: 1.0,
+            beta: 1.0,
+            gamma: 1.0,
+            ce_weight: 1.0,
+        }
+    }
+}
+
+/// dist's hyper-parameters, their flags and ranges.
+pub const SPEC: Spec = Spec {
+    name: "dist",
+    params: &[
+        Param::new("temperature", "--t", Range::Temperature),
+        Param::new("beta", "--beta", Range::Weight),
+        Param::new("gamma", "--gamma", Range::Weight),
+        Param::new("ce_weight", "--ce-weight", Range::Weight),
+    ],
+    temperature: Some("temperature"),
+    alpha: None,
+    build: |v| Ok(Box::new(Dist(v.clone().try_into()?))),
+};
 
 /// DIST; terms `ce`, `inter` and `intra` (each 1 - mean correlation, unscaled).
 pub struct Dist(pub DistConfig);

@@ -21,7 +21,51 @@
 use tch::{Kind, Tensor};
 
 use super::{Objective, Terms, cross_entropy, kl_from_log_probs};
-use crate::config::DkdConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{Param, Range, Spec};
+
+/// `dkd` (Zhao et al., CVPR 2022), see [`crate::objective::dkd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkdConfig {
+    pub temperature: f64,
+    /// Weight of TCKD, the target-class term (the paper's alpha).
+    pub alpha: f64,
+    /// Weight of NCKD, the non-target term (the paper's beta).
+    pub beta: f64,
+    /// Weight of the hard-label cross-entropy.
+    pub ce_weight: f64,
+    /// Epochs over which the KD part ramps up linearly from 0 (0 = none).
+    pub warmup_epochs: usize,
+}
+
+impl Default for DkdConfig {
+    fn default() -> Self {
+        DkdConfig {
+            temperature: 4.0,
+            alpha: 1.0,
+            beta: 8.0,
+            ce_weight: 1.0,
+            warmup_epochs: 20,
+        }
+    }
+}
+
+/// dkd's hyper-parameters, their flags and ranges.
+pub const SPEC: Spec = Spec {
+    name: "dkd",
+    params: &[
+        Param::new("temperature", "--t", Range::Temperature),
+        Param::new("alpha", "--alpha", Range::Weight),
+        Param::new("beta", "--beta", Range::Weight),
+        Param::new("ce_weight", "--ce-weight", Range::Weight),
+        Param::new("warmup_epochs", "--warmup", Range::Epochs),
+    ],
+    temperature: Some("temperature"),
+    alpha: Some("alpha"),
+    build: |v| Ok(Box::new(Dkd(v.clone().try_into()?))),
+};
 
 /// Decoupled KD; terms `ce`, `tckd`, `nckd` (both KLs unscaled, at T).
 pub struct Dkd(pub DkdConfig);

@@ -12,7 +12,44 @@
 use tch::Tensor;
 
 use super::{Objective, Terms, cross_entropy, kl_divergence};
-use crate::config::KdConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{Param, Range, Spec};
+
+/// `kd` (Hinton et al. 2015, section 2), see [`crate::objective::kd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KdConfig {
+    /// Temperature T of the soft targets, > 0.
+    pub temperature: f64,
+    /// Weight of the hard-label cross-entropy, in [0, 1]; the KL term gets 1 - alpha.
+    pub alpha: f64,
+    /// Multiply the KL term by T^2 (the paper). `false` reproduces the Keras reference.
+    pub t_squared_scaling: bool,
+}
+
+impl Default for KdConfig {
+    fn default() -> Self {
+        KdConfig {
+            temperature: 2.0,
+            alpha: 0.5,
+            t_squared_scaling: true,
+        }
+    }
+}
+
+/// kd's hyper-parameters, their flags and ranges.
+pub const SPEC: Spec = Spec {
+    name: "kd",
+    params: &[
+        Param::new("temperature", "--t", Range::Temperature),
+        Param::new("alpha", "--alpha", Range::Unit),
+        Param::new("t_squared_scaling", "--no-t-squared", Range::SwitchOff),
+    ],
+    temperature: Some("temperature"),
+    alpha: Some("alpha"),
+    build: |v| Ok(Box::new(Kd(v.clone().try_into()?))),
+};
 
 /// Hinton et al.'s objective; terms `ce` and `kl` (the KL at T, unscaled).
 pub struct Kd(pub KdConfig);

@@ -13,10 +13,46 @@
 use tch::{Kind, Tensor};
 
 use super::{Objective, Terms, cross_entropy, kl_divergence};
-use crate::config::LskdConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{Param, Range, Spec};
 
 /// The authors' epsilon in the standardisation.
 pub const EPS: f64 = 1e-7;
+
+/// `lskd` (Sun et al., CVPR 2024), see [`crate::objective::lskd`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LskdConfig {
+    pub temperature: f64,
+    /// Weight of the T^2-scaled KL of the standardised logits.
+    pub kd_weight: f64,
+    /// Weight of the hard-label cross-entropy.
+    pub ce_weight: f64,
+}
+
+impl Default for LskdConfig {
+    fn default() -> Self {
+        LskdConfig {
+            temperature: 2.0,
+            kd_weight: 9.0,
+            ce_weight: 0.1,
+        }
+    }
+}
+
+/// lskd's hyper-parameters, their flags and ranges.
+pub const SPEC: Spec = Spec {
+    name: "lskd",
+    params: &[
+        Param::new("temperature", "--t", Range::Temperature),
+        Param::new("kd_weight", "--kd-weight", Range::Weight),
+        Param::new("ce_weight", "--ce-weight", Range::Weight),
+    ],
+    temperature: Some("temperature"),
+    alpha: None,
+    build: |v| Ok(Box::new(Lskd(v.clone().try_into()?))),
+};
 
 /// KD with logit standardisation; terms `ce` and `kl` (the KL of standardised logits at
 /// T, unscaled).

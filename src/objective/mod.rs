@@ -6,8 +6,10 @@
 //! labels and, for distillation, the teacher's logits (from the cache or a `no_grad`
 //! forward pass), and records whatever terms come back by name.
 //!
-//! This module owns the formulas and the registry by name ([`build`], [`NAMES`]); the
-//! hyper-parameters come from [`crate::config::DistillConfig`], already validated.
+//! This module owns the formulas and the registry ([`with_objectives`], [`SPECS`],
+//! [`build`]); the
+//! hyper-parameters come from the objective's own table, `[distill.<name>]`, already
+//! validated against its [`Spec`].
 
 pub mod dist;
 pub mod dkd;
@@ -17,7 +19,134 @@ pub mod mse;
 
 use tch::{Kind, Tensor};
 
-use crate::config::DistillConfig;
+/// The registry: every distillation objective, as `name: module::Table` (its config
+/// table `[distill.<name>]` and the module that defines it, its formula and its
+/// [`Spec`]). Adding an objective is its file and one line here; the config section,
+/// the flags' checks, the results tables and the sweeps all read this list.
+///
+/// It calls `$callback! { kd: kd::KdConfig, ... }`, so that each reader (the config's
+/// `[distill]` section, [`SPECS`]) is generated from the one list.
+#[macro_export]
+macro_rules! with_objectives {
+    ($callback:ident) => {
+        $callback! {
+            kd: kd::KdConfig,
+            dkd: dkd::DkdConfig,
+            lskd: lskd::LskdConfig,
+            dist: dist::DistConfig,
+            mse: mse::MseConfig,
+        }
+    };
+}
+
+/// What values a hyper-parameter takes; [`Param::check`] says why one is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// A temperature: a number from 0.001 to 1000. Below 1e-3 the logits / T overflow
+    /// f32; above 1e3 the soft targets are uniform to f32 precision and T^2 overflows the
+    /// loss. The paper uses T from 1 to 20.
+    Temperature,
+    /// A mixing weight in [0, 1] (kd's and mse's alpha).
+    Unit,
+    /// A non-negative weight up to 10000.
+    Weight,
+    /// A number of epochs from 0 to 1,000,000.
+    Epochs,
+    /// A boolean key that its flag turns off (`--no-t-squared`).
+    SwitchOff,
+}
+
+/// One hyper-parameter of an objective: its key in `[distill.<name>]`, the flag that
+/// sets it, and its range.
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    pub key: &'static str,
+    /// The command-line flag, with its dashes (`--t`).
+    pub flag: &'static str,
+    pub range: Range,
+}
+
+impl Param {
+    pub const fn new(key: &'static str, flag: &'static str, range: Range) -> Param {
+        Param { key, flag, range }
+    }
+
+    /// Checks `value` (this key's value in the table) against the range: `Err((found,
+    /// expected))` in words when it is outside.
+    pub fn check(&self, value: Option<&toml::Value>) -> Result<(), (String, &'static str)> {
+        let num = value.and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+        let found = || match value {
+            Some(toml::Value::Integer(i)) => i.to_string(),
+            _ => num.map_or_else(|| format!("{value:?}"), |x| x.to_string()),
+        };
+        let ok = match (self.range, num) {
+            (Range::SwitchOff, _) => return Ok(()),
+            (Range::Temperature, Some(t)) => t.is_finite() && (1e-3..=1e3).contains(&t),
+            (Range::Unit, Some(a)) => (0.0..=1.0).contains(&a),
+            (Range::Weight, Some(w)) => w.is_finite() && (0.0..=1e4).contains(&w),
+            (Range::Epochs, Some(n)) => (0.0..=1e6).contains(&n),
+            (_, None) => false,
+        };
+        let expected = match self.range {
+            Range::Temperature => "a number from 0.001 to 1000 (> 0)",
+            Range::Unit => "a number in [0, 1]",
+            Range::Weight => "a weight from 0 to 10000",
+            Range::Epochs => "an integer from 0 to 1000000",
+            Range::SwitchOff => "true or false",
+        };
+        if ok { Ok(()) } else { Err((found(), expected)) }
+    }
+}
+
+/// What the registry knows of an objective besides its formula: its name, its
+/// hyper-parameters (key, flag, range) and how to build it from its config table.
+pub struct Spec {
+    /// The registry name, also its table `[distill.<name>]` and `--objective` value.
+    pub name: &'static str,
+    pub params: &'static [Param],
+    /// The key reported as the temperature T in results tables and sweeps, if any.
+    pub temperature: Option<&'static str>,
+    /// The key reported as alpha in results tables and sweeps, if any.
+    pub alpha: Option<&'static str>,
+    /// The objective with the hyper-parameters of its table (validated first).
+    pub build: fn(&toml::Value) -> Result<Box<dyn Objective>, toml::de::Error>,
+}
+
+impl Spec {
+    /// The flags this objective takes, in the order of its parameters.
+    pub fn flags(&self) -> Vec<&'static str> {
+        self.params.iter().map(|p| p.flag).collect()
+    }
+
+    /// The parameter that `flag` sets, if this objective has it.
+    pub fn param_of_flag(&self, flag: &str) -> Option<&'static Param> {
+        self.params.iter().find(|p| p.flag == flag)
+    }
+
+    /// The temperature and alpha in force in `table` (for tables and the heatmap).
+    pub fn t_alpha(&self, table: &toml::Value) -> (Option<f64>, Option<f64>) {
+        let get = |key: Option<&str>| {
+            let v = table.get(key?)?;
+            v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+        };
+        (get(self.temperature), get(self.alpha))
+    }
+}
+
+macro_rules! specs {
+    ($($name:ident: $module:ident::$table:ident),* $(,)?) => {
+        /// Every objective's [`Spec`], in the registry's order.
+        pub const SPECS: &[&Spec] = &[$(&$module::SPEC),*];
+        /// The distillation objectives, by name, in the order the documentation lists them.
+        pub const NAMES: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+with_objectives!(specs);
+
+/// The [`Spec`] of objective `name`; `None` for a name not in the registry.
+pub fn spec(name: &str) -> Option<&'static Spec> {
+    SPECS.iter().copied().find(|s| s.name == name)
+}
 
 /// One evaluation of an objective: the value minimised and its named parts.
 pub struct Terms {
@@ -61,24 +190,19 @@ pub trait Objective: Send + Sync {
     ) -> Terms;
 }
 
-/// The distillation objectives, by name, in the order the documentation lists them.
-pub const NAMES: [&str; 5] = ["kd", "dkd", "lskd", "dist", "mse"];
-
-/// The distillation objective named `cfg.objective` with its hyper-parameters from
-/// `cfg`. The name must be one of [`NAMES`] (config validation checks it first).
-pub fn build(cfg: &DistillConfig) -> Box<dyn Objective> {
-    build_named(&cfg.objective, cfg)
-}
-
-/// [`build`] for an explicit `name` (reproduce runs several objectives from one config).
-pub fn build_named(name: &str, cfg: &DistillConfig) -> Box<dyn Objective> {
-    match name {
-        "dkd" => Box::new(dkd::Dkd(cfg.dkd.clone())),
-        "lskd" => Box::new(lskd::Lskd(cfg.lskd.clone())),
-        "dist" => Box::new(dist::Dist(cfg.dist.clone())),
-        "mse" => Box::new(mse::Mse(cfg.mse.clone())),
-        _ => Box::new(kd::Kd(cfg.kd.clone())),
-    }
+/// Objective `name` with the hyper-parameters of its config `table`.
+///
+/// # Errors
+/// A message naming the objective when the name is not in the registry or the table
+/// does not fit its config (validation checks both first).
+pub fn build(name: &str, table: &toml::Value) -> Result<Box<dyn Objective>, String> {
+    let spec = spec(name).ok_or_else(|| {
+        format!(
+            "no objective {name:?}; expected one of {}",
+            NAMES.join(", ")
+        )
+    })?;
+    (spec.build)(table).map_err(|e| format!("[distill.{name}]: {e}"))
 }
 
 /// Cross-entropy on the hard labels alone: the teacher, and the student trained alone.
@@ -286,9 +410,9 @@ mod tests {
 
     #[test]
     fn registry_builds_every_name() {
-        let cfg = DistillConfig::default();
-        for name in NAMES {
-            let o = build_named(name, &cfg);
+        let cfg = crate::config::DistillConfig::default();
+        for &name in NAMES {
+            let o = cfg.build(name).unwrap();
             assert_eq!(o.name(), name);
             assert_eq!(o.term_names()[0], "ce", "{name}");
             assert!(o.needs_teacher());

@@ -11,7 +11,32 @@
 use tch::{Kind, Tensor};
 
 use super::{Objective, Terms, cross_entropy};
-use crate::config::MseConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{Param, Range, Spec};
+
+/// `mse` (Ba & Caruana 2014), see [`crate::objective::mse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MseConfig {
+    /// Weight of the hard-label cross-entropy, in [0, 1]; the logit MSE gets 1 - alpha.
+    pub alpha: f64,
+}
+
+impl Default for MseConfig {
+    fn default() -> Self {
+        MseConfig { alpha: 0.5 }
+    }
+}
+
+/// mse's hyper-parameters, their flags and ranges.
+pub const SPEC: Spec = Spec {
+    name: "mse",
+    params: &[Param::new("alpha", "--alpha", Range::Unit)],
+    temperature: None,
+    alpha: Some("alpha"),
+    build: |v| Ok(Box::new(Mse(v.clone().try_into()?))),
+};
 
 /// Logit regression; terms `ce` and `mse`.
 pub struct Mse(pub MseConfig);

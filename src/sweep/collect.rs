@@ -309,7 +309,7 @@ pub fn markdown(sweep: &Path, plan: &Plan, rows: &[Row], points: &[Point]) -> St
         }
         s.push_str(&format!(
             "\nComplete them with `kdtrain sweep run {0}` or `kdtrain sweep submit {0} --slurm`.\n",
-            super::exec::quote(sweep)
+            crate::error::quote(sweep)
         ));
     }
     s

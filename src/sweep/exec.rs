@@ -15,14 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Job, Plan};
 use crate::checkpoint::{RunLock, write_atomic};
-use crate::config::{UsageError, usage};
+use crate::error::usage;
+use crate::error::{INTERRUPTED, Interrupted, quote};
 use crate::run::{MODEL_FILE, STATE_FILE, TrainState};
-use crate::train::{INTERRUPTED, Interrupted};
 
 /// Where a job stands, from its run folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +164,15 @@ pub fn job_args(sweep: &Path, job: &Job, resume: bool) -> Vec<OsString> {
 /// # Errors
 /// The job's own error (so the exit code is the job's), or a usage error for a bad
 /// folder or index, or a job that another process is running.
-pub fn run_one(sweep: &Path, index: usize, quiet: bool) -> Result<()> {
+///
+/// `run` runs a kdtrain command line (program name first) in this process: the caller's
+/// dispatcher, which this module, below the commands, does not know.
+pub fn run_one(
+    sweep: &Path,
+    index: usize,
+    quiet: bool,
+    run: impl FnOnce(&[OsString]) -> Result<()>,
+) -> Result<()> {
     let plan = Plan::load(sweep)?;
     let job = plan.job(index)?.clone();
     let Some(resume) = prepare(sweep, &job)? else {
@@ -188,11 +196,9 @@ pub fn run_one(sweep: &Path, index: usize, quiet: bool) -> Result<()> {
         job.seed,
         if resume { ", resuming" } else { "" }
     );
-    let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&args)
-        .map_err(|e| anyhow!("job {index}: {e}"))?;
     // An interrupted job resumes through run-one (its options are in jobs/<id>.toml, not
     // on a command line), so that is the command to give.
-    let result = crate::commands::run(cli).map_err(|e| match e.downcast::<Interrupted>() {
+    let result = run(&args).map_err(|e| match e.downcast::<Interrupted>() {
         Ok(i) => Interrupted::new(format!(
             "job {index} ({}): {}; resume it with `kdtrain sweep run-one {} --index {index}` \
              (or `sweep run`, or submit the sweep again)",
@@ -212,9 +218,7 @@ pub fn run_one(sweep: &Path, index: usize, quiet: bool) -> Result<()> {
     };
     let exit_code = match &result {
         Ok(()) => 0,
-        Err(e) if e.downcast_ref::<Interrupted>().is_some() => 130,
-        Err(e) if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) => 2,
-        Err(_) => 1,
+        Err(e) => crate::error::exit_code(e) as i32,
     };
     write_status(
         sweep,
@@ -531,13 +535,6 @@ pub fn array_ranges(idx: &[usize]) -> String {
         i = j + 1;
     }
     out.join(",")
-}
-
-/// `p` quoted for a POSIX shell (job scripts, and the commands kdtrain prints).
-pub(crate) fn quote(p: &Path) -> String {
-    shlex::try_quote(&p.display().to_string())
-        .map(|s| s.into_owned())
-        .unwrap_or_else(|_| format!("'{}'", p.display()))
 }
 
 /// The batch script for the unfinished jobs `todo` (0-based `jobs.txt` lines).

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::write_atomic;
-use crate::config::{Config, ObjectiveFlags, Overrides, UsageError, objective_flags, usage};
+use crate::config::{Config, ObjectiveFlags, Overrides, objective_flags};
+use crate::error::{UsageError, usage};
 use crate::run::RunKind;
 
 /// The `[sweep]` keys that are objective hyper-parameters, with the flag each stands for
@@ -356,17 +357,10 @@ fn job_config(base: &Config, objective: &str, values: &[(&str, f64)], seed: u64)
     Ok(c)
 }
 
-/// The temperature and alpha in force for `objective` in `c` (for tables and the heatmap).
+/// The temperature and alpha in force for `objective` in `c` (for tables and the heatmap),
+/// as its registry spec names them.
 pub fn t_alpha(c: &Config, objective: &str) -> (Option<f64>, Option<f64>) {
-    let d = &c.distill;
-    match objective {
-        "kd" => (Some(d.kd.temperature), Some(d.kd.alpha)),
-        "dkd" => (Some(d.dkd.temperature), Some(d.dkd.alpha)),
-        "lskd" => (Some(d.lskd.temperature), None),
-        "dist" => (Some(d.dist.temperature), None),
-        "mse" => (None, Some(d.mse.alpha)),
-        _ => (None, None),
-    }
+    c.distill.t_alpha(objective)
 }
 
 /// The job's id: 12 hex digits of SHA-256 over its kind and config TOML.
