@@ -28,6 +28,7 @@ pub mod run;
 pub mod schedule;
 pub mod settings;
 pub mod sweep;
+pub mod teacher;
 pub mod tensorboard;
 pub mod torchscript;
 pub mod train;

@@ -1,0 +1,229 @@
+//! The teacher side of distillation: a frozen teacher ([`Teacher`]: a kdtrain checkpoint
+//! or a TorchScript model, behind [`Network`]) and where the training loop gets its
+//! logits from ([`TeacherSource`]: the cache of every training example's logits, every
+//! fixed view's with augmentation, or a `no_grad` forward pass per batch).
+//!
+//! The cache is keyed by row of the training set (by example, not by batch position);
+//! with K fixed views row `k * n + i` holds view k of example i. The last cache computed
+//! is kept for the next run of the same process (the seeds and objectives of a
+//! `reproduce` share it). This module trains nothing and writes no file.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use crate::augment::{Augment, ViewSet};
+use crate::data::Dataset;
+use crate::error::{INTERRUPTED, Interrupted};
+use crate::eval;
+use crate::model::Network;
+
+/// The frozen teacher of a distillation run: its network (own VarStore, frozen, run in
+/// eval mode under `no_grad`) and whether its training-set logits are cached.
+pub struct Teacher<'a> {
+    pub network: &'a dyn Network,
+    /// What identifies the teacher's weights (its file's SHA-256): the key under which
+    /// its cached logits are kept for the next run of this process (the seeds and
+    /// objectives of a `reproduce` share them).
+    pub id: String,
+    /// Compute the logits of every training example once (`[n, 10] f32`, keyed by row
+    /// of the training set) instead of a forward pass per batch. Any objective reads
+    /// the same logits, so the cache serves them all.
+    pub cache: bool,
+}
+
+/// Where a distillation run's teacher logits come from, prepared once before the first
+/// step: the cache (when [`Teacher::cache`] and the views allow one) or the network.
+pub struct TeacherSource<'a> {
+    network: &'a dyn Network,
+    /// `[n, classes] f32`, or `[k * n, classes] f32` with K fixed views; `None`: a forward
+    /// pass per batch.
+    cache: Option<Tensor>,
+    /// The teacher's logits on the validation images, `[n_val, classes] f32`.
+    pub val: Tensor,
+    /// Its largest |logit| there, named if the loss diverges.
+    pub max_logit: f64,
+    /// Seconds the cache took to compute (every view's); `None` without a cache.
+    pub cache_seconds: Option<f64>,
+}
+
+impl<'a> TeacherSource<'a> {
+    /// Computes (or reuses) the cache of the teacher's logits on the training images
+    /// (each of `view_set`'s fixed views of them, with augmentation `aug`) and its
+    /// validation logits, and refuses a teacher whose logits are not finite. `table` is
+    /// `aug`'s shift table; `say` prints status lines.
+    ///
+    /// # Errors
+    /// [`Interrupted`] when a Ctrl-C arrives while the cache is computed; a
+    /// [`crate::error::UsageError`] for a teacher whose logits are NaN or infinite.
+    pub fn prepare(
+        t: &Teacher<'a>,
+        data: &Dataset,
+        aug: Augment,
+        view_set: Option<&ViewSet>,
+        table: &Tensor,
+        say: impl Fn(&str),
+    ) -> Result<TeacherSource<'a>> {
+        let n = data.train.len();
+        let device = t.network.device();
+        let view_set = &view_set;
+        // Keyed by row of `data.train`, i.e. by example, not by batch position; with
+        // augmentation, by (view, example): row k * n + i holds view k of example i.
+        let t_cache = Instant::now();
+        let train_cache = match (Some(t).filter(|t| t.cache), aug.is_none(), &view_set) {
+            (None, _, _) => None,
+            (Some(t), true, _) => {
+                Some(cached_logits(t, &data.split.split_hash, "none", n, || {
+                    // A Ctrl-C or SIGTERM is answered between chunks: a big teacher's pass can
+                    // outlast Slurm's 30 s between SIGTERM and SIGKILL. Test hook: `cache:0` acts
+                    // as one that arrives as the pass starts.
+                    if std::env::var(crate::error::INTERRUPT_HOOK).is_ok_and(|h| h == "cache:0") {
+                        INTERRUPTED.store(true, Ordering::SeqCst);
+                    }
+                    let logits = eval::logits_until(
+                        t.network,
+                        &data.train.images,
+                        |x, _| x.shallow_clone(),
+                        || INTERRUPTED.load(Ordering::SeqCst),
+                    ); // [n, 10]
+                    logits.ok_or_else(|| {
+                        Interrupted::new(
+                        "interrupted while caching the teacher's logits, before this run's first \
+                         step; no checkpoint was written",
+                    )
+                    .into()
+                    })
+                })?)
+            }
+            (Some(t), false, Some(set)) => {
+                let what = format!("{} x{}", aug.spec(), set.k);
+                let mut fresh = false;
+                let logits = cached_logits(t, &data.split.split_hash, &what, n, || {
+                    fresh = true;
+                    let mut views = Vec::new();
+                    for k in 0..set.k {
+                        // Each view is a pass of the teacher over the training set: a Ctrl-C
+                        // is answered between its chunks, not after all K views.
+                        let interrupted = || {
+                            Interrupted::new(format!(
+                                "interrupted while caching the teacher's logits (view {} of {}), \
+                                 before this run's first step; no checkpoint was written",
+                                k + 1,
+                                set.k,
+                            ))
+                        };
+                        let v = set.fixed(k, n, device);
+                        let logits = eval::logits_until(
+                            t.network,
+                            &data.train.images,
+                            |x, rows| aug.apply(x, table, &v.narrow(0, rows.0, rows.1)),
+                            || INTERRUPTED.load(Ordering::SeqCst),
+                        );
+                        views.push(logits.ok_or_else(interrupted)?);
+                        // Test hook: `cache:K` acts as a Ctrl-C right after view K is cached.
+                        if std::env::var(crate::error::INTERRUPT_HOOK)
+                            .is_ok_and(|h| h == format!("cache:{}", k + 1))
+                        {
+                            INTERRUPTED.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(Tensor::cat(&views, 0)) // [k * n, 10]
+                })?;
+                say(&format!(
+                    "{} the teacher's logits on {} views of {n} examples in {:.1} s",
+                    if fresh { "cached" } else { "reused" },
+                    set.k,
+                    t_cache.elapsed().as_secs_f64()
+                ));
+                Some(logits)
+            }
+            (Some(_), false, None) => {
+                say(
+                    "augment.views = 0 draws a fresh view every epoch, which no cache can hold: \
+                     the teacher runs on every batch",
+                );
+                None
+            }
+        };
+        let cache_seconds = train_cache
+            .as_ref()
+            .map(|_| t_cache.elapsed().as_secs_f64());
+        let val = eval::logits(t.network, &data.val.images); // [n_val, classes]
+        // The teacher's largest |logit| on the validation images, named if the loss diverges.
+        let max_logit = val.abs().max().double_value(&[]);
+        // A teacher with broken weights (NaN or infinite) would make the first loss NaN,
+        // which would read as a divergence of the student.
+        for (logits, set) in [
+            (Some(&val), "validation"),
+            (train_cache.as_ref(), "training"),
+        ] {
+            if let Some(l) = logits {
+                let bad = l
+                    .isfinite()
+                    .logical_not()
+                    .any_dim(1, false)
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
+                if bad > 0 {
+                    return crate::error::usage(format!(
+                        "the teacher's logits are not finite (NaN or infinite) in {bad} of its {} \
+                         rows on the {set} images: its weights are broken; retrain it, or pass \
+                         another --teacher",
+                        l.size()[0]
+                    ));
+                }
+            }
+        }
+        Ok(TeacherSource {
+            network: t.network,
+            cache: train_cache,
+            val,
+            max_logit,
+            cache_seconds,
+        })
+    }
+
+    /// The teacher's logits for one batch: `rows` (`[len] i64`, the batch's rows of the
+    /// cache) from the cache, else a `no_grad` forward pass on `x`, the images the student
+    /// sees.
+    ///
+    /// # Shapes
+    /// `rows: [len] i64`, `x: [len, C·H·W] f32` -> `[len, classes] f32`.
+    pub fn logits(&self, rows: &Tensor, x: &Tensor) -> Tensor {
+        match &self.cache {
+            Some(c) => c.index_select(0, rows),
+            None => tch::no_grad(|| self.network.forward(x)),
+        }
+    }
+}
+
+/// The last teacher cache computed in this process, with its key.
+static LAST_CACHE: std::sync::Mutex<Option<(String, Tensor)>> = std::sync::Mutex::new(None);
+
+/// The teacher's training-set logits for `what` (`none`, or the views), computed by
+/// `compute` unless the previous run of this process computed them for the same teacher
+/// (by SHA-256), training split, views, size and device.
+fn cached_logits(
+    t: &Teacher,
+    split_hash: &str,
+    what: &str,
+    n: i64,
+    compute: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    let key = format!("{}|{split_hash}|{what}|{n}|{:?}", t.id, t.network.device());
+    let mut last = LAST_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, v)) = last.as_ref()
+        && *k == key
+    {
+        return Ok(v.shallow_clone());
+    }
+    let v = compute()?;
+    *last = Some((key, v.shallow_clone()));
+    Ok(v)
+}
+
+/// A teacher's |logit| above which a diverged loss is blamed on the teacher rather than
+/// the learning rate (a trained classifier's logits stay within a few tens).
+pub const TEACHER_LOGIT_SUSPECT: f64 = 1e4;
