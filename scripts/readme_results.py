@@ -1,6 +1,6 @@
 """Copies docs/results/results.md into README.md's Results section, between the markers
 `<!-- results:begin -->` and `<!-- results:end -->`, so the README's figures are the
-committed file's, never typed by hand. tests/docs.rs fails when the two differ.
+committed file's, never typed by hand. tests/it/docs.rs fails when the two differ.
 
 Run: python3 scripts/readme_results.py
 """

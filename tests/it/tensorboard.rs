@@ -3,9 +3,7 @@
 //! weight histograms. Needs the python that scripts/setup.sh installs (KDTRAIN_PYTHON,
 //! set for cargo by .cargo/config.toml).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn tensorboard_reader_agrees_with_metrics_csv() {

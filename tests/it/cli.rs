@@ -2,9 +2,7 @@
 //! train student, distill, evaluate and reproduce, with their artifacts. One test runs a
 //! teacher epoch on the real Fashion-MNIST.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kdtrain::checkpoint::Checkpoint;
 use kdtrain::model::Arch;
 

@@ -3,9 +3,7 @@
 //! cosine formula, the optimizer holds only the student, distill leaves the teacher's
 //! file alone, `--no-t-squared` matters, and the reports name the set they cover.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kdtrain::checkpoint::Checkpoint;
 
 fn sandbox() -> Sandbox {

@@ -1,9 +1,7 @@
 //! The distillation objectives, the shared validation split and the multi-seed
 //! `reproduce`, end to end through the real binary on small synthetic data.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kdtrain::checkpoint::Checkpoint;
 
 fn sandbox() -> Sandbox {

@@ -6,8 +6,6 @@
 //! (SIGINT, SIGKILL, `--resume`), two processes on one run folder, and `--download`
 //! against an HTTP server on loopback.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -18,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kdtrain::checkpoint::{Checkpoint, META_EPOCH};
 use kdtrain::data::{Idx, encode_idx};
 use kdtrain::model::Arch;

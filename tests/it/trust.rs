@@ -1,13 +1,11 @@
 //! Trust: what a run writes can be read back exactly, and runs started together do not
 //! trip over each other.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kdtrain::eval::Metrics;
 use kdtrain::run::{EpochRecord, TrainState};
 

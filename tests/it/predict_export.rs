@@ -5,12 +5,10 @@
 //! Needs the data (Debian's dataset-fashion-mnist, or FASHION_MNIST_DIR) and the venv of
 //! scripts/setup.sh; without them these tests fail rather than pass silently.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use image::{DynamicImage, GrayImage, Luma, Rgb, RgbImage};
 use kdtrain::data::{Examples, read_split};
 use tch::{Device, Tensor};

@@ -7,13 +7,11 @@
 //! Where Slurm is not running the Slurm tests print why and pass, except under `CI=true`,
 //! where they fail.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kdtrain::checkpoint::Checkpoint;
 use kdtrain::config::Config;
 use kdtrain::sweep::plan::{JobKind, Plan, job_id};

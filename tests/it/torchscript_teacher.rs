@@ -2,9 +2,7 @@
 //! it, check that `evaluate --teacher` reports the teacher accuracy Python computes, and
 //! that files which are not a usable TorchScript teacher are refused by name.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Trains a small MLP on the sandbox's data in PyTorch for a few steps, saves it with
 /// torch.jit (as `kind`: "good", "tuple", "shape", "flat", "state_dict", "fixed": its

@@ -4,11 +4,9 @@
 //! resumes bit for bit; the teacher's logits during augmented distillation are those of
 //! the view the student sees, whether cached per view or computed per batch.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use kdtrain::checkpoint::{Checkpoint, META_ARCH};
 use kdtrain::model::Arch;
 
