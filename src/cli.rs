@@ -64,41 +64,77 @@ pub enum ModelArg {
 
 /// The distillation objective and its hyper-parameters (override `[distill]` and
 /// `[distill.<objective>]` in the config). A flag the chosen objective does not have is
-/// an error.
-#[derive(Debug, Args, Default, Clone)]
+/// an error. The hyper-parameter flags and their help come from the objectives' registry
+/// ([`crate::objective::FLAGS`] and each objective's [`crate::objective::Spec`]).
+#[derive(Debug, Default, Clone)]
 pub struct ObjectiveArgs {
-    /// Distillation objective: kd (Hinton 2015), dkd (Zhao 2022), lskd (Sun 2024), dist
-    /// (Huang 2022) or mse (Ba & Caruana 2014) [config: distill.objective, default kd].
-    /// reproduce takes a comma list (kd,dkd).
-    #[arg(long, value_name = "NAME")]
+    /// `--objective`: one name, or (reproduce) a comma list.
     pub objective: Option<String>,
-    /// Temperature T (> 0) of the chosen objective (dist: tau); without it each
-    /// objective takes its own [config: distill.<objective>.temperature; kd 2, dkd 4,
-    /// lskd 2, dist 1].
-    #[arg(long = "t", visible_alias = "temperature", value_name = "T")]
-    pub t: Option<f64>,
-    /// kd, mse: weight of the hard-label cross-entropy in [0, 1], the soft term gets
-    /// 1 - alpha [kd 0.5, mse 0.5]; dkd: weight of TCKD [1].
-    #[arg(long)]
-    pub alpha: Option<f64>,
-    /// dkd: weight of NCKD [8]; dist: weight of the inter-class term [1].
-    #[arg(long)]
-    pub beta: Option<f64>,
-    /// dist: weight of the intra-class term [1].
-    #[arg(long)]
-    pub gamma: Option<f64>,
-    /// dkd, lskd, dist: weight of the hard-label cross-entropy [dkd 1, lskd 0.1, dist 1].
-    #[arg(long)]
-    pub ce_weight: Option<f64>,
-    /// lskd: weight of the T^2-scaled KL of standardised logits [9].
-    #[arg(long)]
-    pub kd_weight: Option<f64>,
-    /// dkd: epochs over which the KD part ramps up from 0 [20].
-    #[arg(long, value_name = "EPOCHS")]
-    pub warmup: Option<usize>,
-    /// kd: leave the KL term unscaled (s = 1, as the Keras reference) instead of T^2.
-    #[arg(long)]
-    pub no_t_squared: bool,
+    /// The hyper-parameter flags given.
+    pub params: ObjectiveFlags,
+}
+
+impl clap::FromArgMatches for ObjectiveArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut a = ObjectiveArgs::default();
+        a.update_from_arg_matches(m)?;
+        Ok(a)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        use crate::objective::FlagKind;
+        if let Some(o) = m.get_one::<String>("objective") {
+            self.objective = Some(o.clone());
+        }
+        for f in crate::objective::FLAGS {
+            let value = match f.kind {
+                FlagKind::Number => m.get_one::<f64>(f.id()).copied(),
+                FlagKind::Count => m.get_one::<usize>(f.id()).map(|&v| v as f64),
+                FlagKind::Switch => m.get_flag(f.id()).then_some(0.0),
+            };
+            if let Some(v) = value {
+                self.params.set(f.name, v);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for ObjectiveArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        use crate::objective::FlagKind;
+        use clap::{Arg, ArgAction};
+        let cmd = cmd.arg(
+            Arg::new("objective")
+                .long("objective")
+                .value_name("NAME")
+                .help(
+                    "Distillation objective: kd (Hinton 2015), dkd (Zhao 2022), lskd (Sun 2024), \
+                     dist (Huang 2022) or mse (Ba & Caruana 2014) [config: distill.objective, \
+                     default kd]. reproduce takes a comma list (kd,dkd)",
+                ),
+        );
+        cmd.args(crate::objective::FLAGS.iter().map(|f| {
+            let arg = Arg::new(f.id()).long(f.id()).help(f.help());
+            let arg = match f.alias {
+                Some(a) => arg.visible_alias(a),
+                None => arg,
+            };
+            match f.kind {
+                FlagKind::Number => arg
+                    .value_name(f.value_name)
+                    .value_parser(clap::value_parser!(f64)),
+                FlagKind::Count => arg
+                    .value_name(f.value_name)
+                    .value_parser(clap::value_parser!(usize)),
+                FlagKind::Switch => arg.action(ArgAction::SetTrue),
+            }
+        }))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// Distillation settings (override `[distill]` in the config).
@@ -215,16 +251,7 @@ impl ObjectiveArgs {
         if self.objective.is_some() && o.objectives.is_empty() {
             o.objectives = vec![String::new()]; // `--objective ''`: named as unknown
         }
-        o.params = ObjectiveFlags {
-            t: self.t,
-            alpha: self.alpha,
-            beta: self.beta,
-            gamma: self.gamma,
-            ce_weight: self.ce_weight,
-            kd_weight: self.kd_weight,
-            warmup: self.warmup,
-            no_t_squared: self.no_t_squared,
-        };
+        o.params = self.params.clone();
     }
 }
 

@@ -477,66 +477,43 @@ pub struct Overrides {
     pub teacher: Option<PathBuf>,
 }
 
-/// The objectives' hyper-parameter flags; each applies to the chosen objective(s) that
-/// have the parameter, and is an error for an objective without it.
+/// The objectives' hyper-parameter flags given (see [`crate::objective::FLAGS`]), as
+/// the TOML values they put in an objective's table; each applies to the chosen
+/// objective(s) that have the parameter, and is an error for an objective without it.
 #[derive(Debug, Clone, Default)]
-pub struct ObjectiveFlags {
-    /// `--t`: the temperature (kd, dkd, lskd; dist's tau).
-    pub t: Option<f64>,
-    /// `--alpha`: kd's and mse's CE weight; dkd's TCKD weight.
-    pub alpha: Option<f64>,
-    /// `--beta`: dkd's NCKD weight; dist's inter-class weight.
-    pub beta: Option<f64>,
-    /// `--gamma`: dist's intra-class weight.
-    pub gamma: Option<f64>,
-    /// `--ce-weight`: dkd, lskd, dist.
-    pub ce_weight: Option<f64>,
-    /// `--kd-weight`: lskd.
-    pub kd_weight: Option<f64>,
-    /// `--warmup`: dkd's warm-up epochs.
-    pub warmup: Option<usize>,
-    /// `--no-t-squared`: kd without the T^2 factor.
-    pub no_t_squared: bool,
-}
+pub struct ObjectiveFlags(std::collections::BTreeMap<&'static str, toml::Value>);
 
 impl ObjectiveFlags {
-    /// The value given for `flag` (`--t`, `--alpha`, ...) as its table's TOML value;
-    /// `--no-t-squared` gives `false` (the key it turns off). `None` when not given.
-    fn value(&self, flag: &str) -> Option<toml::Value> {
-        let f = |v: Option<f64>| v.map(toml::Value::Float);
-        match flag {
-            "--t" => f(self.t),
-            "--alpha" => f(self.alpha),
-            "--beta" => f(self.beta),
-            "--gamma" => f(self.gamma),
-            "--ce-weight" => f(self.ce_weight),
-            "--kd-weight" => f(self.kd_weight),
-            "--warmup" => self.warmup.map(|v| toml::Value::Integer(v as i64)),
-            "--no-t-squared" => self.no_t_squared.then_some(toml::Value::Boolean(false)),
-            _ => None,
+    /// Records `--<flag> value`: a number for a number flag, a whole number of epochs for
+    /// a count (`--warmup`), and for a switch (`--no-t-squared`) `false`, the value it
+    /// gives its key. Flags not in [`crate::objective::FLAGS`] are ignored.
+    pub fn set(&mut self, flag: &str, value: f64) {
+        use crate::objective::FlagKind;
+        if let Some(f) = crate::objective::flag(flag) {
+            let v = match f.kind {
+                FlagKind::Number => toml::Value::Float(value),
+                FlagKind::Count => toml::Value::Integer(value as i64),
+                FlagKind::Switch => toml::Value::Boolean(false),
+            };
+            self.0.insert(f.name, v);
         }
+    }
+
+    /// The value given for `flag` (`--t`, `--alpha`, ...) as its table's TOML value;
+    /// `None` when not given.
+    fn value(&self, flag: &str) -> Option<toml::Value> {
+        self.0.get(flag).cloned()
     }
 
     /// The objective flags given, in the order `--help` lists them.
     fn given(&self) -> Vec<&'static str> {
-        OBJECTIVE_FLAGS
-            .into_iter()
-            .filter(|f| self.value(f).is_some())
+        crate::objective::FLAGS
+            .iter()
+            .map(|f| f.name)
+            .filter(|f| self.0.contains_key(f))
             .collect()
     }
 }
-
-/// Every objective flag, in the order `--help` lists them.
-const OBJECTIVE_FLAGS: [&str; 8] = [
-    "--t",
-    "--alpha",
-    "--beta",
-    "--gamma",
-    "--ce-weight",
-    "--kd-weight",
-    "--warmup",
-    "--no-t-squared",
-];
 
 /// The flags each objective takes, by objective name (from its
 /// [`crate::objective::Spec`]); none for a name not in the registry.
@@ -1331,8 +1308,8 @@ mod tests {
         let mut c = Config::default();
         c.apply(&flags(|o| {
             o.objectives = vec!["dkd".into()];
-            o.params.t = Some(3.0);
-            o.params.beta = Some(2.0);
+            o.params.set("--t", 3.0);
+            o.params.set("--beta", 2.0);
         }))
         .unwrap();
         assert_eq!(c.distill.objective, "dkd");
@@ -1344,14 +1321,14 @@ mod tests {
     #[test]
     fn a_flag_the_objective_lacks_is_refused_by_name() {
         let e = Config::default()
-            .apply(&flags(|o| o.params.gamma = Some(1.0)))
+            .apply(&flags(|o| o.params.set("--gamma", 1.0)))
             .unwrap_err()
             .to_string();
         assert!(e.contains("--gamma") && e.contains("kd takes --t"), "{e}");
         let e = Config::default()
             .apply(&flags(|o| {
                 o.objectives = vec!["mse".into()];
-                o.params.t = Some(2.0);
+                o.params.set("--t", 2.0);
             }))
             .unwrap_err()
             .to_string();
@@ -1381,7 +1358,7 @@ mod tests {
         c.apply(&flags(|o| {
             o.objectives = vec!["kd".into(), "dkd".into()];
             o.many_objectives = true;
-            o.params.t = Some(3.0);
+            o.params.set("--t", 3.0);
         }))
         .unwrap();
         assert_eq!(c.reproduce.objectives, vec!["kd", "dkd"]);

@@ -52,14 +52,30 @@ impl Default for DistConfig {
 pub const SPEC: Spec = Spec {
     name: "dist",
     params: &[
-        Param::new("temperature", "--t", Range::Temperature),
-        Param::new("beta", "--beta", Range::Weight),
-        Param::new("gamma", "--gamma", Range::Weight),
-        Param::new("ce_weight", "--ce-weight", Range::Weight),
+        Param::new("temperature", "--t", Range::Temperature, "the paper's tau"),
+        Param::new(
+            "beta",
+            "--beta",
+            Range::Weight,
+            "weight of the inter-class relation term",
+        ),
+        Param::new(
+            "gamma",
+            "--gamma",
+            Range::Weight,
+            "weight of the intra-class relation term",
+        ),
+        Param::new(
+            "ce_weight",
+            "--ce-weight",
+            Range::Weight,
+            "weight of the hard-label cross-entropy",
+        ),
     ],
     temperature: Some("temperature"),
     alpha: None,
     build: |v| Ok(Box::new(Dist(v.clone().try_into()?))),
+    defaults: || super::table_of(&DistConfig::default()),
 };
 
 /// DIST; terms `ce`, `inter` and `intra` (each 1 - mean correlation, unscaled).

@@ -56,15 +56,36 @@ impl Default for DkdConfig {
 pub const SPEC: Spec = Spec {
     name: "dkd",
     params: &[
-        Param::new("temperature", "--t", Range::Temperature),
-        Param::new("alpha", "--alpha", Range::Weight),
-        Param::new("beta", "--beta", Range::Weight),
-        Param::new("ce_weight", "--ce-weight", Range::Weight),
-        Param::new("warmup_epochs", "--warmup", Range::Epochs),
+        Param::new("temperature", "--t", Range::Temperature, "temperature T"),
+        Param::new(
+            "alpha",
+            "--alpha",
+            Range::Weight,
+            "weight of TCKD, the target-class term",
+        ),
+        Param::new(
+            "beta",
+            "--beta",
+            Range::Weight,
+            "weight of NCKD, the non-target term",
+        ),
+        Param::new(
+            "ce_weight",
+            "--ce-weight",
+            Range::Weight,
+            "weight of the hard-label cross-entropy",
+        ),
+        Param::new(
+            "warmup_epochs",
+            "--warmup",
+            Range::Epochs,
+            "epochs over which the KD part ramps up from 0",
+        ),
     ],
     temperature: Some("temperature"),
     alpha: Some("alpha"),
     build: |v| Ok(Box::new(Dkd(v.clone().try_into()?))),
+    defaults: || super::table_of(&DkdConfig::default()),
 };
 
 /// Decoupled KD; terms `ce`, `tckd`, `nckd` (both KLs unscaled, at T).

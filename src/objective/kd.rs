@@ -42,13 +42,29 @@ impl Default for KdConfig {
 pub const SPEC: Spec = Spec {
     name: "kd",
     params: &[
-        Param::new("temperature", "--t", Range::Temperature),
-        Param::new("alpha", "--alpha", Range::Unit),
-        Param::new("t_squared_scaling", "--no-t-squared", Range::SwitchOff),
+        Param::new(
+            "temperature",
+            "--t",
+            Range::Temperature,
+            "temperature T of the soft targets (> 0)",
+        ),
+        Param::new(
+            "alpha",
+            "--alpha",
+            Range::Unit,
+            "weight of the hard-label cross-entropy in [0, 1], the KL term gets 1 - alpha",
+        ),
+        Param::new(
+            "t_squared_scaling",
+            "--no-t-squared",
+            Range::SwitchOff,
+            "leave the KL term unscaled (s = 1, as the Keras reference) instead of T^2",
+        ),
     ],
     temperature: Some("temperature"),
     alpha: Some("alpha"),
     build: |v| Ok(Box::new(Kd(v.clone().try_into()?))),
+    defaults: || super::table_of(&KdConfig::default()),
 };
 
 /// Hinton et al.'s objective; terms `ce` and `kl` (the KL at T, unscaled).

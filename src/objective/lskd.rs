@@ -45,13 +45,24 @@ impl Default for LskdConfig {
 pub const SPEC: Spec = Spec {
     name: "lskd",
     params: &[
-        Param::new("temperature", "--t", Range::Temperature),
-        Param::new("kd_weight", "--kd-weight", Range::Weight),
-        Param::new("ce_weight", "--ce-weight", Range::Weight),
+        Param::new("temperature", "--t", Range::Temperature, "temperature T"),
+        Param::new(
+            "kd_weight",
+            "--kd-weight",
+            Range::Weight,
+            "weight of the T^2-scaled KL of standardised logits",
+        ),
+        Param::new(
+            "ce_weight",
+            "--ce-weight",
+            Range::Weight,
+            "weight of the hard-label cross-entropy",
+        ),
     ],
     temperature: Some("temperature"),
     alpha: None,
     build: |v| Ok(Box::new(Lskd(v.clone().try_into()?))),
+    defaults: || super::table_of(&LskdConfig::default()),
 };
 
 /// KD with logit standardisation; terms `ce` and `kl` (the KL of standardised logits at

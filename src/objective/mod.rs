@@ -56,19 +56,135 @@ pub enum Range {
     SwitchOff,
 }
 
+/// What a hyper-parameter flag takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagKind {
+    /// A number (f64).
+    Number,
+    /// A whole number of epochs (usize).
+    Count,
+    /// No value: giving the flag turns its key off.
+    Switch,
+}
+
+/// A hyper-parameter flag, shared by every objective whose [`Param`]s name it; the
+/// command line, the config merge and the sweeps read these.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag {
+    /// With its dashes: `--t`.
+    pub name: &'static str,
+    /// A visible alias (`--temperature` for `--t`).
+    pub alias: Option<&'static str>,
+    pub value_name: &'static str,
+    pub kind: FlagKind,
+    /// The `[sweep]` key that lists its values (`t`, `ce_weight`); `""` for a switch,
+    /// which is not swept.
+    pub sweep_key: &'static str,
+}
+
+impl Flag {
+    /// The flag's name without its dashes (clap's id for it).
+    pub fn id(&self) -> &'static str {
+        self.name.trim_start_matches('-')
+    }
+
+    /// `--help`'s text: what the flag sets in each objective that has it, with that
+    /// objective's default, e.g. `kd: weight of the hard-label cross-entropy ... [0.5]`.
+    pub fn help(&self) -> String {
+        let parts: Vec<String> = SPECS
+            .iter()
+            .filter_map(|s| {
+                let p = s.param_of_flag(self.name)?;
+                let default = (s.defaults)()
+                    .get(p.key)
+                    .map(|v| match v {
+                        toml::Value::Float(f) => f.to_string(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_default();
+                Some(match p.range {
+                    Range::SwitchOff => format!("{}: {}", s.name, p.help),
+                    _ => format!("{}: {} [{default}]", s.name, p.help),
+                })
+            })
+            .collect();
+        parts.join("; ")
+    }
+}
+
+/// Every objective hyper-parameter flag, in the order `--help` lists them and a sweep
+/// takes its axes. An objective's [`Param`]s name one of these; an objective with a new
+/// kind of parameter adds its flag here.
+pub const FLAGS: &[Flag] = &[
+    Flag::new("--t", Some("temperature"), "T", FlagKind::Number, "t"),
+    Flag::new("--alpha", None, "ALPHA", FlagKind::Number, "alpha"),
+    Flag::new("--beta", None, "BETA", FlagKind::Number, "beta"),
+    Flag::new("--gamma", None, "GAMMA", FlagKind::Number, "gamma"),
+    Flag::new(
+        "--ce-weight",
+        None,
+        "CE_WEIGHT",
+        FlagKind::Number,
+        "ce_weight",
+    ),
+    Flag::new(
+        "--kd-weight",
+        None,
+        "KD_WEIGHT",
+        FlagKind::Number,
+        "kd_weight",
+    ),
+    Flag::new("--warmup", None, "EPOCHS", FlagKind::Count, "warmup"),
+    Flag::new("--no-t-squared", None, "", FlagKind::Switch, ""),
+];
+
+impl Flag {
+    const fn new(
+        name: &'static str,
+        alias: Option<&'static str>,
+        value_name: &'static str,
+        kind: FlagKind,
+        sweep_key: &'static str,
+    ) -> Flag {
+        Flag {
+            name,
+            alias,
+            value_name,
+            kind,
+            sweep_key,
+        }
+    }
+}
+
+/// The flag called `name` (`--t`).
+pub fn flag(name: &str) -> Option<&'static Flag> {
+    FLAGS.iter().find(|f| f.name == name)
+}
+
 /// One hyper-parameter of an objective: its key in `[distill.<name>]`, the flag that
-/// sets it, and its range.
+/// sets it (one of [`FLAGS`]), its range, and what it is in a few words for `--help`.
 #[derive(Debug, Clone, Copy)]
 pub struct Param {
     pub key: &'static str,
     /// The command-line flag, with its dashes (`--t`).
     pub flag: &'static str,
     pub range: Range,
+    pub help: &'static str,
 }
 
 impl Param {
-    pub const fn new(key: &'static str, flag: &'static str, range: Range) -> Param {
-        Param { key, flag, range }
+    pub const fn new(
+        key: &'static str,
+        flag: &'static str,
+        range: Range,
+        help: &'static str,
+    ) -> Param {
+        Param {
+            key,
+            flag,
+            range,
+            help,
+        }
     }
 
     /// Checks `value` (this key's value in the table) against the range: `Err((found,
@@ -110,6 +226,8 @@ pub struct Spec {
     pub alpha: Option<&'static str>,
     /// The objective with the hyper-parameters of its table (validated first).
     pub build: fn(&toml::Value) -> Result<Box<dyn Objective>, toml::de::Error>,
+    /// Its table's defaults (for `--help`).
+    pub defaults: fn() -> toml::Value,
 }
 
 impl Spec {
@@ -142,6 +260,12 @@ macro_rules! specs {
     };
 }
 with_objectives!(specs);
+
+/// A config table as TOML (an empty table if it cannot be written as one, which a
+/// struct of numbers and booleans always can).
+pub fn table_of<T: serde::Serialize>(table: &T) -> toml::Value {
+    toml::Value::try_from(table).unwrap_or_else(|_| toml::Value::Table(Default::default()))
+}
 
 /// The [`Spec`] of objective `name`; `None` for a name not in the registry.
 pub fn spec(name: &str) -> Option<&'static Spec> {

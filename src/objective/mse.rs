@@ -32,10 +32,16 @@ impl Default for MseConfig {
 /// mse's hyper-parameters, their flags and ranges.
 pub const SPEC: Spec = Spec {
     name: "mse",
-    params: &[Param::new("alpha", "--alpha", Range::Unit)],
+    params: &[Param::new(
+        "alpha",
+        "--alpha",
+        Range::Unit,
+        "weight of the hard-label cross-entropy in [0, 1], the logit MSE gets 1 - alpha",
+    )],
     temperature: None,
     alpha: Some("alpha"),
     build: |v| Ok(Box::new(Mse(v.clone().try_into()?))),
+    defaults: || super::table_of(&MseConfig::default()),
 };
 
 /// Logit regression; terms `ce` and `mse`.

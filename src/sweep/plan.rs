@@ -22,30 +22,23 @@ use crate::error::{UsageError, usage};
 use crate::run::RunKind;
 
 /// The `[sweep]` keys that are objective hyper-parameters, with the flag each stands for
-/// (see [`objective_flags`]). Their order is the order of the grid's axes.
-pub const PARAMS: [(&str, &str); 7] = [
-    ("t", "--t"),
-    ("alpha", "--alpha"),
-    ("beta", "--beta"),
-    ("gamma", "--gamma"),
-    ("ce_weight", "--ce-weight"),
-    ("kd_weight", "--kd-weight"),
-    ("warmup", "--warmup"),
-];
+/// (every flag of [`crate::objective::FLAGS`] but the switches). Their order is the
+/// order of the grid's axes.
+pub fn params() -> Vec<(&'static str, &'static str)> {
+    crate::objective::FLAGS
+        .iter()
+        .filter(|f| !f.sweep_key.is_empty())
+        .map(|f| (f.sweep_key, f.name))
+        .collect()
+}
 
 /// Every key `[sweep]` takes.
-pub const KEYS: [&str; 10] = [
-    "objective",
-    "t",
-    "alpha",
-    "beta",
-    "gamma",
-    "ce_weight",
-    "kd_weight",
-    "warmup",
-    "seeds",
-    "student",
-];
+pub fn keys() -> Vec<&'static str> {
+    std::iter::once("objective")
+        .chain(params().into_iter().map(|(k, _)| k))
+        .chain(["seeds", "student"])
+        .collect()
+}
 
 /// The file in a sweep folder that holds the plan (JSON); `jobs.txt` is its one-line-per-
 /// job view for people and other schedulers.
@@ -114,7 +107,7 @@ impl Job {
             JobKind::Student => "student".into(),
             JobKind::Distill => {
                 let mut s = self.objective.clone().unwrap_or_default();
-                for (k, _) in PARAMS {
+                for (k, _) in params() {
                     if let Some(v) = self.params.get(k) {
                         s.push_str(&format!(" {k}={v}"));
                     }
@@ -187,7 +180,7 @@ impl Plan {
 pub struct Grid {
     /// Empty: the config's `distill.objective`.
     pub objectives: Vec<String>,
-    /// Values by key of [`PARAMS`], for the keys given.
+    /// Values by key of [`params`], for the keys given.
     pub params: BTreeMap<&'static str, Vec<f64>>,
     /// Empty: the config's `seed`.
     pub seeds: Vec<u64>,
@@ -281,10 +274,10 @@ pub fn parse_grid(table: &toml::Table) -> Result<Grid> {
                 })?;
             }
             k => {
-                let Some(&(name, _)) = PARAMS.iter().find(|(p, _)| *p == k) else {
+                let Some((name, _)) = params().into_iter().find(|(p, _)| *p == k) else {
                     return usage(format!(
                         "unknown key `sweep.{k}`; [sweep] takes {}",
-                        KEYS.join(", ")
+                        keys().join(", ")
                     ));
                 };
                 let mut vals = Vec::new();
@@ -334,15 +327,8 @@ fn takes(objective: &str, flag: &str) -> bool {
 fn job_config(base: &Config, objective: &str, values: &[(&str, f64)], seed: u64) -> Result<Config> {
     let mut p = ObjectiveFlags::default();
     for &(k, v) in values {
-        match k {
-            "t" => p.t = Some(v),
-            "alpha" => p.alpha = Some(v),
-            "beta" => p.beta = Some(v),
-            "gamma" => p.gamma = Some(v),
-            "ce_weight" => p.ce_weight = Some(v),
-            "kd_weight" => p.kd_weight = Some(v),
-            "warmup" => p.warmup = Some(v as usize),
-            _ => {}
+        if let Some((_, flag)) = params().into_iter().find(|(key, _)| *key == k) {
+            p.set(flag, v);
         }
     }
     let mut c = base.clone();
@@ -380,7 +366,7 @@ pub struct PlannedJob {
 }
 
 /// Expands `grid` over `base` into jobs: per objective, the product of the swept keys it
-/// takes (in [`PARAMS`] order), then the seeds innermost; then the student per seed.
+/// takes (in [`params`] order), then the seeds innermost; then the student per seed.
 ///
 /// # Errors
 /// A usage error naming `sweep.<key>` when no listed objective takes a swept key, or a
@@ -397,7 +383,10 @@ pub fn expand(base: &Config, grid: &Grid) -> Result<Vec<PlannedJob>> {
         grid.seeds.clone()
     };
     for (&key, vals) in &grid.params {
-        let flag = PARAMS.iter().find(|(k, _)| *k == key).map_or("", |p| p.1);
+        let flag = params()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map_or("", |p| p.1);
         if !objectives.iter().any(|o| takes(o, flag)) {
             let which: Vec<&str> = crate::objective::NAMES
                 .iter()
@@ -446,7 +435,7 @@ pub fn expand(base: &Config, grid: &Grid) -> Result<Vec<PlannedJob>> {
         Ok(())
     };
     for o in &objectives {
-        let axes: Vec<(&'static str, &Vec<f64>)> = PARAMS
+        let axes: Vec<(&'static str, &Vec<f64>)> = params()
             .iter()
             .filter(|(_, flag)| takes(o, flag))
             .filter_map(|(k, _)| grid.params.get(k).map(|v| (*k, v)))
