@@ -86,7 +86,7 @@ pub struct ReproduceConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Folder holding the four IDX files (gzipped or not). Empty: search the usual places.
-    pub dir: String,
+    pub dir: PathBuf,
     /// Examples per optimizer step; the last partial batch of an epoch is kept.
     pub batch_size: usize,
     /// Image shape `[height, width, channels]`; Fashion-MNIST is `[28, 28, 1]`.
@@ -202,7 +202,7 @@ macro_rules! distill_config {
             /// Compute the frozen teacher's logits for the training set once and reuse them.
             pub teacher_cache: bool,
             /// Teacher checkpoint; empty = the newest `<out_dir>/teacher-*/model.safetensors`.
-            pub teacher: String,
+            pub teacher: PathBuf,
             $(
                 #[doc = concat!("`[distill.", stringify!($name), "]`, see [`crate::objective::", stringify!($module), "`].")]
                 pub $name: crate::objective::$module::$table,
@@ -215,7 +215,7 @@ macro_rules! distill_config {
                 DistillConfig {
                     objective: "kd".into(),
                     teacher_cache: true,
-                    teacher: String::new(),
+                    teacher: PathBuf::new(),
                     $($name: Default::default(),)*
                 }
             }
@@ -296,7 +296,7 @@ pub struct RuntimeConfig {
     /// Intra-op threads; 0 = the number of physical cores.
     pub threads: usize,
     /// Folder that holds the run folders.
-    pub out_dir: String,
+    pub out_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -321,7 +321,7 @@ impl Default for Config {
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
-            dir: String::new(),
+            dir: PathBuf::new(),
             batch_size: 256,
             data_shape: vec![28, 28, 1],
             validation: Validation::Split,
@@ -424,7 +424,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             device: "auto".into(),
             threads: 0,
-            out_dir: "runs".into(),
+            out_dir: PathBuf::from("runs"),
         }
     }
 }
@@ -676,10 +676,10 @@ impl Config {
     /// or a hyper-parameter flag that the chosen objective does not have.
     pub fn apply(&mut self, o: &Overrides) -> Result<()> {
         if let Some(d) = &o.data_dir {
-            self.data.dir = d.display().to_string();
+            self.data.dir = d.clone();
         }
         if let Some(d) = &o.out_dir {
-            self.runtime.out_dir = d.display().to_string();
+            self.runtime.out_dir = d.clone();
         }
         if let Some(v) = o.epochs {
             self.train.epochs = v;
@@ -733,7 +733,7 @@ impl Config {
             self.distill.teacher_cache = false;
         }
         if let Some(t) = &o.teacher {
-            self.distill.teacher = t.display().to_string();
+            self.distill.teacher = t.clone();
         }
         if let Some(s) = &o.seeds {
             self.reproduce.seeds = s.clone();
@@ -1091,7 +1091,7 @@ impl Config {
                 "0 (physical cores) to 1024",
             );
         }
-        if self.runtime.out_dir.is_empty() {
+        if self.runtime.out_dir.as_os_str().is_empty() {
             return bad("runtime.out_dir", "\"\"", "a folder path");
         }
         Ok(())
@@ -1130,18 +1130,21 @@ impl Config {
         }
     }
 
-    /// The augmentation of a role (validated, so it parses), and the fixed views per
-    /// example (0 for the teacher, which draws a fresh view every epoch).
-    pub fn augment_for(&self, teacher: bool) -> (crate::augment::Augment, u64) {
-        let (text, views) = if teacher {
-            (&self.augment.teacher, 0)
+    /// The augmentation of a role, and the fixed views per example (0 for the teacher,
+    /// which draws a fresh view every epoch).
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the key when its spec does not parse ([`Config::validate`]
+    /// refuses such a config first, so a validated config never fails here).
+    pub fn augment_for(&self, teacher: bool) -> Result<(crate::augment::Augment, u64)> {
+        let (key, text, views) = if teacher {
+            ("augment.teacher", &self.augment.teacher, 0)
         } else {
-            (&self.augment.student, self.augment.views)
+            ("augment.student", &self.augment.student, self.augment.views)
         };
-        (
-            crate::augment::Augment::parse(text).unwrap_or_default(),
-            views,
-        )
+        let augment = crate::augment::Augment::parse(text)
+            .map_err(|e| UsageError(format!("config key `{key}` = {text:?}: expected {e}")))?;
+        Ok((augment, views))
     }
 
     /// The resolved config as TOML, written next to each checkpoint.

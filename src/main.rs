@@ -3,14 +3,21 @@
 //! SIGTERM or SIGHUP).
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use kdtrain::cli::Command;
 use kdtrain::cli::SweepAction;
 use kdtrain::error::INTERRUPTED;
 
+/// Whether the command has steps to stop at (set once the command line is parsed; until
+/// then a signal ends the process at once, as nothing has been written).
+static STEPS: AtomicBool = AtomicBool::new(false);
+
 fn main() -> ExitCode {
+    // First of all, so that a signal during start-up (the load sample, the parse) is
+    // answered with exit 130 like any other.
+    install_signal_handler();
     tune_openmp_wait();
     kdtrain::mark_start();
     keep_freed_memory();
@@ -60,8 +67,22 @@ fn main() -> ExitCode {
         ),
         Command::Evaluate(_) | Command::Predict(_) | Command::Export(_) => false,
     };
+    STEPS.store(steps, Ordering::SeqCst);
+    match kdtrain::commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            kdtrain::errln!("error: {e:#}");
+            ExitCode::from(kdtrain::error::exit_code(&e))
+        }
+    }
+}
+
+/// Commands that train stop at a step boundary on the first SIGINT, SIGTERM or SIGHUP
+/// and exit at once on the second; the others ([`STEPS`] false) exit at once on the
+/// first.
+fn install_signal_handler() {
     let _ = ctrlc::set_handler(move || {
-        if !steps || INTERRUPTED.swap(true, Ordering::SeqCst) {
+        if !STEPS.load(Ordering::SeqCst) || INTERRUPTED.swap(true, Ordering::SeqCst) {
             kdtrain::errln!("\nkdtrain: interrupted; exiting now");
             exit_now(130);
         }
@@ -70,13 +91,6 @@ fn main() -> ExitCode {
              step (the same again quits now)"
         );
     });
-    match kdtrain::commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            kdtrain::errln!("error: {e:#}");
-            ExitCode::from(kdtrain::error::exit_code(&e))
-        }
-    }
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. Each step

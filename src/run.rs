@@ -119,7 +119,7 @@ impl Run {
         resume: bool,
         quiet: bool,
     ) -> Result<Run> {
-        let out = PathBuf::from(&config.runtime.out_dir);
+        let out = config.runtime.out_dir.clone();
         if let Err(e) = std::fs::create_dir_all(&out) {
             return usage(format!(
                 "--out-dir {}: cannot create it ({e}); choose a writable folder",
@@ -562,8 +562,8 @@ fn check_same_training(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
         c.train.teacher_epochs = 0;
         c.runtime = Default::default();
         c.logging = Default::default();
-        c.data.dir = String::new();
-        c.distill.teacher = String::new();
+        c.data.dir = PathBuf::new();
+        c.distill.teacher = PathBuf::new();
         c.reproduce = Default::default();
         c
     };

@@ -132,7 +132,7 @@ impl Settings {
 
     /// The out-dir.
     pub fn out_dir(&self) -> &Path {
-        Path::new(&self.config.runtime.out_dir)
+        &self.config.runtime.out_dir
     }
 
     /// Prints a status line to stderr unless `--quiet`.

@@ -31,7 +31,9 @@ pub fn run(s: &Settings) -> Result<()> {
         recorded = Some((saved_teacher, saved_sha));
     }
     let teacher_config = match &recorded {
-        Some((Some(saved), _)) if s.config.distill.teacher.is_empty() && !saved.is_empty() => {
+        Some((Some(saved), _))
+            if s.config.distill.teacher.as_os_str().is_empty() && !saved.as_os_str().is_empty() =>
+        {
             s.run_config(|c| c.distill.teacher = saved.clone())
         }
         _ => s.config.clone(),
@@ -50,7 +52,7 @@ pub fn run(s: &Settings) -> Result<()> {
     }
     // The run's config records the teacher actually used, also when it was found
     // automatically.
-    let config = s.run_config(|c| c.distill.teacher = teacher.path.display().to_string());
+    let config = s.run_config(|c| c.distill.teacher = teacher.path.clone());
     let objective = config.distill.build_chosen()?;
     let mut run = Run::open(
         &config,

@@ -53,7 +53,7 @@ pub use crate::report::RunOutcome;
 
 /// The data folder, found (or downloaded with `--download`) before anything else runs.
 pub fn data_dir(s: &Settings) -> Result<PathBuf> {
-    let named = (!s.config.data.dir.is_empty()).then(|| PathBuf::from(&s.config.data.dir));
+    let named = (!s.config.data.dir.as_os_str().is_empty()).then(|| s.config.data.dir.clone());
     match data::locate(named.as_deref()) {
         Ok(d) => Ok(d),
         Err(_) if s.download && named.is_none() => {
@@ -126,8 +126,8 @@ impl LoadedTeacher {
 /// # Errors
 /// Usage errors naming the file: none found, unreadable, not a teacher, wrong shapes.
 pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
-    let path = if config.distill.teacher.is_empty() {
-        let out = Path::new(&config.runtime.out_dir);
+    let path = if config.distill.teacher.as_os_str().is_empty() {
+        let out = config.runtime.out_dir.as_path();
         match crate::run::newest_model(out, RunKind::Teacher) {
             Some(p) => p,
             None => {
@@ -140,7 +140,7 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
             }
         }
     } else {
-        PathBuf::from(&config.distill.teacher)
+        config.distill.teacher.clone()
     };
     // Recorded by its absolute path, so that the run's config.toml (and the printed
     // resume command) finds it from any folder.
@@ -184,7 +184,12 @@ pub fn open_teacher(
     if crate::torchscript::is_zip(&head) {
         let input = match s.config.model.teacher_input.as_str() {
             "flat" => crate::torchscript::Input::Flat,
-            _ => crate::torchscript::Input::Image,
+            "image" => crate::torchscript::Input::Image,
+            other => {
+                return usage(format!(
+                    "config key `model.teacher_input` = {other:?}: expected \"image\" or \"flat\""
+                ));
+            }
         };
         let net = crate::torchscript::TorchScriptNet::load(path, input, s.device)?;
         return Ok((Box::new(net), None));
@@ -344,7 +349,7 @@ pub fn train_one(
     };
     let is_teacher = kind == RunKind::Teacher;
     let epochs = c.epochs_for(is_teacher);
-    let (augment, views) = c.augment_for(is_teacher);
+    let (augment, views) = c.augment_for(is_teacher)?;
     let loop_cfg = LoopConfig {
         epochs,
         batch_size: c.data.batch_size as i64,

@@ -76,7 +76,7 @@ pub fn run(s: &Settings) -> Result<()> {
             };
             let config = s.run_config(|c| {
                 c.seed = seed;
-                c.runtime.out_dir = out_dir.display().to_string();
+                c.runtime.out_dir = out_dir.clone();
                 let r = c.reproduce.clone();
                 if !r.teacher.is_empty() {
                     c.model.teacher = r.teacher;
@@ -98,15 +98,15 @@ pub fn run(s: &Settings) -> Result<()> {
             print_result(&out);
             drop(run);
             let path = out.run_dir.join(crate::run::MODEL_FILE);
-            let t_config = s.run_config(|c| c.distill.teacher = path.display().to_string());
+            let t_config = s.run_config(|c| c.distill.teacher = path.clone());
             teacher = Some((super::load_teacher(s, &t_config)?, path));
             runs.push(out);
         }
         let (t, t_path) = teacher.as_ref().expect("trained above");
         let config = s.run_config(|c| {
             c.seed = seed;
-            c.runtime.out_dir = seed_dir.display().to_string();
-            c.distill.teacher = t_path.display().to_string();
+            c.runtime.out_dir = seed_dir.clone();
+            c.distill.teacher = t_path.clone();
         });
         let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
         run.resume_args = format!("{config_flag} --seed {seed}");
@@ -116,8 +116,8 @@ pub fn run(s: &Settings) -> Result<()> {
         for name in &objectives {
             let config = s.run_config(|c| {
                 c.seed = seed;
-                c.runtime.out_dir = seed_dir.display().to_string();
-                c.distill.teacher = t_path.display().to_string();
+                c.runtime.out_dir = seed_dir.clone();
+                c.distill.teacher = t_path.clone();
                 c.distill.objective = name.clone();
             });
             let objective = config.distill.build_chosen()?;

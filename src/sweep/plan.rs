@@ -416,7 +416,7 @@ pub fn expand(base: &Config, grid: &Grid) -> Result<Vec<PlannedJob>> {
                     c: Config|
      -> Result<()> {
         let mut c = c;
-        c.runtime.out_dir = "runs".into();
+        c.runtime.out_dir = PathBuf::from("runs");
         let toml = c.to_toml()?;
         let (temperature, alpha) = objective.map_or((None, None), |o| t_alpha(&c, o));
         jobs.push(PlannedJob {
@@ -540,16 +540,16 @@ pub fn read_sweep_file(path: &Path, opts: &PlanOptions) -> Result<(Config, Grid)
 
     // The data folder and the teacher, resolved now, so every job (also on another node
     // of a cluster with the same paths) reads the same files.
-    let named = (!base.data.dir.is_empty()).then(|| PathBuf::from(&base.data.dir));
+    let named = (!base.data.dir.as_os_str().is_empty()).then(|| base.data.dir.clone());
     let data = crate::data::locate(named.as_deref())?;
-    base.data.dir = absolute(&data).display().to_string();
+    base.data.dir = absolute(&data);
     // Every sweep has distill jobs (the objectives default to `distill.objective`).
     {
-        let teacher = match (&opts.teacher, base.distill.teacher.as_str()) {
+        let teacher = match (&opts.teacher, &base.distill.teacher) {
             (Some(t), _) => t.clone(),
-            (None, t) if !t.is_empty() => PathBuf::from(t),
+            (None, t) if !t.as_os_str().is_empty() => t.clone(),
             (None, _) => {
-                let out = Path::new(&base.runtime.out_dir);
+                let out = base.runtime.out_dir.as_path();
                 crate::run::newest_model(out, RunKind::Teacher).ok_or_else(|| {
                     UsageError(format!(
                         "no finished teacher checkpoint in {}/teacher-*/model.safetensors (interrupted runs are skipped; finish one with --resume); run `kdtrain train teacher` first, or pass --teacher PATH",
@@ -564,7 +564,7 @@ pub fn read_sweep_file(path: &Path, opts: &PlanOptions) -> Result<(Config, Grid)
                 teacher.display()
             ));
         }
-        base.distill.teacher = absolute(&teacher).display().to_string();
+        base.distill.teacher = absolute(&teacher);
     }
     Ok((base, grid))
 }
@@ -584,7 +584,7 @@ pub fn plan(file: &Path, opts: &PlanOptions) -> Result<(PathBuf, Plan)> {
     let (base, grid) = read_sweep_file(file, opts)?;
     let planned = expand(&base, &grid)
         .map_err(|e| UsageError(format!("sweep file {}: {e:#}", file.display())))?;
-    let out = PathBuf::from(&base.runtime.out_dir);
+    let out = base.runtime.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| {
         UsageError(format!(
             "--out-dir {}: cannot create it ({e}); choose a writable folder",

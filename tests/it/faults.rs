@@ -1290,12 +1290,35 @@ fn commands_that_do_not_train_exit_at_the_first_signal() {
         let name = format!("predict{sig}");
         let predict = ["predict".as_ref(), ckpt.as_os_str(), fifo.as_os_str()];
         let mut child = spawn_raw(&s, &predict, &name);
-        std::thread::sleep(Duration::from_millis(500));
+        // Signal once predict is blocked reading the FIFO: opening its write end without
+        // blocking succeeds only when a reader has it open. The end stays open (no EOF)
+        // until the signal has been answered.
+        let writer = wait_for_reader(&fifo, Duration::from_secs(20));
         signal(child.id(), sig);
         let st = wait(&mut child, Duration::from_secs(10));
         let err = spawned_stderr(&s, &name);
         assert_eq!(st.code(), Some(130), "SIG{sig}: {err}");
         assert!(err.contains("interrupted; exiting now"), "SIG{sig}: {err}");
+        drop(writer);
+    }
+}
+
+/// Opens `fifo`'s write end as soon as a reader has it open (`O_NONBLOCK`: the open fails
+/// with ENXIO until then); panics after `limit`.
+fn wait_for_reader(fifo: &Path, limit: Duration) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NONBLOCK: i32 = 0o4000;
+    let start = Instant::now();
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(fifo)
+        {
+            Ok(f) => return f,
+            Err(_) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("no reader opened {} within {limit:?}: {e}", fifo.display()),
+        }
     }
 }
 
