@@ -26,7 +26,7 @@ use crate::run::{EpochRecord, Progress, Run, TrainState};
 use crate::schedule::CosineDecay;
 
 /// A loss above this is divergence, treated like NaN or infinity: the run stops.
-/// Cross-entropy over 10 classes starts at ln 10 = 2.3 and a mean of 1e6 means the true
+/// Cross-entropy over k classes starts at ln k (2.3 for ten) and a mean of 1e6 means the true
 /// class trails by about a million logits; no healthy run (nor a distillation loss, whose
 /// T^2-scaled KL term is of the order of the squared logit gap) gets near it. Adam with a
 /// huge LR (`--lr 1e6`) drives the loss to 1e20 and beyond while staying finite, because
@@ -41,7 +41,7 @@ pub struct Teacher<'a> {
     /// its cached logits are kept for the next run of this process (the seeds and
     /// objectives of a `reproduce` share them).
     pub id: String,
-    /// Compute the logits of every training example once (`[n, 10] f32`, keyed by row
+    /// Compute the logits of every training example once (`[n, classes] f32`, keyed by row
     /// of the training set) instead of a forward pass per batch. Any objective reads
     /// the same logits, so the cache serves them all.
     pub cache: bool,
@@ -155,21 +155,22 @@ pub fn fit(
         k: cfg.views,
         base: AUGMENT_SALT,
     });
-    // The views' store is K * n * 784 bytes; refuse what this machine cannot hold before
+    // The views' store is K * n * C·H·W bytes; refuse what this machine cannot hold before
     // the teacher spends K passes on a cache that would be thrown away.
     if let Some(set) = &view_set {
-        let need = set.store_bytes(n);
+        let need = set.store_bytes(n, data.spec.inputs());
         if device == tch::Device::Cpu
             && let Some(free) = available_memory_bytes()
             && need > free
         {
             return crate::error::usage(format!(
                 "augment.views = {}: the {} fixed views of {n} examples need {:.1} GB \
-                 (views x examples x 784 bytes), more than the {:.1} GB of memory available; \
+                 (views x examples x {} bytes), more than the {:.1} GB of memory available; \
                  use fewer views (8 by default), or views = 0 for a fresh view every epoch",
                 set.k,
                 set.k,
                 need as f64 / 1e9,
+                data.spec.inputs(),
                 free as f64 / 1e9
             ));
         }
@@ -184,7 +185,7 @@ pub fn fit(
             }
         ));
     }
-    let table = aug.table(device); // [combinations, 784] i64
+    let table = aug.table(&data.spec, device); // [combinations, C·H·W] i64
     // Keyed by row of `data.train`, i.e. by example, not by batch position; with
     // augmentation, by (view, example): row k * n + i holds view k of example i.
     let t_cache = Instant::now();
@@ -202,7 +203,7 @@ pub fn fit(
                 &data.train.images,
                 |x, _| x.shallow_clone(),
                 || INTERRUPTED.load(Ordering::SeqCst),
-            ); // [n, 10]
+            ); // [n, classes]
             logits.ok_or_else(|| {
                 Interrupted::new(
                     "interrupted while caching the teacher's logits, before this run's first \
@@ -243,7 +244,7 @@ pub fn fit(
                         INTERRUPTED.store(true, Ordering::SeqCst);
                     }
                 }
-                Ok(Tensor::cat(&views, 0)) // [k * n, 10]
+                Ok(Tensor::cat(&views, 0)) // [k * n, classes]
             })?;
             run.say(&format!(
                 "{} the teacher's logits on {} views of {n} examples in {:.1} s",
@@ -264,7 +265,7 @@ pub fn fit(
     let teacher_cache_seconds = train_cache
         .as_ref()
         .map(|_| t_cache.elapsed().as_secs_f64());
-    let val_teacher = teacher.map(|t| eval::logits(t.network, &data.val.images)); // [n_val, 10]
+    let val_teacher = teacher.map(|t| eval::logits(t.network, &data.val.images)); // [n_val, classes]
     // The teacher's largest |logit| on the validation images, named if the loss diverges.
     let teacher_max_logit = val_teacher
         .as_ref()
@@ -289,7 +290,7 @@ pub fn fit(
             }
         }
     }
-    // With K fixed views, every view of every example, augmented once ([k * n, 784] u8).
+    // With K fixed views, every view of every example, augmented once ([k * n, C·H·W] u8).
     let view_store = match &view_set {
         None => None,
         Some(set) => {
@@ -300,7 +301,7 @@ pub fn fit(
                      of {n} examples take ({e}); use fewer views (8 by default), or views = 0 \
                      for a fresh view every epoch",
                     set.k,
-                    set.store_bytes(n) as f64 / 1e9
+                    set.store_bytes(n, data.spec.inputs()) as f64 / 1e9
                 ))
             })?;
             run.say(&format!(
@@ -370,7 +371,7 @@ pub fn fit(
             let rows = choice
                 .as_ref()
                 .map(|ch| ch.index_select(0, &idx) * n + &idx); // [len]
-            // [len, 784]: the view the student sees
+            // [len, C·H·W]: the view the student sees
             let x = match (&view_store, &rows, &epoch_views) {
                 (Some(store), Some(r), _) => ViewSet::pixels(store, r),
                 (_, _, Some(v)) => aug.apply(
@@ -381,12 +382,12 @@ pub fn fit(
                 _ => data.train.images.index_select(0, &idx),
             };
             let y = data.train.labels.index_select(0, &idx); // [len]
-            let logits = model.forward_t(&x, true); // [len, 10]
+            let logits = model.forward_t(&x, true); // [len, classes]
             let teacher_logits = match (&train_cache, teacher) {
                 (Some(c), _) => Some(match &rows {
                     Some(r) => c.index_select(0, r),
                     None => c.index_select(0, &idx),
-                }), // [len, 10]
+                }), // [len, classes]
                 (None, Some(t)) => Some(tch::no_grad(|| t.network.forward(&x))),
                 (None, None) => None,
             };
@@ -643,7 +644,8 @@ mod tests {
     #[test]
     fn cached_logits_equal_fresh_ones_on_a_shuffled_epoch() {
         tch::manual_seed(11);
-        let mut teacher = crate::model::Arch::teacher().build(Device::Cpu);
+        let mut teacher = crate::model::Arch::teacher()
+            .build(&crate::data::DataSpec::fashion_mnist(), Device::Cpu);
         teacher.freeze();
         let images = Tensor::rand([1000, 784], (Kind::Float, Device::Cpu));
         let cache = eval::logits(teacher.as_ref(), &images);
