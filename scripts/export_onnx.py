@@ -9,13 +9,15 @@ Usage: export_onnx.py WEIGHTS WIDTHS OUT METADATA
   WEIGHTS   safetensors in the layout of kdtrain's `--format safetensors-torch`:
             "1.weight", "1.bias", "3.weight", ... of
             Sequential(Flatten, Linear, ReLU, Linear, ..., Linear)
-  WIDTHS    layer widths from input to logits, e.g. 784,128,10
+  WIDTHS    layer widths from input to logits, e.g. 784,128,10 (C*H*W, ..., classes)
   OUT       the .onnx file to write (kdtrain renames it into place)
   METADATA  a JSON file whose top-level string values are stored as the model's
-            metadata_props (kdtrain passes the export description under "kdtrain.export")
+            metadata_props (kdtrain passes the export description under "kdtrain.export",
+            whose input.shape gives the image's [batch, C, H, W]; [batch, 1, 28, 28],
+            Fashion-MNIST's, without it)
 
-The graph: input "image" [batch, 1, 28, 28] float32 in [0, 1] with only batch symbolic;
-first output "logits" [batch, 10] float32 (no softmax).
+The graph: input "image" [batch, C, H, W] float32 in [0, 1] with only batch symbolic;
+first output "logits" [batch, classes] float32 (no softmax).
 """
 
 import json
@@ -42,7 +44,14 @@ def main(argv):
     model = torch.nn.Sequential(*layers).eval()
     model.load_state_dict(safetensors.torch.load_file(weights))
 
-    example = torch.rand(2, 1, 28, 28)
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    try:
+        image = [int(d) for d in json.loads(meta["kdtrain.export"])["input"]["shape"][1:]]
+    except (KeyError, TypeError, ValueError):
+        image = [1, 28, 28]
+
+    example = torch.rand(2, *image)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
         model,
@@ -55,15 +64,13 @@ def main(argv):
     )
     proto = program.model_proto
 
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
     onnx.helper.set_model_props(proto, {k: v for k, v in meta.items() if isinstance(v, str)})
 
     # Check what the documentation promises before anything is written.
     onnx.checker.check_model(proto)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or not isinstance(dims[0], str) or dims[1:] != [1, 28, 28]:
-        sys.exit(f"unexpected input shape {dims}, expected [batch, 1, 28, 28]")
+    if len(dims) != 4 or not isinstance(dims[0], str) or dims[1:] != image:
+        sys.exit(f"unexpected input shape {dims}, expected [batch, {', '.join(map(str, image))}]")
     out_dims = [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
     if len(out_dims) != 2 or out_dims[1] != widths[-1]:
         sys.exit(f"unexpected output shape {out_dims}, expected [batch, {widths[-1]}]")

@@ -23,12 +23,14 @@
 //! gather through a small table of source pixels per combination (built once per run by
 //! [`Augment::table`]). With K fixed views the gathers are done once per run instead of
 //! at every step: [`ViewSet::store`] keeps the K views of every example as u8 pixels
-//! (`K * n * 784` bytes, 345 MB for K = 8 and 55,000 examples), and a step reads its
+//! (`K * n * C·H·W` bytes, 345 MB for K = 8 and 55,000 Fashion-MNIST examples), and a step reads its
 //! batch's rows like unaugmented data ([`ViewSet::pixels`]), so that augmentation adds
 //! little to the student's short epochs (`bench/AUG.md`). Fresh views every epoch
 //! (`augment.views = 0`) gather at each step.
 
 use tch::{Device, Tensor};
+
+use crate::data::DataSpec;
 
 /// What augmentation draws. `shift` is the largest shift in pixels along each axis
 /// (uniform in `-shift..=shift`, zero padding); `flip` mirrors left-right with
@@ -146,36 +148,48 @@ impl Augment {
         Tensor::from_slice(&v).to_device(device)
     }
 
-    /// Per combination (row [`Augment::combo`]), the source of each output pixel (r, c):
-    /// input pixel (r + dy, c' + dx), with c' = 27 - c when flipped and c otherwise, as an
-    /// index into the image with one zero pixel appended (784 where the source falls
-    /// outside the image). `[(2s + 1)^2 * 2, 784] i64` on `device`.
-    pub fn table(&self, device: Device) -> Tensor {
+    /// Per combination (row [`Augment::combo`]), the source of each output pixel
+    /// (channel k, row r, column c) of an image of `spec` (`[C, H, W]` flattened): input
+    /// pixel (k, r + dy, c' + dx), with c' = W - 1 - c when flipped and c otherwise, as an
+    /// index into the image with one zero pixel appended (C·H·W where the source falls
+    /// outside the image). Every channel moves alike. `[(2s + 1)^2 * 2, C·H·W] i64` on
+    /// `device`.
+    pub fn table(&self, spec: &DataSpec, device: Device) -> Tensor {
         let s = self.shift;
+        let (channels, height, width) = (spec.channels, spec.height, spec.width);
+        let outside = spec.inputs();
         let mut t = Vec::new();
         for dy in -s..=s {
             for dx in -s..=s {
                 for flip in [false, true] {
-                    for r in 0..28i64 {
-                        for c in 0..28i64 {
-                            let c = if flip { 27 - c } else { c };
-                            let (sr, sc) = (r + dy, c + dx);
-                            let inside = (0..28).contains(&sr) && (0..28).contains(&sc);
-                            t.push(if inside { sr * 28 + sc } else { 784 });
+                    for k in 0..channels {
+                        for r in 0..height {
+                            for c in 0..width {
+                                let c = if flip { width - 1 - c } else { c };
+                                let (sr, sc) = (r + dy, c + dx);
+                                let inside = (0..height).contains(&sr) && (0..width).contains(&sc);
+                                t.push(match inside {
+                                    true => (k * height + sr) * width + sc,
+                                    false => outside,
+                                });
+                            }
                         }
                     }
                 }
             }
         }
         let rows = (2 * s + 1) * (2 * s + 1) * 2;
-        Tensor::from_slice(&t).view([rows, 784]).to_device(device)
+        Tensor::from_slice(&t)
+            .view([rows, spec.inputs()])
+            .to_device(device)
     }
 
     /// The augmented images.
     ///
     /// # Shapes
-    /// `images: [b, 784] f32`, `table` from [`Augment::table`], `views: [b] i64` (from
-    /// [`Augment::views`]) -> `[b, 784] f32`. Three ops on the images' device: append a
+    /// `images: [b, C·H·W] f32`, `table` from [`Augment::table`] for the same spec,
+    /// `views: [b] i64` (from [`Augment::views`]) -> `[b, C·H·W] f32`. Three ops on the
+    /// images' device: append a
     /// zero pixel, pick each example's row of the table, gather.
     pub fn apply(&self, images: &Tensor, table: &Tensor, views: &Tensor) -> Tensor {
         if self.is_none() {
@@ -183,7 +197,7 @@ impl Augment {
         }
         let b = images.size()[0];
         let zero = Tensor::zeros([b, 1], (images.kind(), images.device()));
-        let extended = Tensor::cat(&[images, &zero], 1); // [b, 785]
+        let extended = Tensor::cat(&[images, &zero], 1); // [b, C·H·W + 1]
         extended.gather(1, &table.index_select(0, views), false)
     }
 }
@@ -226,12 +240,12 @@ impl ViewSet {
     /// Rows at a time when [`ViewSet::store`] augments the training set.
     const STORE_CHUNK: i64 = 4096;
 
-    /// The K fixed views of every example, built once: `[k * n, 784] u8` on the images'
+    /// The K fixed views of every example, built once: `[k * n, C·H·W] u8` on the images'
     /// device, row `k * n + i` holding view `k` of example `i` (the same rows as the
     /// teacher cache), as pixel values 0..=255.
     ///
     /// # Shapes
-    /// `images: [n, 784] f32`, pixels / 255 as [`crate::data::Examples`] builds them;
+    /// `images: [n, C·H·W] f32`, pixels / 255 as [`crate::data::Examples`] builds them;
     /// `table` from [`Augment::table`]. Every augmented pixel is a copy of a source pixel
     /// or 0, so `round(x * 255)` recovers its byte exactly and [`ViewSet::pixels`] gives
     /// back the very f32 values that [`Augment::apply`] on the batch would.
@@ -239,9 +253,9 @@ impl ViewSet {
     /// # Errors
     /// The allocation's failure (out of memory), as libtorch reports it.
     pub fn store(&self, images: &Tensor, table: &Tensor) -> Result<Tensor, tch::TchError> {
-        let n = images.size()[0];
+        let (n, inputs) = (images.size()[0], images.size()[1]);
         let device = images.device();
-        let out = Tensor::f_empty([self.k as i64 * n, 784], (tch::Kind::Uint8, device))?;
+        let out = Tensor::f_empty([self.k as i64 * n, inputs], (tch::Kind::Uint8, device))?;
         for k in 0..self.k {
             let v = self.fixed(k, n, device);
             let mut start = 0;
@@ -260,13 +274,14 @@ impl ViewSet {
         Ok(out)
     }
 
-    /// The bytes a [`ViewSet::store`] of `n` examples takes: `K * n * 784`.
-    pub fn store_bytes(&self, n: i64) -> u64 {
-        self.k * n.max(0) as u64 * 784
+    /// The bytes a [`ViewSet::store`] of `n` examples of `inputs` (C·H·W) pixels takes:
+    /// `K * n * inputs`.
+    pub fn store_bytes(&self, n: i64, inputs: i64) -> u64 {
+        self.k * n.max(0) as u64 * inputs.max(0) as u64
     }
 
     /// The batch's views from a [`ViewSet::store`]: `rows: [b] i64` (`k * n + i`) ->
-    /// `[b, 784] f32 in [0, 1]`, converted as [`crate::data::Examples`] converts pixels.
+    /// `[b, C·H·W] f32 in [0, 1]`, converted as [`crate::data::Examples`] converts pixels.
     pub fn pixels(store: &Tensor, rows: &Tensor) -> Tensor {
         store.index_select(0, rows).to_kind(tch::Kind::Float) / 255.0
     }
@@ -288,7 +303,11 @@ mod tests {
             .iter()
             .map(|&(dx, dy, flip)| a.combo(View { dx, dy, flip }))
             .collect();
-        a.apply(x, &a.table(Device::Cpu), &Tensor::from_slice(&v))
+        a.apply(
+            x,
+            &a.table(&DataSpec::fashion_mnist(), Device::Cpu),
+            &Tensor::from_slice(&v),
+        )
     }
 
     /// Decodes combination indices back into (dx, dy, flip) columns `[n, 3]`.
@@ -365,6 +384,46 @@ mod tests {
         assert_eq!(out.size(), vec![2, 784]);
     }
 
+    /// Any C x H x W: every combination of the table moves each channel as zero-padded
+    /// slicing of the (mirrored) image does.
+    #[test]
+    fn shifts_and_flips_follow_the_spec() {
+        let spec = DataSpec {
+            channels: 3,
+            height: 5,
+            width: 7,
+            class_names: vec!["a".into(), "b".into()],
+        };
+        let a = Augment {
+            shift: 2,
+            flip: true,
+        };
+        let s = a.shift;
+        let table = a.table(&spec, Device::Cpu);
+        assert_eq!(table.size(), vec![(2 * s + 1) * (2 * s + 1) * 2, 3 * 5 * 7]);
+        tch::manual_seed(5);
+        let x = Tensor::rand([1, 3 * 5 * 7], (Kind::Float, Device::Cpu)) + 0.5;
+        let img = x.view([3, 5, 7]);
+        for dy in -s..=s {
+            for dx in -s..=s {
+                for flip in [false, true] {
+                    let v = Tensor::from_slice(&[a.combo(View { dx, dy, flip })]);
+                    let got = a.apply(&x, &table, &v).view([3, 5, 7]);
+                    let (src, ddx) = if flip {
+                        (img.flip([2]), -dx)
+                    } else {
+                        (img.copy(), dx)
+                    };
+                    let want = src
+                        .constant_pad_nd([s, s, s, s])
+                        .narrow(1, s + dy, 5)
+                        .narrow(2, s + ddx, 7);
+                    assert!(got.equal(&want), "dx {dx} dy {dy} flip {flip}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn draws_are_seeded_deterministic_and_cover_the_range() {
         let a = Augment {
@@ -407,7 +466,7 @@ mod tests {
         tch::manual_seed(3);
         let images =
             Tensor::randint(256, [n, 784], (Kind::Uint8, Device::Cpu)).to_kind(Kind::Float) / 255.0;
-        let table = set.augment.table(Device::Cpu);
+        let table = set.augment.table(&DataSpec::fashion_mnist(), Device::Cpu);
         let store = set.store(&images, &table).unwrap();
         assert_eq!(store.size(), [3 * n, 784]);
         let (choice, views) = set.epoch(key(2, 9), n, Device::Cpu);

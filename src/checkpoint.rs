@@ -3,8 +3,9 @@
 //! two processes never write into one run folder.
 //!
 //! A checkpoint is a safetensors file of f32 tensors named `fc1.weight`, `fc1.bias`, ...
-//! whose `__metadata__` records the architecture, the epoch, the best validation metric
-//! and the resolved config. Every file is written as `.<name>.tmp`, flushed to disk,
+//! whose `__metadata__` records the architecture, the data's shape and classes
+//! (`kdtrain.input`, `kdtrain.classes`, see [`DataSpec`]), the epoch, the best validation
+//! metric and the resolved config. Every file is written as `.<name>.tmp`, flushed to disk,
 //! then renamed over the old one, so a crash or `kill -9` at any moment leaves either the
 //! old file or the new one, never a torn one.
 
@@ -17,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::SplitInfo;
+use crate::data::{DataSpec, SplitInfo};
 use crate::error::UsageError;
 use crate::model::{Arch, Network};
 
@@ -209,18 +210,47 @@ impl Checkpoint {
             })
     }
 
+    /// The data the network takes (`kdtrain.input`, `kdtrain.classes`); Fashion-MNIST's
+    /// for a checkpoint written before they were recorded.
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the file and the key whose value is unreadable.
+    pub fn data_spec(&self) -> Result<DataSpec> {
+        DataSpec::from_metadata(&self.metadata).map_err(|e| {
+            UsageError(format!(
+                "checkpoint {}: {e}; pass a model.safetensors written by kdtrain",
+                self.path.display()
+            ))
+            .into()
+        })
+    }
+
     /// The validation split the network was trained with, if recorded.
     pub fn split(&self) -> Option<SplitInfo> {
         SplitInfo::from_metadata(&self.metadata)
     }
 
-    /// Copies the weights into `model`, checking that every tensor is present with the
-    /// right shape.
+    /// Copies the weights into `model`, checking that the checkpoint was trained on data
+    /// of the model's [`DataSpec`] and that every tensor is present with the right shape.
     ///
     /// # Errors
-    /// Names the tensor and both shapes; or names a tensor that holds NaN or infinite
-    /// values.
+    /// Names both data specs; or names the tensor and both shapes; or names a tensor that
+    /// holds NaN or infinite values.
     pub fn load_into(&self, model: &dyn Network) -> Result<()> {
+        let spec = self.data_spec()?;
+        if &spec != model.data_spec() {
+            bail!(
+                "checkpoint {} was trained on {} images of {} classes ({}) but this model \
+                 takes {} images of {} classes ({})",
+                self.path.display(),
+                spec.describe(),
+                spec.classes(),
+                spec.class_names.join(", "),
+                model.data_spec().describe(),
+                model.data_spec().classes(),
+                model.data_spec().class_names.join(", ")
+            );
+        }
         let arch = model.arch().spec();
         let holds = || {
             self.role()
@@ -275,11 +305,12 @@ impl Checkpoint {
         })
     }
 
-    /// Builds the network this checkpoint records (`kdtrain.arch`) and loads it.
+    /// Builds the network this checkpoint records (`kdtrain.arch`, for the data of
+    /// [`Checkpoint::data_spec`]) and loads it.
     ///
     /// # Errors
-    /// A usage error when the metadata names no architecture, or as
-    /// [`Checkpoint::load_into`].
+    /// A usage error when the metadata names no architecture or an unreadable data spec,
+    /// or as [`Checkpoint::load_into`].
     pub fn network(&self, device: Device) -> Result<Box<dyn Network>> {
         let Some(arch) = self.arch() else {
             return Err(UsageError(format!(
@@ -296,12 +327,14 @@ impl Checkpoint {
         self.model(&arch, device)
     }
 
-    /// Builds a network of the expected architecture and loads this checkpoint into it.
+    /// Builds a network of the expected architecture, for the data of
+    /// [`Checkpoint::data_spec`], and loads this checkpoint into it.
     ///
     /// # Errors
-    /// As [`Checkpoint::load_into`] (names the tensor and both shapes).
+    /// As [`Checkpoint::data_spec`] and [`Checkpoint::load_into`] (names the tensor and
+    /// both shapes).
     pub fn model(&self, expected: &Arch, device: Device) -> Result<Box<dyn Network>> {
-        let model = expected.build(device);
+        let model = expected.build(&self.data_spec()?, device);
         self.load_into(model.as_ref())?;
         Ok(model)
     }
@@ -332,8 +365,14 @@ pub fn metadata(
     m
 }
 
-/// Saves `model`'s weights to `path` atomically.
-pub fn save_model(path: &Path, model: &dyn Network, meta: HashMap<String, String>) -> Result<()> {
+/// Saves `model`'s weights to `path` atomically, with `meta` and the model's
+/// [`DataSpec`] (`kdtrain.input`, `kdtrain.classes`) as metadata.
+pub fn save_model(
+    path: &Path,
+    model: &dyn Network,
+    mut meta: HashMap<String, String>,
+) -> Result<()> {
+    meta.extend(model.data_spec().to_metadata());
     write_atomic(path, &to_safetensors(&model.named_state(), meta)?)
 }
 
@@ -410,7 +449,7 @@ mod tests {
     #[test]
     fn save_and_load_round_trip() {
         let d = tmpdir("rt");
-        let m = Arch::student().build(Device::Cpu);
+        let m = Arch::student().build(&DataSpec::fashion_mnist(), Device::Cpu);
         let p = d.join("model.safetensors");
         let meta = metadata(&Arch::student(), "student", "seed = 1\n", 3, None);
         save_model(&p, m.as_ref(), meta).unwrap();
@@ -431,7 +470,14 @@ mod tests {
         let p = d.join("s.safetensors");
         let mut meta = metadata(&Arch::student(), "student", "", 1, None);
         meta.remove(META_ARCH);
-        save_model(&p, Arch::student().build(Device::Cpu).as_ref(), meta).unwrap();
+        save_model(
+            &p,
+            Arch::student()
+                .build(&DataSpec::fashion_mnist(), Device::Cpu)
+                .as_ref(),
+            meta,
+        )
+        .unwrap();
         let c = Checkpoint::read(&p).unwrap();
         let e = c
             .model(&Arch::teacher(), Device::Cpu)
@@ -454,7 +500,9 @@ mod tests {
         let p = d.join("m.safetensors");
         save_model(
             &p,
-            Arch::student().build(Device::Cpu).as_ref(),
+            Arch::student()
+                .build(&DataSpec::fashion_mnist(), Device::Cpu)
+                .as_ref(),
             metadata(&Arch::student(), "student", "", 1, None),
         )
         .unwrap();
@@ -487,5 +535,86 @@ mod tests {
         assert!(e.contains("in use"), "{e}");
         drop(l);
         RunLock::acquire(&d).unwrap();
+    }
+
+    /// A checkpoint records its data spec and is rebuilt for it; one without the keys
+    /// is read as Fashion-MNIST's; a bad value names the key; a checkpoint of one spec
+    /// does not load into a model of another.
+    #[test]
+    fn data_spec_round_trip_default_and_mismatch() {
+        let d = tmpdir("spec");
+        let spec = DataSpec {
+            channels: 3,
+            height: 32,
+            width: 32,
+            class_names: ["cat", "dog", "ship", "car", "frog"]
+                .map(String::from)
+                .to_vec(),
+        };
+        let p = d.join("colour.safetensors");
+        tch::manual_seed(3);
+        let m = Arch::cnn().build(&spec, Device::Cpu);
+        save_model(
+            &p,
+            m.as_ref(),
+            metadata(&Arch::cnn(), "teacher", "", 1, None),
+        )
+        .unwrap();
+        let c = Checkpoint::read(&p).unwrap();
+        assert_eq!(c.metadata[crate::data::META_INPUT], "3x32x32");
+        assert_eq!(
+            c.metadata[crate::data::META_LABEL_NAMES],
+            r#"["cat","dog","ship","car","frog"]"#
+        );
+        assert_eq!(c.data_spec().unwrap(), spec);
+        let n = c.network(Device::Cpu).unwrap();
+        assert_eq!(n.data_spec(), &spec);
+        let x = Tensor::rand([2, 3 * 32 * 32], (Kind::Float, Device::Cpu));
+        assert_eq!(n.forward(&x).size(), vec![2, 5]);
+        assert!(n.forward(&x).equal(&m.forward(&x)));
+        // Saving the same model twice writes the same bytes (metadata in key order).
+        let again = d.join("again.safetensors");
+        save_model(
+            &again,
+            m.as_ref(),
+            metadata(&Arch::cnn(), "teacher", "", 1, None),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&again).unwrap());
+
+        // Without the two keys: Fashion-MNIST.
+        let fm = DataSpec::fashion_mnist();
+        let p = d.join("old.safetensors");
+        let student = Arch::student().build(&fm, Device::Cpu);
+        save_model(&p, student.as_ref(), HashMap::new()).unwrap();
+        let mut c = Checkpoint::read(&p).unwrap();
+        c.metadata.remove(crate::data::META_INPUT);
+        c.metadata.remove(crate::data::META_LABEL_NAMES);
+        c.metadata.insert(META_ARCH.into(), "mlp:128".into());
+        assert_eq!(c.data_spec().unwrap(), fm);
+        assert_eq!(c.network(Device::Cpu).unwrap().data_spec(), &fm);
+
+        // A bad value names the file and the key.
+        c.metadata
+            .insert(crate::data::META_INPUT.into(), "1x0x28".into());
+        let e = c.network(Device::Cpu).err().unwrap().to_string();
+        assert!(
+            e.contains("old.safetensors") && e.contains("kdtrain.input"),
+            "{e}"
+        );
+        c.metadata
+            .insert(crate::data::META_INPUT.into(), fm.describe());
+        c.metadata
+            .insert(crate::data::META_LABEL_NAMES.into(), "[]".into());
+        let e = c.network(Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("kdtrain.classes"), "{e}");
+
+        // The colour checkpoint into a Fashion-MNIST model: refused, naming both.
+        let c = Checkpoint::read(&d.join("colour.safetensors")).unwrap();
+        let e = c
+            .load_into(Arch::cnn().build(&fm, Device::Cpu).as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3x32x32") && e.contains("1x28x28"), "{e}");
     }
 }

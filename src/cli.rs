@@ -21,15 +21,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train the teacher (model.teacher: the 784-512-256-128-10 MLP with dropout 0.2; --arch
-    /// cnn for the CNN) or the student (model.student: 784-128-10 with dropout 0.1) on the
-    /// labels.
+    /// Train the teacher (model.teacher: the MLP with hidden layers 512-256-128 and dropout
+    /// 0.2; --arch cnn for the CNN) or the student (model.student: the MLP with one hidden
+    /// layer of 128 and dropout 0.1) on the labels.
     Train {
         /// Which model.
         #[arg(value_enum)]
         model: ModelArg,
-        /// Architecture: mlp (the Keras example's MLP for the role, without dropout:
-        /// 784-512-256-128-10 teacher, 784-128-10 student), cnn (cnn:32,64,256,dropout=0.3)
+        /// Architecture: mlp (the Keras example's MLP for the role, without dropout: hidden
+        /// layers 512-256-128 teacher, 128 student), cnn (cnn:32,64,256,dropout=0.3)
         /// or a spec such as "mlp:512,256,128,dropout=0.2" [config: model.teacher /
         /// model.student].
         #[arg(long, value_name = "ARCH")]
@@ -39,8 +39,8 @@ pub enum Command {
         #[arg(long, value_name = "VIEWS")]
         augment: Option<String>,
     },
-    /// Distil the trained teacher into a fresh student (model.student: 784-128-10 with
-    /// dropout 0.1).
+    /// Distil the trained teacher into a fresh student (model.student: the MLP with one
+    /// hidden layer of 128 and dropout 0.1).
     Distill(DistillArgs),
     /// Report loss, accuracy, per-class accuracy, confusion matrix and calibration of a
     /// checkpoint; with --teacher, agreement and an objective's terms against it.

@@ -37,14 +37,14 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// The teacher's architecture, e.g. `"mlp:512,256,128"` (784-512-256-128-10).
+    /// The teacher's architecture, e.g. `"mlp:512,256,128"` (inputs-512-256-128-classes).
     pub teacher: String,
-    /// The student's architecture, e.g. `"mlp:128"` (784-128-10); by default
+    /// The student's architecture, e.g. `"mlp:128"` (inputs-128-classes); by default
     /// `"mlp:128,dropout=0.1"`, the same 101,770 parameters with dropout 0.1 on the hidden
     /// layer while training (docs/results/ against docs/results/no-student-dropout/).
     pub student: String,
-    /// What a TorchScript teacher takes: `"image"` (`[batch, 1, 28, 28]`) or `"flat"`
-    /// (`[batch, 784]`), f32 in [0, 1].
+    /// What a TorchScript teacher takes: `"image"` (`[batch, C, H, W]`) or `"flat"`
+    /// (`[batch, C·H·W]`), f32 in [0, 1].
     pub teacher_input: String,
 }
 
@@ -89,7 +89,8 @@ pub struct DataConfig {
     pub dir: PathBuf,
     /// Examples per optimizer step; the last partial batch of an epoch is kept.
     pub batch_size: usize,
-    /// Image shape `[height, width, channels]`; Fashion-MNIST is `[28, 28, 1]`.
+    /// Image shape `[height, width, channels]`; it must be the data's
+    /// ([`crate::data::DataSpec::data_shape`]; Fashion-MNIST's by default).
     pub data_shape: Vec<usize>,
     /// `"split"`: hold out `validation_size` training images, drawn by `split_seed`.
     /// `"test"`: validate on the test set, as the Keras reference did (optimistic).
@@ -323,7 +324,7 @@ impl Default for DataConfig {
         DataConfig {
             dir: PathBuf::new(),
             batch_size: 256,
-            data_shape: vec![28, 28, 1],
+            data_shape: crate::data::DataSpec::fashion_mnist().data_shape(),
             validation: Validation::Split,
             validation_size: 5000,
             split_seed: DEFAULT_SPLIT_SEED,
@@ -905,11 +906,13 @@ impl Config {
                 "an integer from 1 to 16777216",
             );
         }
-        if self.data.data_shape != [28, 28, 1] {
+        // The data source is Fashion-MNIST's IDX files, whose spec this is.
+        let spec = crate::data::DataSpec::fashion_mnist();
+        if self.data.data_shape != spec.data_shape() {
             return bad(
                 "data.data_shape",
                 format!("{:?}", self.data.data_shape),
-                "[28, 28, 1] (Fashion-MNIST)",
+                &format!("{:?} (Fashion-MNIST)", spec.data_shape()),
             );
         }
         if self.data.validation == Validation::Split && self.data.validation_size == 0 {
@@ -1049,7 +1052,13 @@ impl Config {
             return bad(
                 "model.teacher_input",
                 format!("{:?}", self.model.teacher_input),
-                "\"image\" ([batch, 1, 28, 28]) or \"flat\" ([batch, 784])",
+                &format!(
+                    "\"image\" ([batch, {}, {}, {}]) or \"flat\" ([batch, {}])",
+                    spec.channels,
+                    spec.height,
+                    spec.width,
+                    spec.inputs()
+                ),
             );
         }
         let r = &self.reproduce;

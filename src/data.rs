@@ -3,8 +3,9 @@
 //!
 //! The parser works on bytes and never trusts a header: it checks the magic number,
 //! the dimensions and the length before it allocates, so no input makes it panic or
-//! allocate more than the input's own size. Validation of the content (28x28 images,
-//! labels < 10, matching counts) happens here too, before any training starts.
+//! allocate more than the input's own size. Validation of the content (images and
+//! labels as [`DataSpec::fashion_mnist`] says, matching counts) happens here too, before
+//! any training starts. [`DataSpec`] is what the rest of kdtrain knows of the data.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -40,24 +41,146 @@ pub const FILES: [(&str, &str); 4] = [
     ("t10k-labels-idx1-ubyte", "bb300cfdad3c16e7a12a480ee83cd310"),
 ];
 
-/// Fashion-MNIST's class names, by label.
-pub const CLASS_NAMES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+/// Metadata key of a checkpoint's input shape, [`DataSpec::describe`] (`1x28x28`).
+pub const META_INPUT: &str = "kdtrain.input";
+/// Metadata key of a checkpoint's class names, a JSON array of strings by label.
+pub const META_LABEL_NAMES: &str = "kdtrain.classes";
 
-/// Images are 28x28 pixels.
-pub const SIDE: usize = 28;
-/// Number of classes.
-pub const CLASSES: i64 = 10;
+/// What a data set's examples are: images of `channels x height x width` pixels and the
+/// names of its classes, by label. The data source makes it ([`DataSpec::fashion_mnist`]
+/// for the IDX files read here); networks, augmentation, inputs and exports take their
+/// shapes from it. Images are `[n, C·H·W] f32 in [0, 1]`, channel-major (`[C, H, W]`
+/// flattened), logits `[n, classes] f32`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataSpec {
+    pub channels: i64,
+    pub height: i64,
+    pub width: i64,
+    /// Class names by label; their number is the number of logits.
+    pub class_names: Vec<String>,
+}
+
+impl DataSpec {
+    /// Fashion-MNIST: 1x28x28 grey images of ten kinds of clothing.
+    pub fn fashion_mnist() -> DataSpec {
+        DataSpec {
+            channels: 1,
+            height: 28,
+            width: 28,
+            class_names: [
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+
+    /// Input features per example, C·H·W.
+    pub fn inputs(&self) -> i64 {
+        self.channels * self.height * self.width
+    }
+
+    /// Number of classes (logits).
+    pub fn classes(&self) -> i64 {
+        self.class_names.len() as i64
+    }
+
+    /// The name of class `label`, or the label itself when it has none.
+    pub fn class_name(&self, label: i64) -> String {
+        usize::try_from(label)
+            .ok()
+            .and_then(|l| self.class_names.get(l))
+            .cloned()
+            .unwrap_or_else(|| label.to_string())
+    }
+
+    /// The input shape as `CxHxW`, e.g. `1x28x28`.
+    pub fn describe(&self) -> String {
+        format!("{}x{}x{}", self.channels, self.height, self.width)
+    }
+
+    /// The shape of one image in the config's order, `[height, width, channels]`
+    /// (`data.data_shape`).
+    pub fn data_shape(&self) -> Vec<usize> {
+        [self.height, self.width, self.channels]
+            .iter()
+            .map(|&d| d as usize)
+            .collect()
+    }
+
+    /// The checkpoint metadata entries: [`META_INPUT`] and [`META_LABEL_NAMES`].
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        vec![
+            (META_INPUT.to_string(), self.describe()),
+            (
+                META_LABEL_NAMES.to_string(),
+                serde_json::to_string(&self.class_names).unwrap_or_default(),
+            ),
+        ]
+    }
+
+    /// Reads [`DataSpec::to_metadata`]'s entries back. A key that is missing (a
+    /// checkpoint written before they were recorded) is read as Fashion-MNIST's.
+    ///
+    /// # Errors
+    /// A message naming the key whose value is not a shape `CxHxW` of positive numbers,
+    /// or not a non-empty JSON array of strings.
+    pub fn from_metadata(
+        m: &std::collections::HashMap<String, String>,
+    ) -> std::result::Result<DataSpec, String> {
+        let default = DataSpec::fashion_mnist();
+        let (channels, height, width) = match m.get(META_INPUT) {
+            None => (default.channels, default.height, default.width),
+            Some(v) => {
+                let dims: Option<Vec<i64>> = v
+                    .split('x')
+                    .map(|d| d.trim().parse::<i64>().ok().filter(|&d| d > 0))
+                    .collect();
+                match dims.as_deref() {
+                    Some(&[c, h, w])
+                        if c.checked_mul(h).and_then(|x| x.checked_mul(w)).is_some() =>
+                    {
+                        (c, h, w)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "metadata `{META_INPUT}` is {v:?}, expected a shape such as {:?} \
+                             (channels x height x width)",
+                            default.describe()
+                        ));
+                    }
+                }
+            }
+        };
+        let class_names = match m.get(META_LABEL_NAMES) {
+            None => default.class_names,
+            Some(v) => match serde_json::from_str::<Vec<String>>(v) {
+                Ok(names) if !names.is_empty() => names,
+                _ => {
+                    return Err(format!(
+                        "metadata `{META_LABEL_NAMES}` is {v:?}, expected a non-empty JSON array of \
+                         class names"
+                    ));
+                }
+            },
+        };
+        Ok(DataSpec {
+            channels,
+            height,
+            width,
+            class_names,
+        })
+    }
+}
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
@@ -201,9 +324,9 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
 /// One split (train or test), validated.
 #[derive(Debug, Clone)]
 pub struct Split {
-    /// `count * 784` u8 pixels, row-major.
+    /// `count * C·H·W` u8 pixels, row-major.
     pub pixels: Vec<u8>,
-    /// `count` labels in `0..10`.
+    /// `count` labels in `0..classes`.
     pub labels: Vec<u8>,
 }
 
@@ -220,9 +343,12 @@ impl Split {
 /// Reads and checks an images file and a labels file that belong together.
 ///
 /// # Errors
-/// Names the file: wrong kind (images and labels swapped), images other than 28x28,
-/// zero items, counts that differ, or a label of 10 or more.
+/// Names the file: wrong kind (images and labels swapped), images of another size than
+/// [`DataSpec::fashion_mnist`]'s, zero items, counts that differ, or a label of its
+/// number of classes or more.
 pub fn read_split(images: &Path, labels: &Path) -> Result<Split> {
+    let spec = DataSpec::fashion_mnist();
+    let (height, width) = (spec.height as usize, spec.width as usize);
     let (count, pixels) = match read_idx(images)? {
         Idx::Images {
             count,
@@ -230,9 +356,9 @@ pub fn read_split(images: &Path, labels: &Path) -> Result<Split> {
             cols,
             pixels,
         } => {
-            if (rows, cols) != (SIDE, SIDE) {
+            if (rows, cols) != (height, width) {
                 bail!(
-                    "{}: images are {rows}x{cols}, expected {SIDE}x{SIDE} (Fashion-MNIST)",
+                    "{}: images are {rows}x{cols}, expected {height}x{width} (Fashion-MNIST)",
                     images.display()
                 );
             }
@@ -269,12 +395,12 @@ pub fn read_split(images: &Path, labels: &Path) -> Result<Split> {
     if let Some((i, &l)) = labels_v
         .iter()
         .enumerate()
-        .find(|&(_, &l)| l as i64 >= CLASSES)
+        .find(|&(_, &l)| l as i64 >= spec.classes())
     {
         bail!(
             "{}: label {l} at index {i} is out of range; expected 0 to {}",
             labels.display(),
-            CLASSES - 1
+            spec.classes() - 1
         );
     }
     Ok(Split {
@@ -359,8 +485,16 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
 /// Both splits, as read from disk.
 pub struct RawData {
     pub dir: PathBuf,
+    /// What the images and labels are.
+    pub spec: DataSpec,
     pub train: Split,
     pub test: Split,
+}
+
+/// The [`DataSpec`] of the data in `dir`, known before it is read: Fashion-MNIST's, the
+/// only source there is.
+pub fn spec_of(_dir: &Path) -> DataSpec {
+    DataSpec::fashion_mnist()
 }
 
 /// Reads and validates the four files in `dir`.
@@ -373,6 +507,7 @@ pub fn load_dir(dir: &Path) -> Result<RawData> {
     let test = read_split(&f(2)?, &f(3)?)?;
     Ok(RawData {
         dir: dir.to_path_buf(),
+        spec: spec_of(dir),
         train,
         test,
     })
@@ -380,20 +515,25 @@ pub fn load_dir(dir: &Path) -> Result<RawData> {
 
 /// Examples on the device.
 pub struct Examples {
-    /// `[n, 784] f32 in [0, 1]` (pixels / 255).
+    /// `[n, C·H·W] f32 in [0, 1]` (pixels / 255).
     pub images: Tensor,
-    /// `[n] i64 in [0, 10)`.
+    /// `[n] i64 in [0, classes)`.
     pub labels: Tensor,
 }
 
 impl Examples {
     /// Builds the tensors on `device` from the u8 bytes: one host->device copy of u8
-    /// (a quarter of the f32 size), then the conversion on the device.
+    /// (a quarter of the f32 size), then the conversion on the device. Each image is
+    /// `split.pixels.len() / n` pixels, C·H·W.
     pub fn from_split(split: &Split, device: Device) -> Examples {
         let n = split.len() as i64;
+        let per_image = match n {
+            0 => 0,
+            n => split.pixels.len() as i64 / n,
+        };
         let images = Tensor::from_slice(&split.pixels)
             .to_device(device)
-            .view([n, (SIDE * SIDE) as i64])
+            .view([n, per_image])
             .to_kind(Kind::Float)
             / 255.0;
         let labels = Tensor::from_slice(&split.labels)
@@ -428,6 +568,8 @@ pub struct Dataset {
     pub test: Examples,
     /// Where the files came from.
     pub dir: PathBuf,
+    /// What the images and labels are.
+    pub spec: DataSpec,
     /// Indices into the original 60,000 training images of `train`, in order.
     pub train_index: Vec<i64>,
     /// Indices into the original training images of `val` (empty when the test set
@@ -589,6 +731,7 @@ pub fn prepare(
         val,
         test,
         dir: raw.dir.clone(),
+        spec: raw.spec.clone(),
         train_index,
         val_index,
         split,
@@ -670,6 +813,53 @@ mod tests {
             huge.extend(u32::MAX.to_be_bytes());
         }
         assert!(parse_idx(&huge).is_err());
+    }
+
+    #[test]
+    fn data_spec_metadata_round_trip_and_default() {
+        let fm = DataSpec::fashion_mnist();
+        assert_eq!((fm.inputs(), fm.classes()), (784, 10));
+        assert_eq!(fm.describe(), "1x28x28");
+        assert_eq!(fm.data_shape(), vec![28, 28, 1]);
+        let other = DataSpec {
+            channels: 3,
+            height: 32,
+            width: 24,
+            class_names: ["a \"quoted\" name", "b", "c", "d", "e"]
+                .map(String::from)
+                .to_vec(),
+        };
+        assert_eq!(other.inputs(), 3 * 32 * 24);
+        for spec in [&fm, &other] {
+            let m: std::collections::HashMap<String, String> =
+                spec.to_metadata().into_iter().collect();
+            assert_eq!(DataSpec::from_metadata(&m).as_ref(), Ok(spec));
+        }
+        let m: std::collections::HashMap<String, String> =
+            other.to_metadata().into_iter().collect();
+        assert_eq!(m[META_INPUT], "3x32x24");
+        assert_eq!(
+            m[META_LABEL_NAMES],
+            r#"["a \"quoted\" name","b","c","d","e"]"#
+        );
+        // A checkpoint without the keys is Fashion-MNIST's.
+        assert_eq!(DataSpec::from_metadata(&Default::default()), Ok(fm.clone()));
+        // Unreadable values name their key.
+        for (key, value) in [
+            (META_INPUT, "28x28"),
+            (META_INPUT, "1x28x-28"),
+            (META_INPUT, "1x28xz"),
+            (META_INPUT, "9999999999x9999999999x9"),
+            (META_LABEL_NAMES, "[]"),
+            (META_LABEL_NAMES, "T-shirt"),
+            (META_LABEL_NAMES, "[1, 2]"),
+        ] {
+            let m = std::collections::HashMap::from([(key.to_string(), value.to_string())]);
+            let e = DataSpec::from_metadata(&m).unwrap_err();
+            assert!(e.contains(key), "{key} = {value}: {e}");
+        }
+        assert_eq!(fm.class_name(9), "Ankle boot");
+        assert_eq!(fm.class_name(10), "10");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use crate::data::{CLASS_NAMES, CLASSES, Examples};
+use crate::data::{DataSpec, Examples};
 use std::collections::BTreeMap;
 
 use crate::model::Network;
@@ -18,7 +18,7 @@ pub use crate::model::EVAL_BATCH;
 /// Logits of `model` for every row of `images`, computed under `no_grad`.
 ///
 /// # Shapes
-/// `images: [n, 784] f32` -> `[n, 10] f32`.
+/// `images: [n, C·H·W] f32` -> `[n, classes] f32`.
 pub fn logits(model: &dyn Network, images: &Tensor) -> Tensor {
     logits_with(model, images, |x, _| x.shallow_clone())
 }
@@ -27,7 +27,8 @@ pub fn logits(model: &dyn Network, images: &Tensor) -> Tensor {
 /// images before the forward pass (an augmented view, say).
 ///
 /// # Shapes
-/// `images: [n, 784] f32`; `prepare` maps `[rows, 784]` to `[rows, 784]` -> `[n, 10] f32`.
+/// `images: [n, C·H·W] f32`; `prepare` maps `[rows, C·H·W]` to `[rows, C·H·W]` ->
+/// `[n, classes] f32`.
 pub fn logits_with(
     model: &dyn Network,
     images: &Tensor,
@@ -89,14 +90,14 @@ impl Metrics {
 }
 
 /// What [`metrics`] needs to evaluate a distillation objective on a set: the objective,
-/// the teacher's logits for the same rows (`[n, 10] f32`), and the epoch (for warm-ups).
+/// the teacher's logits for the same rows (`[n, classes] f32`), and the epoch (for warm-ups).
 pub type Teaching<'a> = (&'a dyn Objective, &'a Tensor, usize);
 
 /// Metrics of precomputed logits: cross-entropy and accuracy, plus the objective's
 /// value and terms when `teaching` is given.
 ///
 /// # Shapes
-/// `logits`: `[n, 10] f32`; `labels`: `[n] i64`.
+/// `logits`: `[n, classes] f32`; `labels`: `[n] i64`.
 pub fn metrics(logits: &Tensor, labels: &Tensor, teaching: Option<Teaching>) -> Metrics {
     tch::no_grad(|| {
         let acc = crate::model::correct(logits, labels).double_value(&[])
@@ -154,13 +155,14 @@ pub struct Report {
 /// Number of confidence bins for the ECE.
 pub const ECE_BINS: usize = 15;
 
-/// Computes a [`Report`] from logits.
+/// Computes a [`Report`] from logits, its per-class rows named by `spec`.
 ///
 /// # Shapes
-/// `logits`, `teacher_logits`: `[n, 10] f32`; `labels`: `[n] i64`.
+/// `logits`, `teacher_logits`: `[n, classes] f32`; `labels`: `[n] i64`.
 pub fn report(
     logits: &Tensor,
     labels: &Tensor,
+    spec: &DataSpec,
     teacher_logits: Option<&Tensor>,
 ) -> anyhow::Result<Report> {
     tch::no_grad(|| {
@@ -171,7 +173,7 @@ pub fn report(
         let conf: Vec<f32> = Vec::try_from(conf.to_device(tch::Device::Cpu))?;
         let pred: Vec<i64> = Vec::try_from(pred.to_device(tch::Device::Cpu))?;
         let truth: Vec<i64> = Vec::try_from(labels.to_device(tch::Device::Cpu))?;
-        let k = CLASSES as usize;
+        let k = spec.classes().max(logits.size()[1]) as usize;
         let mut confusion = vec![vec![0u64; k]; k];
         for (&t, &p) in truth.iter().zip(&pred) {
             confusion[t as usize][p as usize] += 1;
@@ -184,7 +186,7 @@ pub fn report(
                 } else {
                     confusion[c][c] as f64 / total as f64
                 };
-                (CLASS_NAMES[c].to_string(), acc, total as i64)
+                (spec.class_name(c as i64), acc, total as i64)
             })
             .collect();
         let ece = expected_calibration_error(&conf, &pred, &truth, ECE_BINS);
@@ -253,7 +255,7 @@ pub fn model_report(
 ) -> anyhow::Result<Report> {
     let z = logits(model, &set.images);
     let t = teacher.map(|t| logits(t, &set.images));
-    report(&z, &set.labels, t.as_ref())
+    report(&z, &set.labels, model.data_spec(), t.as_ref())
 }
 
 #[cfg(test)]
@@ -280,7 +282,7 @@ mod tests {
             .view([1, 10])
             .repeat([3, 1]);
         let labels = Tensor::from_slice(&[0i64, 0, 3]);
-        let r = report(&logits, &labels, Some(&logits)).unwrap();
+        let r = report(&logits, &labels, &DataSpec::fashion_mnist(), Some(&logits)).unwrap();
         assert_eq!(r.confusion[0][0], 2);
         assert_eq!(r.confusion[3][0], 1);
         assert!((r.acc - 2.0 / 3.0).abs() < 1e-9);

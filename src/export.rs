@@ -9,9 +9,9 @@
 //!   `torch.nn.Sequential(Flatten(), Linear, ReLU, ..., Linear)`: `1.weight`, `1.bias`,
 //!   `3.weight`, ... (`[out, in]` and `[out]` f32, as `nn.Linear` keeps them).
 //!
-//! Every format takes `[batch, 1, 28, 28] f32 in [0, 1]` (grey, pixels / 255, a light
-//! object on a dark background, as Fashion-MNIST) and gives logits `[batch, 10] f32`
-//! (no softmax). The model flattens internally. That description, the class names and the
+//! Every format takes `[batch, C, H, W] f32 in [0, 1]` of the checkpoint's data spec
+//! (for Fashion-MNIST grey, pixels / 255, a light object on a dark background) and gives
+//! logits `[batch, classes] f32` (no softmax). The model flattens internally. That description, the class names and the
 //! architecture go into a sidecar `<output>.json` ([`Description`]), and also into the
 //! file's own metadata where the format has some (safetensors `__metadata__`, ONNX
 //! `metadata_props`, key `kdtrain.export`).
@@ -27,7 +27,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{META_ARCH, to_safetensors, write_atomic};
-use crate::data::{CLASS_NAMES, SIDE};
+use crate::data::DataSpec;
 use crate::error::UsageError;
 use crate::predict::{LoadedModel, load_network};
 
@@ -96,9 +96,9 @@ pub struct Description {
     pub input: TensorSpec,
     pub output: TensorSpec,
     /// How to turn an image into the input.
-    pub preprocessing: &'static str,
+    pub preprocessing: String,
     /// Class names by logit index.
-    pub class_names: [&'static str; 10],
+    pub class_names: Vec<String>,
     pub kdtrain_version: &'static str,
 }
 
@@ -119,7 +119,8 @@ fn describe(model: &LoadedModel, checkpoint: &Path, format: Format) -> Descripti
         }
         layers.push(format!("Linear({}, {})", w[0], w[1]));
     }
-    let classes = *model.widths.last().unwrap_or(&10);
+    let spec = &model.spec;
+    let classes = spec.classes();
     let layers = if model.layers.is_empty() {
         // Not a stack of linear layers: the spec says what it is (see `Arch::parse`).
         model.arch.clone()
@@ -134,7 +135,12 @@ fn describe(model: &LoadedModel, checkpoint: &Path, format: Format) -> Descripti
         layers,
         input: TensorSpec {
             name: "image",
-            shape: vec!["batch".into(), 1.into(), 28.into(), 28.into()],
+            shape: vec![
+                "batch".into(),
+                spec.channels.into(),
+                spec.height.into(),
+                spec.width.into(),
+            ],
             dtype: "float32",
             description: "grey pixels / 255, in [0, 1]; light object on a dark background",
         },
@@ -144,10 +150,28 @@ fn describe(model: &LoadedModel, checkpoint: &Path, format: Format) -> Descripti
             dtype: "float32",
             description: "logits (no softmax); softmax over the last axis gives class probabilities",
         },
-        preprocessing: "grey, 28x28, pixels / 255 as float32 in [0, 1], a light object on a \
-                        dark background (Fashion-MNIST); `kdtrain predict` does this for PNG/JPEG",
-        class_names: CLASS_NAMES,
+        preprocessing: preprocessing(spec),
+        class_names: spec.class_names.clone(),
         kdtrain_version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+/// The sidecar's `preprocessing` for images of `spec`.
+fn preprocessing(spec: &DataSpec) -> String {
+    let size = format!("{}x{}", spec.height, spec.width);
+    match (spec.channels, *spec == DataSpec::fashion_mnist()) {
+        (1, true) => format!(
+            "grey, {size}, pixels / 255 as float32 in [0, 1], a light object on a dark \
+             background (Fashion-MNIST); `kdtrain predict` does this for PNG/JPEG"
+        ),
+        (1, false) => format!(
+            "grey, {size}, pixels / 255 as float32 in [0, 1], a light object on a dark \
+             background; `kdtrain predict` does this for PNG/JPEG"
+        ),
+        (c, _) => format!(
+            "{c} channels of {size}, channel-major, pixels / 255 as float32 in [0, 1], as \
+             the training data"
+        ),
     }
 }
 
@@ -324,19 +348,25 @@ fn persist(tmp: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Traces `image [batch, 1, 28, 28] f32 -> logits [batch, 10] f32` and saves it.
+/// Traces `image [batch, C, H, W] f32 -> logits [batch, classes] f32` and saves it.
 /// `flatten(1, -1)` is recorded as an op, so the batch size is not baked in; the traced
 /// module is checked on another batch size before it is written.
 fn export_torchscript(model: &LoadedModel, out: &Path) -> Result<()> {
-    let side = SIDE as i64;
-    let example = Tensor::rand([2, 1, side, side], (Kind::Float, Device::Cpu));
+    let s = &model.spec;
+    let example = Tensor::rand(
+        [2, s.channels, s.height, s.width],
+        (Kind::Float, Device::Cpu),
+    );
     let mut forward = |inputs: &[Tensor]| vec![model.forward(&inputs[0].flatten(1, -1))];
     let mut module = tch::no_grad(|| {
         tch::CModule::create_by_tracing("KdtrainMlp", "forward", &[example], &mut forward)
     })
     .map_err(|e| anyhow!("tracing the {} failed: {e}", model.arch))?;
     module.set_eval();
-    let check = Tensor::rand([3, 1, side, side], (Kind::Float, Device::Cpu));
+    let check = Tensor::rand(
+        [3, s.channels, s.height, s.width],
+        (Kind::Float, Device::Cpu),
+    );
     let got = tch::no_grad(|| module.forward_ts(&[&check]))
         .map_err(|e| anyhow!("the traced module does not run: {e}"))?;
     let want = model.logits(&check.flatten(1, -1));

@@ -1,6 +1,6 @@
 //! Image files to model inputs: a PNG or JPEG of any size and colour becomes one
-//! Fashion-MNIST-like image, 28x28 grey values on the 0..255 scale, a light object on a
-//! dark background.
+//! Fashion-MNIST-like image of the model's [`DataSpec`], H x W grey values on the 0..255
+//! scale, a light object on a dark background (grey models only: C = 1).
 //!
 //! Decoding (PNG, JPEG, EXIF orientation, 16-bit samples) is the `image` crate's; this
 //! module owns what comes after it, in this order:
@@ -11,9 +11,9 @@
 //! 3. inversion (`--invert`): Fashion-MNIST shows a light object on a dark background, so
 //!    with `auto` an image whose border (outermost rows and columns) is light on average
 //!    (mean above 127.5) is inverted, 255 - v;
-//! 4. padding to a square with the background (the mean of the border after step 3),
-//!    the image centred;
-//! 5. resizing to 28x28 by area averaging: each output pixel is the mean of the input
+//! 4. padding to the spec's aspect ratio (a square for a square spec) with the background
+//!    (the mean of the border after step 3), the image centred;
+//! 5. resizing to H x W by area averaging: each output pixel is the mean of the input
 //!    area it covers, weighted by overlap. An image scaled up by an integer factor k
 //!    (each pixel a k x k block) therefore comes back exactly as itself.
 //!
@@ -25,12 +25,11 @@ use std::path::Path;
 use anyhow::{Result, anyhow, bail};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
+use crate::data::DataSpec;
+
 /// Images with more pixels than this are refused before decoding (width x height, read
 /// from the file's header).
 pub const MAX_PIXELS: u64 = 50_000_000;
-
-/// Output side: Fashion-MNIST's 28 pixels.
-pub const SIDE: usize = crate::data::SIDE;
 
 /// Whether to invert grey values (`--invert`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,7 +45,7 @@ pub enum Invert {
 /// One image made ready for the model.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// `[784]` f32 grey values in [0, 255], row-major 28x28, light object on dark.
+    /// `[H·W]` f32 grey values in [0, 255], row-major H x W, light object on dark.
     pub pixels: Vec<f32>,
     /// Whether the grey values were inverted (step 3).
     pub inverted: bool,
@@ -69,15 +68,24 @@ pub fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
-/// Reads, decodes and prepares one PNG or JPEG file (steps 1 to 5 of the module doc).
+/// Reads, decodes and prepares one PNG or JPEG file for a model of `spec` (steps 1 to 5
+/// of the module doc).
 ///
 /// # Errors
-/// Every message names the file: it cannot be opened; it is neither PNG nor JPEG (the
-/// first bytes are shown); its header gives more than [`MAX_PIXELS`] pixels (checked
-/// before decoding) or a zero size; the data is corrupt or truncated (the decoder's
-/// message).
-pub fn load(path: &Path, invert: Invert) -> Result<Prepared> {
+/// Every message names the file: the model takes more than one channel; it cannot be
+/// opened; it is neither PNG nor JPEG (the first bytes are shown); its header gives more
+/// than [`MAX_PIXELS`] pixels (checked before decoding) or a zero size; the data is
+/// corrupt or truncated (the decoder's message).
+pub fn load(path: &Path, invert: Invert, spec: &DataSpec) -> Result<Prepared> {
     let shown = path.display();
+    if spec.channels != 1 {
+        bail!(
+            "{shown}: this model takes {} images ({} channels); PNG and JPEG inputs are read \
+             as grey, for models of one channel only",
+            spec.describe(),
+            spec.channels
+        );
+    }
     let mut reader = ImageReader::open(path)
         .map_err(|e| anyhow!("cannot open {shown}: {e}"))?
         .with_guessed_format()
@@ -122,11 +130,11 @@ pub fn load(path: &Path, invert: Invert) -> Result<Prepared> {
     let mut img = DynamicImage::from_decoder(decoder)
         .map_err(|e| anyhow!("{shown}: the image data is corrupt or truncated ({e})"))?;
     img.apply_orientation(orientation);
-    Ok(prepare(&img, invert))
+    Ok(prepare(&img, invert, spec))
 }
 
-/// Steps 1 to 5 of the module doc on a decoded image.
-pub fn prepare(img: &DynamicImage, invert: Invert) -> Prepared {
+/// Steps 1 to 5 of the module doc on a decoded image, to `spec`'s height and width.
+pub fn prepare(img: &DynamicImage, invert: Invert, spec: &DataSpec) -> Prepared {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut grey = grey_on_white(img);
     let border = border_mean(&grey, w, h);
@@ -144,7 +152,12 @@ pub fn prepare(img: &DynamicImage, invert: Invert) -> Prepared {
         border
     };
     Prepared {
-        pixels: square_area_resize(&grey, w, h, background, SIDE),
+        pixels: area_resize(
+            &grey,
+            (w, h),
+            background,
+            (spec.width as usize, spec.height as usize),
+        ),
         inverted,
         original_size: (w as u32, h as u32),
     }
@@ -233,20 +246,38 @@ fn area_weights(side: usize, out: usize) -> Vec<Vec<(usize, u64)>> {
         .collect()
 }
 
-/// Pads `grey` (`w` x `h`) to a centred square of side max(w, h) filled with
-/// `background`, then resizes it to `out` x `out` by area averaging. The padding is never
-/// materialised (a 50,000,000 x 1 image would need a square of 2.5e15 pixels).
-fn square_area_resize(grey: &[f32], w: usize, h: usize, background: f32, out: usize) -> Vec<f32> {
-    let side = w.max(h);
-    let (x0, y0) = ((side - w) / 2, (side - h) / 2);
-    let weights = area_weights(side, out);
+/// Pads `grey` (`w` x `h`) to a centred `pw` x `ph` of the output's aspect ratio (a
+/// square of side max(w, h) for a square output; the padded side rounded up) filled with
+/// `background`, then resizes it to `out_w` x `out_h` by area averaging. The padding is
+/// never materialised (a 50,000,000 x 1 image would need a square of 2.5e15 pixels).
+fn area_resize(
+    grey: &[f32],
+    (w, h): (usize, usize),
+    background: f32,
+    (out_w, out_h): (usize, usize),
+) -> Vec<f32> {
+    // Widths and heights multiplied in u128: no overflow for any image under MAX_PIXELS.
+    let (pw, ph) = if (w as u128) * (out_h as u128) >= (h as u128) * (out_w as u128) {
+        (
+            w,
+            ((w as u128 * out_h as u128).div_ceil(out_w as u128) as usize).max(h),
+        )
+    } else {
+        (
+            ((h as u128 * out_w as u128).div_ceil(out_h as u128) as usize).max(w),
+            h,
+        )
+    };
+    let (x0, y0) = ((pw - w) / 2, (ph - h) / 2);
+    let weights_x = area_weights(pw, out_w);
+    let weights_y = area_weights(ph, out_h);
     let bg = f64::from(background);
-    // Pass 1, along x: each image row becomes `out` sums of weighted values.
-    let mut rows = vec![0.0f64; h * out];
+    // Pass 1, along x: each image row becomes `out_w` sums of weighted values.
+    let mut rows = vec![0.0f64; h * out_w];
     for y in 0..h {
         let src = &grey[y * w..(y + 1) * w];
-        for (o, ws) in weights.iter().enumerate() {
-            rows[y * out + o] = ws
+        for (o, ws) in weights_x.iter().enumerate() {
+            rows[y * out_w + o] = ws
                 .iter()
                 .map(|&(p, wt)| {
                     let v = if p >= x0 && p < x0 + w {
@@ -260,23 +291,23 @@ fn square_area_resize(grey: &[f32], w: usize, h: usize, background: f32, out: us
         }
     }
     // Pass 2, along y: rows outside the image are background rows, whose x sums are
-    // bg * side.
-    let norm = (side as f64) * (side as f64);
-    let mut result = vec![0.0f32; out * out];
-    for (oy, ws) in weights.iter().enumerate() {
-        for ox in 0..out {
+    // bg * pw.
+    let norm = (pw as f64) * (ph as f64);
+    let mut result = vec![0.0f32; out_w * out_h];
+    for (oy, ws) in weights_y.iter().enumerate() {
+        for ox in 0..out_w {
             let sum: f64 = ws
                 .iter()
                 .map(|&(p, wt)| {
                     let x = if p >= y0 && p < y0 + h {
-                        rows[(p - y0) * out + ox]
+                        rows[(p - y0) * out_w + ox]
                     } else {
-                        bg * side as f64
+                        bg * pw as f64
                     };
                     x * wt as f64
                 })
                 .sum();
-            result[oy * out + ox] = (sum / norm) as f32;
+            result[oy * out_w + ox] = (sum / norm) as f32;
         }
     }
     result
@@ -286,6 +317,10 @@ fn square_area_resize(grey: &[f32], w: usize, h: usize, background: f32, out: us
 mod tests {
     use super::*;
     use image::{GrayImage, ImageEncoder, Luma, Rgba, RgbaImage};
+
+    fn fm() -> DataSpec {
+        DataSpec::fashion_mnist()
+    }
 
     fn pattern(seed: u32) -> GrayImage {
         GrayImage::from_fn(28, 28, |x, y| {
@@ -304,11 +339,50 @@ mod tests {
         for k in [1u32, 2, 3, 7] {
             let big =
                 image::imageops::resize(&img, 28 * k, 28 * k, image::imageops::FilterType::Nearest);
-            let p = prepare(&DynamicImage::ImageLuma8(big), Invert::Auto);
+            let p = prepare(&DynamicImage::ImageLuma8(big), Invert::Auto, &fm());
             assert!(!p.inverted);
             let want: Vec<f32> = img.pixels().map(|v| f32::from(v[0])).collect();
             assert_eq!(p.pixels, want, "factor {k}");
         }
+    }
+
+    /// A spec of another height and width: an image of that shape scaled up by k comes
+    /// back exactly; one of another aspect ratio is padded to the spec's; more than one
+    /// channel is refused, naming the file.
+    #[test]
+    fn other_sizes_follow_the_spec() {
+        let spec = DataSpec {
+            channels: 1,
+            height: 6,
+            width: 4,
+            class_names: vec!["a".into()],
+        };
+        let img = GrayImage::from_fn(4, 6, |x, y| Luma([(x * 40 + y * 7) as u8]));
+        for k in [1u32, 3] {
+            let big =
+                image::imageops::resize(&img, 4 * k, 6 * k, image::imageops::FilterType::Nearest);
+            let p = prepare(&DynamicImage::ImageLuma8(big), Invert::No, &spec);
+            let want: Vec<f32> = img.pixels().map(|v| f32::from(v[0])).collect();
+            assert_eq!(p.pixels, want, "factor {k}");
+        }
+        // A constant 10 x 10 image padded to 10 x 15 with its own value stays constant.
+        let flat = GrayImage::from_pixel(10, 10, Luma([90]));
+        let p = prepare(&DynamicImage::ImageLuma8(flat), Invert::No, &spec);
+        assert_eq!(p.pixels.len(), 24);
+        assert!(
+            p.pixels.iter().all(|&v| (v - 90.0).abs() < 1e-4),
+            "{:?}",
+            p.pixels
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("colour.png");
+        img.save(&path).unwrap();
+        let colour = DataSpec {
+            channels: 3,
+            ..spec
+        };
+        let e = load(&path, Invert::No, &colour).unwrap_err().to_string();
+        assert!(e.contains("colour.png") && e.contains("3x6x4"), "{e}");
     }
 
     #[test]
@@ -324,7 +398,7 @@ mod tests {
         }
         // A constant image stays constant, also when padded.
         let grey = vec![80.0f32; 50 * 20];
-        let r = square_area_resize(&grey, 50, 20, 80.0, 28);
+        let r = area_resize(&grey, (50, 20), 80.0, (28, 28));
         assert!(r.iter().all(|&v| (v - 80.0).abs() < 1e-4), "{r:?}");
     }
 
@@ -332,7 +406,7 @@ mod tests {
     fn padding_uses_the_background_and_centres() {
         // A 28 x 14 white-on-black strip: padded rows (7 above, 7 below) are background.
         let img = GrayImage::from_fn(28, 14, |x, _| Luma([if x % 2 == 0 { 0 } else { 200 }]));
-        let p = prepare(&DynamicImage::ImageLuma8(img), Invert::No);
+        let p = prepare(&DynamicImage::ImageLuma8(img), Invert::No, &fm());
         let bg: f32 = p.pixels[0];
         // border mean of the strip: alternating 0 and 200 on top/bottom rows, 0 and 200 on
         // the sides; the first padded row is all background.
@@ -345,13 +419,13 @@ mod tests {
     fn light_background_is_inverted_and_matches_its_inverse() {
         let img = pattern(2);
         let inv = GrayImage::from_fn(28, 28, |x, y| Luma([255 - img.get_pixel(x, y)[0]]));
-        let a = prepare(&DynamicImage::ImageLuma8(img.clone()), Invert::Auto);
-        let b = prepare(&DynamicImage::ImageLuma8(inv.clone()), Invert::Auto);
+        let a = prepare(&DynamicImage::ImageLuma8(img.clone()), Invert::Auto, &fm());
+        let b = prepare(&DynamicImage::ImageLuma8(inv.clone()), Invert::Auto, &fm());
         assert!(!a.inverted && b.inverted);
         assert_eq!(a.pixels, b.pixels);
         // --invert no keeps the light one as it is; --invert yes inverts the dark one.
-        assert!(!prepare(&DynamicImage::ImageLuma8(inv), Invert::No).inverted);
-        assert!(prepare(&DynamicImage::ImageLuma8(img), Invert::Yes).inverted);
+        assert!(!prepare(&DynamicImage::ImageLuma8(inv), Invert::No, &fm()).inverted);
+        assert!(prepare(&DynamicImage::ImageLuma8(img), Invert::Yes, &fm()).inverted);
     }
 
     #[test]
@@ -391,10 +465,10 @@ mod tests {
             .unwrap();
         let path = dir.path().join("rotated.png");
         std::fs::write(&path, bytes).unwrap();
-        let loaded = load(&path, Invert::No).unwrap();
+        let loaded = load(&path, Invert::No, &fm()).unwrap();
         assert_eq!(loaded.original_size, (2, 3));
         let upright = image::imageops::rotate90(&raw);
-        let want = prepare(&DynamicImage::ImageLuma8(upright), Invert::No);
+        let want = prepare(&DynamicImage::ImageLuma8(upright), Invert::No, &fm());
         assert_eq!(loaded.pixels, want.pixels);
     }
 
@@ -403,7 +477,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = dir.path().join("notes.txt");
         std::fs::write(&text, "hello").unwrap();
-        let e = load(&text, Invert::Auto).unwrap_err().to_string();
+        let e = load(&text, Invert::Auto, &fm()).unwrap_err().to_string();
         assert!(
             e.contains("notes.txt") && e.contains("not a PNG or JPEG"),
             "{e}"
@@ -414,9 +488,9 @@ mod tests {
             .unwrap();
         let cut = dir.path().join("cut.png");
         std::fs::write(&cut, &png[..png.len() / 2]).unwrap();
-        let e = load(&cut, Invert::Auto).unwrap_err().to_string();
+        let e = load(&cut, Invert::Auto, &fm()).unwrap_err().to_string();
         assert!(e.contains("cut.png") && e.contains("corrupt"), "{e}");
-        let e = load(&dir.path().join("missing.png"), Invert::Auto)
+        let e = load(&dir.path().join("missing.png"), Invert::Auto, &fm())
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.png"), "{e}");
@@ -436,7 +510,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("huge.png");
         std::fs::write(&path, &png).unwrap();
-        let e = load(&path, Invert::Auto).unwrap_err().to_string();
+        let e = load(&path, Invert::Auto, &fm()).unwrap_err().to_string();
         assert!(
             e.contains("huge.png") && e.contains("100.0 megapixels"),
             "{e}"

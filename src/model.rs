@@ -1,7 +1,9 @@
 //! The networks. An architecture ([`Arch`]) is separate from the role a network plays
 //! (teacher or student, see [`RunKind`]): `mlp:512,256,128` is the Keras
-//! reference's teacher (784-512-256-128-10), `mlp:128` its student (784-128-10), both
-//! ReLU. A checkpoint records its architecture spec, and [`Arch::build`] rebuilds it.
+//! reference's teacher (inputs-512-256-128-classes), `mlp:128` its student
+//! (inputs-128-classes), both ReLU. The inputs and classes come from the data's
+//! [`DataSpec`]. A checkpoint records its architecture spec and data spec, and
+//! [`Arch::build`] rebuilds it.
 //!
 //! Layers are named `fc1`, `fc2`, ... so checkpoint keys are stable (`fc1.weight`
 //! `[out, in]`, `fc1.bias` `[out]`). This module owns shapes and initialisation, not
@@ -11,10 +13,7 @@ use std::fmt;
 
 use tch::{Device, Kind, Tensor, nn};
 
-/// Input features: 28x28 pixels, flattened.
-pub const INPUTS: i64 = 784;
-/// Output logits: the ten Fashion-MNIST classes.
-pub const OUTPUTS: i64 = 10;
+pub use crate::data::DataSpec;
 
 /// Examples per forward pass when evaluating an MLP (no activations are kept, so large is
 /// cheap); see [`Network::eval_batch`].
@@ -53,16 +52,16 @@ impl RunKind {
 /// thousandths so that specs compare and hash exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Arch {
-    /// A ReLU multi-layer perceptron 784-`hidden`-10 (`mlp:512,256,128`), with dropout
+    /// A ReLU multi-layer perceptron inputs-`hidden`-classes (`mlp:512,256,128`), with dropout
     /// after each hidden layer when `dropout_milli` > 0 (`mlp:512,256,128,dropout=0.2`).
     Mlp {
         hidden: Vec<i64>,
         dropout_milli: u32,
     },
-    /// A convolutional network on `[batch, 1, 28, 28]` (`cnn:32,64,256,dropout=0.3`): per
+    /// A convolutional network on `[batch, C, H, W]` (`cnn:32,64,256,dropout=0.3`): per
     /// entry of `channels` a block conv 3x3 (padding 1) -> batch norm -> ReLU -> max-pool
-    /// 2x2, then a ReLU linear layer of `fc` units, dropout, and a linear layer to the 10
-    /// logits.
+    /// 2x2, then a ReLU linear layer of `fc` units, dropout, and a linear layer to the
+    /// logits, one per class.
     Cnn {
         channels: Vec<i64>,
         fc: i64,
@@ -73,9 +72,10 @@ pub enum Arch {
     TorchScript,
 }
 
-/// Side of the feature maps after `blocks` 2x2 max-pools of a 28x28 image.
-fn side_after(blocks: usize) -> i64 {
-    (0..blocks).fold(28, |s, _| s / 2)
+/// Side of the feature maps after `blocks` 2x2 max-pools (which floor) of an image side
+/// `side` pixels long.
+fn side_after(side: i64, blocks: usize) -> i64 {
+    (0..blocks).fold(side, |s, _| s / 2)
 }
 
 impl Arch {
@@ -125,7 +125,7 @@ impl Arch {
         // The message: what a spec looks like, then what is wrong with this one.
         let bad = |problem: String| format!("{expected}; here {problem}");
         // Spaces around the parts are allowed (" mlp : 128 , dropout = 0.1 "), not inside a
-        // number ("1 28").
+        // number ("12 8").
         let spec = spec.trim();
         match spec {
             "teacher" => return Ok(Arch::teacher()),
@@ -269,38 +269,43 @@ impl Arch {
         }
     }
 
-    /// An MLP's layer widths from input to logits; empty for other architectures.
-    pub fn widths(&self) -> Vec<i64> {
+    /// An MLP's layer widths from input to logits (C·H·W, the hidden widths, classes);
+    /// empty for other architectures.
+    pub fn widths(&self, spec: &DataSpec) -> Vec<i64> {
         match self {
-            Arch::Mlp { hidden, .. } => std::iter::once(INPUTS)
+            Arch::Mlp { hidden, .. } => std::iter::once(spec.inputs())
                 .chain(hidden.iter().copied())
-                .chain(std::iter::once(OUTPUTS))
+                .chain(std::iter::once(spec.classes()))
                 .collect(),
             _ => Vec::new(),
         }
     }
 
     /// A CNN's `(in, out)` channels per conv block and the widths of its linear layers
-    /// (flattened features, fc, 10).
-    fn cnn_layout(channels: &[i64], fc: i64) -> (Vec<(i64, i64)>, [i64; 3]) {
-        let convs = std::iter::once(1)
+    /// (flattened features, fc, classes).
+    fn cnn_layout(spec: &DataSpec, channels: &[i64], fc: i64) -> (Vec<(i64, i64)>, [i64; 3]) {
+        let convs = std::iter::once(spec.channels)
             .chain(channels.iter().copied())
             .collect::<Vec<_>>()
             .windows(2)
             .map(|w| (w[0], w[1]))
             .collect();
-        let side = side_after(channels.len());
-        let flat = channels.last().copied().unwrap_or(1) * side * side;
-        (convs, [flat, fc, OUTPUTS])
+        let (h, w) = (
+            side_after(spec.height, channels.len()),
+            side_after(spec.width, channels.len()),
+        );
+        let flat = channels.last().copied().unwrap_or(spec.channels) * h * w;
+        (convs, [flat, fc, spec.classes()])
     }
 
-    /// Trainable parameters (batch norm's running statistics are buffers, not counted).
-    pub fn num_params(&self) -> i64 {
+    /// Trainable parameters on data of `spec` (batch norm's running statistics are
+    /// buffers, not counted).
+    pub fn num_params(&self, spec: &DataSpec) -> i64 {
         let dense = |w: &[i64]| w.windows(2).map(|w| w[0] * w[1] + w[1]).sum::<i64>();
         match self {
-            Arch::Mlp { .. } => dense(&self.widths()),
+            Arch::Mlp { .. } => dense(&self.widths(spec)),
             Arch::Cnn { channels, fc, .. } => {
-                let (convs, lin) = Arch::cnn_layout(channels, *fc);
+                let (convs, lin) = Arch::cnn_layout(spec, channels, *fc);
                 convs
                     .iter()
                     .map(|&(i, o)| i * o * 9 + o + 2 * o)
@@ -311,19 +316,19 @@ impl Arch {
         }
     }
 
-    /// Multiply-accumulates of one forward pass for one example.
-    pub fn macs_per_example(&self) -> i64 {
+    /// Multiply-accumulates of one forward pass for one example of `spec`.
+    pub fn macs_per_example(&self, spec: &DataSpec) -> i64 {
         let dense = |w: &[i64]| w.windows(2).map(|w| w[0] * w[1]).sum::<i64>();
         match self {
-            Arch::Mlp { .. } => dense(&self.widths()),
+            Arch::Mlp { .. } => dense(&self.widths(spec)),
             Arch::Cnn { channels, fc, .. } => {
-                let (convs, lin) = Arch::cnn_layout(channels, *fc);
+                let (convs, lin) = Arch::cnn_layout(spec, channels, *fc);
                 convs
                     .iter()
                     .enumerate()
                     .map(|(k, &(i, o))| {
-                        let s = side_after(k);
-                        s * s * i * o * 9
+                        let (h, w) = (side_after(spec.height, k), side_after(spec.width, k));
+                        h * w * i * o * 9
                     })
                     .sum::<i64>()
                     + dense(&lin)
@@ -332,28 +337,44 @@ impl Arch {
         }
     }
 
-    /// A freshly initialised network of this architecture on `device` (draws from
+    /// A freshly initialised network of this architecture for data of `spec` (it takes
+    /// `[batch, C·H·W] f32` and gives `[batch, classes] f32`) on `device` (draws from
     /// libtorch's global generator: seed it first with `tch::manual_seed`).
     ///
     /// # Panics
     /// For [`Arch::TorchScript`], which is loaded from its file, never built; specs from
     /// the config or a checkpoint never name it ([`Arch::parse`] refuses it).
-    pub fn build(&self, device: Device) -> Box<dyn Network> {
+    pub fn build(&self, spec: &DataSpec, device: Device) -> Box<dyn Network> {
         match self {
-            Arch::Mlp { .. } => Box::new(Mlp::new(self.clone(), device)),
-            Arch::Cnn { .. } => Box::new(Cnn::new(self.clone(), device)),
+            Arch::Mlp { .. } => Box::new(Mlp::new(self.clone(), spec.clone(), device)),
+            Arch::Cnn { .. } => Box::new(Cnn::new(self.clone(), spec.clone(), device)),
             Arch::TorchScript => unreachable!("TorchScript models are loaded, not built"),
         }
     }
+
+    /// The spec with an MLP's widths on data of `spec`, as messages show it:
+    /// `mlp:128 (C·H·W-128-classes)` with the numbers of `spec`; other architectures as
+    /// their spec.
+    pub fn describe(&self, spec: &DataSpec) -> String {
+        Described(self, spec).to_string()
+    }
 }
 
-impl fmt::Display for Arch {
+/// An architecture on data of a spec, displayed as [`Arch::describe`] says.
+pub struct Described<'a>(pub &'a Arch, pub &'a DataSpec);
+
+impl fmt::Display for Described<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let w: Vec<String> = self.widths().iter().map(|w| w.to_string()).collect();
+        let w: Vec<String> = self
+            .0
+            .widths(self.1)
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
         if w.is_empty() {
-            return f.write_str(&self.spec());
+            return f.write_str(&self.0.spec());
         }
-        write!(f, "{} ({})", self.spec(), w.join("-"))
+        write!(f, "{} ({})", self.0.spec(), w.join("-"))
     }
 }
 
@@ -362,10 +383,18 @@ pub trait Network: Send {
     /// Its architecture.
     fn arch(&self) -> &Arch;
 
+    /// The data it takes and the classes it tells apart.
+    fn data_spec(&self) -> &DataSpec;
+
+    /// Its architecture on its data, as messages show it ([`Arch::describe`]).
+    fn describe(&self) -> String {
+        self.arch().describe(self.data_spec())
+    }
+
     /// The logits.
     ///
     /// # Shapes
-    /// `x: [batch, 784] f32 in [0, 1]` -> `[batch, 10] f32` (no softmax). `train` selects
+    /// `x: [batch, C·H·W] f32 in [0, 1]` -> `[batch, classes] f32` (no softmax). `train` selects
     /// training behaviour (dropout, batch statistics) where the network has any.
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor;
 
@@ -436,6 +465,7 @@ pub trait Network: Send {
 /// An MLP with its own [`nn::VarStore`].
 pub struct Mlp {
     arch: Arch,
+    spec: DataSpec,
     pub vs: nn::VarStore,
     /// `(weight [out, in] f32, bias [out] f32)` per layer, input to output.
     layers: Vec<(Tensor, Tensor)>,
@@ -445,12 +475,13 @@ impl Mlp {
     /// A freshly initialised MLP on `device`. Weights are Glorot-uniform,
     /// U(-l, l) with l = sqrt(6 / (fan_in + fan_out)), and biases zero: the Keras `Dense`
     /// defaults (`glorot_uniform`, `zeros`). Draws from libtorch's global generator, so
-    /// seed it first with `tch::manual_seed`.
-    pub fn new(arch: Arch, device: Device) -> Mlp {
+    /// seed it first with `tch::manual_seed`. It takes `[batch, C·H·W]` of `spec` and gives
+    /// `[batch, classes]`.
+    pub fn new(arch: Arch, spec: DataSpec, device: Device) -> Mlp {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let layers = arch
-            .widths()
+            .widths(&spec)
             .windows(2)
             .enumerate()
             .map(|(i, w)| {
@@ -469,13 +500,22 @@ impl Mlp {
                 (weight, bias)
             })
             .collect();
-        Mlp { arch, vs, layers }
+        Mlp {
+            arch,
+            spec,
+            vs,
+            layers,
+        }
     }
 }
 
 impl Network for Mlp {
     fn arch(&self) -> &Arch {
         &self.arch
+    }
+
+    fn data_spec(&self) -> &DataSpec {
+        &self.spec
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -518,6 +558,7 @@ impl Network for Mlp {
 /// 0.1 and eps 1e-5.
 pub struct Cnn {
     arch: Arch,
+    spec: DataSpec,
     pub vs: nn::VarStore,
     blocks: Vec<(nn::Conv2D, nn::BatchNorm)>,
     fc1: nn::Linear,
@@ -528,15 +569,16 @@ pub struct Cnn {
 }
 
 impl Cnn {
-    /// A freshly initialised CNN on `device` (seed libtorch's generator first).
+    /// A freshly initialised CNN for data of `spec` on `device` (seed libtorch's
+    /// generator first).
     ///
     /// # Panics
     /// When `arch` is not [`Arch::Cnn`].
-    pub fn new(arch: Arch, device: Device) -> Cnn {
+    pub fn new(arch: Arch, spec: DataSpec, device: Device) -> Cnn {
         let Arch::Cnn { channels, fc, .. } = &arch else {
             panic!("Cnn::new needs a cnn architecture, not {}", arch.spec());
         };
-        let (convs, lin) = Arch::cnn_layout(channels, *fc);
+        let (convs, lin) = Arch::cnn_layout(&spec, channels, *fc);
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let blocks = convs
@@ -572,6 +614,7 @@ impl Cnn {
         buffer_names.sort();
         Cnn {
             arch,
+            spec,
             vs,
             blocks,
             fc1,
@@ -595,9 +638,14 @@ impl Network for Cnn {
         &self.arch
     }
 
+    fn data_spec(&self) -> &DataSpec {
+        &self.spec
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         use tch::nn::{Module, ModuleT};
-        let mut h = x.view([-1, 1, 28, 28]); // [batch, 1, 28, 28]
+        let s = &self.spec;
+        let mut h = x.view([-1, s.channels, s.height, s.width]); // [batch, C, H, W]
         for (conv, bn) in &self.blocks {
             h = bn
                 .forward_t(&conv.forward(&h), train)
@@ -606,7 +654,7 @@ impl Network for Cnn {
         }
         let h = self.fc1.forward(&h.flatten(1, -1)).relu(); // [batch, fc]
         let h = h.dropout(self.arch.dropout(), train);
-        self.fc2.forward(&h) // [batch, 10]
+        self.fc2.forward(&h) // [batch, classes]
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -649,12 +697,16 @@ pub fn correct(logits: &Tensor, labels: &Tensor) -> Tensor {
 mod tests {
     use super::*;
 
+    fn fm() -> DataSpec {
+        DataSpec::fashion_mnist()
+    }
+
     #[test]
     fn parameter_counts_match_the_keras_models() {
-        assert_eq!(Arch::teacher().num_params(), 567_434);
-        assert_eq!(Arch::student().num_params(), 101_770);
+        assert_eq!(Arch::teacher().num_params(&fm()), 567_434);
+        assert_eq!(Arch::student().num_params(&fm()), 101_770);
         for (arch, n) in [(Arch::teacher(), 567_434), (Arch::student(), 101_770)] {
-            let m = arch.build(Device::Cpu);
+            let m = arch.build(&fm(), Device::Cpu);
             let count: i64 = m.parameters().iter().map(|p| p.numel() as i64).sum();
             assert_eq!(count, n);
         }
@@ -724,7 +776,7 @@ mod tests {
 
     #[test]
     fn stable_names_and_shapes() {
-        let s = Arch::student().build(Device::Cpu);
+        let s = Arch::student().build(&fm(), Device::Cpu);
         let names: Vec<_> = s
             .named_parameters()
             .into_iter()
@@ -744,7 +796,7 @@ mod tests {
     #[test]
     fn glorot_uniform_init_and_zero_bias() {
         tch::manual_seed(0);
-        let t = Arch::teacher().build(Device::Cpu);
+        let t = Arch::teacher().build(&fm(), Device::Cpu);
         let p = t.named_parameters();
         let w = &p[0].1;
         let limit = (6.0f64 / (784.0 + 512.0)).sqrt();
@@ -757,7 +809,7 @@ mod tests {
 
     #[test]
     fn forward_shape() {
-        let s = Arch::teacher().build(Device::Cpu);
+        let s = Arch::teacher().build(&fm(), Device::Cpu);
         let x = Tensor::rand([3, 784], (Kind::Float, Device::Cpu));
         assert_eq!(s.forward(&x).size(), vec![3, 10]);
     }
@@ -770,10 +822,10 @@ mod tests {
         // conv1 1*32*9+32, bn1 2*32, conv2 32*64*9+64, bn2 2*64, fc1 64*7*7*256+256,
         // fc2 256*10+10.
         let by_hand = (9 * 32 + 32) + 64 + (32 * 64 * 9 + 64) + 128 + (3136 * 256 + 256) + 2570;
-        assert_eq!(arch.num_params(), by_hand);
+        assert_eq!(arch.num_params(&fm()), by_hand);
         assert_eq!(by_hand, 824_650);
         tch::manual_seed(0);
-        let m = arch.build(Device::Cpu);
+        let m = arch.build(&fm(), Device::Cpu);
         let count: i64 = m.parameters().iter().map(|p| p.numel() as i64).sum();
         assert_eq!(count, by_hand);
         let buffers: Vec<_> = m
@@ -809,20 +861,23 @@ mod tests {
         assert!(m.forward(&x).equal(&m.forward(&x)));
         // A deeper spec: three blocks leave 3x3 maps.
         let deep = Arch::parse("cnn:8,8,8,16").unwrap();
-        assert_eq!(deep.build(Device::Cpu).forward(&x).size(), vec![5, 10]);
+        assert_eq!(
+            deep.build(&fm(), Device::Cpu).forward(&x).size(),
+            vec![5, 10]
+        );
         let n: i64 = deep
-            .build(Device::Cpu)
+            .build(&fm(), Device::Cpu)
             .parameters()
             .iter()
             .map(|p| p.numel() as i64)
             .sum();
-        assert_eq!(n, deep.num_params());
+        assert_eq!(n, deep.num_params(&fm()));
     }
 
     #[test]
     fn snapshot_and_restore_cover_the_buffers() {
         tch::manual_seed(1);
-        let m = Arch::cnn().build(Device::Cpu);
+        let m = Arch::cnn().build(&fm(), Device::Cpu);
         let snap = m.snapshot();
         let x = Tensor::rand([8, 784], (Kind::Float, Device::Cpu));
         let want = m.forward(&x);
@@ -835,13 +890,63 @@ mod tests {
     #[test]
     fn mlp_dropout_only_in_training() {
         let arch = Arch::parse("mlp:512,256,128,dropout=0.2").unwrap();
-        assert_eq!(arch.num_params(), 567_434);
+        assert_eq!(arch.num_params(&fm()), 567_434);
         assert_eq!(arch.spec(), "mlp:512,256,128,dropout=0.2");
-        let m = arch.build(Device::Cpu);
+        let m = arch.build(&fm(), Device::Cpu);
         let x = Tensor::rand([4, 784], (Kind::Float, Device::Cpu));
         assert!(m.forward(&x).equal(&m.forward(&x)));
         assert!(!m.forward_t(&x, true).equal(&m.forward_t(&x, true)));
-        let plain = Arch::teacher().build(Device::Cpu);
+        let plain = Arch::teacher().build(&fm(), Device::Cpu);
         assert!(plain.forward_t(&x, true).equal(&plain.forward(&x)));
+    }
+
+    /// A colour spec of another size and class count: the layers, the logits and the
+    /// counts all follow it (3x32x32 pools to 8x8 after two blocks; 3x30x20 to 7x5).
+    #[test]
+    fn networks_take_their_shapes_from_the_spec() {
+        let spec = DataSpec {
+            channels: 3,
+            height: 32,
+            width: 32,
+            class_names: ["a", "b", "c", "d", "e"].map(String::from).to_vec(),
+        };
+        tch::manual_seed(0);
+        let cnn = Arch::cnn().build(&spec, Device::Cpu);
+        assert_eq!(cnn.data_spec(), &spec);
+        let x = Tensor::rand([4, 3 * 32 * 32], (Kind::Float, Device::Cpu));
+        assert_eq!(cnn.forward(&x).size(), vec![4, 5]);
+        assert_eq!(cnn.forward_t(&x, true).size(), vec![4, 5]);
+        let shapes: std::collections::HashMap<String, Vec<i64>> = cnn
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+        assert_eq!(shapes["conv1.weight"], vec![32, 3, 3, 3]);
+        assert_eq!(shapes["fc1.weight"], vec![256, 64 * 8 * 8]);
+        assert_eq!(shapes["fc2.weight"], vec![5, 256]);
+        let count: i64 = cnn.parameters().iter().map(|p| p.numel() as i64).sum();
+        assert_eq!(count, Arch::cnn().num_params(&spec));
+        // Sides that differ and do not halve evenly: 30x20 -> 15x10 -> 7x5.
+        let tall = DataSpec {
+            height: 30,
+            width: 20,
+            ..spec.clone()
+        };
+        let net = Arch::cnn().build(&tall, Device::Cpu);
+        let x = Tensor::rand([2, 3 * 30 * 20], (Kind::Float, Device::Cpu));
+        assert_eq!(net.forward(&x).size(), vec![2, 5]);
+        let count: i64 = net.parameters().iter().map(|p| p.numel() as i64).sum();
+        assert_eq!(count, Arch::cnn().num_params(&tall));
+        // The MLP: C·H·W inputs, one logit per class.
+        let mlp = Arch::student().build(&spec, Device::Cpu);
+        assert_eq!(Arch::student().widths(&spec), vec![3072, 128, 5]);
+        let x = Tensor::rand([4, 3072], (Kind::Float, Device::Cpu));
+        assert_eq!(mlp.forward(&x).size(), vec![4, 5]);
+        assert_eq!(Arch::student().describe(&spec), "mlp:128 (3072-128-5)");
+        assert_eq!(
+            Arch::student().describe(&fm()),
+            "mlp:128 (784-128-10)",
+            "messages name Fashion-MNIST's widths as before"
+        );
     }
 }

@@ -259,8 +259,16 @@ mod tests {
     /// Two students with the same weights. Tests run in parallel and share libtorch's
     /// generator, so the second is a copy, not a reseeded draw.
     fn twins() -> (Mlp, Mlp) {
-        let a = Mlp::new(Arch::student(), Device::Cpu);
-        let b = Mlp::new(Arch::student(), Device::Cpu);
+        let a = Mlp::new(
+            Arch::student(),
+            crate::data::DataSpec::fashion_mnist(),
+            Device::Cpu,
+        );
+        let b = Mlp::new(
+            Arch::student(),
+            crate::data::DataSpec::fashion_mnist(),
+            Device::Cpu,
+        );
         b.restore(&a.snapshot());
         (a, b)
     }

@@ -181,9 +181,10 @@ pub fn comparison_png(path: &Path, title: &str, runs: &[(&str, &[f64])]) -> Resu
 }
 
 /// Writes `confusion.png` ([`CONFUSION_SIZE`], 700 x 650 px): a confusion-matrix heat
-/// map, normally 10 x 10. Rows (y axis, top to bottom) are the true class and columns
-/// (x axis, left to right) the predicted class, both in the order of `class_names`;
-/// `counts[true][predicted]` is a number of examples, printed in its cell when it fits.
+/// map, classes x classes (the data's [`crate::data::DataSpec`]). Rows (y axis, top to
+/// bottom) are the true class and columns (x axis, left to right) the predicted class,
+/// both in the order of `class_names`; `counts[true][predicted]` is a number of
+/// examples, printed in its cell when it fits.
 /// A cell's shade is its share of its row (so the diagonal shows per-class recall); the
 /// subtitle gives the overall accuracy. Missing rows or cells count as zero; classes
 /// without a name are shown by index. More than [`MAX_CLASSES`] classes is an error.

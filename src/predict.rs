@@ -13,7 +13,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::Checkpoint;
-use crate::data::{CLASS_NAMES, Idx, SIDE};
+use crate::data::{DataSpec, Idx};
 use crate::error::{UsageError, usage};
 use crate::image_input::{self, Invert};
 use crate::model::Network;
@@ -51,8 +51,11 @@ pub struct PredictArgs {
 pub struct LoadedModel {
     /// The architecture spec from the checkpoint (`mlp:128`, `mlp:512,256,128`).
     pub arch: String,
-    /// Layer widths from input to logits, e.g. `[784, 128, 10]`.
+    /// Layer widths from input to logits, e.g. `[C·H·W, 128, classes]`; empty for other
+    /// architectures than an MLP.
     pub widths: Vec<i64>,
+    /// The data it takes and the classes it tells apart, from the checkpoint.
+    pub spec: DataSpec,
     /// For an MLP, `(weight [out, in] f32, bias [out] f32)` per linear layer, input to
     /// output (empty for other architectures); ReLU
     /// between them, none after the last.
@@ -64,7 +67,7 @@ impl LoadedModel {
     /// The logits, under `no_grad`.
     ///
     /// # Shapes
-    /// `images: [n, 784] f32 in [0, 1]` -> `[n, 10] f32` (no softmax).
+    /// `images: [n, C·H·W] f32 in [0, 1]` -> `[n, classes] f32` (no softmax).
     pub fn logits(&self, images: &Tensor) -> Tensor {
         crate::eval::logits(self.net.as_ref(), images)
     }
@@ -72,7 +75,7 @@ impl LoadedModel {
     /// The forward pass as a plain function, for tracing.
     ///
     /// # Shapes
-    /// `x: [n, 784] f32` -> `[n, 10] f32`.
+    /// `x: [n, C·H·W] f32` -> `[n, classes] f32`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.net.forward(x)
     }
@@ -99,9 +102,11 @@ pub fn load_network(path: &Path, device: Device) -> Result<LoadedModel> {
     } else {
         Vec::new()
     };
+    let spec = net.data_spec().clone();
     Ok(LoadedModel {
         arch: arch.spec(),
-        widths: arch.widths(),
+        widths: arch.widths(&spec),
+        spec,
         layers,
         net,
     })
@@ -121,7 +126,7 @@ struct Failure {
     error: String,
 }
 
-/// What the inputs gave: images as grey values on the 0..255 scale (`[n, 784]` f32) in
+/// What the inputs gave: images on the 0..255 scale (`[n, C·H·W]` f32) in
 /// the order of `items`, and the failures in between (`order` interleaves them).
 #[derive(Default)]
 struct Gathered {
@@ -169,9 +174,9 @@ fn kind_of(path: &Path) -> InputKind {
     }
 }
 
-/// Reads every input into one batch. Unreadable images are recorded as failures; a bad
-/// `--index` is a usage error.
-fn gather(args: &PredictArgs) -> Result<Gathered> {
+/// Reads every input into one batch of images of `spec`. Unreadable images are recorded
+/// as failures; a bad `--index` is a usage error.
+fn gather(args: &PredictArgs, spec: &DataSpec) -> Result<Gathered> {
     let mut g = Gathered::default();
     let mut idx_inputs = 0;
     for input in &args.inputs {
@@ -210,7 +215,7 @@ fn gather(args: &PredictArgs) -> Result<Gathered> {
                             .push(format!("skipping {}: not a PNG or JPEG file", f.display()));
                         continue;
                     }
-                    read_image(&mut g, &f, args.invert);
+                    read_image(&mut g, &f, args.invert, spec);
                 }
                 if g.order.len() == before {
                     g.notes.push(format!(
@@ -221,9 +226,9 @@ fn gather(args: &PredictArgs) -> Result<Gathered> {
             }
             InputKind::Idx => {
                 idx_inputs += 1;
-                read_idx_images(&mut g, input, args)?;
+                read_idx_images(&mut g, input, args, spec)?;
             }
-            InputKind::Image => read_image(&mut g, input, args.invert),
+            InputKind::Image => read_image(&mut g, input, args.invert, spec),
         }
     }
     if args.index.is_some() && idx_inputs == 0 {
@@ -243,8 +248,8 @@ fn gather(args: &PredictArgs) -> Result<Gathered> {
     Ok(g)
 }
 
-fn read_image(g: &mut Gathered, path: &Path, invert: Invert) {
-    match image_input::load(path, invert) {
+fn read_image(g: &mut Gathered, path: &Path, invert: Invert, spec: &DataSpec) {
+    match image_input::load(path, invert, spec) {
         Ok(p) => g.push(
             Item {
                 source: path.display().to_string(),
@@ -257,21 +262,31 @@ fn read_image(g: &mut Gathered, path: &Path, invert: Invert) {
     }
 }
 
-fn read_idx_images(g: &mut Gathered, path: &Path, args: &PredictArgs) -> Result<()> {
+fn read_idx_images(
+    g: &mut Gathered,
+    path: &Path,
+    args: &PredictArgs,
+    spec: &DataSpec,
+) -> Result<()> {
     let source = path.display().to_string();
+    let (height, width) = (spec.height as usize, spec.width as usize);
     let (count, pixels) = match crate::data::read_idx(path) {
         Ok(Idx::Images {
             count,
             rows,
             cols,
             pixels,
-        }) if rows == SIDE && cols == SIDE => (count, pixels),
+        }) if rows == height && cols == width && spec.channels == 1 => (count, pixels),
         Ok(Idx::Images { rows, cols, .. }) => {
+            let sized = match *spec == DataSpec::fashion_mnist() {
+                true => "Fashion-MNIST-sized".to_string(),
+                false => spec.describe(),
+            };
             g.fail(
                 source,
                 format!(
-                    "{}: IDX images are {rows}x{cols}, expected {SIDE}x{SIDE}; this model takes \
-                     Fashion-MNIST-sized images (pass them as PNG to have them resized)",
+                    "{}: IDX images are {rows}x{cols}, expected {height}x{width}; this model takes \
+                     {sized} images (pass them as PNG to have them resized)",
                     path.display()
                 ),
             );
@@ -292,7 +307,7 @@ fn read_idx_images(g: &mut Gathered, path: &Path, args: &PredictArgs) -> Result<
             return Ok(());
         }
     };
-    let px = SIDE * SIDE;
+    let px = height * width;
     let range = match args.index {
         Some(i) if i >= count => {
             return Err(UsageError(format!(
@@ -327,7 +342,7 @@ fn read_idx_images(g: &mut Gathered, path: &Path, args: &PredictArgs) -> Result<
 #[derive(Debug, Serialize)]
 struct Ranked {
     class: i64,
-    name: &'static str,
+    name: String,
     probability: f64,
 }
 
@@ -340,7 +355,7 @@ enum JsonLine<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         index: Option<usize>,
         class: i64,
-        name: &'static str,
+        name: &'a str,
         probability: f64,
         inverted: bool,
         top: &'a [Ranked],
@@ -374,21 +389,23 @@ fn stdout_file() -> Box<dyn std::io::Write> {
 pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let model = load_network(&args.checkpoint, device)?;
+    let spec = &model.spec;
     let t_model = t0.elapsed().as_secs_f64();
-    let g = gather(args)?;
+    let g = gather(args, spec)?;
     for n in &g.notes {
         crate::errln!("note: {n}");
     }
     let t_read = t0.elapsed().as_secs_f64() - t_model;
     let n = g.items.len() as i64;
-    let top = i64::from(args.top);
+    // No more classes than the model has.
+    let top = i64::from(args.top).min(spec.classes());
     let (probs, classes) = if n > 0 {
-        // [n, 784] f32 on the 0..255 scale, then / 255 on the device as in training.
+        // [n, C·H·W] f32 on the 0..255 scale, then / 255 on the device as in training.
         let images = Tensor::from_slice(&g.pixels)
             .to_device(device)
-            .view([n, (SIDE * SIDE) as i64])
+            .view([n, spec.inputs()])
             / 255.0;
-        let logits = model.logits(&images); // [n, 10]
+        let logits = model.logits(&images); // [n, classes]
         let (p, c) = logits.softmax(-1, Kind::Float).topk(top, -1, true, true); // [n, top] each
         let p: Vec<f32> = Vec::try_from(p.to_device(Device::Cpu).flatten(0, -1))?;
         let c: Vec<i64> = Vec::try_from(c.to_device(Device::Cpu).flatten(0, -1))?;
@@ -410,7 +427,7 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
                         let class = classes[i * top as usize + k];
                         Ranked {
                             class,
-                            name: CLASS_NAMES[class as usize],
+                            name: spec.class_name(class),
                             probability: f64::from(probs[i * top as usize + k]),
                         }
                     })
@@ -420,7 +437,7 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
                         source: &item.source,
                         index: item.index,
                         class: ranked[0].class,
-                        name: ranked[0].name,
+                        name: &ranked[0].name,
                         probability: ranked[0].probability,
                         inverted: item.inverted,
                         top: &ranked,

@@ -298,18 +298,22 @@ impl Run {
         write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())
     }
 
+    /// The checkpoint metadata of `model` after `epoch`, its data spec included (also in
+    /// last.safetensors, which is not written by [`checkpoint::save_model`]).
     fn metadata(
         &self,
         model: &dyn Network,
         epoch: usize,
     ) -> std::collections::HashMap<String, String> {
-        checkpoint::metadata(
+        let mut meta = checkpoint::metadata(
             model.arch(),
             self.kind.name(),
             &self.config_toml,
             epoch,
             self.split.as_ref(),
-        )
+        );
+        meta.extend(model.data_spec().to_metadata());
+        meta
     }
 
     /// The run folder's name.

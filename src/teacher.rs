@@ -28,7 +28,7 @@ pub struct Teacher<'a> {
     /// its cached logits are kept for the next run of this process (the seeds and
     /// objectives of a `reproduce` share them).
     pub id: String,
-    /// Compute the logits of every training example once (`[n, 10] f32`, keyed by row
+    /// Compute the logits of every training example once (`[n, classes] f32`, keyed by row
     /// of the training set) instead of a forward pass per batch. Any objective reads
     /// the same logits, so the cache serves them all.
     pub cache: bool,
@@ -87,7 +87,7 @@ impl<'a> TeacherSource<'a> {
                         &data.train.images,
                         |x, _| x.shallow_clone(),
                         || INTERRUPTED.load(Ordering::SeqCst),
-                    ); // [n, 10]
+                    ); // [n, classes]
                     logits.ok_or_else(|| {
                         Interrupted::new(
                         "interrupted while caching the teacher's logits, before this run's first \
@@ -129,7 +129,7 @@ impl<'a> TeacherSource<'a> {
                             INTERRUPTED.store(true, Ordering::SeqCst);
                         }
                     }
-                    Ok(Tensor::cat(&views, 0)) // [k * n, 10]
+                    Ok(Tensor::cat(&views, 0)) // [k * n, classes]
                 })?;
                 say(&format!(
                     "{} the teacher's logits on {} views of {n} examples in {:.1} s",

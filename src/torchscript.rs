@@ -2,23 +2,24 @@
 //! (or by `kdtrain export --format torchscript`), run through libtorch's `CModule` in eval
 //! mode under `no_grad`. It is detected by content (a zip archive holding TorchScript
 //! code), not by the file's extension, and probed once before training: its output must
-//! be one float tensor `[batch, 10]`.
+//! be one float tensor `[batch, classes]` for the data's [`DataSpec`].
 
 use std::path::Path;
 
 use anyhow::Result;
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
+use crate::data::DataSpec;
 use crate::error::UsageError;
 use crate::model::{Arch, Network};
 
 /// How the model takes its input (`model.teacher_input`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
-    /// `[batch, 1, 28, 28]` f32 in [0, 1] (what `kdtrain export` writes, and what image
+    /// `[batch, C, H, W]` f32 in [0, 1] (what `kdtrain export` writes, and what image
     /// models take).
     Image,
-    /// `[batch, 784]` f32 in [0, 1].
+    /// `[batch, C·H·W]` f32 in [0, 1].
     Flat,
 }
 
@@ -33,18 +34,24 @@ pub struct TorchScriptNet {
     module: CModule,
     arch: Arch,
     input: Input,
+    spec: DataSpec,
     device: Device,
 }
 
 impl TorchScriptNet {
     /// Loads `path` onto `device` (a model saved on CUDA loads on the CPU), sets eval
-    /// mode and probes it with batches of two and three blank images.
+    /// mode and probes it with batches of two and three blank images of `spec`.
     ///
     /// # Errors
     /// A [`UsageError`] naming the file: not TorchScript (a pickled state dict, say), an
-    /// output that is not one float tensor `[batch, 10]` (naming what was found), or a
-    /// failure on the probe batch (libtorch's first line).
-    pub fn load(path: &Path, input: Input, device: Device) -> Result<TorchScriptNet> {
+    /// output that is not one float tensor `[batch, classes]` (naming what was found), or
+    /// a failure on the probe batch (libtorch's first line).
+    pub fn load(
+        path: &Path,
+        input: Input,
+        spec: &DataSpec,
+        device: Device,
+    ) -> Result<TorchScriptNet> {
         let shown = path.display();
         let first_line = |e: &tch::TchError| {
             e.to_string()
@@ -67,53 +74,63 @@ impl TorchScriptNet {
             module,
             arch: Arch::TorchScript,
             input,
+            spec: spec.clone(),
             device,
         };
         // Two batch sizes: a model traced with its batch size baked in passes one and
         // fails the other here, not in the middle of training.
-        let probe = |n: i64| net.try_forward(&Tensor::zeros([n, 784], (Kind::Float, device)));
+        let probe = |n: i64| {
+            net.try_forward(&Tensor::zeros(
+                [n, net.spec.inputs()],
+                (Kind::Float, device),
+            ))
+        };
         let _logits = probe(2).and_then(|_| probe(3)).map_err(|e| {
+            let other = match input {
+                Input::Image => Input::Flat,
+                Input::Flat => Input::Image,
+            };
             UsageError(format!(
                 "--teacher {shown}: {e}; the teacher must map {} f32 in [0, 1] to logits \
-                 [batch, 10] (set model.teacher_input = \"{}\" if it takes {})",
-                net.input_desc(),
-                if input == Input::Image {
-                    "flat"
-                } else {
-                    "image"
+                 [batch, {}] (set model.teacher_input = \"{}\" if it takes {})",
+                net.input_desc(input),
+                net.spec.classes(),
+                match other {
+                    Input::Flat => "flat",
+                    Input::Image => "image",
                 },
-                if input == Input::Image {
-                    "[batch, 784]"
-                } else {
-                    "[batch, 1, 28, 28]"
-                }
+                net.input_desc(other)
             ))
         })?;
         Ok(net)
     }
 
-    fn input_desc(&self) -> &'static str {
-        match self.input {
-            Input::Image => "[batch, 1, 28, 28]",
-            Input::Flat => "[batch, 784]",
+    /// `[batch, C, H, W]` or `[batch, C·H·W]` with the spec's numbers.
+    fn input_desc(&self, input: Input) -> String {
+        let s = &self.spec;
+        match input {
+            Input::Image => format!("[batch, {}, {}, {}]", s.channels, s.height, s.width),
+            Input::Flat => format!("[batch, {}]", s.inputs()),
         }
     }
 
     /// The logits, or what is wrong with the output.
     ///
     /// # Shapes
-    /// `x: [batch, 784] f32` -> `[batch, 10] f32`.
+    /// `x: [batch, C·H·W] f32` -> `[batch, classes] f32`.
     pub fn try_forward(&self, x: &Tensor) -> std::result::Result<Tensor, String> {
         let batch = x.size()[0];
+        let s = &self.spec;
         let input = match self.input {
-            Input::Image => x.view([batch, 1, 28, 28]),
+            Input::Image => x.view([batch, s.channels, s.height, s.width]),
             Input::Flat => x.shallow_clone(),
         };
         let out =
             tch::no_grad(|| self.module.forward_is(&[IValue::Tensor(input)])).map_err(|e| {
                 format!(
                     "it failed on a probe batch {}: {}",
-                    self.input_desc().replace("batch", &batch.to_string()),
+                    self.input_desc(self.input)
+                        .replace("batch", &batch.to_string()),
                     e.to_string().lines().next().unwrap_or("").trim()
                 )
             })?;
@@ -139,10 +156,11 @@ impl TorchScriptNet {
             }
             other => return Err(format!("its output is {other:?}, not a tensor")),
         };
-        if t.size() != [batch, crate::model::OUTPUTS] {
+        if t.size() != [batch, s.classes()] {
             return Err(format!(
-                "its output has shape {:?} for a batch of {batch}, expected [{batch}, 10]",
-                t.size()
+                "its output has shape {:?} for a batch of {batch}, expected [{batch}, {}]",
+                t.size(),
+                s.classes()
             ));
         }
         if !matches!(
@@ -161,6 +179,10 @@ impl TorchScriptNet {
 impl Network for TorchScriptNet {
     fn arch(&self) -> &Arch {
         &self.arch
+    }
+
+    fn data_spec(&self) -> &DataSpec {
+        &self.spec
     }
 
     /// # Panics

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use kdtrain::data::{RawData, Split, SplitInfo, prepare};
+use kdtrain::data::{DataSpec, RawData, Split, SplitInfo, prepare};
 use tch::Device;
 
 fn raw(n: usize) -> RawData {
@@ -15,6 +15,7 @@ fn raw(n: usize) -> RawData {
     };
     RawData {
         dir: PathBuf::from("."),
+        spec: DataSpec::fashion_mnist(),
         train: split(n),
         test: split(50),
     }

@@ -38,7 +38,8 @@ pub fn run(s: &Settings) -> Result<()> {
         }
         _ => s.config.clone(),
     };
-    let teacher = load_teacher(s, &teacher_config)?;
+    // The teacher is checked against the data's spec before the data are read.
+    let teacher = load_teacher(s, &teacher_config, &crate::data::spec_of(&dir))?;
     if let Some((_, Some(sha))) = &recorded
         && *sha != teacher.sha256
     {

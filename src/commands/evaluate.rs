@@ -20,9 +20,10 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     let ckpt = Checkpoint::read(path)?;
     let model = ckpt.network(s.device)?;
     let arch = model.arch().clone();
+    let spec = model.data_spec().clone();
     let teacher = match &args.teacher {
         Some(p) => {
-            let (mut n, _) = super::open_teacher(p, s, "--teacher").map_err(|e| {
+            let (mut n, _) = super::open_teacher(p, s, "--teacher", &spec).map_err(|e| {
                 let msg = format!("{e:#}");
                 match msg.starts_with("--teacher") {
                     true => UsageError(msg),
@@ -37,6 +38,9 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     let objective = s.config.distill.build_chosen()?;
     let dir = data_dir(s)?;
     let raw = data::load_dir(&dir)?;
+    if let Some(e) = super::spec_mismatch(&path.display().to_string(), &spec, &raw.spec) {
+        return Err(UsageError(e).into());
+    }
     let train = data::Examples::from_split(&raw.train, s.device);
     let test = data::Examples::from_split(&raw.test, s.device);
     let report = |set: &data::Examples| -> Result<Report> {
@@ -44,7 +48,7 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
         let t = teacher
             .as_ref()
             .map(|t| eval::logits(t.as_ref() as &dyn Network, &set.images));
-        let mut r = eval::report(&z, &set.labels, t.as_ref())?;
+        let mut r = eval::report(&z, &set.labels, &spec, t.as_ref())?;
         if let Some(t) = &t {
             // Warm-ups complete: the terms are reported unscaled anyway.
             let terms = objective.loss(&z, &set.labels, Some(t), usize::MAX);
@@ -68,7 +72,7 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
         path.display(),
         test_r.acc
     );
-    let names: Vec<&str> = data::CLASS_NAMES.to_vec();
+    let names: Vec<&str> = spec.class_names.iter().map(String::as_str).collect();
     // The chart is a by-product: when it cannot be written (a read-only folder, say) the
     // report is still printed, with a warning.
     let chart = crate::plot::confusion_png(&confusion_png, &title, &names, &test_r.confusion);
@@ -80,7 +84,7 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
         let v = serde_json::json!({
             "checkpoint": path.display().to_string(),
             "arch": arch.spec(),
-            "params": arch.num_params(),
+            "params": arch.num_params(&spec),
             "objective": teacher.as_ref().map(|_| objective.describe()),
             "train_set": train_set,
             "train": train_r,
@@ -93,6 +97,7 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     print_report(
         path,
         &arch,
+        &spec,
         &train_set,
         &train_r,
         &test_r,
@@ -107,6 +112,7 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
 fn print_report(
     path: &Path,
     arch: &crate::model::Arch,
+    spec: &data::DataSpec,
     train_set: &str,
     train_r: &Report,
     test_r: &Report,
@@ -115,8 +121,8 @@ fn print_report(
     crate::outln!(
         "{} ({}, {} parameters)",
         path.display(),
-        arch,
-        arch.num_params()
+        arch.describe(spec),
+        arch.num_params(spec)
     );
     crate::outln!("train: {train_set}");
     for (name, r) in [("train", train_r), ("test", test_r)] {
@@ -147,13 +153,13 @@ fn print_report(
     }
     crate::outln!("\ntest confusion matrix (rows: true class, columns: predicted):");
     crate::out!("{:>14}", "");
-    for i in 0..data::CLASS_NAMES.len() {
+    for i in 0..spec.class_names.len() {
         crate::out!("{i:>6}");
     }
     crate::outln!();
     for (i, row) in test_r.confusion.iter().enumerate() {
-        // The longest class name, "T-shirt/top", has 11 characters.
-        crate::out!("{:>11} {i:>2}", data::CLASS_NAMES[i]);
+        // The longest class name of Fashion-MNIST, "T-shirt/top", has 11 characters.
+        crate::out!("{:>11} {i:>2}", spec.class_name(i as i64));
         for c in row {
             crate::out!("{c:>6}");
         }

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use crate::checkpoint::Checkpoint;
 use crate::cli::{Cli, Command};
 use crate::config::{Config, Validation};
-use crate::data::{self, Dataset};
+use crate::data::{self, DataSpec, Dataset};
 use crate::error::{Interrupted, quote};
 use crate::error::{UsageError, usage};
 use crate::eval::{self, Metrics};
@@ -121,11 +121,12 @@ impl LoadedTeacher {
 }
 
 /// The teacher checkpoint for distillation: `distill.teacher`, or the newest teacher in
-/// the out-dir; read, checked and frozen before training.
+/// the out-dir; read, checked (against the data of `spec`) and frozen before training.
 ///
 /// # Errors
-/// Usage errors naming the file: none found, unreadable, not a teacher, wrong shapes.
-pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
+/// Usage errors naming the file: none found, unreadable, not a teacher, wrong shapes,
+/// another data spec.
+pub fn load_teacher(s: &Settings, config: &Config, spec: &DataSpec) -> Result<LoadedTeacher> {
     let path = if config.distill.teacher.as_os_str().is_empty() {
         let out = config.runtime.out_dir.as_path();
         match crate::run::newest_model(out, RunKind::Teacher) {
@@ -145,9 +146,13 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
     // Recorded by its absolute path, so that the run's config.toml (and the printed
     // resume command) finds it from any folder.
     let path = std::path::absolute(&path).unwrap_or(path);
-    let (mut network, split) = open_teacher(&path, s, "--teacher")?;
+    let (mut network, split) = open_teacher(&path, s, "--teacher", spec)?;
     network.freeze();
-    s.say(&format!("teacher: {} ({})", path.display(), network.arch()));
+    s.say(&format!(
+        "teacher: {} ({})",
+        path.display(),
+        network.describe()
+    ));
     let sha256 = {
         use sha2::{Digest, Sha256};
         let bytes = std::fs::read(&path)
@@ -164,14 +169,16 @@ pub fn load_teacher(s: &Settings, config: &Config) -> Result<LoadedTeacher> {
 
 /// A teacher from `path`: a TorchScript file (recognised by content: a zip archive) run
 /// through libtorch, or a kdtrain checkpoint; with the split it records (TorchScript
-/// files record none).
+/// files record none). It must take the data of `spec` and give its classes' logits.
 ///
 /// # Errors
-/// Usage errors naming the file (missing, not TorchScript, wrong output, not a teacher).
+/// Usage errors naming the file (missing, not TorchScript, wrong output, not a teacher,
+/// trained on data of another spec).
 pub fn open_teacher(
     path: &Path,
     s: &Settings,
     flag: &str,
+    spec: &DataSpec,
 ) -> Result<(Box<dyn Network>, Option<data::SplitInfo>)> {
     let head = {
         use std::io::Read;
@@ -191,7 +198,7 @@ pub fn open_teacher(
                 ));
             }
         };
-        let net = crate::torchscript::TorchScriptNet::load(path, input, s.device)?;
+        let net = crate::torchscript::TorchScriptNet::load(path, input, spec, s.device)?;
         return Ok((Box::new(net), None));
     }
     let ckpt = Checkpoint::read(path).map_err(|e| match e.downcast_ref::<UsageError>() {
@@ -202,7 +209,31 @@ pub fn open_teacher(
         None => e,
     })?;
     let network = teacher_network(&ckpt, s, flag)?;
+    if let Some(e) = spec_mismatch(
+        &format!("{flag} {}", path.display()),
+        network.data_spec(),
+        spec,
+    ) {
+        return usage(e);
+    }
     Ok((network, ckpt.split()))
+}
+
+/// Why a network for data of `have` cannot serve on data of `want`, naming `what` (a
+/// flag and a file): `None` when they are the same.
+pub fn spec_mismatch(what: &str, have: &DataSpec, want: &DataSpec) -> Option<String> {
+    (have != want).then(|| {
+        format!(
+            "{what} takes {} images of {} classes ({}) but the data are {} images of {} \
+             classes ({}); use a model trained on this data",
+            have.describe(),
+            have.classes(),
+            have.class_names.join(", "),
+            want.describe(),
+            want.classes(),
+            want.class_names.join(", ")
+        )
+    })
 }
 
 /// The network of a checkpoint that is to act as a teacher: its recorded architecture
@@ -220,7 +251,7 @@ fn teacher_network(ckpt: &Checkpoint, s: &Settings, flag: &str) -> Result<Box<dy
             "{flag}: {} is a {role} checkpoint ({}; metadata kdtrain.role = {role}), not a \
              teacher; pass a teacher's model.safetensors",
             ckpt.path.display(),
-            arch
+            arch.describe(network.data_spec())
         ));
     }
     Ok(network)
@@ -303,11 +334,12 @@ pub fn available_memory_bytes() -> Option<u64> {
 /// both sizes.
 pub fn check_memory(
     arch: &Arch,
+    spec: &DataSpec,
     kind: RunKind,
     amsgrad: bool,
     available: Option<u64>,
 ) -> Result<()> {
-    let need = arch.num_params().max(0) as u64 * if amsgrad { 20 } else { 16 };
+    let need = arch.num_params(spec).max(0) as u64 * if amsgrad { 20 } else { 16 };
     match available {
         Some(have) if need > have => crate::error::usage(format!(
             "the {} architecture {:?} has {} parameters; training it needs at least {:.1} GB \
@@ -315,7 +347,7 @@ pub fn check_memory(
              available; choose fewer or narrower layers",
             kind.name(),
             arch.spec(),
-            arch.num_params(),
+            arch.num_params(spec),
             need as f64 / 1e9,
             have as f64 / 1e9
         )),
@@ -337,10 +369,16 @@ pub fn train_one(
     let kind = run.kind;
     let arch = c.arch_for(kind)?;
     if s.device == tch::Device::Cpu {
-        check_memory(&arch, kind, c.optimizer.amsgrad, available_memory_bytes())?;
+        check_memory(
+            &arch,
+            &data.spec,
+            kind,
+            c.optimizer.amsgrad,
+            available_memory_bytes(),
+        )?;
     }
     tch::manual_seed(c.seed as i64);
-    let model = arch.build(s.device);
+    let model = arch.build(&data.spec, s.device);
     let steps_per_epoch = (data.train.len() as usize).div_ceil(c.data.batch_size);
     let alpha = if kind == RunKind::Teacher {
         c.lr_schedule.teacher_alpha
@@ -395,7 +433,7 @@ pub fn train_one(
 
     let t0 = Instant::now();
     let test_logits = eval::logits(model.as_ref(), &data.test.images);
-    let test = eval::report(&test_logits, &data.test.labels, None)?;
+    let test = eval::report(&test_logits, &data.test.labels, &data.spec, None)?;
     let eval_test_seconds = t0.elapsed().as_secs_f64();
     let train_m: Metrics = eval::metrics(
         &eval::logits(model.as_ref(), &data.train.images),
@@ -432,7 +470,7 @@ pub fn train_one(
         objective: objective.name().to_string(),
         objective_settings: objective.describe(),
         run_dir: run.dir.clone(),
-        params: arch.num_params(),
+        params: arch.num_params(&data.spec),
         epochs_run: fit.epochs_run,
         best_epoch: fit.best_epoch,
         stopped_early: fit.stopped_early,
@@ -547,17 +585,54 @@ mod memory_tests {
     fn an_architecture_too_big_for_memory_is_refused_by_name() {
         let student = Arch::parse("mlp:128").unwrap();
         // 101,770 parameters x 20 bytes = 2,035,400 bytes.
-        let e = check_memory(&student, RunKind::Student, true, Some(2_035_399)).unwrap_err();
+        let e = check_memory(
+            &student,
+            &DataSpec::fashion_mnist(),
+            RunKind::Student,
+            true,
+            Some(2_035_399),
+        )
+        .unwrap_err();
         assert!(e.downcast_ref::<UsageError>().is_some(), "exit 2: {e}");
         let e = e.to_string();
         assert!(
             e.contains("student architecture \"mlp:128\" has 101770 parameters"),
             "{e}"
         );
-        check_memory(&student, RunKind::Student, true, Some(2_035_400)).unwrap();
-        check_memory(&student, RunKind::Student, true, None).unwrap();
+        check_memory(
+            &student,
+            &DataSpec::fashion_mnist(),
+            RunKind::Student,
+            true,
+            Some(2_035_400),
+        )
+        .unwrap();
+        check_memory(
+            &student,
+            &DataSpec::fashion_mnist(),
+            RunKind::Student,
+            true,
+            None,
+        )
+        .unwrap();
         // Without AMSGrad's running max, 16 bytes per parameter.
-        check_memory(&student, RunKind::Student, false, Some(1_628_320)).unwrap();
-        assert!(check_memory(&student, RunKind::Student, false, Some(1_628_319)).is_err());
+        check_memory(
+            &student,
+            &DataSpec::fashion_mnist(),
+            RunKind::Student,
+            false,
+            Some(1_628_320),
+        )
+        .unwrap();
+        assert!(
+            check_memory(
+                &student,
+                &DataSpec::fashion_mnist(),
+                RunKind::Student,
+                false,
+                Some(1_628_319)
+            )
+            .is_err()
+        );
     }
 }

@@ -99,7 +99,7 @@ pub fn run(s: &Settings) -> Result<()> {
             drop(run);
             let path = out.run_dir.join(crate::run::MODEL_FILE);
             let t_config = s.run_config(|c| c.distill.teacher = path.clone());
-            teacher = Some((super::load_teacher(s, &t_config)?, path));
+            teacher = Some((super::load_teacher(s, &t_config, &data.0.spec)?, path));
             runs.push(out);
         }
         let (t, t_path) = teacher.as_ref().expect("trained above");

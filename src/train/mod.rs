@@ -33,7 +33,7 @@ use meter::Meter;
 use step::{Batches, Step, StepOutcome, Views};
 
 /// A loss above this is divergence, treated like NaN or infinity: the run stops.
-/// Cross-entropy over 10 classes starts at ln 10 = 2.3 and a mean of 1e6 means the true
+/// Cross-entropy over k classes starts at ln k (2.3 for ten) and a mean of 1e6 means the true
 /// class trails by about a million logits; no healthy run (nor a distillation loss, whose
 /// T^2-scaled KL term is of the order of the squared logit gap) gets near it. Adam with a
 /// huge LR (`--lr 1e6`) drives the loss to 1e20 and beyond while staying finite, because
@@ -141,8 +141,10 @@ pub fn fit(
     ));
 
     let aug = cfg.augment;
-    let view_set = step::view_set(aug, cfg.views, n, device, |line| run.say(line))?;
-    let table = aug.table(device); // [combinations, 784] i64
+    let view_set = step::view_set(aug, cfg.views, n, data.spec.inputs(), device, |line| {
+        run.say(line)
+    })?;
+    let table = aug.table(&data.spec, device); // [combinations, C·H·W] i64
     let source = match teacher {
         None => None,
         Some(t) => Some(TeacherSource::prepare(
@@ -394,7 +396,8 @@ mod tests {
     #[test]
     fn cached_logits_equal_fresh_ones_on_a_shuffled_epoch() {
         tch::manual_seed(11);
-        let mut teacher = crate::model::Arch::teacher().build(Device::Cpu);
+        let mut teacher = crate::model::Arch::teacher()
+            .build(&crate::data::DataSpec::fashion_mnist(), Device::Cpu);
         teacher.freeze();
         let images = Tensor::rand([1000, 784], (Kind::Float, Device::Cpu));
         let cache = eval::logits(teacher.as_ref(), &images);

@@ -52,7 +52,7 @@ impl Views {
                          of {n} examples take ({e}); use fewer views (8 by default), or views = 0 \
                          for a fresh view every epoch",
                         set.k,
-                        set.store_bytes(n) as f64 / 1e9
+                        set.store_bytes(n, images.size()[1]) as f64 / 1e9
                     ))
                 })?;
                 say(&format!(
@@ -74,7 +74,8 @@ impl Views {
 
 /// The fixed views of a run with augmentation `aug` and `views` views per example (none
 /// without augmentation, or with `views` = 0: a fresh view every epoch), after checking
-/// that their store fits in memory on the CPU; `say` prints what the run will see.
+/// that their store (`inputs` = C·H·W bytes per view of each of `n` examples) fits in
+/// memory on the CPU; `say` prints what the run will see.
 ///
 /// # Errors
 /// A [`crate::error::UsageError`] naming `augment.views` when the store of `n`
@@ -83,6 +84,7 @@ pub fn view_set(
     aug: Augment,
     views: u64,
     n: i64,
+    inputs: i64,
     device: tch::Device,
     say: impl Fn(&str),
 ) -> Result<Option<ViewSet>> {
@@ -93,17 +95,17 @@ pub fn view_set(
         k: views,
         base: AUGMENT_SALT,
     });
-    // The views' store is K * n * 784 bytes; refuse what this machine cannot hold before
+    // The views' store is K * n * C·H·W bytes; refuse what this machine cannot hold before
     // the teacher spends K passes on a cache that would be thrown away.
     if let Some(set) = &view_set {
-        let need = set.store_bytes(n);
+        let need = set.store_bytes(n, inputs);
         if device == tch::Device::Cpu
             && let Some(free) = available_memory_bytes()
             && need > free
         {
             return crate::error::usage(format!(
                 "augment.views = {}: the {} fixed views of {n} examples need {:.1} GB \
-                 (views x examples x 784 bytes), more than the {:.1} GB of memory available; \
+                 (views x examples x {inputs} bytes), more than the {:.1} GB of memory available; \
                  use fewer views (8 by default), or views = 0 for a fresh view every epoch",
                 set.k,
                 set.k,

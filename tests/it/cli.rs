@@ -53,6 +53,16 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
     // The default teacher: the reference's MLP with dropout 0.2 (the same parameters).
     assert_eq!(ckpt.arch(), Arch::parse("mlp:512,256,128,dropout=0.2").ok());
     assert_eq!(ckpt.tensors["fc1.weight"].size(), vec![512, 784]);
+    // Both checkpoints record the data they take (the best one and the resumable last one).
+    for file in ["model.safetensors", "last.safetensors"] {
+        let c = Checkpoint::read(&teacher.join(file)).unwrap();
+        assert_eq!(c.metadata["kdtrain.input"], "1x28x28", "{file}");
+        assert_eq!(
+            c.data_spec().unwrap(),
+            kdtrain::data::DataSpec::fashion_mnist(),
+            "{file}"
+        );
+    }
     assert!(stdout(&o).contains("teacher: train loss"), "{}", stdout(&o));
 
     assert_ok(&s.kd(&["train", "student", "--epochs", "2"]));

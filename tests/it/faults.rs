@@ -1094,7 +1094,8 @@ fn divergence_after_the_first_epoch_keeps_the_best_checkpoint() {
 #[test]
 fn checkpoint_with_nan_weights_is_refused() {
     let s = sandbox();
-    let teacher = Arch::teacher().build(tch::Device::Cpu);
+    let teacher =
+        Arch::teacher().build(&kdtrain::data::DataSpec::fashion_mnist(), tch::Device::Cpu);
     tch::no_grad(|| {
         let _ = teacher.named_parameters()[7].1.fill_(f64::NAN);
     });
