@@ -26,7 +26,6 @@ pub mod predict;
 pub mod report;
 pub mod run;
 pub mod schedule;
-pub mod settings;
 pub mod sweep;
 pub mod teacher;
 pub mod tensorboard;

@@ -5,9 +5,9 @@ use anyhow::Result;
 
 use super::{check_teacher_split, data_dir, load_data, load_teacher, print_result, train_one};
 use crate::config::Config;
+use crate::config::settings::Settings;
 use crate::error::usage;
 use crate::run::{Run, RunKind};
-use crate::settings::Settings;
 
 /// Distils the teacher (`--teacher`, or the newest in the out-dir) into a new student.
 pub fn run(s: &Settings) -> Result<()> {

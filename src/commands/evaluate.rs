@@ -8,11 +8,11 @@ use anyhow::Result;
 use super::data_dir;
 use crate::checkpoint::Checkpoint;
 use crate::cli::EvaluateArgs;
+use crate::config::settings::Settings;
 use crate::data;
 use crate::error::UsageError;
 use crate::eval::{self, Report};
 use crate::model::Network;
-use crate::settings::Settings;
 
 /// Evaluates `args.checkpoint` and prints the report (or JSON with `--json`).
 pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 
 use crate::checkpoint::Checkpoint;
 use crate::cli::{Cli, Command};
+use crate::config::settings::Settings;
 use crate::config::{Config, Validation};
 use crate::data::{self, DataSpec, Dataset};
 use crate::error::{Interrupted, quote};
@@ -26,7 +27,6 @@ use crate::objective::Objective;
 use crate::optim::AdamConfig;
 use crate::run::{Run, RunKind};
 use crate::schedule::CosineDecay;
-use crate::settings::Settings;
 use crate::train::{LoopConfig, Teacher};
 
 pub use crate::error::INTERRUPT_HOOK;

@@ -12,11 +12,11 @@ use anyhow::Result;
 
 use super::{LoadedTeacher, RunOutcome, data_dir, load_data, print_result, train_one};
 use crate::config::Validation;
+use crate::config::settings::Settings;
 use crate::error::{UsageError, usage};
 use crate::objective::CrossEntropy;
 use crate::report::{Results, label};
 use crate::run::{Run, RunKind};
-use crate::settings::Settings;
 
 /// Runs the whole comparison.
 pub fn run(s: &Settings) -> Result<()> {

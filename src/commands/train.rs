@@ -4,9 +4,9 @@ use anyhow::Result;
 
 use super::{data_dir, load_data, print_result, train_one};
 use crate::cli::ModelArg;
+use crate::config::settings::Settings;
 use crate::objective::CrossEntropy;
 use crate::run::{Run, RunKind};
-use crate::settings::Settings;
 
 /// Trains the teacher or the student alone.
 pub fn run(s: &Settings, model: ModelArg) -> Result<()> {

@@ -1,0 +1,253 @@
+//! The checks of every value's range ([`Config::validate`]), run after the flags are
+//! merged and before anything is loaded; each error names the key, the flag that sets it,
+//! the value found and what is allowed.
+
+use std::fmt;
+
+use anyhow::Result;
+
+use super::{Config, DecaySteps, Validation, check_objective};
+use crate::error::{UsageError, usage};
+
+impl Config {
+    /// Checks every value's range. The error names the key (`section.key`), the value
+    /// found and what is allowed.
+    pub fn validate(&self) -> Result<()> {
+        fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
+            // The flag that sets the key, if any, so a bad flag value is recognisable.
+            // An objective's key: the flag of its registry spec (a switch's flag turns it
+            // off, so it is not named).
+            let objective_flag = key
+                .strip_prefix("distill.")
+                .and_then(|k| k.split_once('.'))
+                .and_then(|(name, k)| {
+                    crate::objective::spec(name)?
+                        .params
+                        .iter()
+                        .find(|p| p.key == k)
+                })
+                .filter(|p| p.range != crate::objective::Range::SwitchOff)
+                .map(|p| format!(" ({})", p.flag));
+            let flag = match key {
+                "data.batch_size" => " (--batch-size)",
+                "train.epochs" => " (--epochs)",
+                "lr_schedule.initial_lr" => " (--lr)",
+                "reproduce.seeds" => " (--seeds)",
+                "runtime.threads" => " (--threads)",
+                "runtime.out_dir" => " (--out-dir)",
+                _ => "",
+            };
+            let flag = objective_flag.as_deref().unwrap_or(flag);
+            usage(format!(
+                "config key `{key}`{flag} = {found}: expected {expected}"
+            ))
+        }
+        let positive = "a finite number > 0";
+        // Upper bounds keep step and schedule arithmetic far from overflow.
+        if !(1..=1 << 24).contains(&self.data.batch_size) {
+            return bad(
+                "data.batch_size",
+                self.data.batch_size,
+                "an integer from 1 to 16777216",
+            );
+        }
+        // The data source is Fashion-MNIST's IDX files, whose spec this is.
+        let spec = crate::data::DataSpec::fashion_mnist();
+        if self.data.data_shape != spec.data_shape() {
+            return bad(
+                "data.data_shape",
+                format!("{:?}", self.data.data_shape),
+                &format!("{:?} (Fashion-MNIST)", spec.data_shape()),
+            );
+        }
+        if self.data.validation == Validation::Split && self.data.validation_size == 0 {
+            return bad(
+                "data.validation_size",
+                0,
+                "an integer >= 1 (or set data.validation = \"test\")",
+            );
+        }
+        if self.data.validation_size >= 60_000 {
+            return bad(
+                "data.validation_size",
+                self.data.validation_size,
+                "fewer than 60000",
+            );
+        }
+        if !(1..=1_000_000).contains(&self.train.epochs) {
+            return bad(
+                "train.epochs",
+                self.train.epochs,
+                "an integer from 1 to 1000000",
+            );
+        }
+        let lr = &self.lr_schedule;
+        if !(lr.initial_lr.is_finite() && lr.initial_lr > 0.0) {
+            return bad("lr_schedule.initial_lr", lr.initial_lr, positive);
+        }
+        match &lr.decay_steps {
+            DecaySteps::Steps(n) if *n <= 0 => {
+                return bad("lr_schedule.decay_steps", n, "an integer >= 1 or \"auto\"");
+            }
+            DecaySteps::Named(s) if s != "auto" => {
+                return bad(
+                    "lr_schedule.decay_steps",
+                    format!("{s:?}"),
+                    "an integer >= 1 or \"auto\"",
+                );
+            }
+            _ => {}
+        }
+        for (key, a) in [
+            ("lr_schedule.alpha", lr.alpha),
+            ("lr_schedule.teacher_alpha", lr.teacher_alpha),
+        ] {
+            if !(0.0..=1.0).contains(&a) {
+                return bad(key, a, "a number in [0, 1]");
+            }
+        }
+        let o = &self.optimizer;
+        for (key, b) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(key, b, "a number in [0, 1)");
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return bad("optimizer.eps", o.eps, positive);
+        }
+        if self.early_stopping.enabled && self.early_stopping.patience == 0 {
+            return bad(
+                "early_stopping.patience",
+                0,
+                "an integer >= 1 (or enabled = false)",
+            );
+        }
+        let d = &self.distill;
+        check_objective(&d.objective, "config key `distill.objective`")?;
+        // Each objective's table, by the ranges of its registry spec.
+        for spec in crate::objective::SPECS {
+            let table = d.table(spec.name);
+            for param in spec.params {
+                let value = table.as_ref().and_then(|t| t.get(param.key));
+                if let Err((found, expected)) = param.check(value) {
+                    return bad(
+                        &format!("distill.{}.{}", spec.name, param.key),
+                        found,
+                        expected,
+                    );
+                }
+            }
+        }
+        for (key, spec) in [
+            ("model.teacher", &self.model.teacher),
+            ("model.student", &self.model.student),
+        ] {
+            if let Err(e) = crate::model::Arch::parse(spec) {
+                return bad(key, format!("{spec:?}"), &e);
+            }
+        }
+        if !self.reproduce.teacher.is_empty()
+            && let Err(e) = crate::model::Arch::parse(&self.reproduce.teacher)
+        {
+            return bad(
+                "reproduce.teacher",
+                format!("{:?}", self.reproduce.teacher),
+                &format!("\"\" (model.teacher) or {e}"),
+            );
+        }
+        if !self.reproduce.teacher_augment.is_empty()
+            && let Err(e) = crate::augment::Augment::parse(&self.reproduce.teacher_augment)
+        {
+            return bad(
+                "reproduce.teacher_augment",
+                format!("{:?}", self.reproduce.teacher_augment),
+                &format!("\"\" (augment.teacher) or {e}"),
+            );
+        }
+        if self.reproduce.teacher_epochs > 1_000_000 {
+            return bad(
+                "reproduce.teacher_epochs",
+                self.reproduce.teacher_epochs,
+                "0 (= train.teacher_epochs) to 1000000",
+            );
+        }
+        for (key, text) in [
+            ("augment.teacher", &self.augment.teacher),
+            ("augment.student", &self.augment.student),
+        ] {
+            if let Err(e) = crate::augment::Augment::parse(text) {
+                return bad(key, format!("{text:?}"), &e);
+            }
+        }
+        if self.augment.views > 1024 {
+            return bad(
+                "augment.views",
+                self.augment.views,
+                "0 (a fresh view every epoch) to 1024",
+            );
+        }
+        if self.train.teacher_epochs > 1_000_000 {
+            return bad(
+                "train.teacher_epochs",
+                self.train.teacher_epochs,
+                "0 (= train.epochs) to 1000000",
+            );
+        }
+        if !matches!(self.model.teacher_input.as_str(), "image" | "flat") {
+            return bad(
+                "model.teacher_input",
+                format!("{:?}", self.model.teacher_input),
+                &format!(
+                    "\"image\" ([batch, {}, {}, {}]) or \"flat\" ([batch, {}])",
+                    spec.channels,
+                    spec.height,
+                    spec.width,
+                    spec.inputs()
+                ),
+            );
+        }
+        let r = &self.reproduce;
+        if r.seeds.is_empty() || r.seeds.len() > 1000 {
+            return bad(
+                "reproduce.seeds",
+                format!("{:?}", r.seeds),
+                "from 1 to 1000 seeds",
+            );
+        }
+        let mut uniq = r.seeds.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        if uniq.len() != r.seeds.len() {
+            return bad(
+                "reproduce.seeds",
+                format!("{:?}", r.seeds),
+                "distinct seeds",
+            );
+        }
+        for name in &r.objectives {
+            check_objective(name, "config key `reproduce.objectives`")?;
+        }
+        let mut objectives = r.objectives.clone();
+        objectives.sort();
+        objectives.dedup();
+        if objectives.len() != r.objectives.len() {
+            return usage(format!(
+                "config key `reproduce.objectives` (--objective) = {:?}: expected distinct objectives",
+                r.objectives
+            ));
+        }
+        crate::device::parse(&self.runtime.device)
+            .map_err(|e| UsageError(format!("config key `runtime.device`: {e}")))?;
+        if self.runtime.threads > 1024 {
+            return bad(
+                "runtime.threads",
+                self.runtime.threads,
+                "0 (physical cores) to 1024",
+            );
+        }
+        if self.runtime.out_dir.as_os_str().is_empty() {
+            return bad("runtime.out_dir", "\"\"", "a folder path");
+        }
+        Ok(())
+    }
+}
