@@ -113,6 +113,15 @@ pub fn leave_spincount_to_child(cmd: &mut std::process::Command) {
     }
 }
 
+/// Bytes of memory the kernel says are available (`MemAvailable` in /proc/meminfo);
+/// `None` where that cannot be read (not Linux).
+pub fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! The teacher side of distillation: a frozen teacher ([`Teacher`]: a kdtrain checkpoint
-//! or a TorchScript model, behind [`Network`]) and where the training loop gets its
+//! The teacher side of distillation: reading a teacher ([`load_teacher`]: a kdtrain
+//! checkpoint or a TorchScript model, checked against the data and frozen), the frozen
+//! teacher the loop sees ([`Teacher`], behind [`Network`]) and where the training loop gets its
 //! logits from ([`TeacherSource`]: the cache of every training example's logits, every
 //! fixed view's with augmentation, or a `no_grad` forward pass per batch).
 //!
@@ -8,17 +9,239 @@
 //! is kept for the next run of the same process (the seeds and objectives of a
 //! `reproduce` share it). This module trains nothing and writes no file.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
 use crate::augment::{Augment, ViewSet};
-use crate::data::Dataset;
-use crate::error::{INTERRUPTED, Interrupted};
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::config::settings::Settings;
+use crate::data::{self, DataSpec, Dataset};
+use crate::error::{INTERRUPTED, Interrupted, UsageError, usage};
 use crate::eval;
-use crate::model::Network;
+use crate::model::{Network, RunKind};
+
+/// A frozen teacher read from a checkpoint, with what it was trained on.
+pub struct LoadedTeacher {
+    pub network: Box<dyn Network>,
+    pub path: PathBuf,
+    pub split: Option<data::SplitInfo>,
+    /// SHA-256 of the checkpoint file, hex: which teacher a run used, whatever its path.
+    pub sha256: String,
+}
+
+impl LoadedTeacher {
+    /// What a distilled run records about its teacher in `meta.json`: its file, the
+    /// file's SHA-256, its architecture as a spec (`cnn:32,64,256,dropout=0.3`, or
+    /// `torchscript`; the run's `model.teacher` is only what `train teacher` would build)
+    /// and its split's hash.
+    pub fn meta(&self) -> serde_json::Value {
+        serde_json::json!({
+            "teacher": self.path.display().to_string(),
+            "teacher_arch": self.network.arch().spec(),
+            "teacher_sha256": self.sha256,
+            "teacher_split_hash": self.split.as_ref().map(|s| s.split_hash.clone()),
+        })
+    }
+}
+
+/// The teacher checkpoint for distillation: `distill.teacher`, or the newest teacher in
+/// the out-dir; read, checked (against the data of `spec`) and frozen before training.
+///
+/// # Errors
+/// Usage errors naming the file: none found, unreadable, not a teacher, wrong shapes,
+/// another data spec.
+pub fn load_teacher(s: &Settings, config: &Config, spec: &DataSpec) -> Result<LoadedTeacher> {
+    let path = if config.distill.teacher.as_os_str().is_empty() {
+        let out = config.runtime.out_dir.as_path();
+        match crate::run::newest_model(out, RunKind::Teacher) {
+            Some(p) => p,
+            None => {
+                return usage(format!(
+                    "no finished teacher checkpoint in {0}/teacher-*/model.safetensors or \
+                     {0}/reproduce-*/teacher/model.safetensors (interrupted runs are skipped; \
+                     finish one with --resume); run `train teacher` first, or pass --teacher PATH",
+                    out.display()
+                ));
+            }
+        }
+    } else {
+        config.distill.teacher.clone()
+    };
+    // Recorded by its absolute path, so that the run's config.toml (and the printed
+    // resume command) finds it from any folder.
+    let path = std::path::absolute(&path).unwrap_or(path);
+    let (mut network, split) = open_teacher(&path, s, "--teacher", spec)?;
+    network.freeze();
+    s.say(&format!(
+        "teacher: {} ({})",
+        path.display(),
+        network.describe()
+    ));
+    let sha256 = {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read teacher {}", path.display()))?;
+        crate::hex(&Sha256::digest(&bytes))
+    };
+    Ok(LoadedTeacher {
+        network,
+        split,
+        path,
+        sha256,
+    })
+}
+
+/// A teacher from `path`: a TorchScript file (recognised by content: a zip archive) run
+/// through libtorch, or a kdtrain checkpoint; with the split it records (TorchScript
+/// files record none). It must take the data of `spec` and give its classes' logits.
+///
+/// # Errors
+/// Usage errors naming the file (missing, not TorchScript, wrong output, not a teacher,
+/// trained on data of another spec).
+pub fn open_teacher(
+    path: &Path,
+    s: &Settings,
+    flag: &str,
+    spec: &DataSpec,
+) -> Result<(Box<dyn Network>, Option<data::SplitInfo>)> {
+    let head = {
+        use std::io::Read;
+        let mut b = [0u8; 4];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| f.read(&mut b))
+            .unwrap_or(0);
+        b[..n].to_vec()
+    };
+    if crate::torchscript::is_zip(&head) {
+        let input = match s.config.model.teacher_input.as_str() {
+            "flat" => crate::torchscript::Input::Flat,
+            "image" => crate::torchscript::Input::Image,
+            other => {
+                return usage(format!(
+                    "config key `model.teacher_input` = {other:?}: expected \"image\" or \"flat\""
+                ));
+            }
+        };
+        let net = crate::torchscript::TorchScriptNet::load(path, input, spec, s.device)?;
+        return Ok((Box::new(net), None));
+    }
+    let ckpt = Checkpoint::read(path).map_err(|e| match e.downcast_ref::<UsageError>() {
+        Some(_) => UsageError(format!(
+            "{e}; run `train teacher` first, or pass --teacher PATH"
+        ))
+        .into(),
+        None => e,
+    })?;
+    let network = teacher_network(&ckpt, s, flag)?;
+    if let Some(e) = spec_mismatch(
+        &format!("{flag} {}", path.display()),
+        network.data_spec(),
+        spec,
+    ) {
+        return usage(e);
+    }
+    Ok((network, ckpt.split()))
+}
+
+/// Why a network for data of `have` cannot serve on data of `want`, naming `what` (a
+/// flag and a file): `None` when they are the same.
+pub fn spec_mismatch(what: &str, have: &DataSpec, want: &DataSpec) -> Option<String> {
+    (have != want).then(|| {
+        format!(
+            "{what} takes {} images of {} classes ({}) but the data are {} images of {} \
+             classes ({}); use a model trained on this data",
+            have.describe(),
+            have.classes(),
+            have.class_names.join(", "),
+            want.describe(),
+            want.classes(),
+            want.class_names.join(", ")
+        )
+    })
+}
+
+/// The network of a checkpoint that is to act as a teacher: its recorded architecture
+/// (or, for a file that records none, the configured teacher's), and a refusal of a
+/// checkpoint trained as a student.
+fn teacher_network(ckpt: &Checkpoint, s: &Settings, flag: &str) -> Result<Box<dyn Network>> {
+    let network = ckpt
+        .network(s.device)
+        .map_err(|e| UsageError(format!("{flag}: {e:#}")))?;
+    let arch = network.arch().clone();
+    if let Some(role) = ckpt.role()
+        && role != "teacher"
+    {
+        return usage(format!(
+            "{flag}: {} is a {role} checkpoint ({}; metadata kdtrain.role = {role}), not a \
+             teacher; pass a teacher's model.safetensors",
+            ckpt.path.display(),
+            arch.describe(network.data_spec())
+        ));
+    }
+    Ok(network)
+}
+
+/// The teacher's split against this run's: refuses a mismatch (unless
+/// `--allow-split-mismatch`), warns when the teacher records none.
+pub fn check_teacher_split(s: &Settings, teacher: &LoadedTeacher, data: &Dataset) -> Result<()> {
+    match &teacher.split {
+        None => {
+            crate::errln!(
+                "warning: teacher {} records no validation split; make sure this run's \
+                 validation images were not in its training set",
+                teacher.path.display()
+            );
+            Ok(())
+        }
+        Some(t) if t.same_as(&data.split) => Ok(()),
+        Some(t) if s.allow_split_mismatch => {
+            crate::errln!(
+                "warning: teacher {} validated on {}, this run on {} (--allow-split-mismatch)",
+                teacher.path.display(),
+                t.describe(),
+                data.split.describe()
+            );
+            Ok(())
+        }
+        Some(t) => {
+            let (why, fix) = match (t.split_seed, data.split.split_seed) {
+                (None, _) => (
+                    "the teacher trained on every training image, so this run's held-out \
+                     images are in its training set",
+                    "validate on the test set as the teacher did (data.validation = \"test\")"
+                        .to_string(),
+                ),
+                (Some(seed), None) => (
+                    "this run would select models on another set than the teacher did",
+                    format!(
+                        "use the teacher's split (data.validation = \"split\", \
+                         data.split_seed = {seed}, data.validation_size = {})",
+                        t.validation_size
+                    ),
+                ),
+                (Some(seed), Some(_)) => (
+                    "this run's validation images would include images the teacher trained on",
+                    format!(
+                        "use the teacher's data.split_seed ({seed}) and data.validation_size ({})",
+                        t.validation_size
+                    ),
+                ),
+            };
+            usage(format!(
+                "teacher {} was trained with validation on {}, but this run validates on {}: \
+                 {why}; {fix}, or pass --allow-split-mismatch",
+                teacher.path.display(),
+                t.describe(),
+                data.split.describe(),
+            ))
+        }
+    }
+}
 
 /// The frozen teacher of a distillation run: its network (own VarStore, frozen, run in
 /// eval mode under `no_grad`) and whether its training-set logits are cached.

@@ -100,7 +100,7 @@ pub fn view_set(
     if let Some(set) = &view_set {
         let need = set.store_bytes(n, inputs);
         if device == tch::Device::Cpu
-            && let Some(free) = available_memory_bytes()
+            && let Some(free) = crate::device::available_memory_bytes()
             && need > free
         {
             return crate::error::usage(format!(
@@ -125,20 +125,6 @@ pub fn view_set(
         ));
     }
     Ok(view_set)
-}
-
-/// `MemAvailable` from `/proc/meminfo`, in bytes; `None` where it cannot be read.
-fn available_memory_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// One epoch's batches: a permutation of the training set cut into batches of
