@@ -13,36 +13,16 @@ impl Config {
     /// Checks every value's range. The error names the key (`section.key`), the value
     /// found and what is allowed.
     pub fn validate(&self) -> Result<()> {
-        fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
-            // The flag that sets the key, if any, so a bad flag value is recognisable.
-            // An objective's key: the flag of its registry spec (a switch's flag turns it
-            // off, so it is not named).
-            let objective_flag = key
-                .strip_prefix("distill.")
-                .and_then(|k| k.split_once('.'))
-                .and_then(|(name, k)| {
-                    crate::objective::spec(name)?
-                        .params
-                        .iter()
-                        .find(|p| p.key == k)
-                })
-                .filter(|p| p.range != crate::objective::Range::SwitchOff)
-                .map(|p| format!(" ({})", p.flag));
-            let flag = match key {
-                "data.batch_size" => " (--batch-size)",
-                "train.epochs" => " (--epochs)",
-                "lr_schedule.initial_lr" => " (--lr)",
-                "reproduce.seeds" => " (--seeds)",
-                "runtime.threads" => " (--threads)",
-                "runtime.out_dir" => " (--out-dir)",
-                _ => "",
-            };
-            let flag = objective_flag.as_deref().unwrap_or(flag);
-            usage(format!(
-                "config key `{key}`{flag} = {found}: expected {expected}"
-            ))
-        }
-        let positive = "a finite number > 0";
+        self.validate_data()?;
+        self.validate_training()?;
+        self.validate_distill()?;
+        self.validate_models()?;
+        self.validate_reproduce()?;
+        self.validate_runtime()
+    }
+
+    /// `[data]`.
+    fn validate_data(&self) -> Result<()> {
         // Upper bounds keep step and schedule arithmetic far from overflow.
         if !(1..=1 << 24).contains(&self.data.batch_size) {
             return bad(
@@ -74,6 +54,12 @@ impl Config {
                 "fewer than 60000",
             );
         }
+        Ok(())
+    }
+
+    /// `train.epochs`, `[lr_schedule]`, `[optimizer]`, `[early_stopping]`.
+    fn validate_training(&self) -> Result<()> {
+        let positive = "a finite number > 0";
         if !(1..=1_000_000).contains(&self.train.epochs) {
             return bad(
                 "train.epochs",
@@ -122,6 +108,11 @@ impl Config {
                 "an integer >= 1 (or enabled = false)",
             );
         }
+        Ok(())
+    }
+
+    /// `distill.objective` and every objective's table, by its registry spec.
+    fn validate_distill(&self) -> Result<()> {
         let d = &self.distill;
         check_objective(&d.objective, "config key `distill.objective`")?;
         // Each objective's table, by the ranges of its registry spec.
@@ -138,6 +129,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The architecture and augmentation specs, the teacher's input and epochs.
+    fn validate_models(&self) -> Result<()> {
         for (key, spec) in [
             ("model.teacher", &self.model.teacher),
             ("model.student", &self.model.student),
@@ -194,6 +190,8 @@ impl Config {
             );
         }
         if !matches!(self.model.teacher_input.as_str(), "image" | "flat") {
+            // The data source is Fashion-MNIST's IDX files, whose spec this is.
+            let spec = crate::data::DataSpec::fashion_mnist();
             return bad(
                 "model.teacher_input",
                 format!("{:?}", self.model.teacher_input),
@@ -206,6 +204,11 @@ impl Config {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// `reproduce.seeds` and `reproduce.objectives`.
+    fn validate_reproduce(&self) -> Result<()> {
         let r = &self.reproduce;
         if r.seeds.is_empty() || r.seeds.len() > 1000 {
             return bad(
@@ -236,6 +239,11 @@ impl Config {
                 r.objectives
             ));
         }
+        Ok(())
+    }
+
+    /// `[runtime]`.
+    fn validate_runtime(&self) -> Result<()> {
         crate::device::parse(&self.runtime.device)
             .map_err(|e| UsageError(format!("config key `runtime.device`: {e}")))?;
         if self.runtime.threads > 1024 {
@@ -250,4 +258,36 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A [`UsageError`] for `key`: the flag that sets it (if any, so a bad flag value is
+/// recognisable), the value found and what is allowed.
+fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
+    // The flag that sets the key, if any, so a bad flag value is recognisable.
+    // An objective's key: the flag of its registry spec (a switch's flag turns it
+    // off, so it is not named).
+    let objective_flag = key
+        .strip_prefix("distill.")
+        .and_then(|k| k.split_once('.'))
+        .and_then(|(name, k)| {
+            crate::objective::spec(name)?
+                .params
+                .iter()
+                .find(|p| p.key == k)
+        })
+        .filter(|p| p.range != crate::objective::Range::SwitchOff)
+        .map(|p| format!(" ({})", p.flag));
+    let flag = match key {
+        "data.batch_size" => " (--batch-size)",
+        "train.epochs" => " (--epochs)",
+        "lr_schedule.initial_lr" => " (--lr)",
+        "reproduce.seeds" => " (--seeds)",
+        "runtime.threads" => " (--threads)",
+        "runtime.out_dir" => " (--out-dir)",
+        _ => "",
+    };
+    let flag = objective_flag.as_deref().unwrap_or(flag);
+    usage(format!(
+        "config key `{key}`{flag} = {found}: expected {expected}"
+    ))
 }
