@@ -28,9 +28,10 @@ pub struct PredictArgs {
     /// t10k-images-idx3-ubyte.gz (every image, or the one at --index).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
-    /// How many classes to show per image, most probable first (1 to 10).
+    /// How many classes to show per image, most probable first (1 to the model's number
+    /// of classes).
     #[arg(long, default_value_t = 3, value_name = "K",
-          value_parser = clap::value_parser!(u8).range(1..=10))]
+          value_parser = clap::value_parser!(u8).range(1..))]
     pub top: u8,
     /// Invert grey values of PNG/JPEG inputs so that the object is light on a dark
     /// background, as in Fashion-MNIST: auto = when the image's border is light. IDX
@@ -390,6 +391,14 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let model = load_network(&args.checkpoint, device)?;
     let spec = &model.spec;
+    if i64::from(args.top) > spec.classes() {
+        return usage(format!(
+            "--top {}: the model has {} classes; expected 1 to {}",
+            args.top,
+            spec.classes(),
+            spec.classes()
+        ));
+    }
     let t_model = t0.elapsed().as_secs_f64();
     let g = gather(args, spec)?;
     for n in &g.notes {
@@ -397,8 +406,7 @@ pub fn run(args: &PredictArgs, device: Device, quiet: bool) -> Result<()> {
     }
     let t_read = t0.elapsed().as_secs_f64() - t_model;
     let n = g.items.len() as i64;
-    // No more classes than the model has.
-    let top = i64::from(args.top).min(spec.classes());
+    let top = i64::from(args.top);
     let (probs, classes) = if n > 0 {
         // [n, C·H·W] f32 on the 0..255 scale, then / 255 on the device as in training.
         let images = Tensor::from_slice(&g.pixels)

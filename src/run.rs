@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::checkpoint::{self, Checkpoint, RunLock, write_atomic};
-use crate::config::Config;
+use crate::config::{Config, Monitor};
 use crate::data::SplitInfo;
 use crate::error::{UsageError, usage};
 use crate::eval::Metrics;
@@ -63,6 +63,31 @@ pub struct TrainState {
     /// (`decay_steps = "auto"` resolved once), so a resumed run keeps it.
     #[serde(default)]
     pub decay_steps: Option<u64>,
+}
+
+impl TrainState {
+    /// Adds a completed epoch: its record, the step count, and whether it improved on the
+    /// best epoch so far by `monitor` (validation cross-entropy lower, or accuracy higher;
+    /// ties keep the earlier epoch), which updates the best metric and the early-stopping
+    /// counter. Returns whether it improved.
+    pub fn record_epoch(&mut self, record: &EpochRecord, monitor: Monitor, step: u64) -> bool {
+        let metric = match monitor {
+            Monitor::Ce => record.val.ce,
+            Monitor::Acc => -record.val.acc,
+        };
+        let improved = self.best_epoch == 0 || metric < self.best_metric;
+        if improved {
+            self.best_metric = metric;
+            self.best_epoch = record.epoch;
+            self.bad_epochs = 0;
+        } else {
+            self.bad_epochs += 1;
+        }
+        self.epoch = record.epoch;
+        self.step = step;
+        self.history.push(record.clone());
+        improved
+    }
 }
 
 /// What a resumed run restores.

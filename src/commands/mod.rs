@@ -154,38 +154,8 @@ pub fn train_one(
     tch::manual_seed(c.seed as i64);
     let model = arch.build(&data.spec, s.device);
     let steps_per_epoch = (data.train.len() as usize).div_ceil(c.data.batch_size);
-    let alpha = if kind == RunKind::Teacher {
-        c.lr_schedule.teacher_alpha
-    } else {
-        c.lr_schedule.alpha
-    };
-    let is_teacher = kind == RunKind::Teacher;
-    let epochs = c.epochs_for(is_teacher);
-    let (augment, views) = c.augment_for(is_teacher)?;
-    let loop_cfg = LoopConfig {
-        epochs,
-        batch_size: c.data.batch_size as i64,
-        schedule: CosineDecay {
-            initial_lr: c.lr_schedule.initial_lr,
-            decay_steps: c.decay_steps(epochs, steps_per_epoch),
-            alpha,
-        },
-        adam: AdamConfig {
-            beta1: c.optimizer.beta1,
-            beta2: c.optimizer.beta2,
-            eps: c.optimizer.eps,
-            amsgrad: c.optimizer.amsgrad,
-            eps_placement: c.optimizer.epsilon_placement,
-        },
-        patience: c
-            .early_stopping
-            .enabled
-            .then_some(c.early_stopping.patience),
-        monitor: c.early_stopping.monitor,
-        seed: c.seed,
-        augment,
-        views,
-    };
+    let loop_cfg = loop_config(c, kind, steps_per_epoch)?;
+    let epochs = loop_cfg.epochs;
     let teacher = teacher.map(|t| Teacher {
         network: t.network.as_ref(),
         id: t.sha256.clone(),
@@ -291,24 +261,70 @@ pub fn train_one(
         );
     }
     if c.logging.plots {
-        let h = &history;
-        let col = |f: fn(&crate::run::EpochRecord) -> f64| h.iter().map(f).collect::<Vec<f64>>();
-        let title = match run.name() {
-            n if n == kind.name() => n,
-            n => format!("{} ({n})", kind.name()),
-        };
-        crate::plot::curves_png(
-            &run.dir.join("curves.png"),
-            &crate::plot::Curves {
-                title: &title,
-                train_loss: &col(|r| r.train.loss),
-                val_loss: &col(|r| r.val.loss),
-                train_acc: &col(|r| r.train.acc),
-                val_acc: &col(|r| r.val.acc),
-            },
-        )?;
+        curves(run, &history)?;
     }
     Ok(out)
+}
+
+/// The loop's settings for a `kind` run of `c` with `steps_per_epoch` optimizer steps an
+/// epoch: its epochs, the cosine schedule (the teacher's floor for the teacher), Adam,
+/// early stopping, the seed and the augmentation.
+///
+/// # Errors
+/// A [`crate::error::UsageError`] for an augmentation spec that does not parse.
+fn loop_config(c: &Config, kind: RunKind, steps_per_epoch: usize) -> Result<LoopConfig> {
+    let is_teacher = kind == RunKind::Teacher;
+    let alpha = if is_teacher {
+        c.lr_schedule.teacher_alpha
+    } else {
+        c.lr_schedule.alpha
+    };
+    let epochs = c.epochs_for(is_teacher);
+    let (augment, views) = c.augment_for(is_teacher)?;
+    Ok(LoopConfig {
+        epochs,
+        batch_size: c.data.batch_size as i64,
+        schedule: CosineDecay {
+            initial_lr: c.lr_schedule.initial_lr,
+            decay_steps: c.decay_steps(epochs, steps_per_epoch),
+            alpha,
+        },
+        adam: AdamConfig {
+            beta1: c.optimizer.beta1,
+            beta2: c.optimizer.beta2,
+            eps: c.optimizer.eps,
+            amsgrad: c.optimizer.amsgrad,
+            eps_placement: c.optimizer.epsilon_placement,
+        },
+        patience: c
+            .early_stopping
+            .enabled
+            .then_some(c.early_stopping.patience),
+        monitor: c.early_stopping.monitor,
+        seed: c.seed,
+        augment,
+        views,
+    })
+}
+
+/// Writes the run's `curves.png` from its `history`.
+fn curves(run: &Run, history: &[crate::run::EpochRecord]) -> Result<()> {
+    let col = |f: fn(&crate::run::EpochRecord) -> f64| history.iter().map(f).collect::<Vec<f64>>();
+    let kind = run.kind;
+    let title = match run.name() {
+        n if n == kind.name() => n,
+        n => format!("{} ({n})", kind.name()),
+    };
+    crate::plot::curves_png(
+        &run.dir.join("curves.png"),
+        &crate::plot::Curves {
+            title: &title,
+            train_loss: &col(|r| r.train.loss),
+            val_loss: &col(|r| r.val.loss),
+            train_acc: &col(|r| r.train.acc),
+            val_acc: &col(|r| r.val.acc),
+        },
+    )
 }
 
 /// `e` with the command that resumes `run` when it is an [`Interrupted`] that left a

@@ -5,7 +5,9 @@ use anyhow::Result;
 
 use crate::cli::Cli;
 pub use crate::cli::{SweepAction, SweepArgs};
+use crate::config::settings::{RunFlags, Settings};
 use crate::error::usage;
+use crate::sweep::plan::JobKind;
 use crate::sweep::{collect, exec, plan};
 
 /// Refuses common flags that would have no effect: `plan` takes the training flags
@@ -87,10 +89,25 @@ pub fn run(cli: &Cli, args: &SweepArgs) -> Result<()> {
             Ok(())
         }
         SweepAction::Run { dir, jobs } => exec::run_local(dir, *jobs, quiet),
-        SweepAction::RunOne { dir, index } => exec::run_one(dir, *index, quiet, |args| {
-            let cli = <Cli as clap::Parser>::try_parse_from(args)
-                .map_err(|e| anyhow::anyhow!("job {index}: {e}"))?;
-            super::run(cli)
+        SweepAction::RunOne { dir, index } => exec::run_one(dir, *index, quiet, |job| {
+            let overrides = crate::config::Overrides {
+                out_dir: Some(job.out_dir.clone()),
+                ..Default::default()
+            };
+            let s = Settings::from_config_file(
+                Some(&job.config),
+                &overrides,
+                RunFlags {
+                    quiet: job.quiet,
+                    resume: job.resume,
+                    run_name: Some(job.run_name.clone()),
+                    ..RunFlags::default()
+                },
+            )?;
+            match job.kind {
+                JobKind::Distill => super::distill::run(&s),
+                JobKind::Student => super::train::run(&s, crate::cli::ModelArg::Student),
+            }
         }),
         SweepAction::Submit {
             dir,

@@ -9,8 +9,23 @@ use anyhow::Result;
 use tch::Device;
 
 use crate::cli::{Cli, Command};
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::error::usage;
+
+/// The flags of a command that are not config keys.
+#[derive(Debug, Clone, Default)]
+pub struct RunFlags {
+    /// `--quiet`.
+    pub quiet: bool,
+    /// `--resume`.
+    pub resume: bool,
+    /// `--run-name`.
+    pub run_name: Option<String>,
+    /// `--download`.
+    pub download: bool,
+    /// `--allow-split-mismatch` (distill).
+    pub allow_split_mismatch: bool,
+}
 
 /// Everything a command needs to know about how it was asked to run.
 pub struct Settings {
@@ -82,13 +97,40 @@ impl Settings {
                 ));
             }
         }
-        let (config_path, required) = match &c.config {
-            Some(p) => (p.clone(), true),
+        let overrides = cli.overrides()?;
+        Settings::from_config_file(
+            c.config.as_deref(),
+            &overrides,
+            RunFlags {
+                quiet: c.quiet,
+                resume: c.resume,
+                run_name: c.run_name.clone(),
+                download: c.download,
+                allow_split_mismatch: matches!(&cli.command, Command::Distill(d) if d.allow_split_mismatch),
+            },
+        )
+    }
+
+    /// The settings of a command that reads `config` (the user's `--config`; `None`:
+    /// `config.toml` when present, else the defaults) with `overrides` (the flags that
+    /// set config keys) and `flags` (those that do not): the config merged, validated and
+    /// canonicalised, the device resolved and the thread count set. `sweep run-one` builds
+    /// a job's settings this way, from its config file, in its own process.
+    ///
+    /// # Errors
+    /// [`crate::error::UsageError`]s naming the file, key or flag.
+    pub fn from_config_file(
+        config: Option<&Path>,
+        overrides: &Overrides,
+        flags: RunFlags,
+    ) -> Result<Settings> {
+        let (config_path, required) = match config {
+            Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from("config.toml"), false),
         };
+        let config_path_given = config.map(Path::to_path_buf);
         let loaded = Config::load(&config_path, required)?;
-        let overrides = cli.overrides()?;
-        let mut config = loaded.with_overrides(&overrides, |e| {
+        let mut config = loaded.with_overrides(overrides, |e| {
             crate::error::UsageError(format!("config file {}: {e}", config_path.display())).into()
         })?;
         config.canonicalize();
@@ -113,12 +155,12 @@ impl Settings {
             config,
             device,
             threads,
-            quiet: c.quiet,
-            resume: c.resume,
-            run_name: c.run_name.clone(),
-            download: c.download,
-            allow_split_mismatch: matches!(&cli.command, Command::Distill(d) if d.allow_split_mismatch),
-            config_file: c.config.clone(),
+            quiet: flags.quiet,
+            resume: flags.resume,
+            run_name: flags.run_name,
+            download: flags.download,
+            allow_split_mismatch: flags.allow_split_mismatch,
+            config_file: config_path_given,
         })
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::plan::{Job, Plan};
+use super::plan::{Job, JobKind, Plan};
 use crate::checkpoint::{RunLock, write_atomic};
 use crate::error::usage;
 use crate::error::{INTERRUPTED, Interrupted, quote};
@@ -101,6 +101,24 @@ pub struct JobStatus {
     pub ended: String,
 }
 
+impl JobStatus {
+    /// The status of `job` that ended with `exit_code` after `seconds` in a process that
+    /// `sweep run` started here (no error text: it is in the job's log).
+    fn local(job: &Job, exit_code: i32, seconds: f64, resumed: bool) -> JobStatus {
+        JobStatus {
+            index: job.index,
+            id: job.id.clone(),
+            exit_code,
+            error: None,
+            seconds,
+            resumed,
+            host: hostname(),
+            slurm: None,
+            ended: chrono::Local::now().to_rfc3339(),
+        }
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -143,6 +161,20 @@ fn prepare(sweep: &Path, job: &Job) -> Result<Option<bool>> {
     }
 }
 
+/// What `sweep run-one` trains in its own process: the run that [`job_args`] describes
+/// as a command line, which `sweep run` starts as a process of its own.
+pub struct JobRun {
+    pub kind: JobKind,
+    /// `<sweep>/jobs/<id>.toml`: the job's whole config.
+    pub config: PathBuf,
+    /// The job's id, its run folder's name.
+    pub run_name: String,
+    /// `<sweep>/runs`.
+    pub out_dir: PathBuf,
+    pub resume: bool,
+    pub quiet: bool,
+}
+
 /// The command line (after the program name) that runs `job`:
 /// `distill --config <sweep>/jobs/<id>.toml --run-name <id> --out-dir <sweep>/runs`.
 pub fn job_args(sweep: &Path, job: &Job, resume: bool) -> Vec<OsString> {
@@ -165,13 +197,13 @@ pub fn job_args(sweep: &Path, job: &Job, resume: bool) -> Vec<OsString> {
 /// The job's own error (so the exit code is the job's), or a usage error for a bad
 /// folder or index, or a job that another process is running.
 ///
-/// `run` runs a kdtrain command line (program name first) in this process: the caller's
-/// dispatcher, which this module, below the commands, does not know.
+/// `run` trains the job in this process, from its [`JobRun`]: the caller's command, which
+/// this module, below the commands, does not know.
 pub fn run_one(
     sweep: &Path,
     index: usize,
     quiet: bool,
-    run: impl FnOnce(&[OsString]) -> Result<()>,
+    run: impl FnOnce(&JobRun) -> Result<()>,
 ) -> Result<()> {
     let plan = Plan::load(sweep)?;
     let job = plan.job(index)?.clone();
@@ -184,11 +216,6 @@ pub fn run_one(
         );
         return Ok(());
     };
-    let mut args: Vec<OsString> = vec!["kdtrain".into()];
-    args.extend(job_args(sweep, &job, resume));
-    if quiet {
-        args.push("--quiet".into());
-    }
     crate::errln!(
         "job {index} ({}): {} seed {}{}",
         job.id,
@@ -198,7 +225,15 @@ pub fn run_one(
     );
     // An interrupted job resumes through run-one (its options are in jobs/<id>.toml, not
     // on a command line), so that is the command to give.
-    let result = run(&args).map_err(|e| match e.downcast::<Interrupted>() {
+    let result = run(&JobRun {
+        kind: job.kind,
+        config: sweep.join(job.config_path()),
+        run_name: job.id.clone(),
+        out_dir: sweep.join("runs"),
+        resume,
+        quiet,
+    })
+    .map_err(|e| match e.downcast::<Interrupted>() {
         Ok(i) => Interrupted::new(format!(
             "job {index} ({}): {}; resume it with `kdtrain sweep run-one {} --index {index}` \
              (or `sweep run`, or submit the sweep again)",
@@ -300,18 +335,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
     }
     std::fs::create_dir_all(sweep.join("logs"))?;
     let n = pending.len();
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(n as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "sweep {bar:30} {pos}/{len} jobs | {msg} | ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = sweep_bar(n, quiet);
     let attended = !bar.is_hidden();
     let say = |line: &str| {
         if !quiet {
@@ -353,23 +377,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                         continue;
                     }
                 };
-                let log = sweep.join("logs").join(format!("{}.log", job.id));
-                let out = std::fs::File::create(&log)
-                    .with_context(|| format!("creating {}", log.display()))?;
-                let mut cmd = Command::new(&exe);
-                crate::device::leave_spincount_to_child(&mut cmd);
-                cmd.args(job_args(sweep, job, resume))
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone()?)
-                    .stderr(out);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::process::CommandExt;
-                    cmd.process_group(0);
-                }
-                let child = cmd
-                    .spawn()
-                    .with_context(|| format!("starting {}", exe.display()))?;
+                let child = spawn_job(&exe, sweep, job, resume)?;
                 running.push((child, job, Instant::now(), resume));
             }
             // One line per job that ended, with the counts after the free slots were refilled.
@@ -407,20 +415,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                     None if interrupted => 130,
                     None => -1,
                 };
-                write_status(
-                    sweep,
-                    &JobStatus {
-                        index: job.index,
-                        id: job.id.clone(),
-                        exit_code: code,
-                        error: None,
-                        seconds: secs,
-                        resumed,
-                        host: hostname(),
-                        slurm: None,
-                        ended: chrono::Local::now().to_rfc3339(),
-                    },
-                )?;
+                write_status(sweep, &JobStatus::local(job, code, secs, resumed))?;
                 bar.inc(1);
                 let what = match code {
                     0 => {
@@ -495,6 +490,42 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
         quote(sweep)
     );
     Ok(())
+}
+
+/// The sweep's progress bar over `n` jobs (hidden with `quiet`, and by indicatif when
+/// stderr is not a terminal).
+fn sweep_bar(n: usize, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(n as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "sweep {bar:30} {pos}/{len} jobs | {msg} | ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
+/// Starts `job` as `exe <job args>` in its own process group (so a terminal's Ctrl-C
+/// reaches only `sweep run`, which passes it on), its output in `<sweep>/logs/<id>.log`.
+fn spawn_job(exe: &Path, sweep: &Path, job: &Job, resume: bool) -> Result<Child> {
+    let log = sweep.join("logs").join(format!("{}.log", job.id));
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    crate::device::leave_spincount_to_child(&mut cmd);
+    cmd.args(job_args(sweep, job, resume))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", exe.display()))
 }
 
 /// `sweep submit --slurm`'s options.

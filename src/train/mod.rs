@@ -216,21 +216,6 @@ pub fn fit(
                 kept_note(&state, run)
             );
         }
-        let metric = match cfg.monitor {
-            Monitor::Ce => val.ce,
-            Monitor::Acc => -val.acc,
-        };
-        let improved = state.best_epoch == 0 || metric < state.best_metric;
-        if improved {
-            state.best_metric = metric;
-            state.best_epoch = epoch;
-            state.bad_epochs = 0;
-            best_weights = model.snapshot();
-        } else {
-            state.bad_epochs += 1;
-        }
-        state.epoch = epoch;
-        state.step = opt.step;
         let record = EpochRecord {
             epoch,
             lr,
@@ -238,7 +223,10 @@ pub fn fit(
             train,
             val,
         };
-        state.history.push(record.clone());
+        let improved = state.record_epoch(&record, cfg.monitor, opt.step);
+        if improved {
+            best_weights = model.snapshot();
+        }
         run.end_epoch(model, &opt, &names, &state, &record, improved)?;
         // Test hook: `KDTRAIN_TEST_INTERRUPT=epoch:N` acts as a Ctrl-C right after epoch N
         // is saved (resume tests need a stop at a known epoch).
