@@ -511,6 +511,8 @@ impl Config {
                 ("expected u32", "expected an integer >= 0"),
                 ("expected i64", "expected an integer"),
                 ("expected f64", "expected a number"),
+                // PathBuf's serde name for what a path key takes.
+                ("expected path string", "expected a string"),
             ] {
                 if let Some(head) = msg.strip_suffix(rust) {
                     msg = format!("{head}{words}");
@@ -740,6 +742,46 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(key), "expected {key} in: {e}");
         }
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_refused_by_key_and_flag() {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = PathBuf::from(std::ffi::OsStr::from_bytes(b"runs\xff"));
+        let cases: Vec<(&str, &str, Box<dyn Fn(&mut Config)>)> = vec![
+            (
+                "runtime.out_dir",
+                "--out-dir",
+                Box::new(|c| c.runtime.out_dir = bad.clone()),
+            ),
+            (
+                "data.dir",
+                "--data-dir",
+                Box::new(|c| c.data.dir = bad.clone()),
+            ),
+            (
+                "distill.teacher",
+                "--teacher",
+                Box::new(|c| c.distill.teacher = bad.clone()),
+            ),
+        ];
+        for (key, flag, f) in cases {
+            let mut c = Config::default();
+            f(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.downcast_ref::<UsageError>().is_some(), "exit 2: {e}");
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("`{key}` ({flag})")) && e.contains("UTF-8"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_path_key_of_another_type_expects_a_string() {
+        let e = Config::parse("[data]\ndir = 5\n").unwrap_err();
+        assert!(e.ends_with("expected a string"), "{e}");
     }
 
     #[test]

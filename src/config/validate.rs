@@ -256,6 +256,23 @@ impl Config {
         if self.runtime.out_dir.as_os_str().is_empty() {
             return bad("runtime.out_dir", "\"\"", "a folder path");
         }
+        // Every run writes its resolved config, paths included, as TOML (UTF-8): a path
+        // that is not UTF-8 is refused here, before any folder is made, rather than
+        // renamed lossily or refused after the run folder exists.
+        for (key, path) in [
+            ("data.dir", &self.data.dir),
+            ("distill.teacher", &self.distill.teacher),
+            ("runtime.out_dir", &self.runtime.out_dir),
+        ] {
+            if path.to_str().is_none() {
+                return bad(
+                    key,
+                    format!("{path:?}"),
+                    "a path in UTF-8 (each run records it in its config.toml); rename it, or \
+                     reach it through a link whose name is UTF-8",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -284,6 +301,8 @@ fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
         "reproduce.seeds" => " (--seeds)",
         "runtime.threads" => " (--threads)",
         "runtime.out_dir" => " (--out-dir)",
+        "data.dir" => " (--data-dir)",
+        "distill.teacher" => " (--teacher)",
         _ => "",
     };
     let flag = objective_flag.as_deref().unwrap_or(flag);

@@ -7,15 +7,8 @@
 //! forward pass), and records whatever terms come back by name.
 //!
 //! This module owns the formulas and the registry ([`with_objectives`], [`SPECS`],
-//! [`build`]); the
-//! hyper-parameters come from the objective's own table, `[distill.<name>]`, already
-//! validated against its [`Spec`].
-
-pub mod dist;
-pub mod dkd;
-pub mod kd;
-pub mod lskd;
-pub mod mse;
+//! [`build`]); the hyper-parameters come from the objective's own table,
+//! `[distill.<name>]`, already validated against its [`Spec`].
 
 use tch::{Kind, Tensor};
 
@@ -24,8 +17,9 @@ use tch::{Kind, Tensor};
 /// [`Spec`]). Adding an objective is its file and one line here; the config section,
 /// the flags' checks, the results tables and the sweeps all read this list.
 ///
-/// It calls `$callback! { kd: kd::KdConfig, ... }`, so that each reader (the config's
-/// `[distill]` section, [`SPECS`]) is generated from the one list.
+/// It calls `$callback! { kd: kd::KdConfig, ... }`, so that each reader (the objectives'
+/// module declarations below, the config's `[distill]` section, [`SPECS`]) is generated
+/// from the one list.
 #[macro_export]
 macro_rules! with_objectives {
     ($callback:ident) => {
@@ -250,6 +244,14 @@ impl Spec {
         (get(self.temperature), get(self.alpha))
     }
 }
+
+/// Declares each objective's module (`pub mod kd;`, ...), from the registry.
+macro_rules! modules {
+    ($($name:ident: $module:ident::$table:ident),* $(,)?) => {
+        $(pub mod $module;)*
+    };
+}
+with_objectives!(modules);
 
 macro_rules! specs {
     ($($name:ident: $module:ident::$table:ident),* $(,)?) => {

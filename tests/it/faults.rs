@@ -2139,3 +2139,40 @@ fn multi_member_gzip_is_read() {
     std::fs::write(&path, joined).unwrap();
     assert_ok(&s.kd(&["train", "student", "--epochs", "1", "--quiet"]));
 }
+
+/// A path that is not UTF-8 (`--out-dir`, `--data-dir`, `--teacher`) cannot be recorded in
+/// the run's config.toml: it is refused by its flag with exit 2 before any folder is made,
+/// never renamed lossily, never refused after the run folder exists.
+#[test]
+fn a_path_that_is_not_utf8_is_refused_before_any_folder_is_made() {
+    use std::ffi::{OsStr, OsString};
+    use std::os::unix::ffi::OsStrExt;
+    let s = sandbox();
+    let odd = |name: &[u8]| s.path().join(OsStr::from_bytes(name));
+    let config = s.path().join("test.toml");
+    let data = s.data_dir();
+    let runs = s.runs();
+    let base = |out: &Path| -> Vec<OsString> {
+        vec![
+            "train".into(),
+            "student".into(),
+            "--epochs".into(),
+            "1".into(),
+            "--config".into(),
+            config.clone().into(),
+            "--out-dir".into(),
+            out.into(),
+            "--threads".into(),
+            "1".into(),
+        ]
+    };
+    let out = odd(b"runs\xff");
+    let mut args = base(&out);
+    args.extend(["--data-dir".into(), data.clone().into()]);
+    assert_fails(&s.raw(&args), 2, &["runtime.out_dir", "--out-dir", "UTF-8"]);
+    assert!(!out.exists(), "{} was made", out.display());
+    let mut args = base(&runs);
+    args.extend(["--data-dir".into(), odd(b"data\xff").into()]);
+    assert_fails(&s.raw(&args), 2, &["data.dir", "--data-dir", "UTF-8"]);
+    assert!(!runs.exists(), "{} was made", runs.display());
+}
