@@ -748,7 +748,8 @@ mod tests {
     fn a_path_that_is_not_utf8_is_refused_by_key_and_flag() {
         use std::os::unix::ffi::OsStrExt;
         let bad = PathBuf::from(std::ffi::OsStr::from_bytes(b"runs\xff"));
-        let cases: Vec<(&str, &str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Case<'a> = (&'a str, &'a str, Box<dyn Fn(&mut Config) + 'a>);
+        let cases: Vec<Case> = vec![
             (
                 "runtime.out_dir",
                 "--out-dir",
