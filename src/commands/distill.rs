@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 
-use super::{check_teacher_split, data_dir, load_data, load_teacher, print_result, train_one};
+use super::{
+    check_teacher_split, data_dir, load_raw, load_teacher, prepare_data, print_result, train_one,
+};
 use crate::config::Config;
 use crate::config::settings::Settings;
 use crate::error::usage;
@@ -38,8 +40,9 @@ pub fn run(s: &Settings) -> Result<()> {
         }
         _ => s.config.clone(),
     };
-    // The teacher is checked against the data's spec before the data are read.
-    let teacher = load_teacher(s, &teacher_config, &crate::data::spec_of(&dir))?;
+    // The teacher is checked against the data's spec before any run folder exists.
+    let (raw, secs) = load_raw(s, &dir)?;
+    let teacher = load_teacher(s, &teacher_config, &raw.spec)?;
     if let Some((_, Some(sha))) = &recorded
         && *sha != teacher.sha256
     {
@@ -63,7 +66,8 @@ pub fn run(s: &Settings) -> Result<()> {
         s.quiet,
     )?;
     // A bad data file or a teacher with another split leaves no empty run folder.
-    let data = load_data(s, &dir).inspect_err(|_| run.abandon())?;
+    let data = prepare_data(s, &raw, secs).inspect_err(|_| run.abandon())?;
+    drop(raw);
     check_teacher_split(s, &teacher, &data.0).inspect_err(|_| run.abandon())?;
     let mut meta = teacher.meta();
     meta["allow_split_mismatch"] = serde_json::Value::Bool(s.allow_split_mismatch);

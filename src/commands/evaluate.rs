@@ -37,7 +37,7 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     };
     let objective = s.config.distill.build_chosen()?;
     let dir = data_dir(s)?;
-    let raw = data::load_dir(&dir)?;
+    let (raw, _) = super::load_raw(s, &dir)?;
     if let Some(e) = super::spec_mismatch(&path.display().to_string(), &spec, &raw.spec) {
         return Err(UsageError(e).into());
     }

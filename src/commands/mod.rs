@@ -73,28 +73,70 @@ pub fn data_dir(s: &Settings) -> Result<PathBuf> {
     }
 }
 
-/// The data, split and on the device, with the seconds it took.
-pub fn load_data(s: &Settings, dir: &Path) -> Result<(Dataset, f64)> {
+/// The data set at `dir` read by the reader `data.source` names (detected when
+/// `"auto"`), with the seconds it took; its source, shape and classes are said on one
+/// line.
+///
+/// # Errors
+/// The reader's (naming the file); a [`crate::error::UsageError`] naming
+/// `data.data_shape` when it is set and is not the data's shape.
+pub fn load_raw(s: &Settings, dir: &Path) -> Result<(data::RawData, f64)> {
     let t0 = Instant::now();
-    let raw = data::load_dir(dir)?;
+    let raw = data::load(dir, &s.config.data.read_options())?;
+    let want = &s.config.data.data_shape;
+    if !want.is_empty() && *want != raw.spec.data_shape() {
+        return crate::error::usage(format!(
+            "data.data_shape = {want:?} but the data in {} are {:?} ([height, width, \
+             channels]); set data.data_shape = [] to take the data's shape, or data.resize / \
+             data.channels to convert them",
+            dir.display(),
+            raw.spec.data_shape()
+        ));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    s.say(&format!(
+        "data: {} read as {} in {secs:.2} s: {} images, {} classes ({}){}",
+        dir.display(),
+        raw.source.name(),
+        raw.spec.describe(),
+        raw.spec.classes(),
+        crate::data::names_preview(&raw.spec.class_names),
+        raw.note
+            .as_ref()
+            .map(|n| format!("; {n}"))
+            .unwrap_or_default()
+    ));
+    Ok((raw, secs))
+}
+
+/// The data read by [`load_raw`], split, normalised and on the device, with the seconds
+/// it took in all.
+pub fn prepare_data(s: &Settings, raw: &data::RawData, read_secs: f64) -> Result<(Dataset, f64)> {
+    let t0 = Instant::now();
     let c = &s.config.data;
     let val = match c.validation {
         Validation::Split => Some(c.validation_size),
         Validation::Test => None,
     };
-    let ds = data::prepare(&raw, val, c.split_seed, s.device)?;
-    let secs = t0.elapsed().as_secs_f64();
+    let ds = data::prepare(raw, val, c.split_seed, c.normalize, s.device)?;
+    let secs = read_secs + t0.elapsed().as_secs_f64();
     s.say(&format!(
-        "data: {} ({} train, {} validation: {}, {} test) in {secs:.2} s; device {:?}, {} threads",
-        dir.display(),
+        "data: {} train, {} validation: {}, {} test; inputs {}; device {:?}, {} threads",
         ds.train.len(),
         ds.val.len(),
         ds.split.describe(),
         ds.test.len(),
+        ds.normalize.describe(),
         s.device,
         s.threads
     ));
     Ok((ds, secs))
+}
+
+/// [`load_raw`] and [`prepare_data`].
+pub fn load_data(s: &Settings, dir: &Path) -> Result<(Dataset, f64)> {
+    let (raw, secs) = load_raw(s, dir)?;
+    prepare_data(s, &raw, secs)
 }
 
 /// Refuses, before allocating anything, an architecture whose training state cannot fit

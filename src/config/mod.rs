@@ -92,12 +92,28 @@ pub struct ReproduceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Folder holding the four IDX files (gzipped or not). Empty: search the usual places.
+    /// The data set: a folder (four IDX files, an image folder, CIFAR's batches) or an
+    /// `.npz` file. Empty: search the usual places for Fashion-MNIST.
     pub dir: PathBuf,
+    /// Which reader: `"auto"` (detected from the content), `"idx"`, `"folder"`, `"npz"`
+    /// or `"cifar"`.
+    pub source: crate::data::Source,
+    /// Image channels: `"auto"` (grey when every image is grey, else RGB), 1 or 3.
+    pub channels: crate::data::Channels,
+    /// `[height, width]`: area-average every image to this size; `[]` = as they are
+    /// (they must then all have one size).
+    pub resize: Vec<usize>,
+    /// An `.npz`'s image layout: `"auto"`, `"nhwc"` or `"nchw"`.
+    pub layout: crate::data::Layout,
+    /// Number of classes K; 0 = from the class names or the largest label.
+    pub classes: usize,
+    /// `"unit"` (pixels / 255) or `"standardize"` (then per channel by the training
+    /// images' mean and sd, recorded in checkpoints).
+    pub normalize: crate::data::NormalizeKind,
     /// Examples per optimizer step; the last partial batch of an epoch is kept.
     pub batch_size: usize,
-    /// Image shape `[height, width, channels]`; it must be the data's
-    /// ([`crate::data::DataSpec::data_shape`]; Fashion-MNIST's by default).
+    /// Image shape `[height, width, channels]`; `[]` = the data's. When set, it must be
+    /// the data's ([`crate::data::DataSpec::data_shape`]), checked when they are read.
     pub data_shape: Vec<usize>,
     /// `"split"`: hold out `validation_size` training images, drawn by `split_seed`.
     /// `"test"`: validate on the test set, as the Keras reference did (optimistic).
@@ -109,6 +125,22 @@ pub struct DataConfig {
     pub split_seed: u64,
     /// Base URL for `--download`; the four official file names are appended.
     pub download_url: String,
+}
+
+impl DataConfig {
+    /// The keys that choose and shape the reader.
+    pub fn read_options(&self) -> crate::data::ReadOptions {
+        crate::data::ReadOptions {
+            source: self.source,
+            channels: self.channels,
+            resize: match self.resize[..] {
+                [h, w] => Some((h, w)),
+                _ => None,
+            },
+            layout: self.layout,
+            classes: (self.classes > 0).then_some(self.classes),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,8 +360,14 @@ impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             dir: PathBuf::new(),
+            source: crate::data::Source::Auto,
+            channels: crate::data::Channels::Auto,
+            resize: Vec::new(),
+            layout: crate::data::Layout::Auto,
+            classes: 0,
+            normalize: crate::data::NormalizeKind::Unit,
             batch_size: 256,
-            data_shape: crate::data::DataSpec::fashion_mnist().data_shape(),
+            data_shape: Vec::new(),
             validation: Validation::Split,
             validation_size: 5000,
             split_seed: DEFAULT_SPLIT_SEED,

@@ -31,13 +31,28 @@ impl Config {
                 "an integer from 1 to 16777216",
             );
         }
-        // The data source is Fashion-MNIST's IDX files, whose spec this is.
-        let spec = crate::data::DataSpec::fashion_mnist();
-        if self.data.data_shape != spec.data_shape() {
+        // The data's own shape is known once they are read (commands::load_raw).
+        let d = &self.data.data_shape;
+        if !d.is_empty() && (d.len() != 3 || d.iter().any(|&x| x == 0) || !matches!(d[2], 1 | 3)) {
             return bad(
                 "data.data_shape",
-                format!("{:?}", self.data.data_shape),
-                &format!("{:?} (Fashion-MNIST)", spec.data_shape()),
+                format!("{d:?}"),
+                "[] (the data's) or [height, width, channels] with channels 1 or 3",
+            );
+        }
+        let r = &self.data.resize;
+        if !r.is_empty() && (r.len() != 2 || r.iter().any(|&x| !(1..=4096).contains(&x))) {
+            return bad(
+                "data.resize",
+                format!("{r:?}"),
+                "[] (no resize) or [height, width], each 1 to 4096",
+            );
+        }
+        if self.data.classes > 1_000_000 {
+            return bad(
+                "data.classes",
+                self.data.classes,
+                "0 (from the data) to 1000000",
             );
         }
         if self.data.validation == Validation::Split && self.data.validation_size == 0 {
@@ -45,13 +60,6 @@ impl Config {
                 "data.validation_size",
                 0,
                 "an integer >= 1 (or set data.validation = \"test\")",
-            );
-        }
-        if self.data.validation_size >= 60_000 {
-            return bad(
-                "data.validation_size",
-                self.data.validation_size,
-                "fewer than 60000",
             );
         }
         Ok(())
@@ -190,18 +198,10 @@ impl Config {
             );
         }
         if !matches!(self.model.teacher_input.as_str(), "image" | "flat") {
-            // The data source is Fashion-MNIST's IDX files, whose spec this is.
-            let spec = crate::data::DataSpec::fashion_mnist();
             return bad(
                 "model.teacher_input",
                 format!("{:?}", self.model.teacher_input),
-                &format!(
-                    "\"image\" ([batch, {}, {}, {}]) or \"flat\" ([batch, {}])",
-                    spec.channels,
-                    spec.height,
-                    spec.width,
-                    spec.inputs()
-                ),
+                "\"image\" ([batch, channels, height, width]) or \"flat\" ([batch, C·H·W])",
             );
         }
         Ok(())

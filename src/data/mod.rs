@@ -7,13 +7,19 @@
 //! labels as [`DataSpec::fashion_mnist`] says, matching counts) happens here too, before
 //! any training starts. [`DataSpec`] is what the rest of kdtrain knows of the data.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+pub mod cifar;
+pub mod folder;
+pub mod idx;
+pub mod npz;
+
+pub use idx::{Idx, encode_idx, parse_idx, read_idx, read_split};
 
 use crate::error::UsageError;
 
@@ -182,152 +188,13 @@ impl DataSpec {
     }
 }
 
-const IMAGES_MAGIC: u32 = 0x0000_0803;
-const LABELS_MAGIC: u32 = 0x0000_0801;
-
-/// A parsed IDX file.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Idx {
-    /// `count` images of `rows x cols` u8 pixels, row-major.
-    Images {
-        count: usize,
-        rows: usize,
-        cols: usize,
-        pixels: Vec<u8>,
-    },
-    /// `count` u8 labels.
-    Labels(Vec<u8>),
-}
-
-/// Parses the bytes of one IDX file (already decompressed).
-///
-/// Format (LeCun's MNIST page): a big-endian u32 magic, `0x00000803` for u8 images with
-/// 3 dimensions or `0x00000801` for u8 labels with 1, then one big-endian u32 per
-/// dimension, then the data.
-///
-/// # Errors
-/// A message saying what was expected and found: a file too short for its header, an
-/// unknown magic number, or a header that claims more (or fewer) bytes than follow.
-pub fn parse_idx(bytes: &[u8]) -> std::result::Result<Idx, String> {
-    let be = |i: usize| -> Option<usize> {
-        bytes
-            .get(i..i + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    if bytes.is_empty() {
-        return Err("the file is empty".into());
-    }
-    let magic =
-        be(0).ok_or_else(|| format!("{} bytes is too short for an IDX header", bytes.len()))?;
-    let (dims, magic_kind) = match magic as u32 {
-        IMAGES_MAGIC => (3, "images"),
-        LABELS_MAGIC => (1, "labels"),
-        m => {
-            return Err(format!(
-                "magic number 0x{m:08x} is not an IDX u8 file (expected 0x{IMAGES_MAGIC:08x} for \
-                 images or 0x{LABELS_MAGIC:08x} for labels)"
-            ));
-        }
-    };
-    let header = 4 + 4 * dims;
-    let shape: Vec<usize> = (0..dims)
-        .map(|d| be(4 + 4 * d))
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            format!(
-                "{} bytes is too short for an IDX {magic_kind} header of {header} bytes",
-                bytes.len()
-            )
-        })?;
-    // Checked product: a header can claim up to (2^32)^3 bytes.
-    let need = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let have = bytes.len() - header;
-    match need {
-        Some(n) if n == have => {}
-        Some(n) if n > have => {
-            return Err(format!(
-                "header claims {shape:?} = {n} data bytes but the file holds {have}; it is truncated"
-            ));
-        }
-        Some(n) => {
-            return Err(format!(
-                "header claims {shape:?} = {n} data bytes but the file holds {have}"
-            ));
-        }
-        None => return Err(format!("header dimensions {shape:?} overflow")),
-    }
-    let data = bytes[header..].to_vec();
-    Ok(match dims {
-        3 => Idx::Images {
-            count: shape[0],
-            rows: shape[1],
-            cols: shape[2],
-            pixels: data,
-        },
-        _ => Idx::Labels(data),
-    })
-}
-
-/// Reads one IDX file, gunzipping it when it starts with the gzip magic bytes.
-///
-/// The decompressed size is capped at 64 MiB more than the largest Fashion-MNIST file,
-/// so a gzip bomb cannot exhaust memory.
-///
-/// # Errors
-/// Names the file: unreadable, empty, `.gz` but not gzip, a truncated gzip stream, or
-/// any [`parse_idx`] error.
-pub fn read_idx(path: &Path) -> Result<Idx> {
-    const LIMIT: u64 = 128 << 20;
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let is_gz = raw.starts_with(&[0x1f, 0x8b]);
-    let named_gz = path.extension().is_some_and(|e| e == "gz");
-    if raw.is_empty() {
-        bail!(
-            "{}: the file is empty; delete it and get the data again (see --download)",
-            path.display()
-        );
-    }
-    if named_gz && !is_gz {
-        bail!(
-            "{}: the name ends in .gz but the file is not gzip (it starts with {:02x?}); \
-             it may be an error page or a partial download; delete it and get the data again",
-            path.display(),
-            &raw[..raw.len().min(4)]
-        );
-    }
-    let bytes = if is_gz {
-        let mut out = Vec::new();
-        // Multi-member streams (`cat a.gz b.gz`) are valid gzip, as `gzip -d` reads them.
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .take(LIMIT + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: the gzip stream is corrupt or truncated ({e}); delete it and get the data again",
-                    path.display()
-                )
-            })?;
-        if out.len() as u64 > LIMIT {
-            bail!(
-                "{}: decompresses to more than {} MiB; this is not a Fashion-MNIST file",
-                path.display(),
-                LIMIT >> 20
-            );
-        }
-        out
-    } else {
-        raw
-    };
-    parse_idx(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
 /// One split (train or test), validated.
 #[derive(Debug, Clone)]
 pub struct Split {
-    /// `count * C·H·W` u8 pixels, row-major.
+    /// `count * C·H·W` u8 pixels, channel-major per image (`[C, H, W]` flattened).
     pub pixels: Vec<u8>,
     /// `count` labels in `0..classes`.
-    pub labels: Vec<u8>,
+    pub labels: Vec<i64>,
 }
 
 impl Split {
@@ -338,87 +205,6 @@ impl Split {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
-}
-
-/// Reads and checks an images file and a labels file that belong together.
-///
-/// # Errors
-/// Names the file: wrong kind (images and labels swapped), images of another size than
-/// [`DataSpec::fashion_mnist`]'s, zero items, counts that differ, or a label of its
-/// number of classes or more.
-pub fn read_split(images: &Path, labels: &Path) -> Result<Split> {
-    let spec = DataSpec::fashion_mnist();
-    let (height, width) = (spec.height as usize, spec.width as usize);
-    let (count, pixels) = match read_idx(images)? {
-        Idx::Images {
-            count,
-            rows,
-            cols,
-            pixels,
-        } => {
-            if (rows, cols) != (height, width) {
-                bail!(
-                    "{}: images are {rows}x{cols}, expected {height}x{width} (Fashion-MNIST)",
-                    images.display()
-                );
-            }
-            (count, pixels)
-        }
-        Idx::Labels(_) => bail!(
-            "{}: this is an IDX labels file (magic 0x{LABELS_MAGIC:08x}) where images were expected; \
-             are the images and labels files swapped?",
-            images.display()
-        ),
-    };
-    let labels_v = match read_idx(labels)? {
-        Idx::Labels(l) => l,
-        Idx::Images { .. } => bail!(
-            "{}: this is an IDX images file (magic 0x{IMAGES_MAGIC:08x}) where labels were expected; \
-             are the images and labels files swapped?",
-            labels.display()
-        ),
-    };
-    if count == 0 {
-        bail!(
-            "{}: the file holds 0 images; get the data again",
-            images.display()
-        );
-    }
-    if labels_v.len() != count {
-        bail!(
-            "{} holds {count} images but {} holds {} labels; the two files do not belong together",
-            images.display(),
-            labels.display(),
-            labels_v.len()
-        );
-    }
-    if let Some((i, &l)) = labels_v
-        .iter()
-        .enumerate()
-        .find(|&(_, &l)| l as i64 >= spec.classes())
-    {
-        bail!(
-            "{}: label {l} at index {i} is out of range; expected 0 to {}",
-            labels.display(),
-            spec.classes() - 1
-        );
-    }
-    Ok(Split {
-        pixels,
-        labels: labels_v,
-    })
-}
-
-/// The file for `stem` in `dir`: `stem.gz` if present, else `stem`.
-fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [format!("{stem}.gz"), stem.to_string()]
-        .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
-}
-
-fn has_all_files(dir: &Path) -> bool {
-    FILES.iter().all(|(stem, _)| find_file(dir, stem).is_some())
 }
 
 /// Environment variable that replaces [`DEBIAN_DIR`] as the system-wide data folder.
@@ -451,16 +237,27 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
                 .map(|p| (PathBuf::from(p), "FASHION_MNIST_DIR"))
         });
     if let Some((dir, source)) = named {
-        if has_all_files(&dir) {
+        // Another data set: a file, or a folder of another layout, is the reader's to
+        // check; only a folder that looks like none falls through to the IDX message.
+        if dir.is_file() || idx::has_all_files(&dir) || detect(&dir).is_ok() {
             return Ok(dir);
+        }
+        if !dir.exists() {
+            return Err(UsageError(format!(
+                "{source} names {}, which does not exist; point it at the data set's folder \
+                 (or .npz file)",
+                dir.display()
+            ))
+            .into());
         }
         let missing: Vec<&str> = FILES
             .iter()
-            .filter(|(s, _)| find_file(&dir, s).is_none())
+            .filter(|(s, _)| idx::find_file(&dir, s).is_none())
             .map(|(s, _)| *s)
             .collect();
         return Err(UsageError(format!(
-            "{source} names {} but it lacks {} (.gz or not); point it at the folder that holds \
+            "{source} names {} but it lacks {} (.gz or not), and it is not an image folder \
+             (train/<class>/), CIFAR's batches or an .npz; point it at the folder that holds \
              them, or {}",
             dir.display(),
             missing.join(", "),
@@ -470,7 +267,7 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
         .into());
     }
     for dir in [Path::new(DOWNLOAD_DIR), system] {
-        if has_all_files(dir) {
+        if idx::has_all_files(dir) {
             return Ok(dir.to_path_buf());
         }
     }
@@ -482,35 +279,294 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
     .into())
 }
 
-/// Both splits, as read from disk.
+/// Which reader a data set needs (`data.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Detected from the content of `data.dir` ([`detect`]).
+    #[default]
+    Auto,
+    /// Four IDX files, any image size ([`idx::load`]).
+    Idx,
+    /// `train/<class>/*`, `test/<class>/*` and optionally `val/<class>/*` ([`folder::load`]).
+    Folder,
+    /// A NumPy `.npz` with `x_train`, `y_train`, `x_test`, `y_test` ([`npz::load`]).
+    Npz,
+    /// CIFAR-10 or CIFAR-100 binary batches ([`cifar::load`]).
+    Cifar,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Auto => "auto",
+            Source::Idx => "idx",
+            Source::Folder => "folder",
+            Source::Npz => "npz",
+            Source::Cifar => "cifar",
+        }
+    }
+}
+
+/// Image channels asked for (`data.channels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Channels {
+    /// Grey when every image is grey, else RGB; alpha is dropped.
+    #[default]
+    Auto,
+    /// One channel (colour images converted to luma).
+    Grey,
+    /// Three channels, RGB (grey images repeated).
+    Colour,
+}
+
+impl Channels {
+    /// The number asked for; `None` for [`Channels::Auto`].
+    pub fn count(self) -> Option<i64> {
+        match self {
+            Channels::Auto => None,
+            Channels::Grey => Some(1),
+            Channels::Colour => Some(3),
+        }
+    }
+}
+
+impl Serialize for Channels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.count() {
+            None => s.serialize_str("auto"),
+            Some(n) => s.serialize_i64(n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Channels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            N(i64),
+            S(String),
+        }
+        let bad = |found: String| {
+            serde::de::Error::custom(format!("expected \"auto\", 1 or 3, found {found}"))
+        };
+        match V::deserialize(d)? {
+            V::N(1) => Ok(Channels::Grey),
+            V::N(3) => Ok(Channels::Colour),
+            V::S(s) if s == "auto" => Ok(Channels::Auto),
+            V::N(n) => Err(bad(n.to_string())),
+            V::S(s) => Err(bad(format!("{s:?}"))),
+        }
+    }
+}
+
+/// How an `.npz`'s image arrays are laid out (`data.layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `[n, h, w]` is grey; a 4-D array is `nchw` when its second axis is 1 or 3 and the
+    /// last is not, else `nhwc`.
+    #[default]
+    Auto,
+    Nhwc,
+    Nchw,
+}
+
+/// The `[data]` keys that choose a reader and shape what it returns.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    pub source: Source,
+    pub channels: Channels,
+    /// `data.resize`, `(height, width)`: area-average every image to this size.
+    pub resize: Option<(usize, usize)>,
+    pub layout: Layout,
+    /// `data.classes`: the number of classes K; `None` = from the names or the labels.
+    pub classes: Option<usize>,
+}
+
+/// The splits of a data set, as read from disk: u8 pixels and their [`DataSpec`].
 pub struct RawData {
-    pub dir: PathBuf,
+    /// The folder or file read.
+    pub path: PathBuf,
+    /// The reader that read it (never [`Source::Auto`]).
+    pub source: Source,
     /// What the images and labels are.
     pub spec: DataSpec,
     pub train: Split,
     pub test: Split,
+    /// A validation split the data set brings (`DIR/val/` of a folder); used instead of
+    /// holding images out of `train`.
+    pub val: Option<Split>,
+    /// A line for the user, e.g. files skipped for their extension.
+    pub note: Option<String>,
 }
 
-/// The [`DataSpec`] of the data in `dir`, known before it is read: Fashion-MNIST's, the
-/// only source there is.
-pub fn spec_of(_dir: &Path) -> DataSpec {
-    DataSpec::fashion_mnist()
+/// The reader for `path`: a file ending in `.npz` is [`Source::Npz`]; a folder with the
+/// four IDX files is [`Source::Idx`], with `data_batch_1.bin` or `train.bin` CIFAR's,
+/// with a `train/` sub-folder an image folder.
+///
+/// # Errors
+/// A [`UsageError`] naming `path`, what it holds, and `data.source`, when none fits.
+pub fn detect(path: &Path) -> Result<Source> {
+    if path.is_file() {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+        {
+            return Ok(Source::Npz);
+        }
+        return Err(UsageError(format!(
+            "data.dir / --data-dir names the file {}, but only an .npz file can be read as a \
+             data set; name the folder that holds the data, or an .npz",
+            path.display()
+        ))
+        .into());
+    }
+    if idx::has_all_files(path) {
+        return Ok(Source::Idx);
+    }
+    if path.join("data_batch_1.bin").is_file()
+        || (path.join("train.bin").is_file() && path.join("test.bin").is_file())
+    {
+        return Ok(Source::Cifar);
+    }
+    if path.join("train").is_dir() {
+        return Ok(Source::Folder);
+    }
+    Err(UsageError(format!(
+        "{} holds no data set kdtrain can read: expected the four IDX files ({}), \
+         CIFAR's binary batches, an image folder with train/<class>/ and test/<class>/, \
+         or an .npz file; set data.source to say which",
+        path.display(),
+        FILES.map(|f| f.0).join(", ")
+    ))
+    .into())
 }
 
-/// Reads and validates the four files in `dir`.
-pub fn load_dir(dir: &Path) -> Result<RawData> {
-    let f = |i: usize| {
-        find_file(dir, FILES[i].0)
-            .with_context(|| format!("{} missing in {}", FILES[i].0, dir.display()))
+/// Reads the data set at `path` with the reader `o.source` names (detected when
+/// [`Source::Auto`]).
+///
+/// # Errors
+/// Whatever the reader returns, naming the file; [`detect`]'s.
+pub fn load(path: &Path, o: &ReadOptions) -> Result<RawData> {
+    let source = match o.source {
+        Source::Auto => detect(path)?,
+        s => s,
     };
-    let train = read_split(&f(0)?, &f(1)?)?;
-    let test = read_split(&f(2)?, &f(3)?)?;
-    Ok(RawData {
-        dir: dir.to_path_buf(),
-        spec: spec_of(dir),
-        train,
-        test,
-    })
+    let raw = match source {
+        Source::Idx | Source::Auto => idx::load(path, o)?,
+        Source::Folder => folder::load(path, o)?,
+        Source::Npz => npz::load(path, o)?,
+        Source::Cifar => cifar::load(path, o)?,
+    };
+    debug_assert_eq!(raw.source, source);
+    Ok(raw)
+}
+
+/// Reads the four IDX files in `dir` with the default options.
+pub fn load_dir(dir: &Path) -> Result<RawData> {
+    idx::load(dir, &ReadOptions::default())
+}
+
+/// Up to five class names and a count of the rest, for messages.
+pub fn names_preview(names: &[String]) -> String {
+    match names.len() {
+        0..=5 => names.join(", "),
+        n => format!("{}, ... and {} more", names[..5].join(", "), n - 5),
+    }
+}
+
+/// Reads `classes.txt`-style names: one per line, blank lines at the end ignored.
+///
+/// # Errors
+/// Names the file: unreadable, empty, a blank or repeated name.
+pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let names: Vec<String> = text
+        .trim_end()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    if names.is_empty() || names == [""] {
+        bail!(
+            "{}: no class names; write one per line, or delete the file",
+            path.display()
+        );
+    }
+    if let Some(i) = names.iter().position(String::is_empty) {
+        bail!(
+            "{}: line {} is blank; write one class name per line",
+            path.display(),
+            i + 1
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(n) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        bail!("{}: the class name {n:?} appears twice", path.display());
+    }
+    Ok(names)
+}
+
+/// The class names of a data set whose labels are numbers: `names` when given (K = their
+/// number), else `"0"`..`"K-1"` with K = `data.classes` or the largest label plus one.
+/// Every label of every split must be in `0..K`.
+///
+/// # Errors
+/// Names the labels file and the first label out of range, and what set K (`names_from`
+/// or `data.classes`); a K that differs between `names` and `data.classes`.
+pub fn class_names_for(
+    names: Option<Vec<String>>,
+    classes: Option<usize>,
+    splits: &[(&Split, &Path)],
+    names_from: &Path,
+) -> Result<Vec<String>> {
+    if let (Some(n), Some(k)) = (&names, classes)
+        && n.len() != k
+    {
+        return Err(UsageError(format!(
+            "data.classes = {k} but {} names {} classes; make them agree or drop data.classes",
+            names_from.display(),
+            n.len()
+        ))
+        .into());
+    }
+    let max = splits
+        .iter()
+        .flat_map(|(s, _)| s.labels.iter().copied())
+        .max()
+        .unwrap_or(0);
+    let k = names
+        .as_ref()
+        .map(Vec::len)
+        .or(classes)
+        .unwrap_or(max.max(0) as usize + 1);
+    let why = match (&names, classes) {
+        (Some(_), _) => format!("{} names {k} classes", names_from.display()),
+        (None, Some(_)) => format!("data.classes = {k}"),
+        (None, None) => String::new(),
+    };
+    for (split, file) in splits {
+        if let Some((i, &l)) = split
+            .labels
+            .iter()
+            .enumerate()
+            .find(|&(_, &l)| l < 0 || l as usize >= k)
+        {
+            let fix = match why.is_empty() {
+                true => "labels must be 0 or more".to_string(),
+                false => format!("{why}; raise it or fix the label"),
+            };
+            return Err(UsageError(format!(
+                "{}: label {l} at index {i} is out of range; expected 0 to {} ({fix})",
+                file.display(),
+                k as i64 - 1
+            ))
+            .into());
+        }
+    }
+    Ok(names.unwrap_or_else(|| (0..k).map(|i| i.to_string()).collect()))
 }
 
 /// Examples on the device.
@@ -570,6 +626,8 @@ pub struct Dataset {
     pub dir: PathBuf,
     /// What the images and labels are.
     pub spec: DataSpec,
+    /// How pixels became inputs.
+    pub normalize: Normalize,
     /// Indices into the original 60,000 training images of `train`, in order.
     pub train_index: Vec<i64>,
     /// Indices into the original training images of `val` (empty when the test set
@@ -619,6 +677,23 @@ impl SplitInfo {
         }
     }
 
+    /// Validation on a split the data set brings (an image folder's `val/`); its hash is
+    /// of the split's labels and pixels.
+    pub fn folder(v: &Split) -> SplitInfo {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for l in &v.labels {
+            h.update(l.to_le_bytes());
+        }
+        h.update(&v.pixels);
+        SplitInfo {
+            validation: "folder".into(),
+            split_seed: None,
+            validation_size: v.len(),
+            split_hash: crate::hex(&h.finalize()[..8]),
+        }
+    }
+
     /// Validation on the test set of `n` images.
     pub fn test_set(n: usize) -> SplitInfo {
         SplitInfo {
@@ -639,6 +714,10 @@ impl SplitInfo {
         match self.split_seed {
             Some(seed) => format!(
                 "{} images held out by split_seed {seed} (hash {})",
+                self.validation_size, self.split_hash
+            ),
+            None if self.validation == "folder" => format!(
+                "the data set's val/ split ({} images, hash {})",
                 self.validation_size, self.split_hash
             ),
             None => format!("the test set ({} images)", self.validation_size),
@@ -672,14 +751,134 @@ impl SplitInfo {
     }
 }
 
-/// Splits off a validation set and moves everything to `device`.
+/// Metadata key of a checkpoint's normalisation, [`Normalize::to_json`].
+pub const META_NORMALIZE: &str = "kdtrain.normalize";
+
+/// How a run turns u8 pixels into inputs (`data.normalize`): `x = p / 255`, then, when
+/// standardised, `(x - mean[c]) / sd[c]` per channel c with the mean and sd of the
+/// training images (after the validation split is held out). Recorded in every
+/// checkpoint ([`META_NORMALIZE`]) so that `evaluate`, `predict` and `export` apply the
+/// same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Normalize {
+    /// Pixels / 255, in [0, 1]: the Keras reference's, and the default.
+    #[default]
+    Unit,
+    /// Per channel, of the pixels / 255: `mean[c]` and `sd[c]` (f64; sd > 0).
+    Standardize { mean: Vec<f64>, sd: Vec<f64> },
+}
+
+/// `data.normalize`, before the statistics are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalizeKind {
+    #[default]
+    Unit,
+    Standardize,
+}
+
+impl Normalize {
+    /// The per-channel mean and sd of `images` (`[n, C·H·W] f32 in [0, 1]`); an sd of 0
+    /// (a constant channel) is taken as 1.
+    pub fn fit(images: &Tensor, channels: i64) -> Normalize {
+        let n = images.size()[0];
+        let x = images.view([n, channels, -1]).to_kind(Kind::Double);
+        let mean: Vec<f64> =
+            Vec::try_from(x.mean_dim(&[0i64, 2][..], false, Kind::Double)).unwrap_or_default();
+        let sd: Vec<f64> = Vec::try_from(x.var_dim(&[0i64, 2][..], false, false).sqrt())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v: f64| if v > 0.0 && v.is_finite() { v } else { 1.0 })
+            .collect();
+        Normalize::Standardize { mean, sd }
+    }
+
+    /// `images` (`[n, C·H·W] f32 in [0, 1]`) normalised; unchanged when [`Normalize::Unit`].
+    pub fn apply(&self, images: &Tensor) -> Tensor {
+        match self {
+            Normalize::Unit => images.shallow_clone(),
+            Normalize::Standardize { mean, sd } => {
+                let c = mean.len() as i64;
+                let n = images.size()[0];
+                let opts = (Kind::Float, images.device());
+                let m = Tensor::from_slice(mean)
+                    .to_kind(Kind::Float)
+                    .to_device(opts.1);
+                let s = Tensor::from_slice(sd)
+                    .to_kind(Kind::Float)
+                    .to_device(opts.1);
+                ((images.view([n, c, -1]) - m.view([1, c, 1])) / s.view([1, c, 1])).view([n, -1])
+            }
+        }
+    }
+
+    /// One line: `unit (pixels / 255)` or `standardize (mean [..], sd [..])`.
+    pub fn describe(&self) -> String {
+        match self {
+            Normalize::Unit => "unit (pixels / 255)".into(),
+            Normalize::Standardize { mean, sd } => {
+                let f = |v: &[f64]| {
+                    v.iter()
+                        .map(|x| format!("{x:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                format!(
+                    "standardize (mean [{}], sd [{}] of pixels / 255)",
+                    f(mean),
+                    f(sd)
+                )
+            }
+        }
+    }
+
+    /// The JSON stored under [`META_NORMALIZE`].
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads [`META_NORMALIZE`]; a checkpoint without it (older ones) is [`Normalize::Unit`].
+    ///
+    /// # Errors
+    /// A message naming the key when its value is not such JSON, or its mean and sd do
+    /// not have `channels` entries each with positive sd.
+    pub fn from_metadata(
+        m: &std::collections::HashMap<String, String>,
+        channels: i64,
+    ) -> std::result::Result<Normalize, String> {
+        let Some(v) = m.get(META_NORMALIZE) else {
+            return Ok(Normalize::Unit);
+        };
+        let n: Normalize = serde_json::from_str(v).map_err(|e| {
+            format!("metadata `{META_NORMALIZE}` is {v:?}, not a normalisation ({e})")
+        })?;
+        if let Normalize::Standardize { mean, sd } = &n
+            && (mean.len() as i64 != channels
+                || sd.len() as i64 != channels
+                || sd.iter().any(|s| !(*s > 0.0 && s.is_finite()))
+                || mean.iter().any(|m| !m.is_finite()))
+        {
+            return Err(format!(
+                "metadata `{META_NORMALIZE}` is {v:?}: expected {channels} means and \
+                 {channels} positive sds"
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Splits off a validation set, normalises, and moves everything to `device`.
 ///
-/// With `validation_size` `Some(v)` the held-out images are drawn by `split_seed` alone
-/// (a permutation from libtorch's CPU generator, seeded just for this), never by the
-/// training seed, so every training seed and the teacher hold out the same images (the
-/// generator is global: no other thread of the process may draw from it meanwhile, which
-/// holds in kdtrain, whose runs load their data on the main thread before training). With
-/// `None` the test set doubles as the validation set, as in the Keras reference.
+/// With a validation split in the data (`raw.val`, an image folder's `val/`), that split
+/// validates. Else, with `validation_size` `Some(v)`, the held-out images are drawn by
+/// `split_seed` alone (a permutation from libtorch's CPU generator, seeded just for
+/// this), never by the training seed, so every training seed and the teacher hold out
+/// the same images (the generator is global: no other thread of the process may draw
+/// from it meanwhile, which holds in kdtrain, whose runs load their data on the main
+/// thread before training). With `None` the test set doubles as the validation set, as
+/// in the Keras reference. `normalize` = [`NormalizeKind::Standardize`] takes its
+/// statistics from the training images that remain.
 ///
 /// # Errors
 /// A [`UsageError`] when `v` is not smaller than the training set.
@@ -687,13 +886,19 @@ pub fn prepare(
     raw: &RawData,
     validation_size: Option<usize>,
     split_seed: u64,
+    normalize: NormalizeKind,
     device: Device,
 ) -> Result<Dataset> {
     let all = Examples::from_split(&raw.train, device);
     let test = Examples::from_split(&raw.test, device);
     let n = all.len();
-    let (train, val, train_index, val_index, split) = match validation_size {
-        Some(v) => {
+    let (train, val, train_index, val_index, split) = match (&raw.val, validation_size) {
+        (Some(v), _) => {
+            let val = Examples::from_split(v, device);
+            let split = SplitInfo::folder(v);
+            (all, val, (0..n).collect(), Vec::new(), split)
+        }
+        (None, Some(v)) => {
             if v as i64 >= n {
                 return Err(UsageError(format!(
                     "data.validation_size = {v} but the training set has only {n} images; use a smaller value"
@@ -717,7 +922,7 @@ pub fn prepare(
                 split,
             )
         }
-        None => {
+        (None, None) => {
             let val = Examples {
                 images: test.images.shallow_clone(),
                 labels: test.labels.shallow_clone(),
@@ -726,94 +931,36 @@ pub fn prepare(
             (all, val, (0..n).collect(), Vec::new(), split)
         }
     };
+    let norm = match normalize {
+        NormalizeKind::Unit => Normalize::Unit,
+        NormalizeKind::Standardize => Normalize::fit(&train.images, raw.spec.channels),
+    };
+    let (train, val, test) = match norm {
+        Normalize::Unit => (train, val, test),
+        _ => {
+            let f = |e: Examples| Examples {
+                images: norm.apply(&e.images),
+                labels: e.labels,
+            };
+            (f(train), f(val), f(test))
+        }
+    };
     Ok(Dataset {
         train,
         val,
         test,
-        dir: raw.dir.clone(),
+        dir: raw.path.clone(),
         spec: raw.spec.clone(),
+        normalize: norm,
         train_index,
         val_index,
         split,
     })
 }
 
-/// Writes an IDX file (for tests and fixtures): images `[count, rows, cols]` or labels.
-pub fn encode_idx(idx: &Idx) -> Vec<u8> {
-    let mut out = Vec::new();
-    match idx {
-        Idx::Images {
-            count,
-            rows,
-            cols,
-            pixels,
-        } => {
-            out.extend(IMAGES_MAGIC.to_be_bytes());
-            for d in [count, rows, cols] {
-                out.extend((*d as u32).to_be_bytes());
-            }
-            out.extend(pixels);
-        }
-        Idx::Labels(l) => {
-            out.extend(LABELS_MAGIC.to_be_bytes());
-            out.extend((l.len() as u32).to_be_bytes());
-            out.extend(l);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn images(count: usize, side: usize) -> Vec<u8> {
-        encode_idx(&Idx::Images {
-            count,
-            rows: side,
-            cols: side,
-            pixels: vec![7; count * side * side],
-        })
-    }
-
-    #[test]
-    fn round_trip() {
-        let b = images(3, 28);
-        assert!(matches!(
-            parse_idx(&b),
-            Ok(Idx::Images {
-                count: 3,
-                rows: 28,
-                cols: 28,
-                ..
-            })
-        ));
-        let l = encode_idx(&Idx::Labels(vec![1, 2, 9]));
-        assert_eq!(parse_idx(&l), Ok(Idx::Labels(vec![1, 2, 9])));
-    }
-
-    #[test]
-    fn parser_errors_say_what_is_wrong() {
-        assert!(parse_idx(&[]).unwrap_err().contains("empty"));
-        assert!(parse_idx(&[0, 0, 8]).unwrap_err().contains("too short"));
-        assert!(
-            parse_idx(&[0, 0, 9, 3, 0, 0, 0, 0])
-                .unwrap_err()
-                .contains("magic")
-        );
-        let mut b = images(3, 28);
-        b.truncate(b.len() - 10);
-        assert!(parse_idx(&b).unwrap_err().contains("truncated"));
-        let mut b = images(3, 28);
-        b.push(0);
-        assert!(parse_idx(&b).unwrap_err().contains("holds"));
-        // A header claiming 2^32-1 images of 2^32-1 x 2^32-1 must not allocate or overflow.
-        let mut huge = IMAGES_MAGIC.to_be_bytes().to_vec();
-        for _ in 0..3 {
-            huge.extend(u32::MAX.to_be_bytes());
-        }
-        assert!(parse_idx(&huge).is_err());
-    }
 
     #[test]
     fn data_spec_metadata_round_trip_and_default() {
@@ -860,97 +1007,5 @@ mod tests {
         }
         assert_eq!(fm.class_name(9), "Ankle boot");
         assert_eq!(fm.class_name(10), "10");
-    }
-
-    #[test]
-    fn zero_item_file_parses_but_split_rejects_it() {
-        assert!(matches!(
-            parse_idx(&images(0, 28)),
-            Ok(Idx::Images { count: 0, .. })
-        ));
-    }
-
-    mod prop {
-        use super::super::*;
-        use proptest::prelude::*;
-
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(2000))]
-            /// No input makes the parser panic, and it never returns more data than it was given.
-            #[test]
-            fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-                if let Ok(idx) = parse_idx(&bytes) {
-                    let n = match idx { Idx::Images { pixels, .. } => pixels.len(), Idx::Labels(l) => l.len() };
-                    prop_assert!(n <= bytes.len());
-                }
-            }
-
-            /// A valid header with small dimensions followed by a data section that is
-            /// either exactly as long as the header claims or off by `delta` bytes: the
-            /// parser accepts it exactly when the sizes agree, and then returns that shape
-            /// and those bytes.
-            #[test]
-            fn parser_accepts_exactly_the_sizes_the_header_claims(
-                images in any::<bool>(),
-                count in 0usize..5,
-                rows in 0usize..30,
-                cols in 0usize..30,
-                labels in 0usize..300,
-                exact in any::<bool>(),
-                delta in -40isize..=40,
-                fill in any::<u8>(),
-            ) {
-                let shape = if images { vec![count, rows, cols] } else { vec![labels] };
-                let need: usize = shape.iter().product();
-                let delta = if exact { 0 } else { delta.max(-(need as isize)) };
-                let len = need as isize + delta;
-                let data: Vec<u8> = (0..len as usize).map(|i| fill.wrapping_add(i as u8)).collect();
-                let mut b = if images { IMAGES_MAGIC } else { LABELS_MAGIC }.to_be_bytes().to_vec();
-                for d in &shape { b.extend((*d as u32).to_be_bytes()); }
-                b.extend(&data);
-                let got = parse_idx(&b);
-                if delta == 0 {
-                    let want = if images {
-                        Idx::Images { count, rows, cols, pixels: data }
-                    } else {
-                        Idx::Labels(data)
-                    };
-                    prop_assert_eq!(got, Ok(want));
-                } else {
-                    let e = got.unwrap_err();
-                    prop_assert!(e.contains(&format!("= {need} data bytes")), "{}", e);
-                    prop_assert!(e.contains(&format!("holds {len}")), "{}", e);
-                }
-            }
-
-            /// Any data bytes after a valid header parse: the header alone decides the
-            /// shape, and the bytes come back unchanged.
-            #[test]
-            fn data_bytes_never_change_the_verdict(
-                images in any::<bool>(),
-                count in 1usize..5,
-                side in 1usize..30,
-                labels in 1usize..300,
-                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
-            ) {
-                let clean = if images {
-                    Idx::Images { count, rows: side, cols: side, pixels: vec![0; count * side * side] }
-                } else {
-                    Idx::Labels(vec![0; labels])
-                };
-                let header = if images { 16 } else { 8 };
-                let mut b = encode_idx(&clean);
-                let n = b.len() - header;
-                for (at, v) in &flips {
-                    b[header + at.index(n)] = *v;
-                }
-                let data = b[header..].to_vec();
-                let want = match clean {
-                    Idx::Images { count, rows, cols, .. } => Idx::Images { count, rows, cols, pixels: data },
-                    Idx::Labels(_) => Idx::Labels(data),
-                };
-                prop_assert_eq!(parse_idx(&b), Ok(want));
-            }
-        }
     }
 }
