@@ -225,6 +225,22 @@ impl Checkpoint {
         })
     }
 
+    /// How the network's inputs were normalised (`kdtrain.normalize`); pixels / 255 for a
+    /// checkpoint written before it was recorded.
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the file and the key whose value is unreadable.
+    pub fn normalize(&self) -> Result<crate::data::Normalize> {
+        let channels = self.data_spec()?.channels;
+        crate::data::Normalize::from_metadata(&self.metadata, channels).map_err(|e| {
+            UsageError(format!(
+                "checkpoint {}: {e}; pass a model.safetensors written by kdtrain",
+                self.path.display()
+            ))
+            .into()
+        })
+    }
+
     /// The validation split the network was trained with, if recorded.
     pub fn split(&self) -> Option<SplitInfo> {
         SplitInfo::from_metadata(&self.metadata)

@@ -3,15 +3,19 @@
 //! - `torchscript`: traced through libtorch (`tch::CModule::create_by_tracing`), method
 //!   `forward`, loadable with `torch.jit.load` or `tch::CModule::load`.
 //! - `onnx`: libtorch has no ONNX exporter, so kdtrain runs PyTorch's own
-//!   (`torch.onnx.export`, dynamo route, needing `onnx` and `onnxscript`) in the
-//!   project's Python (scripts/export_onnx.py, embedded in the binary).
+//!   (`torch.onnx.export`) in the project's Python (scripts/export_onnx.py, embedded in
+//!   the binary): an MLP through the dynamo route (needing `onnx` and `onnxscript`),
+//!   rebuilt from its weights; any other network (a CNN) traced to TorchScript here and
+//!   converted by the TorchScript-based route.
 //! - `safetensors-torch`: the weights under the names and shapes of
 //!   `torch.nn.Sequential(Flatten(), Linear, ReLU, ..., Linear)`: `1.weight`, `1.bias`,
 //!   `3.weight`, ... (`[out, in]` and `[out]` f32, as `nn.Linear` keeps them).
 //!
 //! Every format takes `[batch, C, H, W] f32 in [0, 1]` of the checkpoint's data spec
-//! (for Fashion-MNIST grey, pixels / 255, a light object on a dark background) and gives
-//! logits `[batch, classes] f32` (no softmax). The model flattens internally. That description, the class names and the
+//! (pixels / 255; for Fashion-MNIST grey, a light object on a dark background) and gives
+//! logits `[batch, classes] f32` (no softmax). The model flattens internally and applies
+//! the training data's normalisation itself (folded into an MLP's first layer). That
+//! description, the class names, the normalisation and the
 //! architecture go into a sidecar `<output>.json` ([`Description`]), and also into the
 //! file's own metadata where the format has some (safetensors `__metadata__`, ONNX
 //! `metadata_props`, key `kdtrain.export`).
@@ -97,6 +101,10 @@ pub struct Description {
     pub output: TensorSpec,
     /// How to turn an image into the input.
     pub preprocessing: String,
+    /// The training data's normalisation, which the exported model applies itself to
+    /// its input (pixels / 255): `{"kind": "unit"}` or `{"kind": "standardize", "mean":
+    /// [..], "sd": [..]}` per channel.
+    pub normalize: crate::data::Normalize,
     /// Class names by logit index.
     pub class_names: Vec<String>,
     pub kdtrain_version: &'static str,
@@ -142,7 +150,8 @@ fn describe(model: &LoadedModel, checkpoint: &Path, format: Format) -> Descripti
                 spec.width.into(),
             ],
             dtype: "float32",
-            description: "grey pixels / 255, in [0, 1]; light object on a dark background",
+            description: "pixels / 255, in [0, 1], channel-major; any normalisation of \
+                          the training data is inside the model",
         },
         output: TensorSpec {
             name: "logits",
@@ -151,6 +160,7 @@ fn describe(model: &LoadedModel, checkpoint: &Path, format: Format) -> Descripti
             description: "logits (no softmax); softmax over the last axis gives class probabilities",
         },
         preprocessing: preprocessing(spec),
+        normalize: model.normalize.clone(),
         class_names: spec.class_names.clone(),
         kdtrain_version: env!("CARGO_PKG_VERSION"),
     }
@@ -169,8 +179,8 @@ fn preprocessing(spec: &DataSpec) -> String {
              background; `kdtrain predict` does this for PNG/JPEG"
         ),
         (c, _) => format!(
-            "{c} channels of {size}, channel-major, pixels / 255 as float32 in [0, 1], as \
-             the training data"
+            "{c} channels (RGB) of {size}, channel-major, pixels / 255 as float32 in [0, 1], \
+             as the training data; `kdtrain predict` does this for PNG/JPEG"
         ),
     }
 }
@@ -236,9 +246,10 @@ pub fn run(args: &ExportArgs, quiet: bool) -> Result<()> {
         ))
         .into());
     }
-    if model.layers.is_empty() && !matches!(args.format, Format::Torchscript) {
+    if model.layers.is_empty() && args.format == Format::SafetensorsTorch {
         return Err(UsageError(format!(
-            "{} holds a {}; only MLPs export as {} so far; export it with --format torchscript",
+            "{} holds a {}; only MLPs export as {} (a Sequential of Linear layers); export \
+             it with --format torchscript or onnx",
             args.checkpoint.display(),
             model.arch,
             args.format.name()
@@ -417,29 +428,57 @@ fn python() -> Result<PathBuf> {
 /// scripts/export_onnx.py on them, and renames its output into place.
 fn export_onnx(model: &LoadedModel, out: &Path, desc_json: &str) -> Result<()> {
     let python = python()?;
+    if model.layers.is_empty() {
+        // Not a stack of linear layers: traced to TorchScript here, converted by
+        // PyTorch's TorchScript-based exporter there.
+        let script = temp_beside(out, "script")?;
+        let r = export_torchscript(model, &script).and_then(|()| {
+            run_onnx_exporter(&python, model, &script, "torchscript", out, desc_json)
+        });
+        let _ = std::fs::remove_file(&script);
+        return r;
+    }
     let weights = temp_beside(out, "weights")?;
+    let r = std::fs::write(
+        &weights,
+        to_safetensors(&torch_named(model), HashMap::new())?,
+    )
+    .with_context(|| format!("cannot write {}", weights.display()))
+    .and_then(|()| {
+        let widths: Vec<String> = model.widths.iter().map(i64::to_string).collect();
+        run_onnx_exporter(&python, model, &weights, &widths.join(","), out, desc_json)
+    });
+    let _ = std::fs::remove_file(&weights);
+    r
+}
+
+/// Runs scripts/export_onnx.py on `input` (the MLP's weights with `widths` = its layer
+/// widths, or a TorchScript file with `widths` = `torchscript`) and renames its output
+/// into place.
+fn run_onnx_exporter(
+    python: &Path,
+    model: &LoadedModel,
+    input: &Path,
+    widths: &str,
+    out: &Path,
+    desc_json: &str,
+) -> Result<()> {
     let meta = temp_beside(out, "meta")?;
     let tmp = temp_beside(out, "onnx")?;
     let cleanup = || {
-        for p in [&weights, &meta, &tmp] {
+        for p in [&meta, &tmp] {
             let _ = std::fs::remove_file(p);
         }
     };
     let result = (|| -> Result<()> {
-        std::fs::write(
-            &weights,
-            to_safetensors(&torch_named(model), HashMap::new())?,
-        )
-        .with_context(|| format!("cannot write {}", weights.display()))?;
         let meta_json = serde_json::json!({ META_EXPORT: desc_json, META_ARCH: model.arch });
         std::fs::write(&meta, meta_json.to_string())
             .with_context(|| format!("cannot write {}", meta.display()))?;
-        let widths: Vec<String> = model.widths.iter().map(i64::to_string).collect();
-        let o = std::process::Command::new(&python)
+        let o = std::process::Command::new(python)
             .arg("-c")
             .arg(EXPORT_ONNX_PY)
-            .arg(&weights)
-            .arg(widths.join(","))
+            .arg(input)
+            .arg(widths)
             .arg(&tmp)
             .arg(&meta)
             .output()

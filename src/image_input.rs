@@ -1,18 +1,20 @@
-//! Image files to model inputs: a PNG or JPEG of any size and colour becomes one
-//! Fashion-MNIST-like image of the model's [`DataSpec`], H x W grey values on the 0..255
-//! scale, a light object on a dark background (grey models only: C = 1).
+//! Image files to model inputs: a PNG or JPEG of any size and colour becomes one image of
+//! the model's [`DataSpec`], C x H x W values on the 0..255 scale: grey for a model of one
+//! channel (a light object on a dark background, as in Fashion-MNIST), RGB for three.
 //!
 //! Decoding (PNG, JPEG, EXIF orientation, 16-bit samples) is the `image` crate's; this
 //! module owns what comes after it, in this order:
-//! 1. grey: grey images as they are, colour by ITU-R 601-2 luma (0.299 R + 0.587 G +
-//!    0.114 B, what PIL's `convert("L")` and torchvision's `Grayscale` use); 16-bit
-//!    samples scaled by 255 / 65535;
+//! 1. channels: for a grey model, grey images as they are, colour by ITU-R 601-2 luma
+//!    (0.299 R + 0.587 G + 0.114 B, what PIL's `convert("L")` and torchvision's
+//!    `Grayscale` use); for an RGB model, R, G and B (a grey image repeated in all
+//!    three); 16-bit samples scaled by 255 / 65535;
 //! 2. an alpha channel composited onto white, as an image viewer shows it;
-//! 3. inversion (`--invert`): Fashion-MNIST shows a light object on a dark background, so
-//!    with `auto` an image whose border (outermost rows and columns) is light on average
-//!    (mean above 127.5) is inverted, 255 - v;
+//! 3. inversion (`--invert`, grey models): Fashion-MNIST shows a light object on a dark
+//!    background, so with `auto` an image whose border (outermost rows and columns) is
+//!    light on average (mean above 127.5) is inverted, 255 - v. An RGB model's input is
+//!    inverted only with `yes`;
 //! 4. padding to the spec's aspect ratio (a square for a square spec) with the background
-//!    (the mean of the border after step 3), the image centred;
+//!    (the mean of the border after step 3, per channel), the image centred;
 //! 5. resizing to H x W by area averaging: each output pixel is the mean of the input
 //!    area it covers, weighted by overlap. An image scaled up by an integer factor k
 //!    (each pixel a k x k block) therefore comes back exactly as itself.
@@ -45,7 +47,7 @@ pub enum Invert {
 /// One image made ready for the model.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// `[H·W]` f32 grey values in [0, 255], row-major H x W, light object on dark.
+    /// `[C·H·W]` f32 values in [0, 255], channel-major, each channel row-major H x W.
     pub pixels: Vec<f32>,
     /// Whether the grey values were inverted (step 3).
     pub inverted: bool,
@@ -72,16 +74,16 @@ pub fn has_image_extension(path: &Path) -> bool {
 /// of the module doc).
 ///
 /// # Errors
-/// Every message names the file: the model takes more than one channel; it cannot be
+/// Every message names the file: the model takes other than 1 or 3 channels; it cannot be
 /// opened; it is neither PNG nor JPEG (the first bytes are shown); its header gives more
 /// than [`MAX_PIXELS`] pixels (checked before decoding) or a zero size; the data is
 /// corrupt or truncated (the decoder's message).
 pub fn load(path: &Path, invert: Invert, spec: &DataSpec) -> Result<Prepared> {
     let shown = path.display();
-    if spec.channels != 1 {
+    if !matches!(spec.channels, 1 | 3) {
         bail!(
             "{shown}: this model takes {} images ({} channels); PNG and JPEG inputs are read \
-             as grey, for models of one channel only",
+             as grey (1 channel) or RGB (3)",
             spec.describe(),
             spec.channels
         );
@@ -133,34 +135,80 @@ pub fn load(path: &Path, invert: Invert, spec: &DataSpec) -> Result<Prepared> {
     Ok(prepare(&img, invert, spec))
 }
 
-/// Steps 1 to 5 of the module doc on a decoded image, to `spec`'s height and width.
+/// Steps 1 to 5 of the module doc on a decoded image, to `spec`'s channels, height and
+/// width.
 pub fn prepare(img: &DynamicImage, invert: Invert, spec: &DataSpec) -> Prepared {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut grey = grey_on_white(img);
-    let border = border_mean(&grey, w, h);
-    let inverted = match invert {
-        Invert::Yes => true,
-        Invert::No => false,
-        Invert::Auto => border > 127.5,
+    let mut planes = match spec.channels {
+        1 => vec![grey_on_white(img)],
+        _ => rgb_on_white(img),
     };
-    let background = if inverted {
-        for v in &mut grey {
-            *v = 255.0 - *v;
+    let inverted = match (invert, spec.channels) {
+        (Invert::Yes, _) => true,
+        (Invert::No, _) | (Invert::Auto, 3..) => false,
+        (Invert::Auto, _) => border_mean(&planes[0], w, h) > 127.5,
+    };
+    let mut pixels = Vec::with_capacity(planes.len() * (spec.width * spec.height) as usize);
+    for plane in &mut planes {
+        if inverted {
+            for v in plane.iter_mut() {
+                *v = 255.0 - *v;
+            }
         }
-        255.0 - border
-    } else {
-        border
-    };
-    Prepared {
-        pixels: area_resize(
-            &grey,
+        let background = border_mean(plane, w, h);
+        pixels.extend(area_resize(
+            plane,
             (w, h),
             background,
             (spec.width as usize, spec.height as usize),
-        ),
+        ));
+    }
+    Prepared {
+        pixels,
         inverted,
         original_size: (w as u32, h as u32),
     }
+}
+
+/// R, G and B planes in [0, 255] (f32, each row-major), alpha composited onto white; a
+/// grey image repeated in all three.
+fn rgb_on_white(img: &DynamicImage) -> Vec<Vec<f32>> {
+    let n = img.width() as usize * img.height() as usize;
+    let mut planes = vec![Vec::with_capacity(n); 3];
+    let over_white = |v: f32, a: f32| a * v + (1.0 - a) * 255.0;
+    match img {
+        DynamicImage::ImageRgb8(b) => {
+            for p in b.pixels() {
+                for c in 0..3 {
+                    planes[c].push(f32::from(p[c]));
+                }
+            }
+        }
+        DynamicImage::ImageRgba8(b) => {
+            for p in b.pixels() {
+                let a = f32::from(p[3]) / 255.0;
+                for c in 0..3 {
+                    planes[c].push(over_white(f32::from(p[c]), a));
+                }
+            }
+        }
+        DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageLuma16(_)
+        | DynamicImage::ImageLumaA16(_) => {
+            let g = grey_on_white(img);
+            planes = vec![g.clone(), g.clone(), g];
+        }
+        other => {
+            for p in other.to_rgba32f().pixels() {
+                let a = p[3].clamp(0.0, 1.0);
+                for c in 0..3 {
+                    planes[c].push(over_white((p[c] * 255.0).clamp(0.0, 255.0), a));
+                }
+            }
+        }
+    }
+    planes
 }
 
 /// Grey values in [0, 255] (f32, row-major), alpha composited onto white. Grey 8-bit
@@ -322,6 +370,70 @@ mod tests {
         DataSpec::fashion_mnist()
     }
 
+    fn rgb_spec(h: i64, w: i64) -> DataSpec {
+        DataSpec {
+            channels: 3,
+            height: h,
+            width: w,
+            class_names: (0..5).map(|i| i.to_string()).collect(),
+        }
+    }
+
+    /// An RGB model gets R, G and B planes, channel-major: a 4x4 image with one colour per
+    /// quadrant, scaled up by 2 (each pixel a 2x2 block) and back down by the area
+    /// average, comes back exactly; a grey image is repeated in the three planes; alpha
+    /// goes onto white; `--invert auto` leaves colour alone.
+    #[test]
+    fn colour_models_get_rgb_planes() {
+        let colour = |x: u32, y: u32| -> [u8; 3] {
+            match (x < 2, y < 2) {
+                (true, true) => [250, 10, 20],
+                (false, true) => [5, 200, 30],
+                (true, false) => [7, 8, 190],
+                (false, false) => [90, 91, 92],
+            }
+        };
+        let big = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb(colour(x / 2, y / 2)));
+        let p = prepare(&DynamicImage::ImageRgb8(big), Invert::Auto, &rgb_spec(4, 4));
+        assert!(!p.inverted);
+        assert_eq!(p.pixels.len(), 3 * 16);
+        for c in 0..3 {
+            for y in 0..4u32 {
+                for x in 0..4u32 {
+                    let got = p.pixels[c * 16 + (y * 4 + x) as usize];
+                    assert!(
+                        (got - f32::from(colour(x, y)[c])).abs() < 1e-4,
+                        "{c} {x} {y}"
+                    );
+                }
+            }
+        }
+        // Grey into an RGB model: three equal planes.
+        let g = GrayImage::from_fn(4, 4, |x, y| Luma([(x * 60 + y) as u8]));
+        let p = prepare(&DynamicImage::ImageLuma8(g), Invert::No, &rgb_spec(4, 4));
+        assert_eq!(&p.pixels[..16], &p.pixels[16..32]);
+        assert_eq!(&p.pixels[..16], &p.pixels[32..]);
+        assert_eq!(p.pixels[1], 60.0);
+        // Half-transparent red over white.
+        let a = RgbaImage::from_pixel(2, 2, Rgba([255, 0, 0, 128]));
+        let p = prepare(&DynamicImage::ImageRgba8(a), Invert::No, &rgb_spec(2, 2));
+        let half = 128.0 / 255.0;
+        let want = [255.0, half * 0.0 + (1.0 - half) * 255.0];
+        assert!((p.pixels[0] - want[0]).abs() < 1e-3);
+        assert!((p.pixels[4] - want[1]).abs() < 1e-3, "{}", p.pixels[4]);
+        // --invert yes inverts every plane.
+        let p = prepare(
+            &DynamicImage::ImageRgb8(image::RgbImage::from_pixel(2, 2, image::Rgb([10, 20, 30]))),
+            Invert::Yes,
+            &rgb_spec(2, 2),
+        );
+        assert!(p.inverted);
+        assert_eq!(
+            (p.pixels[0], p.pixels[4], p.pixels[8]),
+            (245.0, 235.0, 225.0)
+        );
+    }
+
     fn pattern(seed: u32) -> GrayImage {
         GrayImage::from_fn(28, 28, |x, y| {
             // Dark border, varied interior: a stand-in for a Fashion-MNIST image.
@@ -347,8 +459,9 @@ mod tests {
     }
 
     /// A spec of another height and width: an image of that shape scaled up by k comes
-    /// back exactly; one of another aspect ratio is padded to the spec's; more than one
-    /// channel is refused, naming the file.
+    /// back exactly; one of another aspect ratio is padded to the spec's; a model of
+    /// three channels gets the grey image in each; two channels are refused, naming the
+    /// file.
     #[test]
     fn other_sizes_follow_the_spec() {
         let spec = DataSpec {
@@ -379,10 +492,17 @@ mod tests {
         img.save(&path).unwrap();
         let colour = DataSpec {
             channels: 3,
+            ..spec.clone()
+        };
+        let p = load(&path, Invert::No, &colour).unwrap();
+        let want: Vec<f32> = img.pixels().map(|v| f32::from(v[0])).collect();
+        assert_eq!(p.pixels, [&want[..], &want, &want].concat());
+        let two = DataSpec {
+            channels: 2,
             ..spec
         };
-        let e = load(&path, Invert::No, &colour).unwrap_err().to_string();
-        assert!(e.contains("colour.png") && e.contains("3x6x4"), "{e}");
+        let e = load(&path, Invert::No, &two).unwrap_err().to_string();
+        assert!(e.contains("colour.png") && e.contains("2x6x4"), "{e}");
     }
 
     #[test]

@@ -269,6 +269,34 @@ impl Arch {
         }
     }
 
+    /// Whether the architecture fits images of `spec`: a CNN's 2x2 max-pools must leave
+    /// feature maps of at least 1x1.
+    ///
+    /// # Errors
+    /// A message giving the image size, the number of pools, what they leave and the
+    /// most blocks the size allows.
+    pub fn check_fits(&self, spec: &DataSpec) -> std::result::Result<(), String> {
+        if let Arch::Cnn { channels, .. } = self {
+            let k = channels.len();
+            let (h, w) = (side_after(spec.height, k), side_after(spec.width, k));
+            if h < 1 || w < 1 {
+                let most = (0..=k)
+                    .take_while(|&b| side_after(spec.height.min(spec.width), b) >= 1)
+                    .last()
+                    .unwrap_or(0);
+                return Err(format!(
+                    "{:?} has {k} conv blocks, each ending in a 2x2 max-pool, which leave {}x{} \
+                     images at {h}x{w}; use at most {most} conv blocks, or larger images \
+                     (data.resize)",
+                    self.spec(),
+                    spec.height,
+                    spec.width
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// An MLP's layer widths from input to logits (C·H·W, the hidden widths, classes);
     /// empty for other architectures.
     pub fn widths(&self, spec: &DataSpec) -> Vec<i64> {
@@ -696,6 +724,46 @@ pub fn correct(logits: &Tensor, labels: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CNN fits images whose 2x2 max-pools leave at least 1x1: on 8x8 images three
+    /// blocks do (1x1), four do not, and the message says the size and the most blocks.
+    #[test]
+    fn cnn_must_leave_at_least_one_pixel() {
+        let spec = DataSpec {
+            channels: 1,
+            height: 8,
+            width: 8,
+            class_names: (0..10).map(|i| i.to_string()).collect(),
+        };
+        assert!(
+            Arch::parse("cnn:4,4,4,16")
+                .unwrap()
+                .check_fits(&spec)
+                .is_ok()
+        );
+        let e = Arch::parse("cnn:4,4,4,4,16")
+            .unwrap()
+            .check_fits(&spec)
+            .unwrap_err();
+        assert!(
+            e.contains("8x8") && e.contains("0x0") && e.contains("at most 3"),
+            "{e}"
+        );
+        assert!(Arch::parse("mlp:8").unwrap().check_fits(&spec).is_ok());
+        // Any H, W and C: the last linear layer is sized from them.
+        let wide = DataSpec {
+            channels: 3,
+            height: 12,
+            width: 20,
+            ..spec
+        };
+        let net = Arch::parse("cnn:4,8,16").unwrap().build(&wide, Device::Cpu);
+        let z = net.forward(&Tensor::zeros(
+            [2, 3 * 12 * 20],
+            (tch::Kind::Float, Device::Cpu),
+        ));
+        assert_eq!(z.size(), [2, 10]);
+    }
 
     fn fm() -> DataSpec {
         DataSpec::fashion_mnist()

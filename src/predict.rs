@@ -13,7 +13,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::Checkpoint;
-use crate::data::{DataSpec, Idx};
+use crate::data::{DataSpec, Idx, Normalize};
 use crate::error::{UsageError, usage};
 use crate::image_input::{self, Invert};
 use crate::model::Network;
@@ -57,9 +57,13 @@ pub struct LoadedModel {
     pub widths: Vec<i64>,
     /// The data it takes and the classes it tells apart, from the checkpoint.
     pub spec: DataSpec,
+    /// How its training inputs were normalised; [`LoadedModel::logits`] and
+    /// [`LoadedModel::forward`] apply it, and `layers` has it folded in.
+    pub normalize: Normalize,
     /// For an MLP, `(weight [out, in] f32, bias [out] f32)` per linear layer, input to
-    /// output (empty for other architectures); ReLU
-    /// between them, none after the last.
+    /// output (empty for other architectures); ReLU between them, none after the last.
+    /// They compute the logits of pixels / 255: a standardisation is folded into the
+    /// first layer (`W' = W / sd[c]`, `b' = b - W' · mean[c]` per input of channel c).
     pub layers: Vec<(Tensor, Tensor)>,
     net: Box<dyn Network>,
 }
@@ -68,17 +72,19 @@ impl LoadedModel {
     /// The logits, under `no_grad`.
     ///
     /// # Shapes
-    /// `images: [n, C·H·W] f32 in [0, 1]` -> `[n, classes] f32` (no softmax).
+    /// `images: [n, C·H·W] f32 in [0, 1]` (pixels / 255) -> `[n, classes] f32` (no
+    /// softmax); the checkpoint's normalisation is applied first.
     pub fn logits(&self, images: &Tensor) -> Tensor {
-        crate::eval::logits(self.net.as_ref(), images)
+        crate::eval::logits(self.net.as_ref(), &self.normalize.apply(images))
     }
 
-    /// The forward pass as a plain function, for tracing.
+    /// The forward pass as a plain function, for tracing: normalisation, then the
+    /// network.
     ///
     /// # Shapes
-    /// `x: [n, C·H·W] f32` -> `[n, classes] f32`.
+    /// `x: [n, C·H·W] f32` (pixels / 255) -> `[n, classes] f32`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.net.forward(x)
+        self.net.forward(&self.normalize.apply(x))
     }
 }
 
@@ -95,7 +101,9 @@ pub fn load_network(path: &Path, device: Device) -> Result<LoadedModel> {
     net.freeze();
     // Only an MLP is a plain stack of linear layers (what the ONNX and PyTorch-named
     // exports rebuild); other architectures leave `layers` empty.
-    let layers = if arch.is_mlp() {
+    let spec = net.data_spec().clone();
+    let normalize = ckpt.normalize()?;
+    let mut layers: Vec<(Tensor, Tensor)> = if arch.is_mlp() {
         net.named_parameters()
             .chunks(2)
             .map(|wb| (wb[0].1.detach(), wb[1].1.detach()))
@@ -103,11 +111,23 @@ pub fn load_network(path: &Path, device: Device) -> Result<LoadedModel> {
     } else {
         Vec::new()
     };
-    let spec = net.data_spec().clone();
+    if let (Some(first), Normalize::Standardize { mean, sd }) = (layers.first_mut(), &normalize) {
+        // x' = (x - m) / s per input: W x' + b = (W / s) x + (b - (W / s) m).
+        let per_input = |v: &[f64]| {
+            Tensor::from_slice(v)
+                .to_kind(Kind::Float)
+                .repeat_interleave_self_int(spec.height * spec.width, 0, None)
+                .to_device(first.0.device())
+        };
+        let w = &first.0 / per_input(sd).view([1, -1]);
+        let b = &first.1 - w.matmul(&per_input(mean));
+        *first = (w, b);
+    }
     Ok(LoadedModel {
         arch: arch.spec(),
         widths: arch.widths(&spec),
         spec,
+        normalize,
         layers,
         net,
     })

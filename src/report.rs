@@ -63,6 +63,8 @@ pub struct RunOutcome {
     pub seed: u64,
     /// The validation split (seed, size, hash).
     pub split: crate::data::SplitInfo,
+    /// The data: source, shape, classes, normalisation.
+    pub data: crate::data::DataRecord,
     /// Validation accuracy per epoch (for the comparison plot).
     pub val_acc: Vec<f64>,
 }

@@ -110,6 +110,8 @@ pub struct Run {
     terms: &'static [&'static str],
     /// The validation split, once the data is loaded.
     split: Option<SplitInfo>,
+    /// How the data's pixels became inputs, once they are loaded.
+    normalize: Option<crate::data::Normalize>,
     /// Flags the resume command needs besides `--out-dir`, `--run-name`, `--epochs` and
     /// `--resume` (a `reproduce` stage's `--seed`, objective and teacher), for the Ctrl-C
     /// message.
@@ -272,6 +274,7 @@ impl Run {
             events: None,
             terms: &[],
             split: None,
+            normalize: None,
             resume_args: String::new(),
             created,
             _lock: lock,
@@ -302,11 +305,14 @@ impl Run {
         self.terms = terms;
     }
 
-    /// Records the validation split in `meta.json` and in every checkpoint written from
-    /// now on.
-    pub fn record_split(&mut self, split: &SplitInfo) -> Result<()> {
-        self.add_meta(serde_json::to_value(split)?)?;
-        self.split = Some(split.clone());
+    /// Records the validation split and the data ([`crate::data::DataRecord`]: source,
+    /// shape, classes, normalisation) in `meta.json`, and the split and normalisation in
+    /// every checkpoint written from now on.
+    pub fn record_data(&mut self, data: &crate::data::Dataset) -> Result<()> {
+        self.add_meta(serde_json::to_value(&data.split)?)?;
+        self.add_meta(serde_json::json!({ "data": data.record() }))?;
+        self.split = Some(data.split.clone());
+        self.normalize = Some(data.normalize.clone());
         Ok(())
     }
 
@@ -338,6 +344,9 @@ impl Run {
             self.split.as_ref(),
         );
         meta.extend(model.data_spec().to_metadata());
+        if let Some(n) = &self.normalize {
+            meta.insert(crate::data::META_NORMALIZE.to_string(), n.to_json());
+        }
         meta
     }
 

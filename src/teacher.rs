@@ -30,6 +30,9 @@ pub struct LoadedTeacher {
     pub network: Box<dyn Network>,
     pub path: PathBuf,
     pub split: Option<data::SplitInfo>,
+    /// How the teacher's training inputs were normalised; `None` for a TorchScript
+    /// teacher, which takes the run's inputs as they are.
+    pub normalize: Option<data::Normalize>,
     /// SHA-256 of the checkpoint file, hex: which teacher a run used, whatever its path.
     pub sha256: String,
 }
@@ -75,7 +78,7 @@ pub fn load_teacher(s: &Settings, config: &Config, spec: &DataSpec) -> Result<Lo
     // Recorded by its absolute path, so that the run's config.toml (and the printed
     // resume command) finds it from any folder.
     let path = std::path::absolute(&path).unwrap_or(path);
-    let (mut network, split) = open_teacher(&path, s, "--teacher", spec)?;
+    let (mut network, split, normalize) = open_teacher(&path, s, "--teacher", spec)?;
     network.freeze();
     s.say(&format!(
         "teacher: {} ({})",
@@ -91,6 +94,7 @@ pub fn load_teacher(s: &Settings, config: &Config, spec: &DataSpec) -> Result<Lo
     Ok(LoadedTeacher {
         network,
         split,
+        normalize,
         path,
         sha256,
     })
@@ -108,7 +112,11 @@ pub fn open_teacher(
     s: &Settings,
     flag: &str,
     spec: &DataSpec,
-) -> Result<(Box<dyn Network>, Option<data::SplitInfo>)> {
+) -> Result<(
+    Box<dyn Network>,
+    Option<data::SplitInfo>,
+    Option<data::Normalize>,
+)> {
     let head = {
         use std::io::Read;
         let mut b = [0u8; 4];
@@ -128,7 +136,7 @@ pub fn open_teacher(
             }
         };
         let net = crate::torchscript::TorchScriptNet::load(path, input, spec, s.device)?;
-        return Ok((Box::new(net), None));
+        return Ok((Box::new(net), None, None));
     }
     let ckpt = Checkpoint::read(path).map_err(|e| match e.downcast_ref::<UsageError>() {
         Some(_) => UsageError(format!(
@@ -145,7 +153,42 @@ pub fn open_teacher(
     ) {
         return usage(e);
     }
-    Ok((network, ckpt.split()))
+    Ok((network, ckpt.split(), Some(ckpt.normalize()?)))
+}
+
+/// Refuses a network (`what`: a flag and a file) whose inputs were normalised as `have`
+/// on inputs normalised as `want` (means and sds equal within 1e-6).
+///
+/// # Errors
+/// A [`UsageError`] naming both normalisations and `data.normalize`.
+pub fn check_same_normalize(
+    what: &str,
+    have: &data::Normalize,
+    want: &data::Normalize,
+) -> Result<()> {
+    use data::Normalize::*;
+    let same = match (have, want) {
+        (Unit, Unit) => true,
+        (Standardize { mean: m1, sd: s1 }, Standardize { mean: m2, sd: s2 }) => {
+            m1.len() == m2.len()
+                && s1.len() == s2.len()
+                && m1
+                    .iter()
+                    .chain(s1)
+                    .zip(m2.iter().chain(s2))
+                    .all(|(a, b)| (a - b).abs() <= 1e-6)
+        }
+        _ => false,
+    };
+    match same {
+        true => Ok(()),
+        false => usage(format!(
+            "{what} was trained on inputs normalised as {} but this run's are {}; set \
+             data.normalize as the teacher's run did, on the same data",
+            have.describe(),
+            want.describe()
+        )),
+    }
 }
 
 /// Why a network for data of `have` cannot serve on data of `want`, naming `what` (a
@@ -189,6 +232,13 @@ fn teacher_network(ckpt: &Checkpoint, s: &Settings, flag: &str) -> Result<Box<dy
 /// The teacher's split against this run's: refuses a mismatch (unless
 /// `--allow-split-mismatch`), warns when the teacher records none.
 pub fn check_teacher_split(s: &Settings, teacher: &LoadedTeacher, data: &Dataset) -> Result<()> {
+    if let Some(n) = &teacher.normalize {
+        check_same_normalize(
+            &format!("--teacher {}", teacher.path.display()),
+            n,
+            &data.normalize,
+        )?;
+    }
     match &teacher.split {
         None => {
             crate::errln!(

@@ -21,9 +21,10 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     let model = ckpt.network(s.device)?;
     let arch = model.arch().clone();
     let spec = model.data_spec().clone();
+    let normalize = ckpt.normalize()?;
     let teacher = match &args.teacher {
         Some(p) => {
-            let (mut n, _) = super::open_teacher(p, s, "--teacher", &spec).map_err(|e| {
+            let (mut n, _, tn) = super::open_teacher(p, s, "--teacher", &spec).map_err(|e| {
                 let msg = format!("{e:#}");
                 match msg.starts_with("--teacher") {
                     true => UsageError(msg),
@@ -31,6 +32,13 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
                 }
             })?;
             n.freeze();
+            if let Some(tn) = &tn {
+                crate::teacher::check_same_normalize(
+                    &format!("--teacher {}", p.display()),
+                    tn,
+                    &normalize,
+                )?;
+            }
             Some(n)
         }
         None => None,
@@ -41,8 +49,16 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     if let Some(e) = super::spec_mismatch(&path.display().to_string(), &spec, &raw.spec) {
         return Err(UsageError(e).into());
     }
-    let train = data::Examples::from_split(&raw.train, s.device);
-    let test = data::Examples::from_split(&raw.test, s.device);
+    // The checkpoint's normalisation, as in training (the teacher's is the same).
+    let examples = |split: &data::Split| {
+        let e = data::Examples::from_split(split, s.device);
+        data::Examples {
+            images: normalize.apply(&e.images),
+            labels: e.labels,
+        }
+    };
+    let train = examples(&raw.train);
+    let test = examples(&raw.test);
     let report = |set: &data::Examples| -> Result<Report> {
         let z = eval::logits(model.as_ref(), &set.images);
         let t = teacher

@@ -184,6 +184,13 @@ pub fn train_one(
     let c = config;
     let kind = run.kind;
     let arch = c.arch_for(kind)?;
+    if let Err(e) = arch.check_fits(&data.spec) {
+        let key = match kind {
+            RunKind::Teacher => "model.teacher",
+            _ => "model.student",
+        };
+        return crate::error::usage(format!("config key `{key}` = {e}"));
+    }
     if s.device == tch::Device::Cpu {
         check_memory(
             &arch,
@@ -286,6 +293,7 @@ pub fn train_one(
         alpha: alpha.filter(|_| distilled),
         seed: c.seed,
         split: data.split.clone(),
+        data: data.record(),
         val_acc: history.iter().map(|r| r.val.acc).collect(),
     };
     crate::checkpoint::write_atomic(

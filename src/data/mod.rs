@@ -615,6 +615,33 @@ impl Examples {
     }
 }
 
+/// What a run's data were, as `meta.json` and `summary.json` record them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// The folder or file read.
+    pub path: PathBuf,
+    pub source: Source,
+    /// `CxHxW`, [`DataSpec::describe`].
+    pub input: String,
+    pub classes: i64,
+    pub class_names: Vec<String>,
+    pub normalize: Normalize,
+}
+
+impl Dataset {
+    /// The record of these data.
+    pub fn record(&self) -> DataRecord {
+        DataRecord {
+            path: self.dir.clone(),
+            source: self.source,
+            input: self.spec.describe(),
+            classes: self.spec.classes(),
+            class_names: self.spec.class_names.clone(),
+            normalize: self.normalize.clone(),
+        }
+    }
+}
+
 /// The three sets a run uses.
 pub struct Dataset {
     pub train: Examples,
@@ -624,6 +651,8 @@ pub struct Dataset {
     pub test: Examples,
     /// Where the files came from.
     pub dir: PathBuf,
+    /// The reader that read them.
+    pub source: Source,
     /// What the images and labels are.
     pub spec: DataSpec,
     /// How pixels became inputs.
@@ -950,6 +979,7 @@ pub fn prepare(
         val,
         test,
         dir: raw.path.clone(),
+        source: raw.source,
         spec: raw.spec.clone(),
         normalize: norm,
         train_index,
@@ -961,6 +991,77 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The normalisation recorded in a checkpoint reads back as it was; a checkpoint
+    /// without it is pixels / 255; a value that is not one, or has the wrong number of
+    /// channels or an sd of 0, names the key.
+    #[test]
+    fn normalize_metadata_round_trip() {
+        let st = Normalize::Standardize {
+            mean: vec![0.25, 0.5, 0.125],
+            sd: vec![0.3, 0.2, 0.1],
+        };
+        for n in [Normalize::Unit, st.clone()] {
+            let m = std::collections::HashMap::from([(META_NORMALIZE.to_string(), n.to_json())]);
+            assert_eq!(Normalize::from_metadata(&m, 3), Ok(n));
+        }
+        assert_eq!(
+            Normalize::from_metadata(&Default::default(), 1),
+            Ok(Normalize::Unit)
+        );
+        for bad in [
+            "standardize".to_string(),
+            st.to_json().replace("0.3", "0.0"),
+            r#"{"kind":"standardize","mean":[0.1],"sd":[0.2]}"#.to_string(),
+        ] {
+            let m = std::collections::HashMap::from([(META_NORMALIZE.to_string(), bad.clone())]);
+            let e = Normalize::from_metadata(&m, 3).unwrap_err();
+            assert!(e.contains(META_NORMALIZE), "{bad}: {e}");
+        }
+        // apply: (x - mean[c]) / sd[c] per channel of [n, C·H·W].
+        let x = Tensor::from_slice(&[0.25f32, 0.55, 0.5, 0.5, 0.125, 0.325]).view([1, 6]);
+        let y: Vec<f32> = Vec::try_from(st.apply(&x).view([-1])).unwrap();
+        let want = [0.0, 1.0, 0.0, 0.0, 0.0, 2.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{y:?}");
+        }
+    }
+
+    /// `class_names_for`: names from a file set K; without them K is `data.classes` or
+    /// the largest label + 1; a label out of range names its file and what set K.
+    #[test]
+    fn class_count_comes_from_names_or_labels() {
+        let split = |labels: Vec<i64>| Split {
+            pixels: vec![0; labels.len()],
+            labels,
+        };
+        let (a, b) = (split(vec![0, 3, 25]), split(vec![1, 2]));
+        let f = Path::new("train-labels");
+        let names = class_names_for(None, None, &[(&a, f), (&b, f)], Path::new("c.txt")).unwrap();
+        assert_eq!(names.len(), 26);
+        assert_eq!(names[25], "25");
+        let e = class_names_for(None, Some(10), &[(&a, f)], Path::new("c.txt")).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("label 25 at index 2") && e.contains("data.classes = 10"),
+            "{e}"
+        );
+        let named: Vec<String> = (0..26).map(|i| format!("letter {i}")).collect();
+        let got = class_names_for(Some(named.clone()), None, &[(&a, f)], Path::new("c.txt"));
+        assert_eq!(got.unwrap(), named);
+        let e = class_names_for(
+            Some(named[..5].to_vec()),
+            None,
+            &[(&a, f)],
+            Path::new("c.txt"),
+        );
+        let e = format!("{:#}", e.unwrap_err());
+        assert!(e.contains("c.txt names 5 classes"), "{e}");
+        let e = class_names_for(Some(named), Some(3), &[(&a, f)], Path::new("c.txt"));
+        assert!(format!("{:#}", e.unwrap_err()).contains("data.classes = 3"));
+        let neg = split(vec![-1]);
+        assert!(class_names_for(None, None, &[(&neg, f)], Path::new("c.txt")).is_err());
+    }
 
     #[test]
     fn data_spec_metadata_round_trip_and_default() {

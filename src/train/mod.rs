@@ -100,7 +100,7 @@ pub fn fit(
         bail!("objective {} needs a teacher", objective.name());
     }
     run.set_terms(objective.term_names());
-    run.record_split(&data.split)?;
+    run.record_data(data)?;
     let device = model.device();
     let n = data.train.len();
     let bs = cfg.batch_size;

@@ -83,16 +83,16 @@ fn trained() -> &'static Trained {
 fn test_set() -> &'static (Vec<u8>, Vec<i64>) {
     static S: OnceLock<(Vec<u8>, Vec<i64>)> = OnceLock::new();
     S.get_or_init(|| {
-        let split = read_split(&test_images(), &data_file("t10k-labels-idx1-ubyte")).unwrap();
-        let labels = split.labels.iter().map(|&l| i64::from(l)).collect();
-        (split.pixels, labels)
+        let (split, _, _) =
+            read_split(&test_images(), &data_file("t10k-labels-idx1-ubyte")).unwrap();
+        (split.pixels, split.labels)
     })
 }
 
 /// kdtrain's logits for the test set through the library (evaluate's path: the
 /// checkpoint's network on `Examples::from_split`), `[10000, 10]` row-major.
 fn library_logits(ckpt: &Path) -> Vec<f32> {
-    let split = read_split(&test_images(), &data_file("t10k-labels-idx1-ubyte")).unwrap();
+    let (split, _, _) = read_split(&test_images(), &data_file("t10k-labels-idx1-ubyte")).unwrap();
     let ex = Examples::from_split(&split, Device::Cpu);
     let model = kdtrain::predict::load_network(ckpt, Device::Cpu).unwrap();
     let logits = model.logits(&ex.images);
