@@ -174,7 +174,7 @@ pub fn prepare(img: &DynamicImage, invert: Invert, spec: &DataSpec) -> Prepared 
 /// grey image repeated in all three.
 fn rgb_on_white(img: &DynamicImage) -> Vec<Vec<f32>> {
     let n = img.width() as usize * img.height() as usize;
-    let mut planes = vec![Vec::with_capacity(n); 3];
+    let mut planes: Vec<Vec<f32>> = (0..3).map(|_| Vec::with_capacity(n)).collect();
     let over_white = |v: f32, a: f32| a * v + (1.0 - a) * 255.0;
     match img {
         DynamicImage::ImageRgb8(b) => {

@@ -100,6 +100,14 @@ pub fn load_teacher(s: &Settings, config: &Config, spec: &DataSpec) -> Result<Lo
     })
 }
 
+/// A teacher network, the split it records, and its inputs' normalisation (`None` for
+/// TorchScript).
+pub type OpenedTeacher = (
+    Box<dyn Network>,
+    Option<data::SplitInfo>,
+    Option<data::Normalize>,
+);
+
 /// A teacher from `path`: a TorchScript file (recognised by content: a zip archive) run
 /// through libtorch, or a kdtrain checkpoint; with the split it records (TorchScript
 /// files record none). It must take the data of `spec` and give its classes' logits.
@@ -112,11 +120,7 @@ pub fn open_teacher(
     s: &Settings,
     flag: &str,
     spec: &DataSpec,
-) -> Result<(
-    Box<dyn Network>,
-    Option<data::SplitInfo>,
-    Option<data::Normalize>,
-)> {
+) -> Result<OpenedTeacher> {
     let head = {
         use std::io::Read;
         let mut b = [0u8; 4];
