@@ -206,9 +206,29 @@ pub fn read_split(images: &Path, labels: &Path) -> Result<(Split, usize, usize)>
     ))
 }
 
+/// SHA-256 of Fashion-MNIST's training labels followed by its test labels (the data
+/// bytes of the two labels files, decompressed): how the IDX reader knows the official
+/// files, whose class names it then gives without a `classes.txt`.
+const FASHION_MNIST_LABELS_SHA256: &str =
+    "8ab940a680640f36c0bf1d2549cb2f3b3d4068c12547116cc7b1161b1d26663d";
+
+/// Whether these are Fashion-MNIST's splits ([`FASHION_MNIST_LABELS_SHA256`]).
+fn is_fashion_mnist(train: &Split, test: &Split) -> bool {
+    use sha2::{Digest, Sha256};
+    if (train.len(), test.len()) != (60_000, 10_000) {
+        return false;
+    }
+    let mut h = Sha256::new();
+    for l in train.labels.iter().chain(&test.labels) {
+        h.update([*l as u8]);
+    }
+    crate::hex(&h.finalize()) == FASHION_MNIST_LABELS_SHA256
+}
+
 /// Reads the four IDX files in `dir` (grey images of any size, labels `0..K-1`) and the
 /// optional `classes.txt` (one class name per line, by label). Without it the classes
-/// are named by their labels and K is `data.classes`, or the largest label plus one.
+/// are Fashion-MNIST's when the labels are its own, else named by their labels with K
+/// = `data.classes`, or the largest label plus one.
 ///
 /// # Errors
 /// Names the file: anything [`read_split`] refuses, train and test images of different
@@ -240,6 +260,7 @@ pub fn load(dir: &Path, o: &ReadOptions) -> Result<RawData> {
     let names_file = dir.join("classes.txt");
     let names = match names_file.is_file() {
         true => Some(super::read_class_names(&names_file)?),
+        false if is_fashion_mnist(&train, &test) => Some(DataSpec::fashion_mnist().class_names),
         false => None,
     };
     let class_names = super::class_names_for(
