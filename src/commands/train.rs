@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{data_dir, load_raw, prepare_data, print_result, train_one};
+use super::{data_dir, load_data, print_result, train_one};
 use crate::cli::ModelArg;
 use crate::config::settings::Settings;
 use crate::objective::CrossEntropy;
@@ -15,11 +15,10 @@ pub fn run(s: &Settings, model: ModelArg) -> Result<()> {
         ModelArg::Student => RunKind::Student,
     };
     let dir = data_dir(s)?;
-    // A bad data file leaves no run folder behind: the data are read first.
-    let (raw, secs) = load_raw(s, &dir)?;
+    // The run folder is claimed before the data are read (a folder in use fails fast);
+    // a bad data file leaves no empty run folder behind.
     let mut run = Run::open(&s.config, kind, s.run_name.as_deref(), s.resume, s.quiet)?;
-    let data = prepare_data(s, &raw, secs).inspect_err(|_| run.abandon())?;
-    drop(raw);
+    let data = load_data(s, &dir).inspect_err(|_| run.abandon())?;
     // So does a run stopped before its first epoch completes.
     let out = train_one(s, &s.config, &mut run, &CrossEntropy, None, &data)
         .inspect_err(|_| run.abandon())?;

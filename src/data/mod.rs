@@ -245,8 +245,9 @@ pub fn locate(flag_or_config: Option<&Path>) -> Result<PathBuf> {
         if !dir.exists() {
             return Err(UsageError(format!(
                 "{source} names {}, which does not exist; point it at the data set's folder \
-                 (or .npz file)",
-                dir.display()
+                 (or .npz file), or for Fashion-MNIST {}",
+                dir.display(),
+                how.replace("rerun with --download", "drop it and rerun with --download")
             ))
             .into());
         }
@@ -515,7 +516,8 @@ pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
 ///
 /// # Errors
 /// Names the labels file and the first label out of range, and what set K (`names_from`
-/// or `data.classes`); a K that differs between `names` and `data.classes`.
+/// or `data.classes`); a K that differs between `names` and `data.classes` (a
+/// [`UsageError`]).
 pub fn class_names_for(
     names: Option<Vec<String>>,
     classes: Option<usize>,
@@ -558,12 +560,11 @@ pub fn class_names_for(
                 true => "labels must be 0 or more".to_string(),
                 false => format!("{why}; raise it or fix the label"),
             };
-            return Err(UsageError(format!(
+            bail!(
                 "{}: label {l} at index {i} is out of range; expected 0 to {} ({fix})",
                 file.display(),
                 k as i64 - 1
-            ))
-            .into());
+            );
         }
     }
     Ok(names.unwrap_or_else(|| (0..k).map(|i| i.to_string()).collect()))

@@ -34,10 +34,15 @@ impl Sandbox {
     }
 
     /// Writes a learnable synthetic data set (gzipped): class c lights a 6x6 block at a
-    /// position set by c, plus uniform noise. `n_train` and `n_test` examples.
+    /// position set by c, plus uniform noise. `n_train` and `n_test` examples. A
+    /// `classes.txt` gives Fashion-MNIST's class names, so that it stands in for it.
     pub fn write_data(&self, n_train: usize, n_test: usize) -> PathBuf {
         let dir = self.data_dir();
         std::fs::create_dir_all(&dir).unwrap();
+        let names = kdtrain::data::DataSpec::fashion_mnist()
+            .class_names
+            .join("\n");
+        std::fs::write(dir.join("classes.txt"), names + "\n").unwrap();
         for (prefix, n, seed) in [("train", n_train, 1u64), ("t10k", n_test, 2u64)] {
             let (pixels, labels) = synthetic(n, seed);
             write_gz(

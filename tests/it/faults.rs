@@ -384,13 +384,18 @@ fn data_wrong_magic_number() {
 }
 
 #[test]
-fn data_images_not_28x28() {
+fn data_test_images_of_another_size_than_the_training_images() {
     let s = sandbox();
     put(&s, TEST_IMAGES, &gz(&images_idx(50, 32)));
     assert_fails(
         &train_student(&s),
         1,
-        &[TEST_IMAGES, "32x32", "expected 28x28"],
+        &[
+            TEST_IMAGES,
+            "test images are 32x32",
+            "are 28x28",
+            "do not belong together",
+        ],
     );
 }
 
@@ -414,7 +419,12 @@ fn data_label_out_of_range() {
     assert_fails(
         &train_student(&s),
         1,
-        &[TEST_LABELS, "label 10 at index 17", "expected 0 to 9"],
+        &[
+            TEST_LABELS,
+            "label 10 at index 17",
+            "expected 0 to 9",
+            "classes.txt names 10 classes",
+        ],
     );
 }
 
