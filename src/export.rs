@@ -382,8 +382,16 @@ fn export_torchscript(model: &LoadedModel, out: &Path) -> Result<()> {
         .map_err(|e| anyhow!("the traced module does not run: {e}"))?;
     let want = model.logits(&check.flatten(1, -1));
     if got.size() != want.size() || !got.allclose(&want, 1e-5, 1e-5, false) {
+        let diff = match got.size() == want.size() {
+            true => format!(
+                ", largest difference {:.3e}",
+                (&got - &want).abs().max().double_value(&[])
+            ),
+            false => String::new(),
+        };
         bail!(
-            "the traced module disagrees with the model on a batch of 3 (shapes {:?} vs {:?})",
+            "the traced module disagrees with the model on a batch of 3 (shapes {:?} vs \
+             {:?}{diff})",
             got.size(),
             want.size()
         );

@@ -66,6 +66,8 @@ pub struct LoadedModel {
     /// first layer (`W' = W / sd[c]`, `b' = b - W' · mean[c]` per input of channel c).
     pub layers: Vec<(Tensor, Tensor)>,
     net: Box<dyn Network>,
+    /// `normalize`'s mean and sd as tensors on the model's device.
+    norm: Option<(Tensor, Tensor)>,
 }
 
 impl LoadedModel {
@@ -75,7 +77,14 @@ impl LoadedModel {
     /// `images: [n, C·H·W] f32 in [0, 1]` (pixels / 255) -> `[n, classes] f32` (no
     /// softmax); the checkpoint's normalisation is applied first.
     pub fn logits(&self, images: &Tensor) -> Tensor {
-        crate::eval::logits(self.net.as_ref(), &self.normalize.apply(images))
+        crate::eval::logits(self.net.as_ref(), &self.normalized(images))
+    }
+
+    fn normalized(&self, x: &Tensor) -> Tensor {
+        match &self.norm {
+            None => x.shallow_clone(),
+            Some(ms) => Normalize::apply_tensors(ms, x),
+        }
     }
 
     /// The forward pass as a plain function, for tracing: normalisation, then the
@@ -84,7 +93,7 @@ impl LoadedModel {
     /// # Shapes
     /// `x: [n, C·H·W] f32` (pixels / 255) -> `[n, classes] f32`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.net.forward(&self.normalize.apply(x))
+        self.net.forward(&self.normalized(x))
     }
 }
 
@@ -127,6 +136,7 @@ pub fn load_network(path: &Path, device: Device) -> Result<LoadedModel> {
         arch: arch.spec(),
         widths: arch.widths(&spec),
         spec,
+        norm: normalize.tensors(device),
         normalize,
         layers,
         net,

@@ -826,21 +826,36 @@ impl Normalize {
 
     /// `images` (`[n, C·H·W] f32 in [0, 1]`) normalised; unchanged when [`Normalize::Unit`].
     pub fn apply(&self, images: &Tensor) -> Tensor {
+        match self.tensors(images.device()) {
+            None => images.shallow_clone(),
+            Some(ms) => Normalize::apply_tensors(&ms, images),
+        }
+    }
+
+    /// The mean and sd as `[1, C, 1] f32` tensors on `device`; `None` for
+    /// [`Normalize::Unit`]. For a traced forward pass, which must capture tensors that
+    /// outlive the trace.
+    pub fn tensors(&self, device: Device) -> Option<(Tensor, Tensor)> {
         match self {
-            Normalize::Unit => images.shallow_clone(),
+            Normalize::Unit => None,
             Normalize::Standardize { mean, sd } => {
-                let c = mean.len() as i64;
-                let n = images.size()[0];
-                let opts = (Kind::Float, images.device());
-                let m = Tensor::from_slice(mean)
-                    .to_kind(Kind::Float)
-                    .to_device(opts.1);
-                let s = Tensor::from_slice(sd)
-                    .to_kind(Kind::Float)
-                    .to_device(opts.1);
-                ((images.view([n, c, -1]) - m.view([1, c, 1])) / s.view([1, c, 1])).view([n, -1])
+                let t = |v: &[f64]| {
+                    Tensor::from_slice(v)
+                        .to_kind(Kind::Float)
+                        .to_device(device)
+                        .view([1, -1, 1])
+                };
+                Some((t(mean), t(sd)))
             }
         }
+    }
+
+    /// `(images - mean) / sd` per channel with [`Normalize::tensors`]; the batch stays
+    /// symbolic (-1), so that a traced export keeps it free.
+    pub fn apply_tensors((mean, sd): &(Tensor, Tensor), images: &Tensor) -> Tensor {
+        let c = mean.size()[1];
+        let inputs = images.size().last().copied().unwrap_or(0);
+        ((images.view([-1, c, inputs / c]) - mean) / sd).view([-1, inputs])
     }
 
     /// One line: `unit (pixels / 255)` or `standardize (mean [..], sd [..])`.

@@ -12,6 +12,7 @@ mod cnn_augment;
 mod docs;
 mod faults;
 mod objectives;
+mod own_data;
 mod predict_export;
 mod sweep;
 mod tensorboard;
