@@ -91,7 +91,7 @@ def make_split(seed, split_id, per_class):
     return images, labels
 
 
-def write_folder(out, splits, overwrite):
+def write_folder(out, splits):
     from PIL import Image
 
     parent = os.path.dirname(out)
@@ -210,7 +210,7 @@ def main():
         "train": make_split(a.seed, 0, a.train_per_class),
         "test": make_split(a.seed, 1, a.test_per_class),
     }
-    write_folder(out, splits, a.overwrite)
+    write_folder(out, splits)
     n_train, n_test = len(splits["train"][1]), len(splits["test"][1])
     print(
         f"colour_shapes: wrote {n_train} training and {n_test} test images (32x32 RGB, "
