@@ -38,7 +38,9 @@ fi
 # 2. libtorch: PyTorch from PyPI in a virtual environment shared by all clones. The
 #    same environment holds the Python tools the tests and the benchmark use, so it is
 #    made even when your own LIBTORCH is set (then only cargo's pointer differs).
-packages="torch==$TORCH_VERSION numpy safetensors tensorboard onnx onnxscript onnxruntime"
+#    torchvision 0.26 is the release paired with torch 2.11 (scripts/bench_folder.py's
+#    ImageFolder); scikit-learn and pillow make the small data sets in scripts/data/.
+packages="torch==$TORCH_VERSION torchvision==0.26.0 numpy safetensors tensorboard onnx onnxscript onnxruntime scikit-learn pillow"
 marker="$venv/.complete-$(printf '%s' "$packages" | md5sum | cut -c1-8)"
 if [ ! -f "$marker" ]; then
   say "installing $packages into $venv (about 4.7 GB, once per machine)"
