@@ -9,7 +9,8 @@ use crate::config::{ObjectiveFlags, Overrides, parse_seeds};
 use crate::error::UsageError;
 
 /// Knowledge distillation (Hinton et al. 2015) of a teacher (a CNN, an MLP or a TorchScript
-/// model) into a small MLP student on Fashion-MNIST, on libtorch.
+/// model) into a small student, on Fashion-MNIST or your own image-classification data,
+/// on libtorch.
 #[derive(Debug, Parser)]
 #[command(name = "kdtrain", version, about, long_about = None)]
 pub struct Cli {
@@ -199,7 +200,9 @@ pub struct Common {
     /// Config file (TOML); flags override it [default: config.toml if present].
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Folder with the four Fashion-MNIST IDX files, gzipped or not.
+    /// The data set: a folder with four IDX files (Fashion-MNIST's, or any size with a
+    /// classes.txt), an image folder (train/<class>/, test/<class>/), CIFAR's binary
+    /// batches, or an .npz file (data.source says which when detection cannot).
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Folder for run folders [default: runs].
