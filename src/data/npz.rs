@@ -1,15 +1,593 @@
-//! The `npz` data source (see [`super::Source`]).
+//! The `npz` data source (see [`super::Source`]): a NumPy `.npz` archive holding
+//! `x_train`, `y_train`, `x_test`, `y_test` (Keras's `mnist.npz` layout) and optionally
+//! `x_val`, `y_val` and `class_names`.
+//!
+//! The `.npy` members are parsed here (the format is a short header and the raw array:
+//! <https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html>), the zip by
+//! the `zip` crate. Headers are never trusted: every size is checked before anything is
+//! allocated, and an array is read only up to the bytes its header claims.
 
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::{RawData, ReadOptions};
+use super::{DataSpec, Layout, RawData, ReadOptions, Source, Split, pixels};
+use crate::error::UsageError;
 
-/// Reads the data set at `path`.
-pub fn load(path: &Path, _o: &ReadOptions) -> Result<RawData> {
-    crate::error::usage(format!(
-        "{}: the npz source is not built yet",
-        path.display()
-    ))
+/// A parsed `.npy` header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyHeader {
+    /// The dtype string, e.g. `|u1`, `<i8`, `<U7`.
+    pub descr: String,
+    pub fortran_order: bool,
+    pub shape: Vec<u64>,
+}
+
+impl NpyHeader {
+    /// `(kind, item size in bytes, big-endian)` of [`NpyHeader::descr`], e.g. `('u', 1,
+    /// false)`; `None` for a dtype this reader does not know (structured, object).
+    fn dtype(&self) -> Option<(char, usize, bool)> {
+        let mut ch = self.descr.chars();
+        let order = ch.next()?;
+        let kind = ch.next()?;
+        let size: usize = ch.as_str().parse().ok()?;
+        if !matches!(order, '<' | '>' | '|' | '=') || !kind.is_ascii_alphabetic() {
+            return None;
+        }
+        let item = match kind {
+            'U' => size.checked_mul(4)?,
+            _ => size,
+        };
+        Some((kind, item, order == '>'))
+    }
+
+    /// NumPy's name of the dtype (`uint8`, `float32`, ...), or the descr string.
+    fn dtype_name(&self) -> String {
+        match self.dtype() {
+            Some(('u', n, _)) => format!("uint{}", n * 8),
+            Some(('i', n, _)) => format!("int{}", n * 8),
+            Some(('f', n, _)) => format!("float{}", n * 8),
+            Some(('c', n, _)) => format!("complex{}", n * 8),
+            Some(('b', 1, _)) => "bool".into(),
+            Some(('U', _, _)) => format!("str ({})", self.descr),
+            _ => self.descr.clone(),
+        }
+    }
+}
+
+/// Parses the header of a `.npy` file at the start of `r`, leaving `r` at the data.
+///
+/// # Errors
+/// A message saying what is wrong: not the `.npy` magic, an unknown version, a header
+/// too long or not the dict NumPy writes.
+pub fn read_npy_header(r: &mut impl Read) -> std::result::Result<NpyHeader, String> {
+    let mut pre = [0u8; 8];
+    r.read_exact(&mut pre)
+        .map_err(|e| format!("too short for an .npy header ({e})"))?;
+    if &pre[..6] != b"\x93NUMPY" {
+        return Err(format!(
+            "not an .npy array (it starts with {:02x?}, expected \\x93NUMPY)",
+            &pre[..6]
+        ));
+    }
+    let len = match pre[6] {
+        1 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).map_err(|e| e.to_string())?;
+            u16::from_le_bytes(b) as usize
+        }
+        2 | 3 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).map_err(|e| e.to_string())?;
+            u32::from_le_bytes(b) as usize
+        }
+        v => return Err(format!(".npy format version {v} is not known (1 to 3 are)")),
+    };
+    const MAX: usize = 1 << 20;
+    if len > MAX {
+        return Err(format!(
+            "the .npy header claims {len} bytes (at most {MAX})"
+        ));
+    }
+    let mut text = vec![0u8; len];
+    r.read_exact(&mut text)
+        .map_err(|e| format!("the .npy header is truncated ({e})"))?;
+    let text = String::from_utf8(text).map_err(|_| "the .npy header is not text".to_string())?;
+    parse_header_dict(&text).ok_or_else(|| {
+        format!(
+            "the .npy header {:?} is not a plain array's (descr, fortran_order, shape)",
+            text.trim_end()
+        )
+    })
+}
+
+/// Parses `{'descr': '<u1', 'fortran_order': False, 'shape': (3, 28, 28), }`.
+fn parse_header_dict(text: &str) -> Option<NpyHeader> {
+    let mut s = text.trim().strip_prefix('{')?.trim_start();
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    let string = |s: &str| -> Option<(String, usize)> {
+        let q = s.chars().next().filter(|&c| c == '\'' || c == '"')?;
+        let end = s[1..].find(q)? + 1;
+        Some((s[1..end].to_string(), end + 1))
+    };
+    loop {
+        if let Some(rest) = s.strip_prefix('}') {
+            if !rest.trim().is_empty() {
+                return None;
+            }
+            break;
+        }
+        let (key, used) = string(s)?;
+        s = s[used..].trim_start().strip_prefix(':')?.trim_start();
+        match key.as_str() {
+            "descr" => {
+                let (v, used) = string(s)?;
+                descr = Some(v);
+                s = &s[used..];
+            }
+            "fortran_order" => {
+                let v = ["True", "False"].into_iter().find(|v| s.starts_with(v))?;
+                fortran = Some(v == "True");
+                s = &s[v.len()..];
+            }
+            "shape" => {
+                let end = s.find(')')?;
+                let inner = s.strip_prefix('(')?.get(..end - 1)?;
+                let dims: Option<Vec<u64>> = inner
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(|d| d.trim_end_matches('L').parse().ok())
+                    .collect();
+                shape = Some(dims?);
+                s = &s[end + 1..];
+            }
+            _ => return None,
+        }
+        s = s.trim_start();
+        s = s.strip_prefix(',').unwrap_or(s).trim_start();
+    }
+    Some(NpyHeader {
+        descr: descr?,
+        fortran_order: fortran?,
+        shape: shape?,
+    })
+}
+
+/// The dimensions of an array stored in Fortran order, converted to C order:
+/// `data[i0 + d0·(i1 + d1·(...))]` goes to C index `((i0·d1 + i1)·d2 + ...)`.
+fn fortran_to_c(data: &[u8], shape: &[usize], item: usize) -> Vec<u8> {
+    if shape.len() < 2 || data.is_empty() {
+        return data.to_vec();
+    }
+    let mut out = vec![0u8; data.len()];
+    let n = data.len() / item.max(1);
+    // Strides in the Fortran layout, in items.
+    let mut fstride = vec![1usize; shape.len()];
+    for d in 1..shape.len() {
+        fstride[d] = fstride[d - 1] * shape[d - 1];
+    }
+    let mut idx = vec![0usize; shape.len()];
+    for c in 0..n {
+        let f: usize = idx.iter().zip(&fstride).map(|(i, s)| i * s).sum();
+        if let (Some(dst), Some(src)) = (
+            out.get_mut(c * item..(c + 1) * item),
+            data.get(f * item..(f + 1) * item),
+        ) {
+            dst.copy_from_slice(src);
+        }
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// An array read from the archive: its header and raw data bytes (C order).
+struct Array {
+    header: NpyHeader,
+    data: Vec<u8>,
+}
+
+struct Npz<'p> {
+    path: &'p Path,
+    zip: zip::ZipArchive<std::io::BufReader<std::fs::File>>,
+}
+
+impl Npz<'_> {
+    fn usage(&self, msg: impl std::fmt::Display) -> anyhow::Error {
+        UsageError(format!("{}: {msg}", self.path.display())).into()
+    }
+
+    /// The array names (members ending in `.npy`, without it).
+    fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .zip
+            .file_names()
+            .filter_map(|n| n.strip_suffix(".npy"))
+            .map(String::from)
+            .collect();
+        k.sort();
+        k
+    }
+
+    fn has(&self, key: &str) -> bool {
+        let name = format!("{key}.npy");
+        self.zip.file_names().any(|n| n == name)
+    }
+
+    fn missing(&self, key: &str) -> anyhow::Error {
+        let keys = self.keys();
+        self.usage(format!(
+            "no array {key}; the archive holds {}; a data set .npz holds x_train, y_train, \
+             x_test and y_test (optionally x_val, y_val and class_names), as Keras's \
+             mnist.npz; save it with np.savez(path, x_train=..., y_train=..., ...)",
+            match keys.is_empty() {
+                true => "no arrays".to_string(),
+                false => keys.join(", "),
+            }
+        ))
+    }
+
+    /// Reads array `key`, at most the bytes its header claims and no more than memory
+    /// holds.
+    fn read(&mut self, key: &str) -> Result<Array> {
+        let path = self.path;
+        let bad = |msg: String| -> anyhow::Error {
+            UsageError(format!(
+                "{}: the array {key} cannot be read: {msg}; save the data again",
+                path.display()
+            ))
+            .into()
+        };
+        let name = format!("{key}.npy");
+        if !self.has(key) {
+            return Err(self.missing(key));
+        }
+        let mut f = self
+            .zip
+            .by_name(&name)
+            .map_err(|e| bad(format!("the archive is corrupt ({e})")))?;
+        let claimed = f.size();
+        let header = read_npy_header(&mut f).map_err(bad)?;
+        let Some((_, item, _)) = header.dtype() else {
+            return Err(bad(format!(
+                "its dtype {:?} is not a plain number or string type",
+                header.descr
+            )));
+        };
+        let need = header
+            .shape
+            .iter()
+            .try_fold(item as u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad(format!("its shape {:?} overflows", header.shape)))?;
+        if need > claimed {
+            return Err(bad(format!(
+                "its header claims {need} data bytes (shape {:?}, {}) but the member holds \
+                 {claimed} bytes in all; it is truncated",
+                header.shape,
+                header.dtype_name()
+            )));
+        }
+        if let Some(avail) = crate::device::available_memory_bytes()
+            && need > avail
+        {
+            return Err(UsageError(format!(
+                "{}: the array {key} of shape {:?} needs {} of memory, but only {} is \
+                 available",
+                path.display(),
+                header.shape,
+                pixels::human_bytes(need as u128),
+                pixels::human_bytes(avail as u128)
+            ))
+            .into());
+        }
+        let mut data = Vec::new();
+        (&mut f)
+            .take(need)
+            .read_to_end(&mut data)
+            .map_err(|e| bad(format!("the archive is corrupt ({e})")))?;
+        if (data.len() as u64) < need {
+            return Err(bad(format!(
+                "its header claims {need} data bytes but only {} follow; it is truncated",
+                data.len()
+            )));
+        }
+        if header.fortran_order {
+            let shape: Vec<usize> = header.shape.iter().map(|&d| d as usize).collect();
+            data = fortran_to_c(&data, &shape, item);
+        }
+        Ok(Array { header, data })
+    }
+}
+
+/// An image array's shape as `(n, h, w, c)` and whether it is `nchw`.
+fn image_shape(
+    npz: &Npz,
+    key: &str,
+    a: &Array,
+    layout: Layout,
+) -> Result<(usize, usize, usize, usize, bool)> {
+    let h = &a.header;
+    match h.dtype() {
+        Some(('u', 1, _)) => {}
+        Some((k, _, _)) if k == 'f' => {
+            return Err(npz.usage(format!(
+                "{key} is {}, uint8 expected, found {}; scale the images to 0..255 and save \
+                 them as uint8 (x.astype(np.uint8))",
+                h.dtype_name(),
+                h.dtype_name()
+            )));
+        }
+        _ => {
+            return Err(npz.usage(format!(
+                "{key} is {}, uint8 expected; save the images as uint8 pixels 0..255",
+                h.dtype_name()
+            )));
+        }
+    }
+    let d: Vec<usize> = h.shape.iter().map(|&d| d as usize).collect();
+    let (n, hh, w, c, nchw) = match (d.as_slice(), layout) {
+        (&[n, hh, w], _) => (n, hh, w, 1, false),
+        (&[n, a1, a2, a3], Layout::Nchw) => (n, a2, a3, a1, true),
+        (&[n, a1, a2, a3], Layout::Nhwc) => (n, a1, a2, a3, false),
+        (&[n, a1, a2, a3], Layout::Auto) => {
+            let ch = |x: usize| matches!(x, 1 | 3 | 4);
+            match ch(a1) && !ch(a3) {
+                true => (n, a2, a3, a1, true),
+                false => (n, a1, a2, a3, false),
+            }
+        }
+        _ => {
+            return Err(npz.usage(format!(
+                "{key} has shape {:?}, {}-D; expected [n, height, width] (grey) or \
+                 [n, height, width, channels] / [n, channels, height, width]",
+                h.shape,
+                d.len()
+            )));
+        }
+    };
+    if !matches!(c, 1 | 3 | 4) {
+        return Err(npz.usage(format!(
+            "{key} has shape {:?}, read as {} with {c} channels; expected 1, 3 or 4 \
+             channels; set data.layout = \"nhwc\" or \"nchw\" to say which axis holds them",
+            h.shape,
+            if nchw { "nchw" } else { "nhwc" }
+        )));
+    }
+    if n == 0 || hh == 0 || w == 0 {
+        return Err(npz.usage(format!(
+            "{key} has shape {:?}; expected at least one image of at least 1x1",
+            h.shape
+        )));
+    }
+    Ok((n, hh, w, c, nchw))
+}
+
+/// Channel-major `[n, c, h, w]` pixels of an image array; `nhwc` is transposed.
+fn channel_major(data: Vec<u8>, n: usize, plane: usize, c: usize, nchw: bool) -> Vec<u8> {
+    if nchw || c == 1 {
+        return data;
+    }
+    let mut out = vec![0u8; data.len()];
+    for (src, dst) in data
+        .chunks_exact(plane * c)
+        .zip(out.chunks_exact_mut(plane * c))
+    {
+        for (i, px) in src.chunks_exact(c).enumerate() {
+            for (k, &v) in px.iter().enumerate() {
+                dst[k * plane + i] = v;
+            }
+        }
+    }
+    debug_assert_eq!(out.len(), n * plane * c);
+    out
+}
+
+/// Labels of any integer dtype, 1-D (or `[n, 1]`) and `n` long.
+fn labels(npz: &Npz, key: &str, a: &Array, n: usize, images: &str) -> Result<Vec<i64>> {
+    let h = &a.header;
+    let Some((kind @ ('i' | 'u' | 'b'), size @ (1 | 2 | 4 | 8), big)) = h.dtype() else {
+        return Err(npz.usage(format!(
+            "{key} is {}; labels must be integers (uint8, int32, int64, ...); save them with \
+             y.astype(np.int64)",
+            h.dtype_name()
+        )));
+    };
+    let len = match h.shape.as_slice() {
+        &[len] | &[len, 1] => len as usize,
+        s => {
+            return Err(npz.usage(format!(
+                "{key} has shape {s:?}; labels must be 1-D, one per image"
+            )));
+        }
+    };
+    if len != n {
+        return Err(npz.usage(format!(
+            "{images} holds {n} images but {key} holds {len} labels; they must be the same \
+             length"
+        )));
+    }
+    Ok(a.data
+        .chunks_exact(size)
+        .map(|b| {
+            let mut le = [0u8; 8];
+            for (i, &v) in b.iter().enumerate() {
+                le[if big { size - 1 - i } else { i }] = v;
+            }
+            // Sign-extend the signed types.
+            if kind == 'i' && le[size - 1] & 0x80 != 0 {
+                for v in &mut le[size..] {
+                    *v = 0xff;
+                }
+            }
+            match kind {
+                'u' => i64::try_from(u64::from_le_bytes(le)).unwrap_or(i64::MAX),
+                _ => i64::from_le_bytes(le),
+            }
+        })
+        .collect())
+}
+
+/// Class names from a 1-D array of strings (`<U..` or `|S..`).
+fn class_names(npz: &Npz, a: &Array) -> Result<Vec<String>> {
+    let h = &a.header;
+    let bad = || {
+        npz.usage(format!(
+            "class_names is {} of shape {:?}; expected a 1-D array of strings, e.g. \
+             np.array([\"cat\", \"dog\"])",
+            h.dtype_name(),
+            h.shape
+        ))
+    };
+    let (kind, item, big) = h.dtype().ok_or_else(bad)?;
+    if h.shape.len() != 1 || item == 0 {
+        return Err(bad());
+    }
+    let names: Option<Vec<String>> = a
+        .data
+        .chunks_exact(item)
+        .map(|b| match kind {
+            'U' => b
+                .chunks_exact(4)
+                .map(|c| {
+                    let c = [c[0], c[1], c[2], c[3]];
+                    let v = if big {
+                        u32::from_be_bytes(c)
+                    } else {
+                        u32::from_le_bytes(c)
+                    };
+                    char::from_u32(v)
+                })
+                .collect::<Option<String>>()
+                .map(|s| s.trim_end_matches('\0').to_string()),
+            'S' => std::str::from_utf8(b)
+                .ok()
+                .map(|s| s.trim_end_matches('\0').to_string()),
+            _ => None,
+        })
+        .collect();
+    let names = names.ok_or_else(bad)?;
+    if names.is_empty() || names.iter().any(String::is_empty) {
+        return Err(npz.usage(
+            "class_names holds an empty name (or none); give every class a name".to_string(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(n) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(npz.usage(format!("class_names: the name {n:?} appears twice")));
+    }
+    Ok(names)
+}
+
+/// Reads the `.npz` at `path` (see the module's documentation). Images are uint8
+/// `[n, h, w]` (grey), `[n, h, w, c]` or `[n, c, h, w]` (`data.layout`; c = 1, 3 or 4, a
+/// 4th channel, alpha, dropped); labels any integer type, one per image.
+///
+/// # Errors
+/// A [`UsageError`] naming the file and the array: not a zip, a missing array (listing
+/// those present), a dtype or shape not as above, image and label counts that differ,
+/// train and test images of different shapes, a label out of range.
+pub fn load(path: &Path, o: &ReadOptions) -> Result<RawData> {
+    pixels::check_resize(o.resize)?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        UsageError(format!(
+            "{}: cannot open the .npz ({e}); check data.dir",
+            path.display()
+        ))
+    })?;
+    let zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+        UsageError(format!(
+            "{}: not a readable .npz (zip) archive ({e}); save it with np.savez or \
+             np.savez_compressed",
+            path.display()
+        ))
+    })?;
+    let mut npz = Npz { path, zip };
+    let mut splits = vec!["train", "test"];
+    match (npz.has("x_val"), npz.has("y_val")) {
+        (true, true) => splits.push("val"),
+        (false, false) => {}
+        (true, false) => return Err(npz.missing("y_val")),
+        (false, true) => return Err(npz.missing("x_val")),
+    }
+    for s in &splits {
+        for k in [format!("x_{s}"), format!("y_{s}")] {
+            if !npz.has(&k) {
+                return Err(npz.missing(&k));
+            }
+        }
+    }
+    let mut read = Vec::new();
+    let mut first: Option<(String, (usize, usize, usize))> = None;
+    for s in &splits {
+        let (xk, yk) = (format!("x_{s}"), format!("y_{s}"));
+        let x = npz.read(&xk)?;
+        let (n, h, w, c, nchw) = image_shape(&npz, &xk, &x, o.layout)?;
+        match &first {
+            Some((k0, shape)) if *shape != (h, w, c) => {
+                return Err(npz.usage(format!(
+                    "{xk} holds images of {h}x{w}x{c} (height x width x channels) but {k0} \
+                     holds {}x{}x{}; every split must have the same image shape",
+                    shape.0, shape.1, shape.2
+                )));
+            }
+            Some(_) => {}
+            None => first = Some((xk.clone(), (h, w, c))),
+        }
+        let y = npz.read(&yk)?;
+        let labels = labels(&npz, &yk, &y, n, &xk)?;
+        drop(y);
+        let plane = h * w;
+        let mut px = channel_major(x.data, n, plane, c, nchw);
+        let mut c = c;
+        if c == 4 {
+            px = pixels::convert_split(&px, n, plane, 4, 3);
+            c = 3;
+        }
+        let want = o.channels.count().map_or(c, |k| k as usize);
+        px = pixels::convert_split(&px, n, plane, c, want);
+        let (nh, nw) = o.resize.unwrap_or((h, w));
+        px = pixels::resize_split(&px, n, want, (h, w), (nh, nw));
+        read.push((
+            Split { pixels: px, labels },
+            PathBuf::from(format!("{}:{yk}", path.display())),
+            (want, nh, nw),
+        ));
+    }
+    let names_key = PathBuf::from(format!("{}:class_names", path.display()));
+    let names = match npz.has("class_names") {
+        true => {
+            let a = npz.read("class_names")?;
+            Some(class_names(&npz, &a)?)
+        }
+        false => None,
+    };
+    let checks: Vec<(&Split, &Path)> = read.iter().map(|(s, p, _)| (s, p.as_path())).collect();
+    let class_names = super::class_names_for(names, o.classes, &checks, &names_key)?;
+    let (c, h, w) = read.first().map(|r| r.2).unwrap_or((1, 1, 1));
+    let mut it = read.into_iter().map(|r| r.0);
+    let (Some(train), Some(test)) = (it.next(), it.next()) else {
+        anyhow::bail!("{}: train or test split missing", path.display());
+    };
+    let val = it.next();
+    Ok(RawData {
+        path: path.to_path_buf(),
+        source: Source::Npz,
+        spec: DataSpec {
+            channels: c as i64,
+            height: h as i64,
+            width: w as i64,
+            class_names,
+        },
+        train,
+        test,
+        val,
+        note: None,
+    })
 }
