@@ -184,3 +184,145 @@ pub fn load(dir: &Path, o: &ReadOptions) -> Result<RawData> {
         note: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` records with labels `label(i)` (and coarse label 7 when two label bytes);
+    /// image i's red plane is i, green i+1, blue i+2.
+    fn records(n: usize, label_bytes: usize, label: impl Fn(usize) -> u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            if label_bytes == 2 {
+                out.push(7);
+            }
+            out.push(label(i));
+            for c in 0..3 {
+                out.extend(std::iter::repeat_n((i + c) as u8, SIDE * SIDE));
+            }
+        }
+        out
+    }
+
+    fn cifar10(dir: &Path) {
+        for b in 1..=5 {
+            let f = dir.join(format!("data_batch_{b}.bin"));
+            std::fs::write(f, records(2, 1, |i| (b + i) as u8 % 10)).unwrap();
+        }
+        std::fs::write(dir.join("test_batch.bin"), records(3, 1, |i| i as u8)).unwrap();
+    }
+
+    fn usage_err(r: Result<RawData>) -> String {
+        let e = r.err().expect("expected an error");
+        assert!(
+            e.downcast_ref::<UsageError>().is_some(),
+            "not a usage error: {e:#}"
+        );
+        e.to_string()
+    }
+
+    #[test]
+    fn cifar10_batches_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        cifar10(d.path());
+        let raw = load(d.path(), &ReadOptions::default()).unwrap();
+        assert_eq!(raw.source, Source::Cifar);
+        assert_eq!(
+            (raw.spec.channels, raw.spec.height, raw.spec.width),
+            (3, 32, 32)
+        );
+        assert_eq!(raw.spec.class_names, CIFAR10_NAMES);
+        assert_eq!(raw.train.labels, [1, 2, 2, 3, 3, 4, 4, 5, 5, 6]);
+        assert_eq!(raw.train.pixels.len(), 10 * PIXELS);
+        // Image 1 of a batch: planes 1, 2, 3.
+        let img1 = &raw.train.pixels[PIXELS..2 * PIXELS];
+        assert_eq!((img1[0], img1[1024], img1[2048], img1[3071]), (1, 2, 3, 3));
+        assert_eq!(raw.test.labels, [0, 1, 2]);
+        // batches.meta.txt names them (a trailing blank line, as the official file).
+        let names: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+        std::fs::write(d.path().join("batches.meta.txt"), names.join("\n") + "\n\n").unwrap();
+        assert_eq!(
+            load(d.path(), &ReadOptions::default())
+                .unwrap()
+                .spec
+                .class_names,
+            names
+        );
+    }
+
+    #[test]
+    fn cifar100_fine_labels_grey_and_resize() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("train.bin"), records(3, 2, |i| 50 + i as u8)).unwrap();
+        std::fs::write(d.path().join("test.bin"), records(1, 2, |_| 99)).unwrap();
+        let raw = load(d.path(), &ReadOptions::default()).unwrap();
+        assert_eq!(raw.train.labels, [50, 51, 52]);
+        assert_eq!(raw.spec.class_names.len(), 100);
+        let o = ReadOptions {
+            channels: Channels::Grey,
+            resize: Some((16, 8)),
+            ..Default::default()
+        };
+        let raw = load(d.path(), &o).unwrap();
+        assert_eq!(
+            (raw.spec.channels, raw.spec.height, raw.spec.width),
+            (1, 16, 8)
+        );
+        assert_eq!(raw.train.pixels.len(), 3 * 16 * 8);
+        // Image 2: planes 2, 3, 4.
+        assert_eq!(raw.train.pixels[2 * 128], pixels::luma(2, 3, 4));
+        let names: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+        std::fs::write(d.path().join("fine_label_names.txt"), names.join("\n")).unwrap();
+        let raw = load(d.path(), &ReadOptions::default()).unwrap();
+        assert_eq!(raw.spec.class_name(99), "n99");
+    }
+
+    #[test]
+    fn bad_batches_are_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let e = usage_err(load(dir, &ReadOptions::default()));
+        assert!(
+            e.contains("data_batch_1.bin") && e.contains("train.bin"),
+            "{e}"
+        );
+        cifar10(dir);
+        std::fs::remove_file(dir.join("data_batch_4.bin")).unwrap();
+        let e = usage_err(load(dir, &ReadOptions::default()));
+        assert!(
+            e.contains("data_batch_4.bin: CIFAR-10 needs this file"),
+            "{e}"
+        );
+        cifar10(dir);
+        let mut short = records(2, 1, |_| 0);
+        short.pop();
+        std::fs::write(dir.join("data_batch_2.bin"), &short).unwrap();
+        let e = usage_err(load(dir, &ReadOptions::default()));
+        assert!(
+            e.contains("data_batch_2.bin: 6145 bytes") && e.contains("3073-byte records"),
+            "{e}"
+        );
+        cifar10(dir);
+        std::fs::write(dir.join("data_batch_3.bin"), records(1, 1, |_| 10)).unwrap();
+        let e = usage_err(load(dir, &ReadOptions::default()));
+        assert!(e.contains("data_batch_3.bin: label 10 at index 0"), "{e}");
+        cifar10(dir);
+        let o = ReadOptions {
+            classes: Some(5),
+            ..Default::default()
+        };
+        let e = usage_err(load(dir, &o));
+        assert!(e.contains("data.classes = 5"), "{e}");
+        let d2 = tempfile::tempdir().unwrap();
+        std::fs::write(d2.path().join("train.bin"), records(1, 2, |_| 0)).unwrap();
+        let e = usage_err(load(d2.path(), &ReadOptions::default()));
+        assert!(e.contains("test.bin") && e.contains("CIFAR-100"), "{e}");
+        std::fs::write(d2.path().join("test.bin"), vec![0; 3073]).unwrap();
+        let e = usage_err(load(d2.path(), &ReadOptions::default()));
+        assert!(
+            e.contains("test.bin: 3073 bytes") && e.contains("3074-byte"),
+            "{e}"
+        );
+    }
+}

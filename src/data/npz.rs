@@ -591,3 +591,332 @@ pub fn load(path: &Path, o: &ReadOptions) -> Result<RawData> {
         note: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Channels;
+    use std::io::Write;
+
+    /// The bytes of an `.npy` file (version 1, header padded to 64 bytes as NumPy does).
+    fn npy(descr: &str, shape: &[u64], data: &[u8]) -> Vec<u8> {
+        npy_order(descr, false, shape, data)
+    }
+
+    fn npy_order(descr: &str, fortran: bool, shape: &[u64], data: &[u8]) -> Vec<u8> {
+        let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+        let shape = match dims.len() {
+            1 => format!("({},)", dims[0]),
+            _ => format!("({})", dims.join(", ")),
+        };
+        let f = if fortran { "True" } else { "False" };
+        let mut h = format!("{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape}, }}");
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((h.len() as u16).to_le_bytes());
+        out.extend(h.as_bytes());
+        out.extend(data);
+        out
+    }
+
+    fn npz(path: &Path, arrays: &[(&str, Vec<u8>)]) {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        for (i, (name, bytes)) in arrays.iter().enumerate() {
+            let method = match i % 2 {
+                0 => zip::CompressionMethod::Stored,
+                _ => zip::CompressionMethod::Deflated,
+            };
+            let o = zip::write::FileOptions::default().compression_method(method);
+            z.start_file(format!("{name}.npy"), o).unwrap();
+            z.write_all(bytes).unwrap();
+        }
+        z.finish().unwrap();
+    }
+
+    fn u8s(n: usize, start: u8) -> Vec<u8> {
+        (0..n).map(|i| start.wrapping_add(i as u8)).collect()
+    }
+
+    /// A Keras-style grey data set: 3 train and 2 test images of 2x3.
+    fn grey_arrays() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("x_train", npy("|u1", &[3, 2, 3], &u8s(18, 0))),
+            ("y_train", npy("|u1", &[3], &[0, 1, 2])),
+            ("x_test", npy("|u1", &[2, 2, 3], &u8s(12, 100))),
+            (
+                "y_test",
+                npy(
+                    "<i8",
+                    &[2],
+                    &[2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+                ),
+            ),
+        ]
+    }
+
+    fn opts() -> ReadOptions {
+        ReadOptions {
+            source: Source::Npz,
+            ..Default::default()
+        }
+    }
+
+    fn usage_err(r: Result<RawData>) -> String {
+        let e = r.err().expect("expected an error");
+        assert!(
+            e.downcast_ref::<UsageError>().is_some(),
+            "not a usage error: {e:#}"
+        );
+        e.to_string()
+    }
+
+    #[test]
+    fn header_parser() {
+        let h =
+            parse_header_dict("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }").unwrap();
+        assert_eq!(
+            h,
+            NpyHeader {
+                descr: "<i8".into(),
+                fortran_order: false,
+                shape: vec![3]
+            }
+        );
+        let h = parse_header_dict("{\"shape\": (), \"fortran_order\": True, \"descr\": \"|u1\"}")
+            .unwrap();
+        assert_eq!((h.shape.len(), h.fortran_order), (0, true));
+        for bad in [
+            "",
+            "{",
+            "{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (3,), }",
+            "{'descr': '<i8', 'fortran_order': False}",
+            "{'descr': '<i8', 'fortran_order': False, 'shape': (-3,), }",
+            "{'descr': '<i8', 'fortran_order': maybe, 'shape': (3,), }",
+        ] {
+            assert!(parse_header_dict(bad).is_none(), "{bad}");
+        }
+        let mut r = &b"\x93NUMPY\x09\x00"[..];
+        assert!(read_npy_header(&mut r).unwrap_err().contains("version 9"));
+    }
+
+    #[test]
+    fn grey_and_labels_of_any_integer_type() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.npz");
+        npz(&p, &grey_arrays());
+        let raw = load(&p, &opts()).unwrap();
+        assert_eq!(raw.source, Source::Npz);
+        assert_eq!(
+            (raw.spec.channels, raw.spec.height, raw.spec.width),
+            (1, 2, 3)
+        );
+        assert_eq!(raw.spec.class_names, ["0", "1", "2"]);
+        assert_eq!(raw.train.pixels, u8s(18, 0));
+        assert_eq!(raw.train.labels, [0, 1, 2]);
+        assert_eq!(raw.test.labels, [2, 1]);
+        assert!(raw.val.is_none());
+        // Big-endian int16 labels, [n, 1]; Colour repeats grey.
+        let mut a = grey_arrays();
+        a[1].1 = npy(">i2", &[3, 1], &[0, 2, 0, 1, 0, 0]);
+        npz(&p, &a);
+        let o = ReadOptions {
+            channels: Channels::Colour,
+            ..opts()
+        };
+        let raw = load(&p, &o).unwrap();
+        assert_eq!(raw.train.labels, [2, 1, 0]);
+        assert_eq!(raw.spec.channels, 3);
+        assert_eq!(
+            raw.train.pixels[..18],
+            [u8s(6, 0), u8s(6, 0), u8s(6, 0)].concat()
+        );
+    }
+
+    #[test]
+    fn colour_layouts_alpha_grey_val_resize_and_names() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.npz");
+        // Two 1x2 RGBA images, nhwc: pixel (r, g, b, a).
+        let nhwc = [10, 20, 30, 255, 40, 50, 60, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let planar = [10, 40, 20, 50, 30, 60, 1, 5, 2, 6, 3, 7];
+        let names = {
+            // '<U3': "cat", "dog" as UTF-32.
+            let mut b = Vec::new();
+            for s in ["cat", "do"] {
+                for i in 0..3 {
+                    let c = s.chars().nth(i).map_or(0, |c| c as u32);
+                    b.extend(c.to_le_bytes());
+                }
+            }
+            b
+        };
+        let arrays = vec![
+            ("x_train", npy("|u1", &[2, 1, 2, 4], &nhwc)),
+            ("y_train", npy("|u1", &[2], &[0, 1])),
+            ("x_test", npy("|u1", &[2, 1, 2, 4], &nhwc)),
+            ("y_test", npy("<u4", &[2], &[1, 0, 0, 0, 0, 0, 0, 0])),
+            ("x_val", npy("|u1", &[1, 1, 2, 4], &nhwc[..8])),
+            ("y_val", npy("|u1", &[1], &[1])),
+            ("class_names", npy("<U3", &[2], &names)),
+        ];
+        npz(&p, &arrays);
+        let raw = load(&p, &opts()).unwrap();
+        assert_eq!(raw.spec.channels, 3);
+        assert_eq!(raw.spec.class_names, ["cat", "do"]);
+        assert_eq!(raw.train.pixels, planar);
+        assert_eq!(raw.val.as_ref().unwrap().pixels, planar[..6]);
+        assert_eq!(raw.val.unwrap().labels, [1]);
+        // The same as nchw, said outright (axis 1 is 1, so Auto would say nchw too).
+        let mut a = arrays.clone();
+        let nchw: Vec<u8> = [
+            planar[..6].to_vec(),
+            vec![9, 9],
+            planar[6..].to_vec(),
+            vec![9, 9],
+        ]
+        .concat();
+        for i in [0, 2] {
+            a[i].1 = npy("|u1", &[2, 4, 1, 2], &nchw);
+        }
+        a[4].1 = npy("|u1", &[1, 4, 1, 2], &nchw[..8]);
+        npz(&p, &a);
+        let o = ReadOptions {
+            layout: Layout::Nchw,
+            ..opts()
+        };
+        assert_eq!(load(&p, &o).unwrap().train.pixels, planar);
+        assert_eq!(
+            load(&p, &opts()).unwrap().train.pixels,
+            planar,
+            "auto: nchw"
+        );
+        // Grey: ITU-R 601 luma; resize to 1x1 averages.
+        let o = ReadOptions {
+            channels: Channels::Grey,
+            resize: Some((1, 1)),
+            ..opts()
+        };
+        let raw = load(&p, &o).unwrap();
+        assert_eq!(
+            (raw.spec.channels, raw.spec.height, raw.spec.width),
+            (1, 1, 1)
+        );
+        let l = |r, g, b| pixels::luma(r, g, b) as f64;
+        let want = ((l(10, 20, 30) + l(40, 50, 60)) / 2.0).round() as u8;
+        assert_eq!(raw.train.pixels[0], want);
+        // A label beyond the names is refused, naming the key.
+        let mut a = arrays.clone();
+        a[3].1 = npy("|u1", &[2], &[2, 0]);
+        npz(&p, &a);
+        let e = usage_err(load(&p, &opts()));
+        assert!(e.contains("y_test") && e.contains("label 2"), "{e}");
+    }
+
+    #[test]
+    fn fortran_order_is_read_in_c_order() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f.npz");
+        let mut a = grey_arrays();
+        // C order [3, 2, 3] = 0..18; Fortran order stores index (i, j, k) at i + 3j + 6k.
+        let mut f = vec![0u8; 18];
+        for i in 0..3 {
+            for j in 0..2 {
+                for k in 0..3 {
+                    f[i + 3 * j + 6 * k] = (i * 6 + j * 3 + k) as u8;
+                }
+            }
+        }
+        a[0].1 = npy_order("|u1", true, &[3, 2, 3], &f);
+        npz(&p, &a);
+        assert_eq!(load(&p, &opts()).unwrap().train.pixels, u8s(18, 0));
+    }
+
+    #[test]
+    fn bad_archives_are_refused_by_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bad.npz");
+        let check = |arrays: Vec<(&str, Vec<u8>)>, want: &[&str]| {
+            npz(&p, &arrays);
+            let e = usage_err(load(&p, &opts()));
+            assert!(e.contains("bad.npz"), "{e}");
+            for w in want {
+                assert!(e.contains(w), "{w}: {e}");
+            }
+        };
+        let g = grey_arrays;
+        check(
+            g()[..3].to_vec(),
+            &["no array y_test", "x_test, x_train, y_train"],
+        );
+        let mut a = g();
+        a[0].1 = npy("<f4", &[3, 2, 3], &[0; 72]);
+        check(a, &["x_train", "uint8 expected, found float32", "scale"]);
+        let mut a = g();
+        a[0].1 = npy("|u1", &[3, 6], &[0; 18]);
+        check(a, &["x_train", "2-D"]);
+        let mut a = g();
+        a[0].1 = npy("|u1", &[3, 1, 2, 3, 1], &[0; 18]);
+        check(a, &["x_train", "5-D"]);
+        let mut a = g();
+        a[0].1 = npy("|u1", &[1, 2, 3, 9], &[0; 54]);
+        check(a, &["x_train", "9 channels", "data.layout"]);
+        let mut a = g();
+        a[1].1 = npy("|u1", &[2], &[0, 1]);
+        check(a, &["x_train holds 3 images but y_train holds 2 labels"]);
+        let mut a = g();
+        a[1].1 = npy("<f8", &[3], &[0; 24]);
+        check(a, &["y_train", "float64", "integers"]);
+        let mut a = g();
+        a[1].1 = npy("<i4", &[3], &[0, 0, 0, 0, 255, 255, 255, 255, 1, 0, 0, 0]);
+        check(a, &["y_train", "label -1 at index 1"]);
+        let mut a = g();
+        a[2].1 = npy("|u1", &[2, 3, 2], &[0; 12]);
+        check(a, &["x_test", "3x2x1", "x_train", "2x3x1"]);
+        let mut a = g();
+        let len = a[0].1.len();
+        a[0].1.truncate(len - 5);
+        check(a, &["x_train", "truncated"]);
+        let mut a = g();
+        a[0].1 = b"not npy at all".to_vec();
+        check(a, &["x_train", "not an .npy"]);
+        let mut a = g();
+        a.push(("x_val", npy("|u1", &[1, 2, 3], &[0; 6])));
+        check(a, &["no array y_val"]);
+        // Too big for memory: a header claiming 2^40 images (the zip is small).
+        let mut a = g();
+        a[0].1 = npy("|u1", &[1 << 40, 1 << 20, 1 << 20], &[0; 8]);
+        check(a, &["x_train"]);
+        let mut a = g();
+        a[0].1 = npy("|u1", &[u64::MAX, 2, 2], &[0; 8]);
+        check(a, &["x_train", "overflows"]);
+        // Not a zip at all.
+        std::fs::write(&p, b"PK\x03\x04 but then nothing").unwrap();
+        let e = usage_err(load(&p, &opts()));
+        assert!(e.contains("bad.npz") && e.contains("zip"), "{e}");
+        // data.classes below the largest label.
+        npz(&p, &g());
+        let o = ReadOptions {
+            classes: Some(2),
+            ..opts()
+        };
+        let e = usage_err(load(&p, &o));
+        assert!(
+            e.contains("y_train") && e.contains("data.classes = 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fortran_to_c_of_a_matrix() {
+        // [[1, 2, 3], [4, 5, 6]] stored column by column.
+        assert_eq!(
+            fortran_to_c(&[1, 4, 2, 5, 3, 6], &[2, 3], 1),
+            [1, 2, 3, 4, 5, 6]
+        );
+        // Two-byte items.
+        assert_eq!(fortran_to_c(&[1, 0, 2, 0], &[1, 2], 2), [1, 0, 2, 0]);
+    }
+}
