@@ -15,6 +15,10 @@ use anyhow::Result;
 use super::{DataSpec, Layout, RawData, ReadOptions, Source, Split, pixels};
 use crate::error::UsageError;
 
+/// The most classes inferred from the labels alone (without `class_names` or
+/// `data.classes`).
+pub const MAX_INFERRED_CLASSES: i64 = 1 << 16;
+
 /// A parsed `.npy` header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpyHeader {
@@ -569,6 +573,28 @@ pub fn load(path: &Path, o: &ReadOptions) -> Result<RawData> {
         false => None,
     };
     let checks: Vec<(&Split, &Path)> = read.iter().map(|(s, p, _)| (s, p.as_path())).collect();
+    // Without names or data.classes, K is the largest label plus one: a stray huge label
+    // (an int64 or uint32 array) would make millions of classes (and their names).
+    if names.is_none() && o.classes.is_none() {
+        for (s, p) in &checks {
+            if let Some((i, &l)) = s
+                .labels
+                .iter()
+                .enumerate()
+                .find(|&(_, &l)| l >= MAX_INFERRED_CLASSES)
+            {
+                return Err(UsageError(format!(
+                    "{}: label {l} at index {i} would make {} classes (labels are 0 to \
+                     classes - 1, and kdtrain infers at most {MAX_INFERRED_CLASSES} classes); \
+                     fix the label, or set data.classes (or save class_names) when that many \
+                     classes are meant",
+                    p.display(),
+                    l as i128 + 1
+                ))
+                .into());
+            }
+        }
+    }
     let class_names = super::class_names_for(names, o.classes, &checks, &names_key)?;
     let (c, h, w) = read.first().map(|r| r.2).unwrap_or((1, 1, 1));
     let mut it = read.into_iter().map(|r| r.0);
@@ -872,6 +898,12 @@ mod tests {
         let mut a = g();
         a[1].1 = npy("<i4", &[3], &[0, 0, 0, 0, 255, 255, 255, 255, 1, 0, 0, 0]);
         check(a, &["y_train", "label -1 at index 1"]);
+        let mut a = g();
+        a[3].1 = npy("<u4", &[2], &[0, 0, 0, 0, 255, 255, 255, 255]);
+        check(
+            a,
+            &["y_test", "label 4294967295 at index 1", "data.classes"],
+        );
         let mut a = g();
         a[2].1 = npy("|u1", &[2, 3, 2], &[0; 12]);
         check(a, &["x_test", "3x2x1", "x_train", "2x3x1"]);
