@@ -339,7 +339,7 @@ fn check_memory(root: &Path, listing: &Listing, o: &ReadOptions, avail: Option<u
     let c: u128 = match o.channels {
         Channels::Grey => 1,
         Channels::Colour => 3,
-        Channels::Auto => match image::ColorType::from(dec.color_type()).has_color() {
+        Channels::Auto => match dec.color_type().has_color() {
             true => 3,
             false => 1,
         },

@@ -320,7 +320,7 @@ fn image_shape(
     let h = &a.header;
     match h.dtype() {
         Some(('u', 1, _)) => {}
-        Some((k, _, _)) if k == 'f' => {
+        Some(('f', _, _)) => {
             return Err(npz.usage(format!(
                 "{key} is {}, uint8 expected, found {}; scale the images to 0..255 and save \
                  them as uint8 (x.astype(np.uint8))",
