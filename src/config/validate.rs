@@ -33,7 +33,7 @@ impl Config {
         }
         // The data's own shape is known once they are read (commands::load_raw).
         let d = &self.data.data_shape;
-        if !d.is_empty() && (d.len() != 3 || d.iter().any(|&x| x == 0) || !matches!(d[2], 1 | 3)) {
+        if !d.is_empty() && (d.len() != 3 || d.contains(&0) || !matches!(d[2], 1 | 3)) {
             return bad(
                 "data.data_shape",
                 format!("{d:?}"),
