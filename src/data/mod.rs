@@ -18,6 +18,7 @@ pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod npz;
+pub mod pixels;
 
 pub use idx::{Idx, encode_idx, parse_idx, read_idx, read_split};
 
