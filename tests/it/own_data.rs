@@ -299,3 +299,335 @@ fn standardize_is_recorded_and_applied_everywhere() {
         &["normalised as unit", "standardize", "data.normalize"],
     );
 }
+
+/// Runs one of the data scripts (`scripts/data/NAME`) with the project's Python.
+fn data_script(name: &str, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/data")
+        .join(name);
+    let o = std::process::Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+}
+
+/// The Fashion-MNIST IDX files as kdtrain reads them (the real data, where installed).
+fn fashion_mnist() -> PathBuf {
+    let dir = std::env::var_os("FASHION_MNIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(kdtrain::data::DEBIAN_DIR));
+    assert!(
+        dir.join("train-images-idx3-ubyte.gz").exists()
+            || dir.join("train-images-idx3-ubyte").exists(),
+        "Fashion-MNIST is not in {}; run scripts/setup.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// Real data: the 70,000 Fashion-MNIST images written as PNGs in class folders
+/// (scripts/data/fashion_mnist_folder.py) read back through the folder source give the
+/// IDX files' pixels and labels, in the same order; a second read comes from the
+/// decoded cache, with the same bytes; and `train student` on the folder reaches the IDX
+/// run's test accuracy within a point after five epochs.
+#[test]
+fn fashion_mnist_as_a_folder_is_the_idx_data() {
+    let s = Sandbox::new();
+    let png = s.path().join("fmnist-png");
+    let idx = fashion_mnist();
+    data_script(
+        "fashion_mnist_folder.py",
+        &[
+            "--from",
+            idx.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ],
+    );
+    let cache = s.path().join("cache");
+    let opts = kdtrain::data::ReadOptions {
+        source: kdtrain::data::Source::Folder,
+        ..Default::default()
+    };
+    let a = kdtrain::data::load(&idx, &kdtrain::data::ReadOptions::default()).unwrap();
+    let run = |extra: &[&str]| {
+        let mut c = s.command(
+            &[
+                &[
+                    "train",
+                    "student",
+                    "--epochs",
+                    "2",
+                    "--seed",
+                    "3",
+                    "--threads",
+                    "2",
+                ][..],
+                &["--out-dir", s.runs().to_str().unwrap()],
+                extra,
+            ]
+            .concat(),
+        );
+        c.env("KDTRAIN_CACHE_DIR", &cache);
+        c.output().unwrap()
+    };
+    let o = run(&["--data-dir", png.to_str().unwrap(), "--run-name", "folder"]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("read as folder"), "{}", stderr(&o));
+    // In-process read from the cache the run just wrote.
+    let b = kdtrain::data::folder::load_cached(&png, &opts, Some(&cache)).unwrap();
+    assert_eq!(b.source, kdtrain::data::Source::Folder);
+    assert!(
+        b.note.as_deref().unwrap_or("").contains("cache"),
+        "{:?}",
+        b.note
+    );
+    assert_eq!((b.spec.channels, b.spec.height, b.spec.width), (1, 28, 28));
+    assert_eq!(b.spec.class_names[0], "0-T-shirt_top");
+    assert_eq!(b.spec.class_names[9], "9-Ankle boot");
+    // The folder is in ImageFolder's order (class, then file name = IDX index): the IDX
+    // images sorted stably by label.
+    for (x, y) in [(&a.train, &b.train), (&a.test, &b.test)] {
+        let mut order: Vec<usize> = (0..x.labels.len()).collect();
+        order.sort_by_key(|&i| x.labels[i]);
+        assert_eq!(x.labels.len(), y.labels.len());
+        let labels: Vec<i64> = order.iter().map(|&i| x.labels[i]).collect();
+        assert!(labels == y.labels, "labels differ");
+        let pixels: Vec<u8> = order
+            .iter()
+            .flat_map(|&i| x.pixels[i * 784..(i + 1) * 784].iter().copied())
+            .collect();
+        assert!(pixels == y.pixels, "pixels differ");
+    }
+    let o = run(&["--data-dir", idx.to_str().unwrap(), "--run-name", "idx"]);
+    assert_ok(&o);
+    let acc = |name: &str| {
+        json(&s.runs().join(name).join("summary.json"))["test_acc"]
+            .as_f64()
+            .unwrap()
+    };
+    // Other images are held out for validation (the split draws positions, and the
+    // order differs), so the runs differ a little.
+    let (f, i) = (acc("folder"), acc("idx"));
+    assert!((f - i).abs() < 0.01, "folder {f} vs IDX {i}");
+}
+
+/// The second real data set, of another shape: scikit-learn's digits (grey 8x8, 10
+/// classes) written as an .npz by scripts/data/digits.py: a CNN teacher distilled into
+/// an MLP student, every record saying 1x8x8.
+#[test]
+fn digits_npz_cnn_teacher_into_an_mlp_student() {
+    let s = Sandbox::new();
+    let out = s.path().join("digits");
+    data_script("digits.py", &["--out", out.to_str().unwrap()]);
+    let npz = out.join("digits.npz");
+    let cfg = s.path().join("digits.toml");
+    std::fs::write(
+        &cfg,
+        "[data]\nvalidation_size = 200\nbatch_size = 64\n[model]\nteacher = \"cnn:16,32,64\"\nstudent = \"mlp:32\"\n",
+    )
+    .unwrap();
+    let base = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        npz.to_str().unwrap(),
+    ];
+    let o = s.kd(&[&["train", "teacher", "--epochs", "30"][..], &base].concat());
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("read as npz") && stderr(&o).contains("1x8x8"),
+        "{}",
+        stderr(&o)
+    );
+    let t = ckpt(&s.runs(), "teacher-");
+    assert_ok(
+        &s.kd(&[
+            &[
+                "distill",
+                "--teacher",
+                t.to_str().unwrap(),
+                "--epochs",
+                "60",
+            ][..],
+            &base,
+        ]
+        .concat()),
+    );
+    let sum = json(&run_dir(&s.runs(), "distilled-").join("summary.json"));
+    assert_eq!(sum["data"]["input"], "1x8x8");
+    assert_eq!(sum["data"]["source"], "npz");
+    assert_eq!(sum["train_examples"], 1297 - 200);
+    let teacher_acc = json(&run_dir(&s.runs(), "teacher-").join("summary.json"))["test_acc"]
+        .as_f64()
+        .unwrap();
+    assert!(teacher_acc > 0.9, "CNN teacher on digits: {teacher_acc}");
+    assert!(sum["test_acc"].as_f64().unwrap() > 0.85, "{sum}");
+}
+
+/// Colour and another class count: a TorchScript teacher made in PyTorch for
+/// `[batch, 3, 32, 32]` and 5 classes (scripts/data/colour_shapes.py) distils into an MLP
+/// and a CNN student on the colour folder; `predict` reads scikit-learn's two bundled
+/// JPEGs as RGB and names the folder's classes; the student's ONNX export runs in
+/// onnxruntime and agrees with `predict`.
+#[test]
+fn colour_folder_with_a_torchscript_teacher() {
+    let s = Sandbox::new();
+    let data = s.path().join("shapes");
+    let teacher = s.path().join("teacher.pt");
+    data_script(
+        "colour_shapes.py",
+        &[
+            "--out",
+            data.to_str().unwrap(),
+            "--teacher",
+            teacher.to_str().unwrap(),
+        ],
+    );
+    let (d, t) = (data.to_str().unwrap(), teacher.to_str().unwrap());
+    // Chance is 0.2; an MLP on 850 noisy colour images learns little, a CNN more.
+    for (name, student, least) in [("mlp", "mlp:64", 0.25), ("cnn", "cnn:8,16,32", 0.5)] {
+        let cfg = s.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[data]\nvalidation_size = 150\nbatch_size = 64\n[model]\nstudent = {student:?}\n"
+            ),
+        )
+        .unwrap();
+        let o = s.kd(&[
+            "distill",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            d,
+            "--teacher",
+            t,
+            "--epochs",
+            "25",
+            "--run-name",
+            name,
+        ]);
+        assert_ok(&o);
+        let first = stderr(&o).lines().next().unwrap_or("").to_string();
+        assert!(
+            first.contains("read as folder") && first.contains("3x32x32"),
+            "{first}"
+        );
+        let sum = json(&s.runs().join(name).join("summary.json"));
+        assert_eq!(
+            sum["data"]["class_names"],
+            serde_json::json!(["circle", "cross", "square", "stripes", "triangle"])
+        );
+        let acc = sum["test_acc"].as_f64().unwrap();
+        assert!(acc > least, "{name}: test accuracy {acc}");
+    }
+    let student = s.runs().join("cnn/model.safetensors");
+    let sk = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import os, sklearn; print(os.path.dirname(sklearn.__file__))",
+        ])
+        .output()
+        .unwrap();
+    let images = PathBuf::from(stdout(&sk).trim()).join("datasets/images");
+    let (china, flower) = (images.join("china.jpg"), images.join("flower.jpg"));
+    let o = s.raw(&[
+        "predict",
+        student.to_str().unwrap(),
+        china.to_str().unwrap(),
+        flower.to_str().unwrap(),
+        "--json",
+        "--top",
+        "5",
+    ]);
+    assert_ok(&o);
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let names = ["circle", "cross", "square", "stripes", "triangle"];
+    for l in &lines {
+        assert!(names.contains(&l["name"].as_str().unwrap()), "{l}");
+        let p: f64 = l["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["probability"].as_f64().unwrap())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-4, "{l}");
+    }
+    // The ONNX export in onnxruntime on a test PNG (lossless, 32x32 RGB) gives the class
+    // probabilities predict gives.
+    assert_ok(&s.raw(&[
+        "export",
+        student.to_str().unwrap(),
+        "--format",
+        "onnx",
+        "-o",
+        "s.onnx",
+    ]));
+    let png = data.join("test/square/0002.png");
+    let png = match png.exists() {
+        true => png,
+        false => std::fs::read_dir(data.join("test/square"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    };
+    let o = s.raw(&[
+        "predict",
+        student.to_str().unwrap(),
+        png.to_str().unwrap(),
+        "--json",
+        "--top",
+        "5",
+    ]);
+    assert_ok(&o);
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let mut want = [0.0f64; 5];
+    for r in line["top"].as_array().unwrap() {
+        want[r["class"].as_u64().unwrap() as usize] = r["probability"].as_f64().unwrap();
+    }
+    let o = std::process::Command::new(python())
+        .current_dir(s.path())
+        .args(["-W", "ignore", "-c"])
+        .arg(format!(
+            "import numpy as np, onnxruntime as ort\n\
+             from PIL import Image\n\
+             sess = ort.InferenceSession('s.onnx')\n\
+             print(sess.get_inputs()[0].shape, sess.get_outputs()[0].shape)\n\
+             x = (np.asarray(Image.open({png:?}).convert('RGB'), dtype=np.float32) / 255).transpose(2, 0, 1)[None]\n\
+             z = sess.run(None, {{'image': np.ascontiguousarray(x)}})[0][0].astype(np.float64)\n\
+             p = np.exp(z - z.max()); p /= p.sum()\n\
+             print(' '.join(repr(float(v)) for v in p))",
+            png = png.to_str().unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let text = stdout(&o);
+    let mut it = text.lines();
+    assert_eq!(
+        it.next(),
+        Some("['batch', 3, 32, 32] ['batch', 5]"),
+        "{text}"
+    );
+    let got: Vec<f64> = it
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() < 1e-4,
+            "onnxruntime {got:?} vs predict {want:?}"
+        );
+    }
+}
