@@ -7,7 +7,18 @@
 //!    is used from it directly), libtorch_cuda.so is never loaded, and
 //!    `tch::Cuda::is_available()` is false even on a GPU machine.
 //! 3. The libtorch version, for the run metadata (`KDTRAIN_LIBTORCH_VERSION`).
+//! 4. The git commit the binary is built from (`KDTRAIN_GIT_COMMIT`, `unknown` outside a
+//!    git checkout), which `results.json` and `results.md` record.
 use std::path::Path;
+use std::process::Command;
+
+/// `git args...` in the crate's folder, trimmed; `None` when git fails.
+fn git(args: &[&str]) -> Option<String> {
+    let o = Command::new("git").args(args).output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -27,6 +38,17 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=KDTRAIN_LIBTORCH_VERSION={version}");
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=KDTRAIN_GIT_COMMIT={commit}");
+    // A new commit moves a branch ref (or HEAD itself when detached).
+    for (flag, file) in [("--git-dir", "HEAD"), ("--git-common-dir", "refs/heads")] {
+        if let Some(dir) = git(&["rev-parse", flag]) {
+            println!("cargo:rerun-if-changed={dir}/{file}");
+        }
+    }
+    if let Some(dir) = git(&["rev-parse", "--git-common-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/packed-refs");
+    }
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch");
 }

@@ -129,7 +129,12 @@ pub struct Gain {
 /// Everything `results.json` holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
-    pub dataset: &'static str,
+    /// The data set: `Fashion-MNIST`, or the file or folder read, its source, shape and
+    /// classes.
+    pub dataset: String,
+    /// The git commit of the binary that made these results, and when (UTC, RFC 3339).
+    pub commit: &'static str,
+    pub made: String,
     pub validation: String,
     /// What chose each run's weights: `validation accuracy` or `validation cross-entropy`.
     pub selection: String,
@@ -239,8 +244,27 @@ impl Results {
                 }
             })
             .collect();
+        let dataset = match runs.first().map(|r| &r.data) {
+            Some(d)
+                if d.source == crate::data::Source::Idx
+                    && d.class_names == crate::data::DataSpec::fashion_mnist().class_names
+                    && d.input == crate::data::DataSpec::fashion_mnist().describe() =>
+            {
+                "Fashion-MNIST".to_string()
+            }
+            Some(d) => format!(
+                "{} ({}, {} images, {} classes)",
+                d.path.display(),
+                d.source.name(),
+                d.input,
+                d.classes
+            ),
+            None => "no runs".to_string(),
+        };
         Results {
-            dataset: "Fashion-MNIST",
+            dataset,
+            commit: env!("KDTRAIN_GIT_COMMIT"),
+            made: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             validation,
             selection,
             seeds: seeds.to_vec(),
@@ -332,8 +356,11 @@ impl Results {
             ));
         }
         s.push_str(&format!(
-            "\nWall time of the whole run: {:.0} s.\n",
-            self.wall_seconds
+            "\nWall time of the whole run: {:.0} s. Made by kdtrain {} at commit {} on {}.\n",
+            self.wall_seconds,
+            env!("CARGO_PKG_VERSION"),
+            self.commit,
+            self.made
         ));
         s
     }
