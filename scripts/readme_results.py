@@ -1,6 +1,8 @@
-"""Copies docs/results/results.md into README.md's Results section, between the markers
-`<!-- results:begin -->` and `<!-- results:end -->`, so the README's figures are the
-committed file's, never typed by hand. tests/it/docs.rs fails when the two differ.
+"""Copies committed results into README.md between markers, so the README's figures are
+the committed files', never typed by hand: docs/results/results.md into the Results
+section (`<!-- results:begin -->` ... `<!-- results:end -->`) and
+docs/results/digits/results.md into Your own data (`<!-- digits:begin -->` ...
+`<!-- digits:end -->`). tests/it/docs.rs fails when they differ.
 
 Run: python3 scripts/readme_results.py
 """
@@ -9,10 +11,12 @@ import re
 
 root = pathlib.Path(__file__).resolve().parent.parent
 readme = root / "README.md"
-results = (root / "docs/results/results.md").read_text()
 text = readme.read_text()
-pattern = re.compile(r"(<!-- results:begin[^\n]*-->\n).*?(<!-- results:end -->)", re.S)
-if not pattern.search(text):
-    raise SystemExit("README.md has no <!-- results:begin --> ... <!-- results:end --> markers")
-readme.write_text(pattern.sub(lambda m: m.group(1) + results + m.group(2), text, count=1))
-print("README.md: Results section updated from docs/results/results.md")
+for marker, source in [("results", "docs/results/results.md"), ("digits", "docs/results/digits/results.md")]:
+    results = (root / source).read_text()
+    pattern = re.compile(r"(<!-- " + marker + r":begin[^\n]*-->\n).*?(<!-- " + marker + r":end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- {marker}:begin --> ... <!-- {marker}:end --> markers")
+    text = pattern.sub(lambda m: m.group(1) + results + m.group(2), text, count=1)
+    print(f"README.md: {marker} updated from {source}")
+readme.write_text(text)

@@ -401,6 +401,14 @@ impl Run {
                 state_path.display()
             ),
         };
+        // Data of another shape, class count or order: the user's mistake, said as such.
+        if let Some(e) = crate::data::spec_mismatch(
+            &format!("--resume: {}", last.path.display()),
+            &last.data_spec()?,
+            model.data_spec(),
+        ) {
+            return usage(e);
+        }
         last.load_into(model)?;
         opt.load_state(
             names,

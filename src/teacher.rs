@@ -20,6 +20,7 @@ use crate::augment::{Augment, ViewSet};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::config::settings::Settings;
+pub use crate::data::spec_mismatch;
 use crate::data::{self, DataSpec, Dataset};
 use crate::error::{INTERRUPTED, Interrupted, UsageError, usage};
 use crate::eval;
@@ -193,23 +194,6 @@ pub fn check_same_normalize(
             want.describe()
         )),
     }
-}
-
-/// Why a network for data of `have` cannot serve on data of `want`, naming `what` (a
-/// flag and a file): `None` when they are the same.
-pub fn spec_mismatch(what: &str, have: &DataSpec, want: &DataSpec) -> Option<String> {
-    (have != want).then(|| {
-        format!(
-            "{what} takes {} images of {} classes ({}) but the data are {} images of {} \
-             classes ({}); use a model trained on this data",
-            have.describe(),
-            have.classes(),
-            have.class_names.join(", "),
-            want.describe(),
-            want.classes(),
-            want.class_names.join(", ")
-        )
-    })
 }
 
 /// The network of a checkpoint that is to act as a teacher: its recorded architecture

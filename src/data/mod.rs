@@ -471,6 +471,23 @@ pub fn load_dir(dir: &Path) -> Result<RawData> {
     idx::load(dir, &ReadOptions::default())
 }
 
+/// Why a network for data of `have` cannot serve on data of `want`, naming `what` (a
+/// flag and a file): `None` when they are the same.
+pub fn spec_mismatch(what: &str, have: &DataSpec, want: &DataSpec) -> Option<String> {
+    (have != want).then(|| {
+        format!(
+            "{what} takes {} images of {} classes ({}) but the data are {} images of {} \
+             classes ({}); use a model trained on this data",
+            have.describe(),
+            have.classes(),
+            have.class_names.join(", "),
+            want.describe(),
+            want.classes(),
+            want.class_names.join(", ")
+        )
+    })
+}
+
 /// Up to five class names and a count of the rest, for messages.
 pub fn names_preview(names: &[String]) -> String {
     match names.len() {

@@ -1,6 +1,6 @@
 //! The README's figures come from committed files: its Results section is
-//! docs/results/results.md, copied by scripts/readme_results.py, and that file agrees
-//! with the results.json beside it.
+//! docs/results/results.md and its digits table docs/results/digits/results.md, copied
+//! by scripts/readme_results.py, and each agrees with the results.json beside it.
 
 use std::path::Path;
 
@@ -12,19 +12,24 @@ fn read(p: &str) -> String {
 #[test]
 fn readme_results_are_the_committed_results() {
     let readme = read("README.md");
-    let start = readme
-        .find("<!-- results:begin")
-        .expect("README.md lacks the <!-- results:begin --> marker");
-    let body_start = start + readme[start..].find("-->\n").unwrap() + 4;
-    let end = readme
-        .find("<!-- results:end -->")
-        .expect("no results:end marker");
-    let section = &readme[body_start..end];
-    assert_eq!(
-        section,
-        read("docs/results/results.md"),
-        "README's Results section differs from docs/results/results.md; run python3 scripts/readme_results.py"
-    );
+    for (marker, file) in [
+        ("results", "docs/results/results.md"),
+        ("digits", "docs/results/digits/results.md"),
+    ] {
+        let start = readme
+            .find(&format!("<!-- {marker}:begin"))
+            .unwrap_or_else(|| panic!("README.md lacks the <!-- {marker}:begin --> marker"));
+        let body_start = start + readme[start..].find("-->\n").unwrap() + 4;
+        let end = readme
+            .find(&format!("<!-- {marker}:end -->"))
+            .unwrap_or_else(|| panic!("no {marker}:end marker"));
+        let section = &readme[body_start..end];
+        assert_eq!(
+            section,
+            read(file),
+            "README's {marker} table differs from {file}; run python3 scripts/readme_results.py"
+        );
+    }
 }
 
 #[test]
@@ -40,6 +45,7 @@ fn committed_results_md_agrees_with_results_json() {
         "docs/results/deep-teacher",
         "docs/results/deep-teacher-dropout",
         "docs/results/mlp-teacher",
+        "docs/results/digits",
     ] {
         check_results(dir);
     }
@@ -97,6 +103,7 @@ fn committed_results_come_from_the_configs_named_for_them() {
             "docs/results/deep-teacher-dropout",
             "configs/deep-teacher-dropout.toml",
         ),
+        ("docs/results/digits", "configs/digits.toml"),
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(config);
         let c = kdtrain::config::Config::load(&path, true).unwrap();

@@ -212,6 +212,34 @@ fn idx_of_another_size_and_class_count_through_every_command() {
             "1x32x32 images of 26 classes",
         ],
     );
+    // --resume of a run on other data: refused the same way, before any epoch.
+    other.interrupted(
+        &["train", "student", "--epochs", "3", "--run-name", "cut"],
+        "epoch:1",
+    );
+    assert_fails(
+        &other.raw(&[
+            "train",
+            "student",
+            "--epochs",
+            "3",
+            "--run-name",
+            "cut",
+            "--resume",
+            "--config",
+            c,
+            "--data-dir",
+            d,
+            "--out-dir",
+            other.runs().to_str().unwrap(),
+        ]),
+        2,
+        &[
+            "--resume",
+            "1x28x28 images of 10 classes",
+            "1x32x32 images of 26 classes",
+        ],
+    );
     // evaluate refuses the checkpoint on data of another shape the same way.
     assert_fails(
         &s.raw(&[
