@@ -227,7 +227,7 @@ fn idx_of_another_size_and_class_count_through_every_command() {
             "cut",
             "--resume",
             "--config",
-            c,
+            other.path().join("test.toml").to_str().unwrap(),
             "--data-dir",
             d,
             "--out-dir",
