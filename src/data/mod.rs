@@ -533,9 +533,9 @@ pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
 /// Every label of every split must be in `0..K`.
 ///
 /// # Errors
-/// Names the labels file and the first label out of range, and what set K (`names_from`
-/// or `data.classes`); a K that differs between `names` and `data.classes` (a
-/// [`UsageError`]).
+/// [`UsageError`]s naming the labels file and the first label out of range, and what set
+/// K (`names_from` or `data.classes`); a K that differs between `names` and
+/// `data.classes`.
 pub fn class_names_for(
     names: Option<Vec<String>>,
     classes: Option<usize>,
@@ -578,11 +578,12 @@ pub fn class_names_for(
                 true => "labels must be 0 or more".to_string(),
                 false => format!("{why}; raise it or fix the label"),
             };
-            bail!(
+            return Err(UsageError(format!(
                 "{}: label {l} at index {i} is out of range; expected 0 to {} ({fix})",
                 file.display(),
                 k as i64 - 1
-            );
+            ))
+            .into());
         }
     }
     Ok(names.unwrap_or_else(|| (0..k).map(|i| i.to_string()).collect()))
@@ -1074,6 +1075,9 @@ mod tests {
         let names = class_names_for(None, None, &[(&a, f), (&b, f)], Path::new("c.txt")).unwrap();
         assert_eq!(names.len(), 26);
         assert_eq!(names[25], "25");
+        // K = 25 leaves label 25 out: 0 to 24.
+        let e = class_names_for(None, Some(25), &[(&a, f)], Path::new("c.txt")).unwrap_err();
+        assert!(format!("{e:#}").contains("expected 0 to 24"), "{e:#}");
         let e = class_names_for(None, Some(10), &[(&a, f)], Path::new("c.txt")).unwrap_err();
         let e = format!("{e:#}");
         assert!(

@@ -418,7 +418,7 @@ fn data_label_out_of_range() {
     put(&s, TEST_LABELS, &gz(&labels_idx(labels)));
     assert_fails(
         &train_student(&s),
-        1,
+        2,
         &[
             TEST_LABELS,
             "label 10 at index 17",
