@@ -93,6 +93,25 @@ pub fn load_raw(s: &Settings, dir: &Path) -> Result<(data::RawData, f64)> {
             raw.spec.data_shape()
         ));
     }
+    if raw.spec.classes() < 2 {
+        return crate::error::usage(format!(
+            "the data in {} have {} class ({}); a classifier needs at least 2: add class \
+             folders, or labels of another class",
+            dir.display(),
+            raw.spec.classes(),
+            raw.spec.class_names.join(", ")
+        ));
+    }
+    let mut counts = vec![0usize; raw.spec.classes() as usize];
+    for &l in &raw.train.labels {
+        if let Some(c) = counts.get_mut(l as usize) {
+            *c += 1;
+        }
+    }
+    let empty: Vec<String> = (0..counts.len())
+        .filter(|&k| counts[k] == 0)
+        .map(|k| raw.spec.class_name(k as i64))
+        .collect();
     let secs = t0.elapsed().as_secs_f64();
     s.say(&format!(
         "data: {} read as {} in {secs:.2} s: {} images, {} classes ({}){}",
@@ -106,6 +125,15 @@ pub fn load_raw(s: &Settings, dir: &Path) -> Result<(data::RawData, f64)> {
             .map(|n| format!("; {n}"))
             .unwrap_or_default()
     ));
+    if !empty.is_empty() {
+        crate::errln!(
+            "warning: {} of the {} classes have no training images ({}); the models get \
+             outputs for them all, but cannot learn them (check the labels, or data.classes)",
+            empty.len(),
+            counts.len(),
+            crate::data::names_preview(&empty)
+        );
+    }
     Ok((raw, secs))
 }
 

@@ -274,7 +274,28 @@ fn decoder(path: &Path) -> Result<impl image::ImageDecoder> {
 /// (Auto: 1 for grey images, 3 for colour), then area-resizes it to `resize`.
 fn decode(path: &Path, channels: Channels, resize: Option<(usize, usize)>) -> Result<Decoded> {
     use image::ImageDecoder as _;
+    if crate::error::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(crate::error::Interrupted::new(format!(
+            "interrupted while decoding the image folder (at {}); nothing was cached",
+            path.display()
+        ))
+        .into());
+    }
     let mut dec = decoder(path)?;
+    // The header's size, checked before a byte is decoded: a 100-byte file may claim
+    // 100000 x 100000 pixels, which the decoder would try to allocate.
+    let (hw, hh) = dec.dimensions();
+    let claimed = u64::from(hw) * u64::from(hh);
+    if claimed > crate::image_input::MAX_PIXELS {
+        return Err(UsageError(format!(
+            "{}: the header says {hw}x{hh} = {:.1} megapixels, over the limit of {} \
+             megapixels for one image; replace or remove the file",
+            path.display(),
+            claimed as f64 / 1e6,
+            crate::image_input::MAX_PIXELS / 1_000_000
+        ))
+        .into());
+    }
     let orientation = dec.orientation().map_err(|e| decode_error(path, e))?;
     let mut img = image::DynamicImage::from_decoder(dec).map_err(|e| decode_error(path, e))?;
     img.apply_orientation(orientation);
@@ -373,6 +394,10 @@ fn decode_all(
     o: &ReadOptions,
 ) -> Result<(Vec<Split>, (usize, usize, usize))> {
     let all: Vec<&Entry> = listing.splits.iter().flat_map(|(_, e)| e).collect();
+    // Test hook: `decode` acts as a Ctrl-C as decoding starts.
+    if crate::error::hook_is("decode") {
+        crate::error::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let decoded: Vec<Result<Decoded>> = all
         .par_iter()
         .map(|e| decode(&root.join(&e.rel), o.channels, o.resize))
@@ -969,6 +994,31 @@ mod tests {
         let e2 = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(e2.path().join("test/a")).unwrap();
         assert!(usage_err(read(e2.path(), &opts(Channels::Auto, None))).contains("no train/"));
+    }
+
+    /// A file whose header claims more pixels than one image may have is refused by
+    /// name before the decoder allocates them (a 100-byte PNG claiming 100000 x 100000
+    /// aborted the process).
+    #[test]
+    fn a_header_claiming_a_huge_image_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        grey_folder(root);
+        let mut png = Vec::new();
+        grey(2, 2, 9)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        // IHDR's data: bytes 16..24 (width, height), its CRC over bytes 12..29.
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        write(root, "train/dog/huge.png", &png);
+        let e = usage_err(read(root, &opts(Channels::Auto, None)));
+        assert!(
+            e.contains("huge.png") && e.contains("100000x100000") && e.contains("megapixels"),
+            "{e}"
+        );
     }
 
     #[test]

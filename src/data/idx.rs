@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::{Channels, DataSpec, FILES, RawData, ReadOptions, Source, Split};
-use crate::error::UsageError;
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
@@ -232,21 +231,14 @@ fn is_fashion_mnist(train: &Split, test: &Split) -> bool {
 ///
 /// # Errors
 /// Names the file: anything [`read_split`] refuses, train and test images of different
-/// sizes, `data.channels = 3` (IDX images are grey), a label not below K (naming
-/// `classes.txt` or `data.classes` when they set K).
+/// sizes, a label not below K (naming `classes.txt` or `data.classes` when they set K).
+/// `data.resize` area-averages the images and `data.channels = 3` repeats the grey
+/// channel, as in the other readers.
 pub fn load(dir: &Path, o: &ReadOptions) -> Result<RawData> {
     let f = |i: usize| {
         find_file(dir, FILES[i].0)
             .with_context(|| format!("{} missing in {}", FILES[i].0, dir.display()))
     };
-    if o.channels == Channels::Colour {
-        return Err(UsageError(format!(
-            "data.channels = 3 but the IDX files in {} hold grey images; set data.channels = \
-             \"auto\" or 1",
-            dir.display()
-        ))
-        .into());
-    }
     let (train, h, w) = read_split(&f(0)?, &f(1)?)?;
     let (test, th, tw) = read_split(&f(2)?, &f(3)?)?;
     if (h, w) != (th, tw) {
@@ -269,8 +261,26 @@ pub fn load(dir: &Path, o: &ReadOptions) -> Result<RawData> {
         &[(&train, f(1)?.as_path()), (&test, f(3)?.as_path())],
         &names_file,
     )?;
+    // data.resize and data.channels = 3 apply as in the other readers.
+    let (mut train, mut test) = (train, test);
+    let (mut h, mut w) = (h, w);
+    if let Some((nh, nw)) = o.resize {
+        for s in [&mut train, &mut test] {
+            s.pixels = super::pixels::resize_split(&s.pixels, s.len(), 1, (h, w), (nh, nw));
+        }
+        (h, w) = (nh, nw);
+    }
+    let channels = match o.channels {
+        Channels::Colour => {
+            for s in [&mut train, &mut test] {
+                s.pixels = super::pixels::convert_split(&s.pixels, s.len(), h * w, 1, 3);
+            }
+            3
+        }
+        Channels::Auto | Channels::Grey => 1,
+    };
     let spec = DataSpec {
-        channels: 1,
+        channels,
         height: h as i64,
         width: w as i64,
         class_names,
@@ -326,6 +336,61 @@ pub fn encode_idx(idx: &Idx) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `data.resize` and `data.channels = 3` apply to IDX images as to the other
+    /// sources (they were ignored, and refused); a `classes.txt` saved with a byte-order
+    /// mark names its first class without it.
+    #[test]
+    fn resize_channels_and_names_apply_to_idx() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4x4 images whose 2x2 blocks hold 0, 40, 80, 120 (plus the image's index).
+        let img = |k: u8| -> Vec<u8> {
+            (0..16)
+                .map(|p| {
+                    let (y, x) = (p / 4, p % 4);
+                    k + 40 * ((y / 2) * 2 + x / 2) as u8
+                })
+                .collect()
+        };
+        for (prefix, n) in [("train", 3usize), ("t10k", 2)] {
+            let pixels: Vec<u8> = (0..n).flat_map(|k| img(k as u8)).collect();
+            let idx = Idx::Images {
+                count: n,
+                rows: 4,
+                cols: 4,
+                pixels,
+            };
+            std::fs::write(
+                dir.path().join(format!("{prefix}-images-idx3-ubyte")),
+                encode_idx(&idx),
+            )
+            .unwrap();
+            let labels = Idx::Labels((0..n).map(|k| (k % 2) as u8).collect());
+            std::fs::write(
+                dir.path().join(format!("{prefix}-labels-idx1-ubyte")),
+                encode_idx(&labels),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join("classes.txt"), "\u{feff}even\nodd\n").unwrap();
+        let o = ReadOptions {
+            resize: Some((2, 2)),
+            channels: Channels::Colour,
+            ..Default::default()
+        };
+        let raw = load(dir.path(), &o).unwrap();
+        assert_eq!(
+            (raw.spec.channels, raw.spec.height, raw.spec.width),
+            (3, 2, 2)
+        );
+        assert_eq!(raw.spec.class_names, ["even", "odd"]);
+        // Image 1 of the training set: each block's mean, in each of three planes.
+        let one = &raw.train.pixels[12..24];
+        assert_eq!(one, [1, 41, 81, 121, 1, 41, 81, 121, 1, 41, 81, 121]);
+        assert_eq!(raw.test.pixels.len(), 2 * 12);
+        let plain = load(dir.path(), &ReadOptions::default()).unwrap();
+        assert_eq!(plain.spec.describe(), "1x4x4");
+    }
 
     fn images(count: usize, side: usize) -> Vec<u8> {
         encode_idx(&Idx::Images {

@@ -503,6 +503,8 @@ pub fn names_preview(names: &[String]) -> String {
 pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // A byte-order mark (Notepad's UTF-8) is not part of the first name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let names: Vec<String> = text
         .trim_end()
         .lines()

@@ -659,3 +659,98 @@ fn colour_folder_with_a_torchscript_teacher() {
         );
     }
 }
+
+/// Writes a grey image folder: `classes` class folders with `per` 8x8 PNGs each in
+/// train/ and test/, class c a bright square at a position set by c.
+fn write_folder(root: &Path, classes: &[&str], per: usize) {
+    for split in ["train", "test"] {
+        for (c, name) in classes.iter().enumerate() {
+            let dir = root.join(split).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per {
+                let img = image::GrayImage::from_fn(8, 8, |x, y| {
+                    let lit = (x as usize / 4 + 2 * (y as usize / 4)) == c % 4;
+                    image::Luma([if lit { 200 } else { (i * 7 % 50) as u8 }])
+                });
+                img.save(dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// A Ctrl-C while an image folder is decoded the first time stops the decoding (it
+/// waited for the whole folder): exit 130, no run folder, nothing in the decoded cache.
+#[test]
+fn ctrl_c_while_decoding_a_folder_leaves_nothing() {
+    let s = Sandbox::new();
+    let data = s.path().join("folder");
+    write_folder(&data, &["a", "b"], 30);
+    let cache = s.path().join("cache");
+    let o = s
+        .command(&[
+            "train",
+            "student",
+            "--epochs",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out-dir",
+            s.runs().to_str().unwrap(),
+        ])
+        .env("KDTRAIN_CACHE_DIR", &cache)
+        .env(kdtrain::commands::INTERRUPT_HOOK, "decode")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("interrupted while decoding"),
+        "{}",
+        stderr(&o)
+    );
+    let left: Vec<_> = std::fs::read_dir(s.runs())
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "{cached:?}");
+}
+
+/// One class is no classification task (exit 2, naming it); a class with no training
+/// images (labels of the test set beyond the training set's) is named in a warning.
+#[test]
+fn one_class_is_refused_and_classes_without_training_images_are_named() {
+    let s = Sandbox::new();
+    s.write_config("");
+    let one = s.path().join("one");
+    write_folder(&one, &["only"], 5);
+    assert_fails(
+        &s.kd(&[
+            "train",
+            "student",
+            "--epochs",
+            "1",
+            "--data-dir",
+            one.to_str().unwrap(),
+        ]),
+        2,
+        &["1 class (only)", "at least 2"],
+    );
+    // Synthetic IDX data whose test labels reach 11 while training stops at 9.
+    s.write_data(300, 60);
+    std::fs::remove_file(s.data_dir().join("classes.txt")).unwrap();
+    let mut labels = vec![0u8; 60];
+    labels[3] = 11;
+    write_gz(
+        &s.data_dir().join("t10k-labels-idx1-ubyte.gz"),
+        &encode_idx(&Idx::Labels(labels)),
+    );
+    let o = s.kd(&["train", "student", "--epochs", "1"]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("2 of the 12 classes have no training images (10, 11)"),
+        "{}",
+        stderr(&o)
+    );
+}
