@@ -34,30 +34,46 @@ pub fn logits_with(
     images: &Tensor,
     prepare: impl Fn(&Tensor, (i64, i64)) -> Tensor,
 ) -> Tensor {
-    logits_until(model, images, prepare, || false).expect("never stopped")
+    match logits_until(model, images, prepare, || false) {
+        Ok(Some(z)) => z,
+        // Only a TorchScript teacher fails, and its callers use `try_logits`.
+        Ok(None) | Err(_) => model.forward(images),
+    }
 }
 
-/// Like [`logits_with`], asking `stop()` before each chunk: `None` as soon as it says
-/// yes (a Ctrl-C, say), so that a long pass over the training set can be abandoned
+/// Like [`logits`], or why the network failed on a chunk (a TorchScript teacher).
+///
+/// # Errors
+/// [`Network::try_forward`]'s message.
+pub fn try_logits(model: &dyn Network, images: &Tensor) -> std::result::Result<Tensor, String> {
+    logits_until(model, images, |x, _| x.shallow_clone(), || false)
+        .map(|z| z.unwrap_or_else(|| Tensor::zeros([0], (tch::Kind::Float, images.device()))))
+}
+
+/// Like [`logits_with`], asking `stop()` before each chunk: `Ok(None)` as soon as it
+/// says yes (a Ctrl-C, say), so that a long pass over the training set can be abandoned
 /// between chunks.
+///
+/// # Errors
+/// [`Network::try_forward`]'s message for the first chunk that fails.
 pub fn logits_until(
     model: &dyn Network,
     images: &Tensor,
     prepare: impl Fn(&Tensor, (i64, i64)) -> Tensor,
     stop: impl Fn() -> bool,
-) -> Option<Tensor> {
+) -> std::result::Result<Option<Tensor>, String> {
     tch::no_grad(|| {
         let n = images.size()[0];
         let chunk = model.eval_batch();
         let mut parts = Vec::new();
         for s in (0..n).step_by(chunk as usize) {
             if stop() {
-                return None;
+                return Ok(None);
             }
             let rows = chunk.min(n - s);
-            parts.push(model.forward(&prepare(&images.narrow(0, s, rows), (s, rows))));
+            parts.push(model.try_forward(&prepare(&images.narrow(0, s, rows), (s, rows)))?);
         }
-        Some(Tensor::cat(&parts, 0))
+        Ok(Some(Tensor::cat(&parts, 0)))
     })
 }
 

@@ -459,6 +459,15 @@ pub trait Network: Send {
         self.forward_t(x, false)
     }
 
+    /// [`Network::forward`], or why it failed: a network kdtrain builds never fails; a
+    /// TorchScript teacher may, on any batch (a shape its code does not take, say).
+    ///
+    /// # Errors
+    /// A message naming the batch and libtorch's first line.
+    fn try_forward(&self, x: &Tensor) -> std::result::Result<Tensor, String> {
+        Ok(self.forward(x))
+    }
+
     /// The trainable parameters as tensors, in the order of
     /// [`Network::named_parameters`].
     fn parameters(&self) -> Vec<Tensor> {

@@ -140,7 +140,13 @@ pub fn open_teacher(
                 ));
             }
         };
-        let net = crate::torchscript::TorchScriptNet::load(path, input, spec, s.device)?;
+        let net = crate::torchscript::TorchScriptNet::load(
+            path,
+            input,
+            s.config.model.teacher_output,
+            spec,
+            s.device,
+        )?;
         return Ok((Box::new(net), None, None));
     }
     let ckpt = Checkpoint::read(path).map_err(|e| match e.downcast_ref::<UsageError>() {
@@ -348,7 +354,8 @@ impl<'a> TeacherSource<'a> {
                         &data.train.images,
                         |x, _| x.shallow_clone(),
                         || INTERRUPTED.load(Ordering::SeqCst),
-                    ); // [n, classes]
+                    )
+                    .map_err(teacher_failed)?; // [n, classes]
                     logits.ok_or_else(|| {
                         Interrupted::new(
                         "interrupted while caching the teacher's logits, before this run's first \
@@ -381,7 +388,8 @@ impl<'a> TeacherSource<'a> {
                             &data.train.images,
                             |x, rows| aug.apply(x, table, &v.narrow(0, rows.0, rows.1)),
                             || INTERRUPTED.load(Ordering::SeqCst),
-                        );
+                        )
+                        .map_err(teacher_failed)?;
                         views.push(logits.ok_or_else(interrupted)?);
                         // Test hook: `cache:K` acts as a Ctrl-C right after view K is cached.
                         if std::env::var(crate::error::INTERRUPT_HOOK)
@@ -411,7 +419,7 @@ impl<'a> TeacherSource<'a> {
         let cache_seconds = train_cache
             .as_ref()
             .map(|_| t_cache.elapsed().as_secs_f64());
-        let val = eval::logits(t.network, &data.val.images); // [n_val, classes]
+        let val = eval::try_logits(t.network, &data.val.images).map_err(teacher_failed)?; // [n_val, classes]
         // The teacher's largest |logit| on the validation images, named if the loss diverges.
         let max_logit = val.abs().max().double_value(&[]);
         // A teacher with broken weights (NaN or infinite) would make the first loss NaN,
@@ -452,12 +460,25 @@ impl<'a> TeacherSource<'a> {
     ///
     /// # Shapes
     /// `rows: [len] i64`, `x: [len, C·H·W] f32` -> `[len, classes] f32`.
-    pub fn logits(&self, rows: &Tensor, x: &Tensor) -> Tensor {
+    ///
+    /// # Errors
+    /// [`Network::try_forward`]'s message, when a TorchScript teacher fails on the batch.
+    pub fn logits(&self, rows: &Tensor, x: &Tensor) -> std::result::Result<Tensor, String> {
         match &self.cache {
-            Some(c) => c.index_select(0, rows),
-            None => tch::no_grad(|| self.network.forward(x)),
+            Some(c) => Ok(c.index_select(0, rows)),
+            None => tch::no_grad(|| self.network.try_forward(x)),
         }
     }
+}
+
+/// A teacher that failed on a batch, as the usage error it is (the teacher file is the
+/// user's input).
+pub fn teacher_failed(e: String) -> anyhow::Error {
+    UsageError(format!(
+        "the teacher failed: {e}; check that it takes this data's images (model.teacher_input) \
+         at any batch size"
+    ))
+    .into()
 }
 
 /// The last teacher cache computed in this process, with its key.

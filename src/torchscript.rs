@@ -23,6 +23,45 @@ pub enum Input {
     Flat,
 }
 
+/// What the model returns (`model.teacher_output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// Logits `[batch, classes]`, as a classifier's last linear layer gives them.
+    #[default]
+    Logits,
+    /// Class probabilities (its `forward` ends in softmax): kdtrain uses their
+    /// logarithm, floored at 1e-30, as the logits (softmax of it gives them back).
+    Probabilities,
+    /// Log-probabilities (log_softmax): logits as they are, up to a constant per row.
+    LogProbabilities,
+}
+
+impl Output {
+    fn key(self) -> &'static str {
+        match self {
+            Output::Logits => "logits",
+            Output::Probabilities => "probabilities",
+            Output::LogProbabilities => "log_probabilities",
+        }
+    }
+}
+
+/// The line of a libtorch error that says what went wrong: the TorchScript
+/// interpreter's message starts with "The following operation failed" and a traceback,
+/// and ends with the exception (`RuntimeError: The size of tensor a ...`); other errors
+/// say it on their first line.
+pub fn error_line(e: &str) -> String {
+    let lines: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("Error: ") && !l.contains("The following operation failed"))
+        .or(lines.first())
+        .map(|l| l.to_string())
+        .unwrap_or_default()
+}
+
 /// Whether `bytes` (a file's start) look like a zip archive, the container of TorchScript
 /// and `torch.save` files.
 pub fn is_zip(bytes: &[u8]) -> bool {
@@ -34,33 +73,37 @@ pub struct TorchScriptNet {
     module: CModule,
     arch: Arch,
     input: Input,
+    output: Output,
+    /// The input's dtype: f32, or f64 for a model whose weights are f64.
+    input_kind: Kind,
     spec: DataSpec,
     device: Device,
 }
 
 impl TorchScriptNet {
     /// Loads `path` onto `device` (a model saved on CUDA loads on the CPU), sets eval
-    /// mode and probes it with batches of two and three blank images of `spec`.
+    /// mode and probes it: batches of two and three images of `spec` must give
+    /// `[batch, classes]` (f32 input, or f64 for a model with f64 weights); outputs that
+    /// are probabilities or log-probabilities are named unless `output` says so; and the
+    /// same eight images twice, and in two halves, must give the same logits (a model
+    /// traced in training mode keeps dropout or batch statistics that `eval()` cannot
+    /// remove).
     ///
     /// # Errors
     /// A [`UsageError`] naming the file: not TorchScript (a pickled state dict, say), an
-    /// output that is not one float tensor `[batch, classes]` (naming what was found), or
-    /// a failure on the probe batch (libtorch's first line).
+    /// output that is not one float tensor `[batch, classes]` (naming what was found), a
+    /// failure on a probe batch (libtorch's first line), probabilities or
+    /// log-probabilities where logits were expected (naming `model.teacher_output`),
+    /// logits that differ between passes.
     pub fn load(
         path: &Path,
         input: Input,
+        output: Output,
         spec: &DataSpec,
         device: Device,
     ) -> Result<TorchScriptNet> {
         let shown = path.display();
-        let first_line = |e: &tch::TchError| {
-            e.to_string()
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        };
+        let first_line = |e: &tch::TchError| error_line(&e.to_string());
         let mut module = CModule::load_on_device(path, device).map_err(|e| {
             UsageError(format!(
                 "--teacher {shown} is a zip archive but not a TorchScript module ({}); save the \
@@ -70,22 +113,36 @@ impl TorchScriptNet {
             ))
         })?;
         module.set_eval();
-        let net = TorchScriptNet {
+        let mut net = TorchScriptNet {
             module,
             arch: Arch::TorchScript,
             input,
+            output,
+            input_kind: Kind::Float,
             spec: spec.clone(),
             device,
         };
+        // Fixed, varied images (no random generator: a run's seeding is not disturbed).
+        let images = |n: i64| {
+            let len = n * net.spec.inputs();
+            ((Tensor::arange(len, (Kind::Int64, device)) * 7919 + 13).remainder(256))
+                .to_kind(Kind::Float)
+                .view([n, net.spec.inputs()])
+                / 255.0
+        };
         // Two batch sizes: a model traced with its batch size baked in passes one and
         // fails the other here, not in the middle of training.
-        let probe = |n: i64| {
-            net.try_forward(&Tensor::zeros(
-                [n, net.spec.inputs()],
-                (Kind::Float, device),
-            ))
-        };
-        let _logits = probe(2).and_then(|_| probe(3)).map_err(|e| {
+        let probe = |net: &TorchScriptNet| net.run(&images(2)).and_then(|_| net.run(&images(3)));
+        let mut probed = probe(&net);
+        if probed.is_err() {
+            // A model saved with f64 weights refuses f32 input: give it f64.
+            net.input_kind = Kind::Double;
+            match probe(&net) {
+                Ok(z) => probed = Ok(z),
+                Err(_) => net.input_kind = Kind::Float,
+            }
+        }
+        let _probe_logits = probed.map_err(|e| {
             let other = match input {
                 Input::Image => Input::Flat,
                 Input::Flat => Input::Image,
@@ -102,6 +159,66 @@ impl TorchScriptNet {
                 net.input_desc(other)
             ))
         })?;
+        let x = images(8);
+        let z = net
+            .run(&x)
+            .map_err(|e| UsageError(format!("--teacher {shown}: {e}")))?;
+        if output == Output::Logits && net.spec.classes() > 1 {
+            let kind = if z.min().double_value(&[]) >= 0.0
+                && (z.sum_dim_intlist(1, false, Kind::Double) - 1.0)
+                    .abs()
+                    .max()
+                    .double_value(&[])
+                    < 1e-3
+            {
+                Some(Output::Probabilities)
+            } else if (z.logsumexp(1, false)).abs().max().double_value(&[]) < 1e-3 {
+                Some(Output::LogProbabilities)
+            } else {
+                None
+            };
+            if let Some(k) = kind {
+                return Err(UsageError(format!(
+                    "--teacher {shown} returns {} (each row {}), not logits; its forward \
+                     likely ends in {}; set model.teacher_output = \"{}\" and kdtrain \
+                     converts them, or save the model without that last step",
+                    k.key().replace('_', "-"),
+                    match k {
+                        Output::Probabilities => "non-negative and summing to 1",
+                        _ => "with exp summing to 1",
+                    },
+                    match k {
+                        Output::Probabilities => "softmax",
+                        _ => "log_softmax",
+                    },
+                    k.key()
+                ))
+                .into());
+            }
+        }
+        let again = net
+            .run(&x)
+            .map_err(|e| UsageError(format!("--teacher {shown}: {e}")))?;
+        let halves = net
+            .run(&x.narrow(0, 0, 4))
+            .and_then(|a| net.run(&x.narrow(0, 4, 4)).map(|b| Tensor::cat(&[a, b], 0)))
+            .map_err(|e| UsageError(format!("--teacher {shown}: {e}")))?;
+        let scale = 1.0 + z.abs().max().double_value(&[]);
+        for (other, how) in [
+            (&again, "the same 8 images twice"),
+            (&halves, "8 images at once and in two halves of 4"),
+        ] {
+            let diff = (&z - other).abs().max().double_value(&[]);
+            if !(diff <= 1e-4 * scale) {
+                return Err(UsageError(format!(
+                    "--teacher {shown} is not deterministic in eval mode: {how} gave logits \
+                     that differ by up to {diff:.3e}; was it traced in training mode? (dropout \
+                     or batch statistics then stay in the trace: call model.eval() before \
+                     torch.jit.trace, or use torch.jit.script)"
+                ))
+                .into());
+            }
+        }
         Ok(net)
     }
 
@@ -114,24 +231,26 @@ impl TorchScriptNet {
         }
     }
 
-    /// The logits, or what is wrong with the output.
+    /// The logits (probabilities converted per [`Output`]), or what is wrong with the
+    /// output.
     ///
     /// # Shapes
     /// `x: [batch, C·H·W] f32` -> `[batch, classes] f32`.
-    pub fn try_forward(&self, x: &Tensor) -> std::result::Result<Tensor, String> {
+    pub fn run(&self, x: &Tensor) -> std::result::Result<Tensor, String> {
         let batch = x.size()[0];
         let s = &self.spec;
         let input = match self.input {
             Input::Image => x.view([batch, s.channels, s.height, s.width]),
             Input::Flat => x.shallow_clone(),
-        };
+        }
+        .to_kind(self.input_kind);
         let out =
             tch::no_grad(|| self.module.forward_is(&[IValue::Tensor(input)])).map_err(|e| {
                 format!(
-                    "it failed on a probe batch {}: {}",
+                    "it failed on a batch {}: {}",
                     self.input_desc(self.input)
                         .replace("batch", &batch.to_string()),
-                    e.to_string().lines().next().unwrap_or("").trim()
+                    error_line(&e.to_string())
                 )
             })?;
         let t = match out {
@@ -172,7 +291,11 @@ impl TorchScriptNet {
                 t.kind()
             ));
         }
-        Ok(t.to_kind(Kind::Float))
+        let t = t.to_kind(Kind::Float);
+        Ok(match self.output {
+            Output::Probabilities => t.clamp_min(1e-30).log(),
+            Output::Logits | Output::LogProbabilities => t,
+        })
     }
 }
 
@@ -186,14 +309,17 @@ impl Network for TorchScriptNet {
     }
 
     /// # Panics
-    /// Never on a model that passed the probe in [`TorchScriptNet::load`] unless it
-    /// changes its output shape with the batch; then the error is reported as a panic
-    /// message naming the model's output.
+    /// When the model fails on the batch. kdtrain's teacher paths call
+    /// [`Network::try_forward`] instead, which says why as an error.
     fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
-        match self.try_forward(x) {
+        match self.run(x) {
             Ok(t) => t,
             Err(e) => panic!("the TorchScript teacher failed on a batch: {e}"),
         }
+    }
+
+    fn try_forward(&self, x: &Tensor) -> std::result::Result<Tensor, String> {
+        self.run(x)
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

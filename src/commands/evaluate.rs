@@ -61,9 +61,13 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     let test = examples(&raw.test);
     let report = |set: &data::Examples| -> Result<Report> {
         let z = eval::logits(model.as_ref(), &set.images);
-        let t = teacher
-            .as_ref()
-            .map(|t| eval::logits(t.as_ref() as &dyn Network, &set.images));
+        let t = match &teacher {
+            Some(t) => Some(
+                eval::try_logits(t.as_ref() as &dyn Network, &set.images)
+                    .map_err(crate::teacher::teacher_failed)?,
+            ),
+            None => None,
+        };
         let mut r = eval::report(&z, &set.labels, &spec, t.as_ref())?;
         if let Some(t) = &t {
             // Warm-ups complete: the terms are reported unscaled anyway.

@@ -53,6 +53,10 @@ pub struct ModelConfig {
     /// What a TorchScript teacher takes: `"image"` (`[batch, C, H, W]`) or `"flat"`
     /// (`[batch, C·H·W]`), f32 in [0, 1].
     pub teacher_input: String,
+    /// What a TorchScript teacher returns: `"logits"`, `"probabilities"` (its `forward`
+    /// ends in softmax; kdtrain takes their logarithm) or `"log_probabilities"` (it ends
+    /// in log_softmax, which are logits as they are).
+    pub teacher_output: crate::torchscript::Output,
 }
 
 /// Training augmentation per role (see [`crate::augment`]): `"none"` or a comma list of
@@ -427,6 +431,7 @@ impl Default for ModelConfig {
             teacher: "mlp:512,256,128,dropout=0.2".into(),
             student: "mlp:128,dropout=0.1".into(),
             teacher_input: "image".into(),
+            teacher_output: crate::torchscript::Output::Logits,
         }
     }
 }

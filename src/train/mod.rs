@@ -190,6 +190,7 @@ pub fn fit(
                 state: &state,
                 startup_seconds: &mut startup_seconds,
                 teacher_max_logit: source.as_ref().map(|s| s.max_logit),
+                objective: objective.describe(),
                 epochs: cfg.epochs,
             },
             &step_body,
@@ -268,6 +269,8 @@ struct EpochContext<'a> {
     startup_seconds: &'a mut Option<f64>,
     /// The teacher's largest |logit| on the validation images, named if the loss diverges.
     teacher_max_logit: Option<f64>,
+    /// The objective's name and settings, named if the loss diverges.
+    objective: String,
     /// The run's epoch budget (for the progress bar).
     epochs: usize,
 }
@@ -297,9 +300,23 @@ fn train_epoch(
         let lr = cx.schedule.lr(cx.opt.step);
         let done = match step_body.run(&batch, epoch, cx.opt, lr) {
             StepOutcome::Done(done) => done,
+            StepOutcome::TeacherFailed(e) => {
+                progress.finish();
+                return Err(crate::teacher::teacher_failed(e));
+            }
             StepOutcome::Diverged(value) => {
                 progress.finish();
                 let cause = match cx.teacher_max_logit {
+                    // Before any update the weights are the initial ones whatever the LR:
+                    // the loss itself, the objective on these teacher logits, is the cause.
+                    Some(m) if cx.opt.step == 0 => format!(
+                        "the loss was so before the first update, so the learning rate is not \
+                         the cause: the objective {} on the teacher's logits (largest |z| \
+                         {m:.3e} on the validation images) gives it; check what the teacher \
+                         returns (model.teacher_output) and its logit scale, or choose another \
+                         objective",
+                        cx.objective
+                    ),
                     // Logits of a trained classifier stay within a few tens.
                     Some(m) if m > TEACHER_LOGIT_SUSPECT => format!(
                         "the teacher's logits reach |z| = {m:.3e} on the validation images, \

@@ -242,6 +242,8 @@ pub enum StepOutcome {
     /// The loss (its value) was NaN, infinite or above [`DIVERGED_LOSS`]; the weights
     /// were not updated.
     Diverged(f64),
+    /// The teacher (a TorchScript model) failed on the batch: why.
+    TeacherFailed(String),
 }
 
 impl Step<'_> {
@@ -249,7 +251,11 @@ impl Step<'_> {
     /// `epoch` is 1-based (the objectives' warm-ups read it).
     pub fn run(&self, batch: &Batch, epoch: usize, opt: &mut Adam, lr: f64) -> StepOutcome {
         let logits = self.model.forward_t(&batch.x, true); // [len, classes]
-        let teacher = self.teacher.map(|t| t.logits(&batch.rows, &batch.x)); // [len, classes]
+        let teacher = match self.teacher.map(|t| t.logits(&batch.rows, &batch.x)) {
+            None => None,
+            Some(Ok(z)) => Some(z), // [len, classes]
+            Some(Err(e)) => return StepOutcome::TeacherFailed(e),
+        };
         let terms = self
             .objective
             .loss(&logits, &batch.y, teacher.as_ref(), epoch);

@@ -6,8 +6,10 @@ use crate::common::*;
 
 /// Trains a small MLP on the sandbox's data in PyTorch for a few steps, saves it with
 /// torch.jit (as `kind`: "good", "tuple", "shape", "flat", "state_dict", "fixed": its
-/// batch size traced in as 2), and prints its
-/// test accuracy.
+/// batch size traced in as 2; "softmax" and "log_softmax": its forward ends in them;
+/// "big": logits times 5000; "train_mode": with dropout, traced in training mode;
+/// "limit": failing on batches over 100; "double": f64 weights), and prints
+/// its test accuracy.
 const MAKE: &str = r#"
 import gzip, struct, sys, torch
 data, out, kind = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -35,12 +37,34 @@ class Five(torch.nn.Module):
 class Fixed(torch.nn.Module):
     def __init__(self, n): super().__init__(); self.n = n
     def forward(self, x): return self.n(x.reshape(2, 1, 28, 28))
+class Softmax(torch.nn.Module):
+    def __init__(self, n): super().__init__(); self.n = n
+    def forward(self, x): return torch.softmax(self.n(x), 1)
+class LogSoftmax(torch.nn.Module):
+    def __init__(self, n): super().__init__(); self.n = n
+    def forward(self, x): return torch.log_softmax(self.n(x), 1)
+class Big(torch.nn.Module):
+    def __init__(self, n): super().__init__(); self.n = n
+    def forward(self, x): return self.n(x) * 5000.0
+class Limit(torch.nn.Module):
+    # Batches of up to 100 images: the traced slice of a [100, 10] buffer follows the batch.
+    def __init__(self, n): super().__init__(); self.n = n; self.register_buffer("pad", torch.zeros(100, 10))
+    def forward(self, x): return self.n(x) + self.pad[: x.shape[0]]
 if kind == "state_dict":
     torch.save(net.state_dict(), out)
 elif kind == "flat":
     torch.jit.save(torch.jit.trace(net[1:], x[:2].flatten(1)), out)
+elif kind == "train_mode":
+    # Dropout in the trace: traced with the model in training mode.
+    d = torch.nn.Sequential(net[0], net[1], net[2], torch.nn.Dropout(0.5), net[3]).train()
+    torch.jit.save(torch.jit.trace(d, x[:2], check_trace=False), out)
+elif kind == "double":
+    torch.jit.save(torch.jit.trace(net.double(), x[:2].double()), out)
+    net = net.float()
 else:
-    m = {"good": net, "tuple": Tuple(net), "shape": Five(net), "fixed": Fixed(net)}[kind]
+    m = {"good": net, "tuple": Tuple(net), "shape": Five(net), "fixed": Fixed(net),
+         "softmax": Softmax(net), "log_softmax": LogSoftmax(net), "big": Big(net),
+         "limit": Limit(net)}[kind]
     torch.jit.save(torch.jit.trace(m, x[:2]), out)
 with torch.no_grad():
     print((net(xt).argmax(1) == yt).float().mean().item())
@@ -151,7 +175,7 @@ fn unusable_torchscript_teachers_are_refused_by_name() {
             &["shape.model", "shape [2, 5]", "expected [2, 10]"][..],
         ),
         // Passes a probe of 2 images, fails one of 3: refused before training.
-        ("fixed", &["fixed.model", "probe batch [3, 1, 28, 28]"][..]),
+        ("fixed", &["fixed.model", "batch [3, 1, 28, 28]"][..]),
         (
             "state_dict",
             &[
@@ -174,4 +198,150 @@ fn unusable_torchscript_teachers_are_refused_by_name() {
         assert_fails(&o, 2, needles);
         assert!(!s.runs().join(kind).exists());
     }
+}
+
+/// Teachers that are not what they claim (issue "Trust, round 3"): a forward that ends in
+/// softmax or log_softmax is named, and accepted with `model.teacher_output`; a model
+/// traced in training mode is refused as not deterministic; one that fails on a larger
+/// batch than the probe's ends in a usage error naming the batch, not a panic; f64
+/// weights are run with f64 input; and logits in the thousands that make the loss huge
+/// before the first update are named as the cause, not the learning rate.
+#[test]
+fn teachers_that_are_not_what_they_claim() {
+    let s = Sandbox::new();
+    s.write_data(600, 300);
+    s.write_config("[logging]\nplots = false\nhistograms = false\n");
+    let distill = |t: &std::path::Path, extra: &[&str]| {
+        s.kd(&[
+            &["distill", "--teacher", t.to_str().unwrap(), "--epochs", "1"][..],
+            extra,
+        ]
+        .concat())
+    };
+    let (soft, py_acc) = make(&s, "softmax");
+    assert_fails(
+        &distill(&soft, &[]),
+        2,
+        &[
+            "returns probabilities",
+            "softmax",
+            "model.teacher_output = \"probabilities\"",
+        ],
+    );
+    let (logsoft, _) = make(&s, "log_softmax");
+    assert_fails(
+        &distill(&logsoft, &[]),
+        2,
+        &[
+            "returns log-probabilities",
+            "log_softmax",
+            "\"log_probabilities\"",
+        ],
+    );
+    // Said so, both distil, and the teacher's accuracy is PyTorch's.
+    let cfg = s.path().join("probs.toml");
+    std::fs::write(
+        &cfg,
+        "[data]\nvalidation_size = 100\n[model]\nteacher_output = \"probabilities\"\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    assert_ok(&distill(&soft, &["--config", c, "--run-name", "p"]));
+    let o = s.kd(&[
+        "evaluate",
+        s.runs().join("p/model.safetensors").to_str().unwrap(),
+        "--teacher",
+        soft.to_str().unwrap(),
+        "--config",
+        c,
+        "--json",
+    ]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let acc = v["test"]["teacher_acc"].as_f64().unwrap();
+    assert!(
+        (acc - py_acc).abs() < 1e-6,
+        "kdtrain {acc} vs PyTorch {py_acc}"
+    );
+
+    let (train_mode, _) = make(&s, "train_mode");
+    assert_fails(
+        &distill(&train_mode, &[]),
+        2,
+        &["not deterministic in eval mode", "traced in training mode"],
+    );
+
+    // The probe's batches pass; the cache's first chunk (256 images) fails.
+    let (limit, _) = make(&s, "limit");
+    let o = distill(&limit, &[]);
+    assert_fails(
+        &o,
+        2,
+        &[
+            "the teacher failed",
+            "[256, 1, 28, 28]",
+            "size of tensor a (256) must match",
+        ],
+    );
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let o = distill(&limit, &["--no-teacher-cache", "--batch-size", "150"]);
+    assert_fails(
+        &o,
+        2,
+        &[
+            "the teacher failed",
+            "[150, 1, 28, 28]",
+            "size of tensor a (150)",
+        ],
+    );
+    // evaluate too.
+    let (good, _) = make(&s, "good");
+    assert_ok(&distill(&good, &["--run-name", "g"]));
+    let student = s.runs().join("g/model.safetensors");
+    let o = s.kd(&[
+        "evaluate",
+        student.to_str().unwrap(),
+        "--teacher",
+        limit.to_str().unwrap(),
+    ]);
+    assert_fails(
+        &o,
+        2,
+        &[
+            "the teacher failed",
+            "must match the size of tensor b (100)",
+        ],
+    );
+
+    // f64 weights: run with f64 input, the same accuracy as PyTorch's.
+    let (double, py_acc) = make(&s, "double");
+    let o = s.kd(&[
+        "evaluate",
+        student.to_str().unwrap(),
+        "--teacher",
+        double.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let acc = v["test"]["teacher_acc"].as_f64().unwrap();
+    assert!(
+        (acc - py_acc).abs() < 1e-6,
+        "kdtrain {acc} vs PyTorch {py_acc}"
+    );
+
+    // Logits times 5000 with mse: the loss is huge before any update.
+    let (big, _) = make(&s, "big");
+    let o = distill(&big, &["--objective", "mse"]);
+    assert_fails(
+        &o,
+        1,
+        &[
+            "before the first update",
+            "learning rate is not the cause",
+            "mse",
+            "|z|",
+        ],
+    );
+    assert!(!stderr(&o).contains("lower lr_schedule"), "{}", stderr(&o));
 }
