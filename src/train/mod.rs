@@ -312,10 +312,16 @@ fn train_epoch(
                     Some(m) if cx.opt.step == 0 => format!(
                         "the loss was so before the first update, so the learning rate is not \
                          the cause: the objective {} on the teacher's logits (largest |z| \
-                         {m:.3e} on the validation images) gives it; check what the teacher \
-                         returns (model.teacher_output) and its logit scale, or choose another \
-                         objective",
-                        cx.objective
+                         {m:.3e} on the validation images) gives it; {}",
+                        cx.objective,
+                        match m > TEACHER_LOGIT_SUSPECT {
+                            true =>
+                                "that is far beyond a trained classifier's, so the teacher \
+                                     is the likely cause: check or retrain it",
+                            false =>
+                                "check what the teacher returns (model.teacher_output) \
+                                      and its logit scale, or choose another objective",
+                        }
                     ),
                     // Logits of a trained classifier stay within a few tens.
                     Some(m) if m > TEACHER_LOGIT_SUSPECT => format!(

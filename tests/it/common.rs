@@ -130,6 +130,8 @@ impl Sandbox {
         c.args(args)
             .current_dir(self.path())
             .env_remove("FASHION_MNIST_DIR")
+            // Image folders' decoded caches stay in the sandbox, not in ~/.cache.
+            .env("KDTRAIN_CACHE_DIR", self.path().join("decoded-cache"))
             .env("RUST_BACKTRACE", "1");
         c
     }
