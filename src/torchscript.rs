@@ -209,7 +209,7 @@ impl TorchScriptNet {
             (&halves, "8 images at once and in two halves of 4"),
         ] {
             let diff = (&z - other).abs().max().double_value(&[]);
-            if !(diff <= 1e-4 * scale) {
+            if diff.is_nan() || diff > 1e-4 * scale {
                 return Err(UsageError(format!(
                     "--teacher {shown} is not deterministic in eval mode: {how} gave logits \
                      that differ by up to {diff:.3e}; was it traced in training mode? (dropout \
