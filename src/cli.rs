@@ -249,11 +249,9 @@ impl ObjectiveArgs {
             .iter()
             .flat_map(|s| s.split(','))
             .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
+            // An empty item (`--objective ''`, `kd,`, `kd,,dkd`) stays, to be named as
+            // an unknown objective rather than dropped.
             .collect();
-        if self.objective.is_some() && o.objectives.is_empty() {
-            o.objectives = vec![String::new()]; // `--objective ''`: named as unknown
-        }
         o.params = self.params.clone();
     }
 }

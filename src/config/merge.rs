@@ -128,10 +128,15 @@ pub fn parse_seeds(s: &str) -> std::result::Result<Vec<u64>, String> {
             _ => Err(format!("--seeds {s:?}: {expected}")),
         };
     }
-    let seeds: Vec<u64> = s
+    // One trailing comma marks a one-seed list (`7,`); an empty item anywhere else
+    // (`0,,1`, `,1`) is a typo, not a seed.
+    let body = s.strip_suffix(',').unwrap_or(s);
+    if body.split(',').any(|p| p.trim().is_empty()) {
+        return Err(format!("--seeds {s:?}: an empty item; {expected}"));
+    }
+    let seeds: Vec<u64> = body
         .split(',')
         .map(str::trim)
-        .filter(|p| !p.is_empty())
         .map(|p| p.parse::<u64>())
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| format!("--seeds {s:?}: {expected}"))?;

@@ -910,7 +910,12 @@ mod tests {
         assert_eq!(parse_seeds("0,1,2").unwrap(), vec![0, 1, 2]);
         assert_eq!(parse_seeds("3").unwrap(), vec![0, 1, 2]);
         assert_eq!(parse_seeds("7,").unwrap(), vec![7]);
-        for bad in ["", "0", "a,b", "1,-2", ",", "1001"] {
+        assert_eq!(parse_seeds(" 4 , 5 ").unwrap(), vec![4, 5]);
+        // An empty item is named as such (it was dropped: `0,,1` ran seeds 0 and 1).
+        assert!(parse_seeds("0,,1").unwrap_err().contains("an empty item"));
+        for bad in [
+            "", "0", "a,b", "1,-2", ",", "1001", "0,,1", ",1", "1,,", "1, ,2",
+        ] {
             assert!(parse_seeds(bad).is_err(), "{bad:?}");
         }
         assert!(

@@ -230,7 +230,7 @@ fn objective_errors_name_what_is_wrong() {
     let s = sandbox();
     let t = teacher(&s, &[]);
     let ts = t.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
         (
             &["--objective", "kdd"],
             &["--objective = \"kdd\"", "kd, dkd, lskd, dist, mse"],
@@ -251,6 +251,11 @@ fn objective_errors_name_what_is_wrong() {
             &["distill.dkd.beta", "--beta", "-1"],
         ),
         (&["--objective", "kd,dkd"], &["takes one objective"]),
+        // A trailing comma is not dropped silently.
+        (
+            &["--objective", "kd,"],
+            &["--objective kd,", "takes one objective"],
+        ),
     ];
     for (extra, needles) in cases {
         let mut args = vec![
@@ -269,7 +274,13 @@ fn objective_errors_name_what_is_wrong() {
             "{extra:?} made a run folder"
         );
     }
-    for bad in ["0,x", ",", "0", "1,1"] {
+    // An empty objective in reproduce's list is named, not dropped.
+    assert_fails(
+        &s.kd(&["reproduce", "--objective", "kd,,dkd", "--epochs", "1"]),
+        2,
+        &["--objective = \"\"", "expected one of kd"],
+    );
+    for bad in ["0,x", ",", "0", "1,1", "0,,1", ",1"] {
         assert_fails(
             &s.kd(&["reproduce", "--seeds", bad, "--epochs", "1"]),
             2,
