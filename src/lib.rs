@@ -32,13 +32,13 @@ pub mod tensorboard;
 pub mod torchscript;
 pub mod train;
 
-/// `println!` that never panics: a closed pipe (`| head`) or a full disk on stdout is
-/// ignored, since every result is also in the run folder's files.
+/// `println!` that never panics. A closed pipe (`| head`) is ignored; any other failure
+/// (a full disk) is kept by [`stdout_failed`], and `main` then exits 1 saying so.
 #[macro_export]
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
+        $crate::note_stdout(writeln!(std::io::stdout(), $($t)*));
     }};
 }
 
@@ -47,8 +47,30 @@ macro_rules! outln {
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($t)*);
+        $crate::note_stdout(write!(std::io::stdout(), $($t)*));
     }};
+}
+
+/// The first failure to write to standard output other than a closed pipe.
+static STDOUT_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Keeps the first error of a write to standard output ([`outln!`], [`out!`]); a closed
+/// pipe is not one (the reader has what it wanted).
+pub fn note_stdout(r: std::io::Result<()>) {
+    if let Err(e) = r
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+        && let Ok(mut slot) = STDOUT_ERROR.lock()
+    {
+        slot.get_or_insert_with(|| e.to_string());
+    }
+}
+
+/// Flushes standard output and returns why it could not be written, if anything written
+/// with [`outln!`] or [`out!`] failed (a full disk), not counting a closed pipe.
+pub fn stdout_failed() -> Option<String> {
+    use std::io::Write as _;
+    note_stdout(std::io::stdout().flush());
+    STDOUT_ERROR.lock().ok().and_then(|s| s.clone())
 }
 
 /// `eprintln!` that never panics: progress and status lines are not worth a crash when

@@ -69,7 +69,17 @@ fn main() -> ExitCode {
     };
     STEPS.store(steps, Ordering::SeqCst);
     match kdtrain::commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => match kdtrain::stdout_failed() {
+            None => ExitCode::SUCCESS,
+            // Results that did not reach standard output did not reach the user.
+            Some(e) => {
+                kdtrain::errln!(
+                    "error: cannot write the results to standard output ({e}); free space \
+                     or redirect it elsewhere (a run's results are also in its folder)"
+                );
+                ExitCode::from(1)
+            }
+        },
         Err(e) => {
             kdtrain::errln!("error: {e:#}");
             ExitCode::from(kdtrain::error::exit_code(&e))

@@ -2071,6 +2071,42 @@ fn closed_stdout_and_full_stderr_do_not_crash_a_run() {
     assert!(s.runs().join("pipe/model.safetensors").is_file());
 }
 
+/// A full disk on standard output is not a success: the results never reached the
+/// user. `train` (whose run folder is complete all the same) and `evaluate --json` exit 1
+/// saying so; a closed pipe (above) stays a success.
+#[test]
+fn results_that_cannot_be_written_to_stdout_are_an_error() {
+    let s = sandbox();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let o = s
+        .command(&s.args(&["train", "student", "--epochs", "1", "--run-name", "full"]))
+        .stdout(full())
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        1,
+        &[
+            "cannot write the results to standard output",
+            "No space left",
+        ],
+    );
+    let ckpt = s.runs().join("full/model.safetensors");
+    assert!(ckpt.is_file());
+    let o = s
+        .command(&s.args(&["evaluate", ckpt.to_str().unwrap(), "--json"]))
+        .stdout(full())
+        .output()
+        .unwrap();
+    assert_fails(&o, 1, &["cannot write the results to standard output"]);
+    assert_ok(&s.kd(&["evaluate", ckpt.to_str().unwrap(), "--json"]));
+}
+
 #[test]
 fn huge_batch_size_is_rejected_not_silently_skipped() {
     rejects(
