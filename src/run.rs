@@ -4,8 +4,9 @@
 //!
 //! Layout of `<out_dir>/<name>/`:
 //! - `config.toml`: the resolved config; `meta.json`: seed, versions, device, threads
-//! - `model.safetensors`: the best weights so far (by validation clf_loss); at the end,
-//!   the weights the run selected
+//! - `model.safetensors`: the best weights so far (by `early_stopping.monitor`: validation
+//!   accuracy by default, or validation cross-entropy); at the end, the weights the run
+//!   selected
 //! - `last.safetensors`: the last completed epoch for `--resume`: weights, Adam moments,
 //!   and in its metadata the [`TrainState`] (step, best metric, early-stopping counter,
 //!   history), all in one atomically written file; `state.json`: the same state, for
@@ -50,7 +51,9 @@ pub struct TrainState {
     pub epoch: usize,
     /// Optimizer steps taken (the LR schedule's position).
     pub step: u64,
-    /// Best validation clf_loss so far.
+    /// Best value so far of the monitored validation metric, lower is better: minus the
+    /// validation accuracy (`early_stopping.monitor = "acc"`, the default) or the
+    /// validation cross-entropy (`"ce"`).
     pub best_metric: f64,
     /// Epoch of `best_metric` (0 = none yet).
     pub best_epoch: usize,
