@@ -70,9 +70,15 @@ pub fn physical_cores() -> usize {
     let logical = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
-        return logical;
-    };
+    match std::fs::read_to_string("/proc/cpuinfo") {
+        Ok(info) => cores_in(&info, logical),
+        Err(_) => logical,
+    }
+}
+
+/// The distinct (physical id, core id) pairs of a `/proc/cpuinfo` text, at most
+/// `logical`; `logical` when it names none (a virtual machine may not).
+fn cores_in(info: &str, logical: usize) -> usize {
     let mut cores = std::collections::BTreeSet::new();
     let (mut phys, mut core) = (None, None);
     for line in info.lines() {
@@ -134,8 +140,31 @@ mod tests {
         assert!(parse("gpu").is_err());
     }
 
+    /// Two sockets of two cores with two hyper-threads each: 4 physical cores of 8
+    /// logical; capped by the CPUs this process may use; without core ids, the logical
+    /// count.
     #[test]
-    fn physical_cores_is_at_least_one() {
+    fn physical_cores_counts_distinct_socket_and_core_pairs() {
+        let mut info = String::new();
+        for (p, c) in [
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (1, 1),
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (1, 1),
+        ] {
+            info.push_str(&format!(
+                "processor\t: x\nphysical id\t: {p}\ncore id\t\t: {c}\nflags\t\t: fpu\n\n"
+            ));
+        }
+        assert_eq!(cores_in(&info, 8), 4);
+        assert_eq!(cores_in(&info, 3), 3);
+        assert_eq!(cores_in("processor\t: 0\n\nprocessor\t: 1\n", 2), 2);
+        // The last block needs no trailing blank line.
+        assert_eq!(cores_in(info.trim_end(), 8), 4);
         assert!(physical_cores() >= 1);
     }
 }
