@@ -66,72 +66,88 @@ pub fn run(s: &Settings) -> Result<()> {
         .as_ref()
         .map(|p| format!(" --config {}", crate::error::quote(p)))
         .unwrap_or_default();
-    for (i, &seed) in seeds.iter().enumerate() {
-        let seed_dir = root.join(format!("seed-{seed}"));
-        if per_seed_teacher || i == 0 {
-            let (out_dir, name) = if per_seed_teacher {
-                (seed_dir.clone(), "teacher")
-            } else {
-                (root.clone(), "teacher")
-            };
-            let config = s.run_config(|c| {
-                c.seed = seed;
-                c.runtime.out_dir = out_dir.clone();
-                let r = c.reproduce.clone();
-                if !r.teacher.is_empty() {
-                    c.model.teacher = r.teacher;
-                }
-                if !r.teacher_augment.is_empty() {
-                    c.augment.teacher = r.teacher_augment;
-                }
-                if r.teacher_epochs > 0 {
-                    c.train.teacher_epochs = r.teacher_epochs;
-                }
-            });
-            let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
-            // reproduce's own teacher recipe, as `train teacher` flags.
-            run.resume_args = format!(
-                "{config_flag} --seed {seed} --arch {} --augment {}",
-                config.model.teacher, config.augment.teacher,
-            );
-            let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
-            print_result(&out);
-            drop(run);
-            let path = out.run_dir.join(crate::run::MODEL_FILE);
-            let t_config = s.run_config(|c| c.distill.teacher = path.clone());
-            teacher = Some((super::load_teacher(s, &t_config, &data.0.spec)?, path));
-            runs.push(out);
-        }
-        let (t, t_path) = teacher.as_ref().expect("trained above");
-        let config = s.run_config(|c| {
-            c.seed = seed;
-            c.runtime.out_dir = seed_dir.clone();
-            c.distill.teacher = t_path.clone();
-        });
-        let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
-        run.resume_args = format!("{config_flag} --seed {seed}");
-        let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)?;
-        print_result(&out);
-        runs.push(out);
-        for name in &objectives {
+    // A stage stopped before its first epoch (Ctrl-C, a bad teacher) leaves no empty
+    // folder: its run folder is abandoned, and the seed folders and the root too when
+    // nothing else is in them.
+    let trained = (|| -> Result<()> {
+        for (i, &seed) in seeds.iter().enumerate() {
+            let seed_dir = root.join(format!("seed-{seed}"));
+            if per_seed_teacher || i == 0 {
+                let (out_dir, name) = if per_seed_teacher {
+                    (seed_dir.clone(), "teacher")
+                } else {
+                    (root.clone(), "teacher")
+                };
+                let config = s.run_config(|c| {
+                    c.seed = seed;
+                    c.runtime.out_dir = out_dir.clone();
+                    let r = c.reproduce.clone();
+                    if !r.teacher.is_empty() {
+                        c.model.teacher = r.teacher;
+                    }
+                    if !r.teacher_augment.is_empty() {
+                        c.augment.teacher = r.teacher_augment;
+                    }
+                    if r.teacher_epochs > 0 {
+                        c.train.teacher_epochs = r.teacher_epochs;
+                    }
+                });
+                let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
+                // reproduce's own teacher recipe, as `train teacher` flags.
+                run.resume_args = format!(
+                    "{config_flag} --seed {seed} --arch {} --augment {}",
+                    config.model.teacher, config.augment.teacher,
+                );
+                let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)
+                    .inspect_err(|_| run.abandon())?;
+                print_result(&out);
+                drop(run);
+                let path = out.run_dir.join(crate::run::MODEL_FILE);
+                let t_config = s.run_config(|c| c.distill.teacher = path.clone());
+                teacher = Some((super::load_teacher(s, &t_config, &data.0.spec)?, path));
+                runs.push(out);
+            }
+            let (t, t_path) = teacher.as_ref().expect("trained above");
             let config = s.run_config(|c| {
                 c.seed = seed;
                 c.runtime.out_dir = seed_dir.clone();
                 c.distill.teacher = t_path.clone();
-                c.distill.objective = name.clone();
             });
-            let objective = config.distill.build_chosen()?;
-            let folder = format!("distilled-{name}");
-            let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
-            run.resume_args = format!(
-                "{config_flag} --seed {seed} --objective {name} --teacher {}",
-                crate::error::quote(t_path)
-            );
-            run.add_meta(t.meta())?;
-            let out = train_one(s, &config, &mut run, objective.as_ref(), Some(t), &data)?;
+            let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
+            run.resume_args = format!("{config_flag} --seed {seed}");
+            let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)
+                .inspect_err(|_| run.abandon())?;
             print_result(&out);
             runs.push(out);
+            for name in &objectives {
+                let config = s.run_config(|c| {
+                    c.seed = seed;
+                    c.runtime.out_dir = seed_dir.clone();
+                    c.distill.teacher = t_path.clone();
+                    c.distill.objective = name.clone();
+                });
+                let objective = config.distill.build_chosen()?;
+                let folder = format!("distilled-{name}");
+                let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
+                run.resume_args = format!(
+                    "{config_flag} --seed {seed} --objective {name} --teacher {}",
+                    crate::error::quote(t_path)
+                );
+                run.add_meta(t.meta())?;
+                let out = train_one(s, &config, &mut run, objective.as_ref(), Some(t), &data)
+                    .inspect_err(|_| run.abandon())?;
+                print_result(&out);
+                runs.push(out);
+            }
         }
+        Ok(())
+    })();
+    if let Err(e) = trained {
+        for seed in &seeds {
+            let _ = std::fs::remove_dir(root.join(format!("seed-{seed}")));
+        }
+        let _ = std::fs::remove_dir(&root);
+        return Err(e);
     }
     let validation = match c.data.validation {
         Validation::Split => data.0.split.describe(),

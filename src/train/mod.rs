@@ -101,6 +101,10 @@ pub fn fit(
     }
     run.set_terms(objective.term_names());
     run.record_data(data)?;
+    // Test hook: `run-start` acts as a Ctrl-C before the run's first step.
+    if crate::error::hook_is("run-start") {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
     let device = model.device();
     let n = data.train.len();
     let bs = cfg.batch_size;

@@ -2226,3 +2226,38 @@ fn a_path_that_is_not_utf8_is_refused_before_any_folder_is_made() {
     assert_fails(&s.raw(&args), 2, &["data.dir", "--data-dir", "UTF-8"]);
     assert!(!runs.exists(), "{} was made", runs.display());
 }
+
+/// A `reproduce` stopped as a stage starts (before its first epoch) leaves no empty
+/// folder: stopped at the teacher's start, nothing at all; stopped as the distilled
+/// student's teacher cache starts, the finished teacher and student stay and the
+/// distilled run's folder is gone.
+#[test]
+fn reproduce_stopped_at_a_stage_start_leaves_no_empty_folder() {
+    let s = sandbox();
+    let args = [
+        "reproduce",
+        "--seeds",
+        "0,",
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
+    ];
+    let o = s.interrupted(&args, "run-start");
+    assert!(stderr(&o).contains("interrupt"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(s.runs())
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    s.interrupted(&args, "cache:0");
+    let root = run_dir(&s.runs(), "reproduce-");
+    assert!(root.join("teacher/model.safetensors").is_file());
+    assert!(root.join("seed-0/student/model.safetensors").is_file());
+    assert!(
+        !root.join("seed-0/distilled-kd").exists(),
+        "{:?}",
+        std::fs::read_dir(root.join("seed-0"))
+            .unwrap()
+            .collect::<Vec<_>>()
+    );
+}
