@@ -1,5 +1,6 @@
-//! kdtrain: knowledge distillation (Hinton, Vinyals and Dean 2015) of an MLP teacher into
-//! a small MLP student on Fashion-MNIST, on libtorch through `tch`.
+//! kdtrain: knowledge distillation (Hinton, Vinyals and Dean 2015) of a teacher (an MLP, a
+//! CNN or a TorchScript model) into a small student, on Fashion-MNIST or any
+//! image-classification data set ([`data`]), on libtorch through `tch`.
 //!
 //! Data flows one way: [`config`] + [`cli`] -> [`settings`] -> [`data`] -> [`model`] ->
 //! [`train`] (with [`objective`], [`schedule`], [`optim`]) -> [`checkpoint`], [`run`] and
