@@ -250,22 +250,13 @@ impl Checkpoint {
     /// of the model's [`DataSpec`] and that every tensor is present with the right shape.
     ///
     /// # Errors
-    /// Names both data specs; or names the tensor and both shapes; or names a tensor that
-    /// holds NaN or infinite values.
+    /// A [`UsageError`] naming both data specs ([`crate::data::spec_mismatch`]); or names
+    /// the tensor and both shapes; or names a tensor that holds NaN or infinite values.
     pub fn load_into(&self, model: &dyn Network) -> Result<()> {
         let spec = self.data_spec()?;
-        if &spec != model.data_spec() {
-            bail!(
-                "checkpoint {} was trained on {} images of {} classes ({}) but this model \
-                 takes {} images of {} classes ({})",
-                self.path.display(),
-                spec.describe(),
-                spec.classes(),
-                spec.class_names.join(", "),
-                model.data_spec().describe(),
-                model.data_spec().classes(),
-                model.data_spec().class_names.join(", ")
-            );
+        let what = format!("checkpoint {}", self.path.display());
+        if let Some(e) = crate::data::spec_mismatch(&what, &spec, model.data_spec()) {
+            return Err(UsageError(e).into());
         }
         let arch = model.arch().spec();
         let holds = || {

@@ -404,15 +404,8 @@ impl Run {
                 state_path.display()
             ),
         };
-        // Data of another shape, class count or order: the user's mistake, said as such.
-        if let Some(e) = crate::data::spec_mismatch(
-            &format!("--resume: {}", last.path.display()),
-            &last.data_spec()?,
-            model.data_spec(),
-        ) {
-            return usage(e);
-        }
-        last.load_into(model)?;
+        // Data of another shape, class count or order is a usage error naming both.
+        last.load_into(model).context("--resume")?;
         opt.load_state(
             names,
             |k| last.tensors.get(k).map(|t| t.to_device(model.device())),

@@ -50,13 +50,8 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
         return Err(UsageError(e).into());
     }
     // The checkpoint's normalisation, as in training (the teacher's is the same).
-    let examples = |split: &data::Split| {
-        let e = data::Examples::from_split(split, s.device);
-        data::Examples {
-            images: normalize.apply(&e.images),
-            labels: e.labels,
-        }
-    };
+    let examples =
+        |split: &data::Split| data::Examples::from_split(split, s.device).normalized(&normalize);
     let train = examples(&raw.train);
     let test = examples(&raw.test);
     let report = |set: &data::Examples| -> Result<Report> {

@@ -188,6 +188,7 @@ pub fn load(dir: &Path, o: &ReadOptions) -> Result<RawData> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::usage_err;
 
     /// `n` records with labels `label(i)` (and coarse label 7 when two label bytes);
     /// image i's red plane is i, green i+1, blue i+2.
@@ -211,15 +212,6 @@ mod tests {
             std::fs::write(f, records(2, 1, |i| (b + i) as u8 % 10)).unwrap();
         }
         std::fs::write(dir.join("test_batch.bin"), records(3, 1, |i| i as u8)).unwrap();
-    }
-
-    fn usage_err(r: Result<RawData>) -> String {
-        let e = r.err().expect("expected an error");
-        assert!(
-            e.downcast_ref::<UsageError>().is_some(),
-            "not a usage error: {e:#}"
-        );
-        e.to_string()
     }
 
     #[test]

@@ -724,6 +724,7 @@ fn read_cache(file: &Path, key: &[u8; 32]) -> Option<(DataSpec, Vec<Split>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::usage_err;
     use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, Rgba};
 
     fn rgb(w: u32, h: u32, p: [u8; 3]) -> DynamicImage {
@@ -760,15 +761,6 @@ mod tests {
     }
 
     /// The message of a usage error; panics on success or another error.
-    fn usage_err(r: Result<RawData>) -> String {
-        let e = r.err().expect("expected an error");
-        assert!(
-            e.downcast_ref::<UsageError>().is_some(),
-            "not a usage error: {e:#}"
-        );
-        e.to_string()
-    }
-
     /// A small grey folder: two classes, train 2+1, test 1+1 images of 4x4.
     fn grey_folder(root: &Path) {
         save(root, "train/cat/1.png", &grey(4, 4, 10));

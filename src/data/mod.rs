@@ -488,6 +488,17 @@ pub fn spec_mismatch(what: &str, have: &DataSpec, want: &DataSpec) -> Option<Str
     })
 }
 
+/// The message of a reader's error, which must be a [`UsageError`] (the readers' tests).
+#[cfg(test)]
+pub(crate) fn usage_err(r: Result<RawData>) -> String {
+    let e = r.err().expect("expected an error");
+    assert!(
+        e.downcast_ref::<UsageError>().is_some(),
+        "not a usage error: {e:#}"
+    );
+    e.to_string()
+}
+
 /// Up to five class names and a count of the rest, for messages.
 pub fn names_preview(names: &[String]) -> String {
     match names.len() {
@@ -626,6 +637,14 @@ impl Examples {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The same examples with their images normalised by `n` ([`Normalize::apply`]).
+    pub fn normalized(self, n: &Normalize) -> Examples {
+        Examples {
+            images: n.apply(&self.images),
+            labels: self.labels,
+        }
     }
 
     /// The examples at `index` (`[k] i64` on the same device).
@@ -1001,16 +1020,11 @@ pub fn prepare(
         NormalizeKind::Unit => Normalize::Unit,
         NormalizeKind::Standardize => Normalize::fit(&train.images, raw.spec.channels),
     };
-    let (train, val, test) = match norm {
-        Normalize::Unit => (train, val, test),
-        _ => {
-            let f = |e: Examples| Examples {
-                images: norm.apply(&e.images),
-                labels: e.labels,
-            };
-            (f(train), f(val), f(test))
-        }
-    };
+    let (train, val, test) = (
+        train.normalized(&norm),
+        val.normalized(&norm),
+        test.normalized(&norm),
+    );
     Ok(Dataset {
         train,
         val,

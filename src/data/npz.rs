@@ -622,6 +622,7 @@ pub fn load(path: &Path, o: &ReadOptions) -> Result<RawData> {
 mod tests {
     use super::*;
     use crate::data::Channels;
+    use crate::data::usage_err;
     use std::io::Write;
 
     /// The bytes of an `.npy` file (version 1, header padded to 64 bytes as NumPy does).
@@ -688,15 +689,6 @@ mod tests {
             source: Source::Npz,
             ..Default::default()
         }
-    }
-
-    fn usage_err(r: Result<RawData>) -> String {
-        let e = r.err().expect("expected an error");
-        assert!(
-            e.downcast_ref::<UsageError>().is_some(),
-            "not a usage error: {e:#}"
-        );
-        e.to_string()
     }
 
     #[test]

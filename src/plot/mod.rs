@@ -222,18 +222,7 @@ mod tests {
         bytes.len()
     }
 
-    const NAMES: [&str; 10] = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ];
+    const NAMES: [&str; 10] = crate::data::cifar::CIFAR10_NAMES;
 
     fn decay(n: usize, start: f64, end: f64, tau: f64) -> Vec<f64> {
         (0..n)
