@@ -144,15 +144,20 @@ pub fn write_gz(path: &Path, bytes: &[u8]) {
     std::fs::write(path, e.finish().unwrap()).unwrap();
 }
 
-/// `n` images (u8, 784 each) and labels of the synthetic task.
-pub fn synthetic(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+/// A xorshift generator seeded by `seed`: the synthetic data sets' noise and classes.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut rnd = move || {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+/// `n` images (u8, 784 each) and labels of the synthetic task.
+pub fn synthetic(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut rnd = xorshift(seed);
     let mut pixels = vec![0u8; n * 784];
     let mut labels = vec![0u8; n];
     for i in 0..n {

@@ -12,13 +12,7 @@ use crate::common::*;
 /// A learnable 32x32 task of 26 classes: class c lights a 5x5 block at a cell set by c
 /// on a noisy background. `n` images (u8, 1024 each) and labels.
 fn letters(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut rnd = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rnd = xorshift(seed);
     let mut pixels = vec![0u8; n * 1024];
     let mut labels = vec![0u8; n];
     for i in 0..n {
