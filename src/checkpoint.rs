@@ -418,6 +418,17 @@ impl RunLock {
     }
 }
 
+/// The SHA-256 of the file at `path`, as 64 hex digits: which teacher (or checkpoint) a
+/// run used, whatever its path.
+///
+/// # Errors
+/// The file cannot be read (named).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(crate::hex(&Sha256::digest(&bytes)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,9 +143,11 @@ impl clap::Args for ObjectiveArgs {
 pub struct DistillArgs {
     #[command(flatten)]
     pub objective: ObjectiveArgs,
-    /// Teacher checkpoint [default: the newest <out-dir>/teacher-*/model.safetensors].
+    /// Teacher checkpoint or TorchScript file; repeat it for an ensemble of teachers,
+    /// combined as distill.ensemble says [config: distill.teacher / distill.teachers;
+    /// default: the newest <out-dir>/teacher-*/model.safetensors].
     #[arg(long, value_name = "PATH")]
-    pub teacher: Option<PathBuf>,
+    pub teacher: Vec<PathBuf>,
     /// Run the teacher on every batch instead of caching its logits once.
     #[arg(long)]
     pub no_teacher_cache: bool,
@@ -175,6 +177,20 @@ pub struct ReproduceArgs {
     /// Run the teacher on every batch instead of caching its logits once.
     #[arg(long)]
     pub no_teacher_cache: bool,
+    /// Which comparison: full (all data), fraction (a 3% transfer set, Hinton et al.
+    /// 2015 section 6), omit (a class never seen, section 3), ensemble (several teachers,
+    /// section 4) or paper (the four, beside the paper's figures)
+    /// [config: reproduce.experiment, default full].
+    #[arg(long, value_name = "NAME")]
+    pub experiment: Option<crate::config::Experiment>,
+    /// Train the teacher with reproduce's recipe instead of using
+    /// reproduce.teacher_file (the shipped teacher) [config: reproduce.teacher_file = ""].
+    #[arg(long)]
+    pub train_teacher: bool,
+    /// Train K teachers (seeds: the first seed, +1, ...) and distil their ensemble
+    /// [config: reproduce.teachers, default 1].
+    #[arg(long, value_name = "K")]
+    pub teachers: Option<usize>,
 }
 
 /// `evaluate`'s arguments.
@@ -183,9 +199,10 @@ pub struct EvaluateArgs {
     /// A `model.safetensors` written by train or distill.
     pub checkpoint: PathBuf,
     /// Also report top-1 agreement with this teacher checkpoint, the mean KL at T=1,
-    /// the teacher's accuracy, and the objective's terms (--objective).
+    /// the teacher's accuracy, and the objective's terms (--objective); repeated, the
+    /// same against the ensemble (distill.ensemble), and each member's accuracy.
     #[arg(long, value_name = "PATH")]
-    pub teacher: Option<PathBuf>,
+    pub teacher: Vec<PathBuf>,
     /// With --teacher: report this objective's terms on each set (kd: ce, kl).
     #[command(flatten)]
     pub objective: ObjectiveArgs,
@@ -289,6 +306,9 @@ impl Cli {
                 o.many_objectives = true;
                 o.no_teacher_cache = r.no_teacher_cache;
                 o.teacher_epochs = r.teacher_epochs;
+                o.experiment = r.experiment;
+                o.train_teacher = r.train_teacher;
+                o.teachers = r.teachers;
                 if let Some(s) = &r.seeds {
                     o.seeds = Some(parse_seeds(s).map_err(UsageError)?);
                 }

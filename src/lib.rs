@@ -15,6 +15,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod download;
+pub mod ensemble;
 pub mod error;
 pub mod eval;
 pub mod export;

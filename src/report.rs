@@ -67,6 +67,24 @@ pub struct RunOutcome {
     pub data: crate::data::DataRecord,
     /// Validation accuracy per epoch (for the comparison plot).
     pub val_acc: Vec<f64>,
+    /// The teachers distilled: 0 (a teacher or a student alone), 1, or an ensemble's
+    /// members.
+    pub teachers: usize,
+}
+
+/// A teacher of a `reproduce`, or its ensemble, on the test set.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeacherSummary {
+    /// Its file, or `ensemble of K (how)`.
+    pub teacher: String,
+    /// Its architecture spec, `torchscript`, or `ensemble`.
+    pub arch: String,
+    /// The file's SHA-256 (empty for the ensemble).
+    pub sha256: String,
+    /// Read from a file (`reproduce.teacher_file`), not trained by this run.
+    pub from_file: bool,
+    /// Test accuracy in [0, 1].
+    pub test_acc: f64,
 }
 
 /// Mean and sample standard deviation (n - 1 in the denominator; `None` for n < 2).
@@ -113,10 +131,16 @@ pub struct ModelSummary {
     pub median_epoch_seconds: Option<f64>,
 }
 
-/// The paired gain of one objective: distilled − alone, test accuracy, same seed.
+/// The paired gain of one model over another (a distilled student over the student
+/// alone; a student distilled from an ensemble over one distilled from one teacher),
+/// test accuracy, same seed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Gain {
+    /// The model's label in the tables (`distilled (kd)`); for the gains over the
+    /// student alone also the objective's name, as before ensembles.
     pub objective: String,
+    /// The model it is compared with (`student`).
+    pub baseline: String,
     pub seeds: Vec<u64>,
     /// Per seed, in points (percentage points of accuracy).
     pub gains_points: Vec<f64>,
@@ -146,6 +170,12 @@ pub struct Results {
     pub runs: Vec<RunOutcome>,
     /// Seconds for the whole `reproduce`.
     pub wall_seconds: f64,
+    /// Which experiment (`full`, `fraction`, `omit`, `ensemble`).
+    pub experiment: String,
+    /// The teachers distilled, and an ensemble's accuracy, on the test set.
+    pub teachers: Vec<TeacherSummary>,
+    /// The students' training images, in words.
+    pub transfer: String,
 }
 
 /// The median of `v`: its middle value, or the mean of the two middle values when `v`
@@ -164,9 +194,10 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// The label of a run in the tables.
 pub fn label(r: &RunOutcome) -> String {
-    match r.model {
-        "distilled" => format!("distilled ({})", r.objective),
-        m => m.to_string(),
+    match (r.model, r.teachers) {
+        ("distilled", k) if k > 1 => format!("distilled ({}, ensemble of {k})", r.objective),
+        ("distilled", _) => format!("distilled ({})", r.objective),
+        (m, _) => m.to_string(),
     }
 }
 
@@ -215,27 +246,44 @@ impl Results {
                 }
             })
             .collect();
-        let acc = |model: &str, objective: &str, seed: u64| {
+        let acc = |label_: &str, seed: u64| {
             runs.iter()
-                .find(|r| r.model == model && r.objective == objective && r.seed == seed)
+                .find(|r| label(r) == label_ && r.seed == seed)
                 .map(|r| r.test_acc)
         };
-        let gains = objectives
-            .iter()
-            .map(|o| {
+        // Each distilled model over the student alone (per objective: from one teacher,
+        // then from the ensemble), then each ensemble's student over the one-teacher one.
+        let mut pairs: Vec<(String, String, String)> = Vec::new();
+        for o in objectives {
+            for l in &labels {
+                let one = format!("distilled ({o})");
+                if *l == one {
+                    pairs.push((o.clone(), l.clone(), "student".into()));
+                } else if l.starts_with(&format!("distilled ({o}, ensemble")) {
+                    pairs.push((l.clone(), l.clone(), "student".into()));
+                }
+            }
+        }
+        for o in objectives {
+            let one = format!("distilled ({o})");
+            for l in &labels {
+                if l.starts_with(&format!("distilled ({o}, ensemble")) && labels.contains(&one) {
+                    pairs.push((l.clone(), l.clone(), one.clone()));
+                }
+            }
+        }
+        let gains = pairs
+            .into_iter()
+            .map(|(name, model, baseline)| {
                 let pairs: Vec<(u64, f64)> = seeds
                     .iter()
-                    .filter_map(|&s| {
-                        Some((
-                            s,
-                            (acc("distilled", o, s)? - acc("student", "ce", s)?) * 100.0,
-                        ))
-                    })
+                    .filter_map(|&s| Some((s, (acc(&model, s)? - acc(&baseline, s)?) * 100.0)))
                     .collect();
                 let g: Vec<f64> = pairs.iter().map(|p| p.1).collect();
                 let (mean, sd) = mean_sd(&g);
                 Gain {
-                    objective: o.clone(),
+                    objective: name,
+                    baseline,
                     seeds: pairs.iter().map(|p| p.0).collect(),
                     interval_95_points: t_interval_95(&g),
                     gains_points: g,
@@ -243,6 +291,7 @@ impl Results {
                     sd_points: sd,
                 }
             })
+            .filter(|g| !g.seeds.is_empty())
             .collect();
         let dataset = match runs.first().map(|r| &r.data) {
             Some(d)
@@ -273,6 +322,9 @@ impl Results {
             gains,
             runs,
             wall_seconds,
+            experiment: "full".into(),
+            teachers: Vec::new(),
+            transfer: String::new(),
         }
     }
 
@@ -280,21 +332,53 @@ impl Results {
     pub fn markdown(&self) -> String {
         let n = self.seeds.len();
         let seeds: Vec<String> = self.seeds.iter().map(|s| s.to_string()).collect();
+        let members = self
+            .teachers
+            .iter()
+            .filter(|t| t.arch != "ensemble")
+            .count();
+        let teacher = match (self.teachers.first(), members) {
+            (Some(t), _) if t.from_file => format!(
+                "the file {} (not trained by this run), for every seed",
+                t.teacher
+            ),
+            (_, k) if k > 1 => {
+                format!("an ensemble of {k}, trained with the first seed, +1, ..., for every seed")
+            }
+            _ if self.teacher_per_seed => "one per seed".into(),
+            _ => "one, trained with the first seed, for every seed".into(),
+        };
+        let transfer = match self.transfer.is_empty() {
+            true => String::new(),
+            false => format!("students' training images: {}; ", self.transfer),
+        };
         let mut s = format!(
-            "{}, test set; {n} seed{} ({}); validation: {}; teacher: {}; each run's weights \
-             chosen on {}. Accuracy in percent, mean ± sample sd over seeds.\n\n",
+            "{}, test set; experiment {}; {transfer}{n} seed{} ({}); validation: {}; teacher: \
+             {teacher}; each run's weights chosen on {}. Accuracy in percent, mean ± sample sd \
+             over seeds.\n\n",
             self.dataset,
+            self.experiment,
             if n == 1 { "" } else { "s" },
             seeds.join(", "),
             self.validation,
-            if self.teacher_per_seed {
-                "one per seed"
-            } else {
-                "one, trained with the first seed, for every seed"
-            },
             self.selection
         );
         let pct = |v: f64| format!("{:.2}", v * 100.0);
+        if !self.teachers.is_empty() {
+            s.push_str(
+                "| teacher | architecture | SHA-256 | test acc (%) |\n| --- | --- | --- | --- |\n",
+            );
+            for t in &self.teachers {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    t.teacher,
+                    t.arch,
+                    t.sha256.get(..16).unwrap_or("-"),
+                    pct(t.test_acc)
+                ));
+            }
+            s.push('\n');
+        }
         s.push_str("| model | architecture | objective | parameters | test acc (%) | validation acc (%) | test loss | ECE | epochs run (best) | s/epoch |\n");
         s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for m in &self.models {
@@ -318,8 +402,8 @@ impl Results {
                     .unwrap_or_else(|| "-".into())
             ));
         }
-        s.push_str("\nPaired gain of the distilled student over the student trained alone (same seed), test accuracy in points:\n\n");
-        s.push_str("| objective | per seed | mean | sd | 95% interval |\n| --- | --- | --- | --- | --- |\n");
+        s.push_str("\nPaired gain of each distilled student over the model it is compared with (same seed), test accuracy in points:\n\n");
+        s.push_str("| objective | over | per seed | mean | sd | 95% interval |\n| --- | --- | --- | --- | --- | --- |\n");
         for g in &self.gains {
             let per: Vec<String> = g
                 .seeds
@@ -328,8 +412,9 @@ impl Results {
                 .map(|(s, v)| format!("{s}: {v:+.2}"))
                 .collect();
             s.push_str(&format!(
-                "| {} | {} | {:+.2} | {} | {} |\n",
+                "| {} | {} | {} | {:+.2} | {} | {} |\n",
                 g.objective,
+                g.baseline,
                 per.join(", "),
                 g.mean_points,
                 g.sd_points
@@ -364,6 +449,109 @@ impl Results {
         ));
         s
     }
+}
+
+/// The paper's figures beside ours, for `reproduce --experiment paper`: one row per
+/// experiment, from Hinton, Vinyals and Dean 2015 (their data named: MNIST and a speech
+/// acoustic model, not ours).
+pub fn paper_markdown(all: &[(crate::config::Experiment, Results)]) -> String {
+    use crate::config::Experiment;
+    let pct = |v: f64| format!("{:.2}", v * 100.0);
+    let model = |r: &Results, l: &str| r.models.iter().find(|m| m.model == l).cloned();
+    let acc = |m: Option<ModelSummary>| match m {
+        Some(m) => match m.test_acc_sd {
+            Some(sd) => format!("{} ± {}", pct(m.test_acc_mean), pct(sd)),
+            None => pct(m.test_acc_mean),
+        },
+        None => "-".into(),
+    };
+    let gain = |g: Option<&Gain>| match g {
+        Some(g) => match g.interval_95_points {
+            Some((lo, hi)) => format!("{:+.2} ({lo:+.2} to {hi:+.2})", g.mean_points),
+            None => format!("{:+.2}", g.mean_points),
+        },
+        None => "-".into(),
+    };
+    let mut s = String::from(
+        "# Hinton, Vinyals and Dean 2015, reproduced\n\nThe paper's figures are on its data \
+         (MNIST, and a speech recognition acoustic model's frame accuracy); ours are on this \
+         run's data set, test accuracy in percent, mean ± sd over seeds, every choice made \
+         on the validation split. Gains are paired (same seed), in points, with their 95% \
+         interval.\n\n| experiment | paper: data | paper: alone | paper: distilled | ours: \
+         data | ours: alone | ours: distilled | ours: gain |\n| --- | --- | --- | --- | --- | \
+         --- | --- | --- |\n",
+    );
+    for (e, r) in all {
+        let objective = r
+            .gains
+            .iter()
+            .find(|g| g.baseline == "student")
+            .map(|g| g.objective.clone())
+            .unwrap_or_else(|| "kd".into());
+        let one = format!("distilled ({objective})");
+        let (paper_data, paper_alone, paper_distilled) = match e {
+            Experiment::Fraction => (
+                "speech, 3% of the training set (§6, Table 5)",
+                "44.5 (all data: 58.9)",
+                "57.0",
+            ),
+            Experiment::Omit => (
+                "MNIST without any 3 in the transfer set (§3)",
+                "-",
+                "97.94 (206 errors, 133 of them on the 1,010 threes); 98.91 with the 3's bias \
+                 raised by 3.5, chosen on the test set (14 errors on threes)",
+            ),
+            Experiment::Ensemble => (
+                "speech, 10 models (§4, Table 1)",
+                "58.9 (the ensemble: 61.1)",
+                "60.8",
+            ),
+            _ => (
+                "MNIST, 800-800 net (§3)",
+                "98.54 (146 errors)",
+                "99.26 (74 errors; teacher 67)",
+            ),
+        };
+        let (distilled, g) = match e {
+            Experiment::Ensemble => {
+                let ens = r
+                    .models
+                    .iter()
+                    .find(|m| {
+                        m.model
+                            .starts_with(&format!("distilled ({objective}, ensemble"))
+                    })
+                    .cloned();
+                let g = ens.as_ref().and_then(|m| {
+                    r.gains
+                        .iter()
+                        .find(|g| g.objective == m.model && g.baseline == "student")
+                });
+                (
+                    format!(
+                        "{} (from one teacher: {})",
+                        acc(ens.clone()),
+                        acc(model(r, &one))
+                    ),
+                    g,
+                )
+            }
+            _ => (
+                acc(model(r, &one)),
+                r.gains
+                    .iter()
+                    .find(|g| g.objective == objective && g.baseline == "student"),
+            ),
+        };
+        s.push_str(&format!(
+            "| {} | {paper_data} | {paper_alone} | {paper_distilled} | {} | {} | {distilled} | {} |\n",
+            e.key(),
+            r.transfer,
+            acc(model(r, "student")),
+            gain(g)
+        ));
+    }
+    s
 }
 
 #[cfg(test)]

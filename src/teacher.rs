@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::config::settings::Settings;
 pub use crate::data::spec_mismatch;
 use crate::data::{self, DataSpec, Dataset};
+use crate::ensemble::{self, Combine};
 use crate::error::{INTERRUPTED, Interrupted, UsageError, usage};
 use crate::eval;
 use crate::model::{Network, RunKind};
@@ -51,6 +52,87 @@ impl LoadedTeacher {
             "teacher_split_hash": self.split.as_ref().map(|s| s.split_hash.clone()),
         })
     }
+}
+
+/// What a distilled run records in `meta.json` about its teachers: `teachers`, one
+/// [`LoadedTeacher::meta`] each; with one teacher also its keys at the top level (as
+/// before ensembles); with several, `ensemble` (how they are combined, in words and as
+/// its config value) and `ensemble_temperature`.
+pub fn teachers_meta(teachers: &[LoadedTeacher], how: Combine, t: f64) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = teachers.iter().map(|t| t.meta()).collect();
+    let mut v = match teachers {
+        [one] => one.meta(),
+        _ => serde_json::json!({
+            "ensemble": how.key(),
+            "ensemble_description": how.describe(t),
+            "ensemble_temperature": t,
+        }),
+    };
+    v["teachers"] = serde_json::Value::Array(list);
+    v
+}
+
+/// The SHA-256 of each teacher a run's `meta.json` records, in order (`teachers`, or the
+/// one `teacher_sha256` of runs made before ensembles).
+pub fn recorded_teacher_shas(meta: &serde_json::Value) -> Vec<String> {
+    match meta["teachers"].as_array() {
+        Some(list) => list
+            .iter()
+            .filter_map(|t| t["teacher_sha256"].as_str().map(String::from))
+            .collect(),
+        None => meta["teacher_sha256"]
+            .as_str()
+            .map(|s| vec![s.to_string()])
+            .unwrap_or_default(),
+    }
+}
+
+/// The teachers for distillation: `distill.teachers`, or `distill.teacher`, or the newest
+/// teacher in the out-dir; each read, checked against the data of `spec` and frozen
+/// before training, and no file twice (by SHA-256, so a copy counts).
+///
+/// # Errors
+/// Usage errors naming the file: none found, unreadable, not a teacher, wrong shapes,
+/// another data spec, the same teacher twice.
+pub fn load_teachers(s: &Settings, config: &Config, spec: &DataSpec) -> Result<Vec<LoadedTeacher>> {
+    let paths = config.distill.teacher_paths();
+    if paths.len() <= 1 {
+        return Ok(vec![load_teacher(s, config, spec)?]);
+    }
+    let mut loaded: Vec<LoadedTeacher> = Vec::new();
+    for p in paths {
+        let mut one = config.clone();
+        one.distill.teacher = p;
+        one.distill.teachers.clear();
+        let t = load_teacher(s, &one, spec)?;
+        if let Some(same) = loaded.iter().find(|o| o.sha256 == t.sha256) {
+            return usage(format!(
+                "--teacher {} and --teacher {} are the same file (SHA-256 {}): an ensemble's \
+                 members must differ; pass each teacher once",
+                same.path.display(),
+                t.path.display(),
+                &t.sha256[..16]
+            ));
+        }
+        loaded.push(t);
+    }
+    // Members that disagree with each other on the split: each is also checked against
+    // the run's (check_teacher_split), but this names the pair.
+    for w in loaded.windows(2) {
+        if let (Some(a), Some(b)) = (&w[0].split, &w[1].split)
+            && !a.same_as(b)
+        {
+            return usage(format!(
+                "the teachers were trained with different validation splits: {} on {}, {} on \
+                 {}; distil an ensemble of teachers that share one split",
+                w[0].path.display(),
+                a.describe(),
+                w[1].path.display(),
+                b.describe()
+            ));
+        }
+    }
+    Ok(loaded)
 }
 
 /// The teacher checkpoint for distillation: `distill.teacher`, or the newest teacher in
@@ -86,12 +168,7 @@ pub fn load_teacher(s: &Settings, config: &Config, spec: &DataSpec) -> Result<Lo
         path.display(),
         network.describe()
     ));
-    let sha256 = {
-        use sha2::{Digest, Sha256};
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("cannot read teacher {}", path.display()))?;
-        crate::hex(&Sha256::digest(&bytes))
-    };
+    let sha256 = crate::checkpoint::file_sha256(&path).context("teacher")?;
     Ok(LoadedTeacher {
         network,
         split,
@@ -287,40 +364,72 @@ pub fn check_teacher_split(s: &Settings, teacher: &LoadedTeacher, data: &Dataset
     }
 }
 
-/// The frozen teacher of a distillation run: its network (own VarStore, frozen, run in
-/// eval mode under `no_grad`) and whether its training-set logits are cached.
+/// The frozen teacher of a distillation run: one network or an ensemble of them (each
+/// with its own VarStore, frozen, run in eval mode under `no_grad`), how an ensemble's
+/// logits are combined, and whether its training-set logits are cached.
 pub struct Teacher<'a> {
-    pub network: &'a dyn Network,
-    /// What identifies the teacher's weights (its file's SHA-256): the key under which
+    /// The members, in the order given; one for a single teacher.
+    pub members: Vec<&'a dyn Network>,
+    /// What identifies each member's weights (its file's SHA-256): the key under which
     /// its cached logits are kept for the next run of this process (the seeds and
     /// objectives of a `reproduce` share them).
-    pub id: String,
-    /// Compute the logits of every training example once (`[n, classes] f32`, keyed by row
-    /// of the training set) instead of a forward pass per batch. Any objective reads
-    /// the same logits, so the cache serves them all.
+    pub ids: Vec<String>,
+    /// How the members' logits are combined ([`ensemble::combine`]).
+    pub combine: Combine,
+    /// The temperature of that combination: the objective's T, or 1.
+    pub temperature: f64,
+    /// Compute the logits of every training example once (`[n, classes] f32` per member,
+    /// keyed by row of the training set) instead of a forward pass per batch. Any
+    /// objective reads the same logits, so the cache serves them all.
     pub cache: bool,
 }
 
+impl<'a> Teacher<'a> {
+    /// One teacher network, `id` its file's SHA-256.
+    pub fn single(network: &'a dyn Network, id: String, cache: bool) -> Teacher<'a> {
+        Teacher {
+            members: vec![network],
+            ids: vec![id],
+            combine: Combine::Probabilities,
+            temperature: 1.0,
+            cache,
+        }
+    }
+
+    fn device(&self) -> tch::Device {
+        self.members[0].device()
+    }
+
+    /// The ensemble's logits from its members' ([`ensemble::combine`]).
+    fn combined(&self, members: &[Tensor]) -> Tensor {
+        ensemble::combine(members, self.combine, self.temperature)
+    }
+}
+
 /// Where a distillation run's teacher logits come from, prepared once before the first
-/// step: the cache (when [`Teacher::cache`] and the views allow one) or the network.
+/// step: the cache (when [`Teacher::cache`] and the views allow one) or the networks.
 pub struct TeacherSource<'a> {
-    network: &'a dyn Network,
-    /// `[n, classes] f32`, or `[k * n, classes] f32` with K fixed views; `None`: a forward
-    /// pass per batch.
+    members: Vec<&'a dyn Network>,
+    combine: Combine,
+    temperature: f64,
+    /// The (combined) logits, `[n, classes] f32`, or `[k * n, classes] f32` with K fixed
+    /// views; `None`: a forward pass of every member per batch.
     cache: Option<Tensor>,
-    /// The teacher's logits on the validation images, `[n_val, classes] f32`.
+    /// The teacher's (combined) logits on the validation images, `[n_val, classes] f32`.
     pub val: Tensor,
     /// Its largest |logit| there, named if the loss diverges.
     pub max_logit: f64,
-    /// Seconds the cache took to compute (every view's); `None` without a cache.
+    /// Seconds the cache took to compute (every member's and view's); `None` without a
+    /// cache.
     pub cache_seconds: Option<f64>,
 }
 
 impl<'a> TeacherSource<'a> {
-    /// Computes (or reuses) the cache of the teacher's logits on the training images
-    /// (each of `view_set`'s fixed views of them, with augmentation `aug`) and its
-    /// validation logits, and refuses a teacher whose logits are not finite. `table` is
-    /// `aug`'s shift table; `say` prints status lines.
+    /// Computes (or reuses) the cache of each member's logits on the training images
+    /// (each of `view_set`'s fixed views of them, with augmentation `aug`), combines the
+    /// members' into the ensemble's once, computes the validation logits, and refuses a
+    /// teacher whose logits are not finite. `table` is `aug`'s shift table; `say` prints
+    /// status lines.
     ///
     /// # Errors
     /// [`Interrupted`] when a Ctrl-C arrives while the cache is computed; a
@@ -334,79 +443,102 @@ impl<'a> TeacherSource<'a> {
         say: impl Fn(&str),
     ) -> Result<TeacherSource<'a>> {
         let n = data.train.len();
-        let device = t.network.device();
+        let device = t.device();
         let view_set = &view_set;
-        // Keyed by row of `data.train`, i.e. by example, not by batch position; with
-        // augmentation, by (view, example): row k * n + i holds view k of example i.
+        // The cache is keyed by row of `data.train`, i.e. by example, not by batch
+        // position (with augmentation, by (view, example): row k * n + i holds view k of
+        // example i); so by the training set's rows too, which a transfer subset changes.
+        let rows_key = rows_hash(&data.train_index);
         let t_cache = Instant::now();
+        let members = t.members.len();
+        let of = |i: usize| match members {
+            1 => String::new(),
+            m => format!(" (teacher {} of {m})", i + 1),
+        };
         let train_cache = match (Some(t).filter(|t| t.cache), aug.is_none(), &view_set) {
             (None, _, _) => None,
             (Some(t), true, _) => {
-                Some(cached_logits(t, &data.split.split_hash, "none", n, || {
-                    // A Ctrl-C or SIGTERM is answered between chunks: a big teacher's pass can
-                    // outlast Slurm's 30 s between SIGTERM and SIGKILL. Test hook: `cache:0` acts
-                    // as one that arrives as the pass starts.
-                    if std::env::var(crate::error::INTERRUPT_HOOK).is_ok_and(|h| h == "cache:0") {
-                        INTERRUPTED.store(true, Ordering::SeqCst);
-                    }
-                    let logits = eval::logits_until(
-                        t.network,
-                        &data.train.images,
-                        |x, _| x.shallow_clone(),
-                        || INTERRUPTED.load(Ordering::SeqCst),
-                    )
-                    .map_err(teacher_failed)?; // [n, classes]
-                    logits.ok_or_else(|| {
-                        Interrupted::new(
-                        "interrupted while caching the teacher's logits, before this run's first \
-                         step; no checkpoint was written",
-                    )
-                    .into()
-                    })
-                })?)
+                let mut each = Vec::new();
+                for (i, (net, id)) in t.members.iter().zip(&t.ids).enumerate() {
+                    each.push(cached_logits(id, *net, &rows_key, "none", n, || {
+                        // A Ctrl-C or SIGTERM is answered between chunks: a big teacher's pass
+                        // can outlast Slurm's 30 s between SIGTERM and SIGKILL. Test hook:
+                        // `cache:0` acts as one that arrives as the pass starts.
+                        if std::env::var(crate::error::INTERRUPT_HOOK).is_ok_and(|h| h == "cache:0")
+                        {
+                            INTERRUPTED.store(true, Ordering::SeqCst);
+                        }
+                        let logits = eval::logits_until(
+                            *net,
+                            &data.train.images,
+                            |x, _| x.shallow_clone(),
+                            || INTERRUPTED.load(Ordering::SeqCst),
+                        )
+                        .map_err(teacher_failed)?; // [n, classes]
+                        logits.ok_or_else(|| {
+                            Interrupted::new(format!(
+                                "interrupted while caching the teacher's logits{}, before this \
+                                 run's first step; no checkpoint was written",
+                                of(i)
+                            ))
+                            .into()
+                        })
+                    })?);
+                }
+                Some(t.combined(&each))
             }
             (Some(t), false, Some(set)) => {
                 let what = format!("{} x{}", aug.spec(), set.k);
                 let mut fresh = false;
-                let logits = cached_logits(t, &data.split.split_hash, &what, n, || {
-                    fresh = true;
-                    let mut views = Vec::new();
-                    for k in 0..set.k {
-                        // Each view is a pass of the teacher over the training set: a Ctrl-C
-                        // is answered between its chunks, not after all K views.
-                        let interrupted = || {
-                            Interrupted::new(format!(
-                                "interrupted while caching the teacher's logits (view {} of {}), \
-                                 before this run's first step; no checkpoint was written",
-                                k + 1,
-                                set.k,
-                            ))
-                        };
-                        let v = set.fixed(k, n, device);
-                        let logits = eval::logits_until(
-                            t.network,
-                            &data.train.images,
-                            |x, rows| aug.apply(x, table, &v.narrow(0, rows.0, rows.1)),
-                            || INTERRUPTED.load(Ordering::SeqCst),
-                        )
-                        .map_err(teacher_failed)?;
-                        views.push(logits.ok_or_else(interrupted)?);
-                        // Test hook: `cache:K` acts as a Ctrl-C right after view K is cached.
-                        if std::env::var(crate::error::INTERRUPT_HOOK)
-                            .is_ok_and(|h| h == format!("cache:{}", k + 1))
-                        {
-                            INTERRUPTED.store(true, Ordering::SeqCst);
+                let mut each = Vec::new();
+                for (i, (net, id)) in t.members.iter().zip(&t.ids).enumerate() {
+                    each.push(cached_logits(id, *net, &rows_key, &what, n, || {
+                        fresh = true;
+                        let mut views = Vec::new();
+                        for k in 0..set.k {
+                            // Each view is a pass of the teacher over the training set: a
+                            // Ctrl-C is answered between its chunks, not after all K views.
+                            let interrupted = || {
+                                Interrupted::new(format!(
+                                    "interrupted while caching the teacher's logits{} (view {} \
+                                     of {}), before this run's first step; no checkpoint was \
+                                     written",
+                                    of(i),
+                                    k + 1,
+                                    set.k,
+                                ))
+                            };
+                            let v = set.fixed(k, n, device);
+                            let logits = eval::logits_until(
+                                *net,
+                                &data.train.images,
+                                |x, rows| aug.apply(x, table, &v.narrow(0, rows.0, rows.1)),
+                                || INTERRUPTED.load(Ordering::SeqCst),
+                            )
+                            .map_err(teacher_failed)?;
+                            views.push(logits.ok_or_else(interrupted)?);
+                            // Test hook: `cache:K` acts as a Ctrl-C right after view K is
+                            // cached.
+                            if std::env::var(crate::error::INTERRUPT_HOOK)
+                                .is_ok_and(|h| h == format!("cache:{}", k + 1))
+                            {
+                                INTERRUPTED.store(true, Ordering::SeqCst);
+                            }
                         }
-                    }
-                    Ok(Tensor::cat(&views, 0)) // [k * n, classes]
-                })?;
+                        Ok(Tensor::cat(&views, 0)) // [k * n, classes]
+                    })?);
+                }
                 say(&format!(
-                    "{} the teacher's logits on {} views of {n} examples in {:.1} s",
+                    "{} the teacher{}'s logits on {} views of {n} examples in {:.1} s",
                     if fresh { "cached" } else { "reused" },
+                    match members {
+                        1 => String::new(),
+                        m => format!("s' ({m})"),
+                    },
                     set.k,
                     t_cache.elapsed().as_secs_f64()
                 ));
-                Some(logits)
+                Some(t.combined(&each))
             }
             (Some(_), false, None) => {
                 say(
@@ -419,8 +551,13 @@ impl<'a> TeacherSource<'a> {
         let cache_seconds = train_cache
             .as_ref()
             .map(|_| t_cache.elapsed().as_secs_f64());
-        let val = eval::try_logits(t.network, &data.val.images).map_err(teacher_failed)?; // [n_val, classes]
-        // The teacher's largest |logit| on the validation images, named if the loss diverges.
+        let mut each_val = Vec::new();
+        for net in &t.members {
+            each_val.push(eval::try_logits(*net, &data.val.images).map_err(teacher_failed)?);
+        }
+        let val = t.combined(&each_val); // [n_val, classes]
+        // The teacher's largest |logit| on the validation images, named if the loss
+        // diverges.
         let max_logit = val.abs().max().double_value(&[]);
         // A teacher with broken weights (NaN or infinite) would make the first loss NaN,
         // which would read as a divergence of the student.
@@ -446,7 +583,9 @@ impl<'a> TeacherSource<'a> {
             }
         }
         Ok(TeacherSource {
-            network: t.network,
+            members: t.members.clone(),
+            combine: t.combine,
+            temperature: t.temperature,
             cache: train_cache,
             val,
             max_logit,
@@ -455,8 +594,8 @@ impl<'a> TeacherSource<'a> {
     }
 
     /// The teacher's logits for one batch: `rows` (`[len] i64`, the batch's rows of the
-    /// cache) from the cache, else a `no_grad` forward pass on `x`, the images the student
-    /// sees.
+    /// cache) from the cache, else a `no_grad` forward pass of each member on `x`, the
+    /// images the student sees, combined.
     ///
     /// # Shapes
     /// `rows: [len] i64`, `x: [len, C·H·W] f32` -> `[len, classes] f32`.
@@ -466,7 +605,14 @@ impl<'a> TeacherSource<'a> {
     pub fn logits(&self, rows: &Tensor, x: &Tensor) -> std::result::Result<Tensor, String> {
         match &self.cache {
             Some(c) => Ok(c.index_select(0, rows)),
-            None => tch::no_grad(|| self.network.try_forward(x)),
+            None => tch::no_grad(|| {
+                let each = self
+                    .members
+                    .iter()
+                    .map(|m| m.try_forward(x))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(ensemble::combine(&each, self.combine, self.temperature))
+            }),
         }
     }
 }
@@ -481,28 +627,47 @@ pub fn teacher_failed(e: String) -> anyhow::Error {
     .into()
 }
 
-/// The last teacher cache computed in this process, with its key.
-static LAST_CACHE: std::sync::Mutex<Option<(String, Tensor)>> = std::sync::Mutex::new(None);
+/// The first 16 hex digits of the SHA-256 of `rows` (little-endian i64): which
+/// training images, in which order, a cache holds.
+fn rows_hash(rows: &[i64]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for r in rows {
+        h.update(r.to_le_bytes());
+    }
+    crate::hex(&h.finalize())[..16].to_string()
+}
 
-/// The teacher's training-set logits for `what` (`none`, or the views), computed by
-/// `compute` unless the previous run of this process computed them for the same teacher
-/// (by SHA-256), training split, views, size and device.
+/// The teacher caches computed last in this process, newest last, with their keys: an
+/// ensemble's members each have one.
+static LAST_CACHES: std::sync::Mutex<Vec<(String, Tensor)>> = std::sync::Mutex::new(Vec::new());
+
+/// How many caches [`LAST_CACHES`] keeps (an ensemble's members, and a few more).
+const KEEP_CACHES: usize = 8;
+
+/// One teacher's training-set logits for `what` (`none`, or the views), computed by
+/// `compute` unless an earlier run of this process computed them for the same teacher
+/// (`id`, its SHA-256), training rows (`rows_key`), views, size and device.
 fn cached_logits(
-    t: &Teacher,
-    split_hash: &str,
+    id: &str,
+    network: &dyn Network,
+    rows_key: &str,
     what: &str,
     n: i64,
     compute: impl FnOnce() -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let key = format!("{}|{split_hash}|{what}|{n}|{:?}", t.id, t.network.device());
-    let mut last = LAST_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((k, v)) = last.as_ref()
-        && *k == key
+    let key = format!("{id}|{rows_key}|{what}|{n}|{:?}", network.device());
     {
-        return Ok(v.shallow_clone());
+        let last = LAST_CACHES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, v)) = last.iter().find(|(k, _)| *k == key) {
+            return Ok(v.shallow_clone());
+        }
     }
     let v = compute()?;
-    *last = Some((key, v.shallow_clone()));
+    let mut last = LAST_CACHES.lock().unwrap_or_else(|e| e.into_inner());
+    last.push((key, v.shallow_clone()));
+    let excess = last.len().saturating_sub(KEEP_CACHES);
+    last.drain(..excess);
     Ok(v)
 }
 

@@ -22,27 +22,36 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     let arch = model.arch().clone();
     let spec = model.data_spec().clone();
     let normalize = ckpt.normalize()?;
-    let teacher = match &args.teacher {
-        Some(p) => {
-            let (mut n, _, tn) = super::open_teacher(p, s, "--teacher", &spec).map_err(|e| {
-                let msg = format!("{e:#}");
-                match msg.starts_with("--teacher") {
-                    true => UsageError(msg),
-                    false => UsageError(format!("--teacher: {msg}")),
-                }
-            })?;
-            n.freeze();
-            if let Some(tn) = &tn {
-                crate::teacher::check_same_normalize(
-                    &format!("--teacher {}", p.display()),
-                    tn,
-                    &normalize,
-                )?;
+    let mut teachers: Vec<(std::path::PathBuf, Box<dyn Network>, String)> = Vec::new();
+    for p in &args.teacher {
+        let (mut n, _, tn) = super::open_teacher(p, s, "--teacher", &spec).map_err(|e| {
+            let msg = format!("{e:#}");
+            match msg.starts_with("--teacher") {
+                true => UsageError(msg),
+                false => UsageError(format!("--teacher: {msg}")),
             }
-            Some(n)
+        })?;
+        n.freeze();
+        if let Some(tn) = &tn {
+            crate::teacher::check_same_normalize(
+                &format!("--teacher {}", p.display()),
+                tn,
+                &normalize,
+            )?;
         }
-        None => None,
-    };
+        let sha = crate::checkpoint::file_sha256(p)?;
+        if let Some((same, _, _)) = teachers.iter().find(|(_, _, s)| *s == sha) {
+            return Err(UsageError(format!(
+                "--teacher {} and --teacher {} are the same file (SHA-256 {}): pass each \
+                 teacher once",
+                same.display(),
+                p.display(),
+                &sha[..16]
+            ))
+            .into());
+        }
+        teachers.push((p.clone(), n, sha));
+    }
     let objective = s.config.distill.build_chosen()?;
     let dir = data_dir(s)?;
     let (raw, _) = super::load_raw(s, &dir)?;
@@ -54,15 +63,20 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
         |split: &data::Split| data::Examples::from_split(split, s.device).normalized(&normalize);
     let train = examples(&raw.train);
     let test = examples(&raw.test);
+    let combine = s.config.distill.ensemble;
+    let t_combine = s.config.distill.ensemble_temperature(objective.name());
+    // Each member's accuracy on each set, in order ("train", "test").
+    let member_acc = std::cell::RefCell::new(vec![Vec::new(); teachers.len()]);
     let report = |set: &data::Examples| -> Result<Report> {
         let z = eval::logits(model.as_ref(), &set.images);
-        let t = match &teacher {
-            Some(t) => Some(
-                eval::try_logits(t.as_ref() as &dyn Network, &set.images)
-                    .map_err(crate::teacher::teacher_failed)?,
-            ),
-            None => None,
-        };
+        let mut each = Vec::new();
+        for (i, (_, t, _)) in teachers.iter().enumerate() {
+            let l = eval::try_logits(t.as_ref() as &dyn Network, &set.images)
+                .map_err(crate::teacher::teacher_failed)?;
+            member_acc.borrow_mut()[i].push(eval::metrics(&l, &set.labels, None).acc);
+            each.push(l);
+        }
+        let t = (!each.is_empty()).then(|| crate::ensemble::combine(&each, combine, t_combine));
         let mut r = eval::report(&z, &set.labels, &spec, t.as_ref())?;
         if let Some(t) = &t {
             // Warm-ups complete: the terms are reported unscaled anyway.
@@ -95,12 +109,32 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
         crate::errln!("warning: {e:#}; the report is complete without it");
     }
     let confusion_png = chart.is_ok().then_some(confusion_png);
+    let has_teacher = !teachers.is_empty();
+    let member_acc = member_acc.into_inner();
+    // With several teachers, each member's accuracy (train, test) beside the
+    // ensemble's (the report's teacher figures).
+    let members: Vec<serde_json::Value> = teachers
+        .iter()
+        .zip(&member_acc)
+        .map(|((p, n, sha), acc)| {
+            serde_json::json!({
+                "teacher": p.display().to_string(),
+                "teacher_arch": n.arch().spec(),
+                "teacher_sha256": sha,
+                "train_acc": acc.first(),
+                "test_acc": acc.get(1),
+            })
+        })
+        .collect();
+    let ensemble = (teachers.len() > 1).then(|| combine.describe(t_combine));
     if args.json {
         let v = serde_json::json!({
             "checkpoint": path.display().to_string(),
             "arch": arch.spec(),
             "params": arch.num_params(&spec),
-            "objective": teacher.as_ref().map(|_| objective.describe()),
+            "objective": has_teacher.then(|| objective.describe()),
+            "teachers": members,
+            "ensemble": ensemble,
             "train_set": train_set,
             "train": train_r,
             "test": test_r,
@@ -116,8 +150,22 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
         &train_set,
         &train_r,
         &test_r,
-        teacher.is_some().then(|| objective.describe()),
+        has_teacher.then(|| objective.describe()),
     );
+    if let Some(e) = &ensemble {
+        crate::outln!(
+            "\nteacher ensemble of {} ({e}); its accuracy is the teacher acc above",
+            teachers.len()
+        );
+        for ((p, _, _), acc) in teachers.iter().zip(&member_acc) {
+            crate::outln!(
+                "  {}: train acc {:.4}  test acc {:.4}",
+                p.display(),
+                acc.first().copied().unwrap_or(f64::NAN),
+                acc.get(1).copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
     if let Some(p) = confusion_png {
         crate::outln!("\nwrote {}", p.display());
     }

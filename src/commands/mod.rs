@@ -49,7 +49,8 @@ pub fn run(cli: Cli) -> Result<()> {
 
 pub use crate::report::RunOutcome;
 pub use crate::teacher::{
-    LoadedTeacher, check_teacher_split, load_teacher, open_teacher, spec_mismatch,
+    LoadedTeacher, check_teacher_split, load_teacher, load_teachers, open_teacher,
+    recorded_teacher_shas, spec_mismatch, teachers_meta,
 };
 
 /// The data folder, found (or downloaded with `--download`) before anything else runs.
@@ -140,8 +141,19 @@ pub fn load_raw(s: &Settings, dir: &Path) -> Result<(data::RawData, f64)> {
 /// The data read by [`load_raw`], split, normalised and on the device, with the seconds
 /// it took in all.
 pub fn prepare_data(s: &Settings, raw: &data::RawData, read_secs: f64) -> Result<(Dataset, f64)> {
+    prepare_data_with(s, &s.config, raw, read_secs)
+}
+
+/// [`prepare_data`] with the `[data]` settings of `config` (reproduce's teachers and
+/// students may see different transfer sets).
+pub fn prepare_data_with(
+    s: &Settings,
+    config: &Config,
+    raw: &data::RawData,
+    read_secs: f64,
+) -> Result<(Dataset, f64)> {
     let t0 = Instant::now();
-    let c = &s.config.data;
+    let c = &config.data;
     let val = match c.validation {
         Validation::Split => Some(c.validation_size),
         Validation::Test => None,
@@ -199,13 +211,14 @@ pub fn check_memory(
     }
 }
 
-/// Trains one model in `run` with `config` and writes its final checkpoint and reports.
+/// Trains one model in `run` with `config` (against `teachers`, one or an ensemble, when
+/// distilling; none otherwise) and writes its final checkpoint and reports.
 pub fn train_one(
     s: &Settings,
     config: &Config,
     run: &mut Run,
     objective: &dyn Objective,
-    teacher: Option<&LoadedTeacher>,
+    teachers: &[LoadedTeacher],
     data: &(Dataset, f64),
 ) -> Result<RunOutcome> {
     let (data, data_load_seconds) = (&data.0, data.1);
@@ -233,9 +246,11 @@ pub fn train_one(
     let steps_per_epoch = (data.train.len() as usize).div_ceil(c.data.batch_size);
     let loop_cfg = loop_config(c, kind, steps_per_epoch)?;
     let epochs = loop_cfg.epochs;
-    let teacher = teacher.map(|t| Teacher {
-        network: t.network.as_ref(),
-        id: t.sha256.clone(),
+    let teacher = (!teachers.is_empty()).then(|| Teacher {
+        members: teachers.iter().map(|t| t.network.as_ref()).collect(),
+        ids: teachers.iter().map(|t| t.sha256.clone()).collect(),
+        combine: c.distill.ensemble,
+        temperature: c.distill.ensemble_temperature(objective.name()),
         cache: c.distill.teacher_cache,
     });
     let fit = crate::train::fit(
@@ -323,6 +338,7 @@ pub fn train_one(
         split: data.split.clone(),
         data: data.record(),
         val_acc: history.iter().map(|r| r.val.acc).collect(),
+        teachers: teachers.len(),
     };
     crate::checkpoint::write_atomic(
         &run.dir.join("summary.json"),

@@ -1,24 +1,34 @@
-//! `reproduce`: the teacher, then for every seed the student trained alone and one
-//! distilled student per objective, all on one validation split; then `results.md`,
-//! `results.json` and `comparison.png` (validation accuracy per epoch, every seed).
+//! `reproduce`: the teacher(s), then for every seed the student trained alone and the
+//! distilled student(s), all on one validation split; then `results.md`,
+//! `results.json`, `comparison.png` (mean validation accuracy per epoch) and
+//! `gains.png` (the paired gains with their intervals). `--experiment` chooses the
+//! comparison ([`Experiment`]): all the data, a small transfer set, a class never seen,
+//! an ensemble of teachers, or the four beside the paper's figures.
 //!
-//! Layout of `<out_dir>/reproduce-<date>-<time>/`: `teacher/` (or `seed-N/teacher/`
-//! with `reproduce.teacher_per_seed`), `seed-N/student/`, `seed-N/distilled-<objective>/`.
+//! Layout of `<out_dir>/reproduce-<date>-<time>/`: `teacher/` (or `teacher-K/` for an
+//! ensemble's members, `seed-N/teacher/` with `reproduce.teacher_per_seed`; none with a
+//! teacher file), `seed-N/student/`, `seed-N/distilled-<objective>/` (and
+//! `seed-N/distilled-<objective>-teacher-1/` in the ensemble experiment). The paper
+//! experiment puts each experiment in a folder of that name and writes `paper.md`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{LoadedTeacher, RunOutcome, data_dir, load_data, print_result, train_one};
-use crate::config::Validation;
+use super::{
+    LoadedTeacher, RunOutcome, data_dir, load_raw, prepare_data_with, print_result, teachers_meta,
+    train_one,
+};
 use crate::config::settings::Settings;
+use crate::config::{Config, Experiment, Validation};
+use crate::data::Dataset;
 use crate::error::{UsageError, usage};
 use crate::objective::CrossEntropy;
-use crate::report::{Results, label};
+use crate::report::{Results, TeacherSummary, label};
 use crate::run::{Run, RunKind};
 
-/// Runs the whole comparison.
+/// Runs the comparison `reproduce.experiment` names.
 pub fn run(s: &Settings) -> Result<()> {
     let t0 = Instant::now();
     if s.resume || s.run_name.is_some() {
@@ -28,14 +38,21 @@ pub fn run(s: &Settings) -> Result<()> {
         );
     }
     let c = &s.config;
-    let seeds = c.reproduce.seeds.clone();
-    let objectives = if c.reproduce.objectives.is_empty() {
-        vec![c.distill.objective.clone()]
-    } else {
-        c.reproduce.objectives.clone()
-    };
-    let per_seed_teacher = c.reproduce.teacher_per_seed;
+    let experiment = c.reproduce.experiment;
+    let k = teacher_count(c, experiment);
+    if k > 1 && c.reproduce.teacher_per_seed {
+        return usage(format!(
+            "reproduce.teacher_per_seed = true with {k} teachers: an ensemble is trained once \
+             for every seed; set one of them"
+        ));
+    }
     let dir = data_dir(s)?;
+    // The data and a teacher file are checked before any folder is made.
+    let (raw, secs) = load_raw(s, &dir)?;
+    let teacher_file = match (k, experiment) {
+        (1, _) => shipped_teacher(c)?,
+        _ => None,
+    };
     let _ = std::fs::create_dir_all(s.out_dir());
     let root = crate::run::claim_stamped_dir(s.out_dir(), "reproduce").map_err(|(dir, e)| {
         UsageError(format!(
@@ -43,153 +60,413 @@ pub fn run(s: &Settings) -> Result<()> {
             dir.display()
         ))
     })?;
+    let experiments = match experiment {
+        Experiment::Paper => vec![
+            Experiment::Fraction,
+            Experiment::Omit,
+            Experiment::Ensemble,
+            Experiment::Full,
+        ],
+        e => vec![e],
+    };
+    let mut all = Vec::new();
+    let done = (|| -> Result<()> {
+        for &e in &experiments {
+            let dir = match experiment {
+                Experiment::Paper => root.join(e.key()),
+                _ => root.clone(),
+            };
+            let file = match (teacher_count(c, e), &teacher_file) {
+                (1, Some(f)) => Some(f.clone()),
+                (1, None) => shipped_teacher(c)?,
+                _ => None,
+            };
+            let results = one_experiment(s, e, &dir, &raw, secs, file.as_deref(), t0)?;
+            all.push((e, results));
+        }
+        Ok(())
+    })();
+    if let Err(e) = done {
+        remove_empty(&root);
+        return Err(e);
+    }
+    if experiment == Experiment::Paper {
+        let md = crate::report::paper_markdown(&all);
+        crate::outln!("\n{md}");
+        crate::checkpoint::write_atomic(&root.join("paper.md"), md.as_bytes())?;
+        crate::outln!("wrote {}", root.join("paper.md").display());
+    }
+    Ok(())
+}
+
+/// How many teachers `e` trains or loads: `reproduce.teachers`, or 3 for the ensemble
+/// experiment when that is 1.
+fn teacher_count(c: &Config, e: Experiment) -> usize {
+    match (e, c.reproduce.teachers) {
+        (Experiment::Ensemble, 1) => 3,
+        (_, k) => k,
+    }
+}
+
+/// `reproduce.teacher_file`, found (from the working folder, else from the repository's
+/// root, where the shipped teacher lives) and its SHA-256 checked; `None` when it is
+/// `""` (the teacher is trained).
+///
+/// # Errors
+/// A usage error naming the key: the file is missing, or its SHA-256 is not
+/// `reproduce.teacher_sha256`.
+fn shipped_teacher(c: &Config) -> Result<Option<PathBuf>> {
+    let r = &c.reproduce;
+    if r.teacher_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let candidates = [
+        r.teacher_file.clone(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(&r.teacher_file),
+    ];
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        return usage(format!(
+            "config key `reproduce.teacher_file` = {}: no such file (looked in the working \
+             folder and in {}); pass --train-teacher to train the teacher instead, or name \
+             an existing file",
+            r.teacher_file.display(),
+            env!("CARGO_MANIFEST_DIR")
+        ));
+    };
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+    if !r.teacher_sha256.is_empty() {
+        let sha = crate::checkpoint::file_sha256(&path)?;
+        if !sha.eq_ignore_ascii_case(&r.teacher_sha256) {
+            return usage(format!(
+                "teacher file {} has SHA-256 {sha}, not the {} of `reproduce.teacher_sha256`: \
+                 it is not the recorded teacher; restore it (git checkout -- {}), set \
+                 reproduce.teacher_sha256 = \"\" to use it anyway, or pass --train-teacher",
+                path.display(),
+                r.teacher_sha256,
+                r.teacher_file.display()
+            ));
+        }
+    }
+    Ok(Some(path))
+}
+
+/// Removes `root` and its seed folders when nothing is in them (a run stopped before its
+/// first epoch leaves no empty folder).
+fn remove_empty(root: &Path) {
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_empty(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(root);
+}
+
+fn student_config(c: &Config, _e: Experiment) -> Config {
+    c.clone() // MERGE
+}
+fn teacher_config(c: &Config) -> Config {
+    c.clone() // MERGE
+}
+
+/// One experiment in `root`: teachers, then per seed the student alone and the
+/// distilled students; its results files. `teacher_file`: the teacher to load instead
+/// of training one.
+fn one_experiment(
+    s: &Settings,
+    e: Experiment,
+    root: &Path,
+    raw: &crate::data::RawData,
+    read_secs: f64,
+    teacher_file: Option<&Path>,
+    t0: Instant,
+) -> Result<Results> {
+    let t_start = Instant::now();
+    let c = &s.config;
+    let seeds = c.reproduce.seeds.clone();
+    let objectives = if c.reproduce.objectives.is_empty() {
+        vec![c.distill.objective.clone()]
+    } else {
+        c.reproduce.objectives.clone()
+    };
+    let k = teacher_count(c, e);
+    let per_seed_teacher = c.reproduce.teacher_per_seed && teacher_file.is_none();
+    std::fs::create_dir_all(root).map_err(|err| {
+        UsageError(format!(
+            "cannot create {} ({err}); choose a writable --out-dir",
+            root.display()
+        ))
+    })?;
+    let base_teacher = teacher_config(c);
+    let base_student = student_config(c, e);
     s.say(&format!(
-        "reproduce in {}: seeds {:?}, objectives {}, {}",
+        "reproduce, experiment {}, in {}: seeds {:?}, objectives {}, {}",
+        e.key(),
         root.display(),
         seeds,
         objectives.join(", "),
-        if per_seed_teacher {
-            "one teacher per seed"
-        } else {
-            "one teacher for every seed"
+        match (teacher_file, k, per_seed_teacher) {
+            (Some(f), _, _) => format!("the teacher {}", f.display()),
+            (None, 1, true) => "one teacher per seed".into(),
+            (None, 1, false) => "one teacher, trained with the first seed, for every seed".into(),
+            (None, k, _) =>
+                format!("an ensemble of {k} teachers trained with seeds from the first"),
         }
     ));
-    let data = load_data(s, &dir).inspect_err(|_| {
-        let _ = std::fs::remove_dir(&root);
-    })?;
+    let teacher_data = prepare_data_with(s, &base_teacher, raw, read_secs)?;
+    let student_data = if base_student.data == base_teacher.data {
+        None
+    } else {
+        Some(prepare_data_with(s, &base_student, raw, read_secs)?)
+    };
+    let student_data = student_data.as_ref().unwrap_or(&teacher_data);
     let q = s.quiet;
     let mut runs: Vec<RunOutcome> = Vec::new();
-    let mut teacher: Option<(LoadedTeacher, PathBuf)> = None;
+    let mut teachers: Vec<LoadedTeacher> = Vec::new();
     // The config file the user named, repeated in the resume commands printed on Ctrl-C.
     let config_flag = s
         .config_file
         .as_ref()
         .map(|p| format!(" --config {}", crate::error::quote(p)))
         .unwrap_or_default();
-    // A stage stopped before its first epoch (Ctrl-C, a bad teacher) leaves no empty
-    // folder: its run folder is abandoned, and the seed folders and the root too when
-    // nothing else is in them.
-    let trained = (|| -> Result<()> {
-        for (i, &seed) in seeds.iter().enumerate() {
-            let seed_dir = root.join(format!("seed-{seed}"));
-            if per_seed_teacher || i == 0 {
-                let (out_dir, name) = if per_seed_teacher {
-                    (seed_dir.clone(), "teacher")
-                } else {
-                    (root.clone(), "teacher")
+    let t_config = |seed: u64, out_dir: &Path| {
+        let mut c = base_teacher.clone();
+        c.seed = seed;
+        c.runtime.out_dir = out_dir.to_path_buf();
+        let r = c.reproduce.clone();
+        if !r.teacher.is_empty() {
+            c.model.teacher = r.teacher;
+        }
+        if !r.teacher_augment.is_empty() {
+            c.augment.teacher = r.teacher_augment;
+        }
+        if r.teacher_epochs > 0 {
+            c.train.teacher_epochs = r.teacher_epochs;
+        }
+        c
+    };
+    let train_teacher = |seed: u64, out_dir: &Path, name: &str| -> Result<RunOutcome> {
+        let config = t_config(seed, out_dir);
+        let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
+        // reproduce's own teacher recipe, as `train teacher` flags.
+        run.resume_args = format!(
+            "{config_flag} --seed {seed} --arch {} --augment {}",
+            config.model.teacher, config.augment.teacher,
+        );
+        let out = train_one(s, &config, &mut run, &CrossEntropy, &[], &teacher_data)
+            .inspect_err(|_| run.abandon())?;
+        print_result(&out);
+        Ok(out)
+    };
+    let load = |path: &Path| -> Result<LoadedTeacher> {
+        let mut tc = base_student.clone();
+        tc.distill.teacher = path.to_path_buf();
+        tc.distill.teachers.clear();
+        let t = super::load_teacher(s, &tc, &student_data.0.spec)?;
+        super::check_teacher_split(s, &t, &student_data.0)?;
+        Ok(t)
+    };
+    // The teachers every seed shares (all but per-seed ones).
+    match (teacher_file, per_seed_teacher) {
+        (Some(f), _) => teachers.push(load(f)?),
+        (None, true) => {}
+        (None, false) => {
+            for j in 0..k {
+                let name = match k {
+                    1 => "teacher".to_string(),
+                    _ => format!("teacher-{}", j + 1),
                 };
-                let config = s.run_config(|c| {
-                    c.seed = seed;
-                    c.runtime.out_dir = out_dir.clone();
-                    let r = c.reproduce.clone();
-                    if !r.teacher.is_empty() {
-                        c.model.teacher = r.teacher;
-                    }
-                    if !r.teacher_augment.is_empty() {
-                        c.augment.teacher = r.teacher_augment;
-                    }
-                    if r.teacher_epochs > 0 {
-                        c.train.teacher_epochs = r.teacher_epochs;
-                    }
-                });
-                let mut run = Run::open(&config, RunKind::Teacher, Some(name), false, q)?;
-                // reproduce's own teacher recipe, as `train teacher` flags.
-                run.resume_args = format!(
-                    "{config_flag} --seed {seed} --arch {} --augment {}",
-                    config.model.teacher, config.augment.teacher,
-                );
-                let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)
-                    .inspect_err(|_| run.abandon())?;
-                print_result(&out);
-                drop(run);
-                let path = out.run_dir.join(crate::run::MODEL_FILE);
-                let t_config = s.run_config(|c| c.distill.teacher = path.clone());
-                teacher = Some((super::load_teacher(s, &t_config, &data.0.spec)?, path));
+                let out = train_teacher(seeds[0] + j as u64, root, &name)?;
+                teachers.push(load(&out.run_dir.join(crate::run::MODEL_FILE))?);
                 runs.push(out);
             }
-            let (t, t_path) = teacher.as_ref().expect("trained above");
-            let config = s.run_config(|c| {
-                c.seed = seed;
-                c.runtime.out_dir = seed_dir.clone();
-                c.distill.teacher = t_path.clone();
-            });
-            let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
-            run.resume_args = format!("{config_flag} --seed {seed}");
-            let out = train_one(s, &config, &mut run, &CrossEntropy, None, &data)
-                .inspect_err(|_| run.abandon())?;
-            print_result(&out);
+        }
+    }
+    for &seed in &seeds {
+        let seed_dir = root.join(format!("seed-{seed}"));
+        if per_seed_teacher {
+            let out = train_teacher(seed, &seed_dir, "teacher")?;
+            teachers = vec![load(&out.run_dir.join(crate::run::MODEL_FILE))?];
             runs.push(out);
-            for name in &objectives {
-                let config = s.run_config(|c| {
-                    c.seed = seed;
-                    c.runtime.out_dir = seed_dir.clone();
-                    c.distill.teacher = t_path.clone();
+        }
+        let paths: Vec<PathBuf> = teachers.iter().map(|t| t.path.clone()).collect();
+        let for_seed = |tweak: &dyn Fn(&mut Config)| {
+            let mut c = base_student.clone();
+            c.seed = seed;
+            c.runtime.out_dir = seed_dir.clone();
+            tweak(&mut c);
+            c
+        };
+        let config = for_seed(&|_| {});
+        let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
+        run.resume_args = format!("{config_flag} --seed {seed}");
+        let out = train_one(s, &config, &mut run, &CrossEntropy, &[], student_data)
+            .inspect_err(|_| run.abandon())?;
+        print_result(&out);
+        runs.push(out);
+        // (folder suffix, the teachers): the ensemble experiment also distils its first
+        // teacher alone.
+        let mut arms: Vec<(String, &[LoadedTeacher])> = Vec::new();
+        if e == Experiment::Ensemble {
+            arms.push(("-teacher-1".into(), &teachers[..1]));
+        }
+        arms.push((String::new(), &teachers[..]));
+        for name in &objectives {
+            for (suffix, ts) in &arms {
+                let config = for_seed(&|c: &mut Config| {
                     c.distill.objective = name.clone();
+                    match ts.len() {
+                        1 => {
+                            c.distill.teacher = ts[0].path.clone();
+                            c.distill.teachers.clear();
+                        }
+                        _ => {
+                            c.distill.teacher = PathBuf::new();
+                            c.distill.teachers = ts.iter().map(|t| t.path.clone()).collect();
+                        }
+                    }
                 });
                 let objective = config.distill.build_chosen()?;
-                let folder = format!("distilled-{name}");
+                let folder = format!("distilled-{name}{suffix}");
                 let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
-                run.resume_args = format!(
-                    "{config_flag} --seed {seed} --objective {name} --teacher {}",
-                    crate::error::quote(t_path)
-                );
-                run.add_meta(t.meta())?;
-                let out = train_one(s, &config, &mut run, objective.as_ref(), Some(t), &data)
+                let teacher_flags: String = ts
+                    .iter()
+                    .map(|t| format!(" --teacher {}", crate::error::quote(&t.path)))
+                    .collect();
+                run.resume_args =
+                    format!("{config_flag} --seed {seed} --objective {name}{teacher_flags}");
+                let t = config.distill.ensemble_temperature(name);
+                run.add_meta(teachers_meta(ts, config.distill.ensemble, t))?;
+                let out = train_one(s, &config, &mut run, objective.as_ref(), ts, student_data)
                     .inspect_err(|_| run.abandon())?;
                 print_result(&out);
                 runs.push(out);
             }
         }
-        Ok(())
-    })();
-    if let Err(e) = trained {
-        for seed in &seeds {
-            let _ = std::fs::remove_dir(root.join(format!("seed-{seed}")));
-        }
-        let _ = std::fs::remove_dir(&root);
-        return Err(e);
+        let _ = &paths;
     }
     let validation = match c.data.validation {
-        Validation::Split => data.0.split.describe(),
+        Validation::Split => student_data.0.split.describe(),
         Validation::Test => "the test set (as the Keras reference; optimistic)".into(),
     };
-    let results = Results::new(
+    // The teachers as distilled (a file, or the last trained), and an ensemble's
+    // accuracy, on the test set.
+    let summaries = teacher_summaries(
+        &teachers,
+        teacher_file.is_some(),
+        &teacher_data.0,
+        c,
+        &objectives[0],
+    );
+    let mut results = Results::new(
         runs,
         &seeds,
         &objectives,
         per_seed_teacher,
         validation,
         c.early_stopping.monitor.describe().into(),
-        t0.elapsed().as_secs_f64(),
+        t_start.elapsed().as_secs_f64(),
     );
+    results.experiment = e.key().to_string();
+    results.teachers = summaries;
+    results.transfer = describe_transfer(&base_student, student_data);
+    let _ = t0;
+    write_results(root, &results)?;
+    Ok(results)
+}
+
+fn describe_transfer(_c: &Config, data: &(Dataset, f64)) -> String {
+    format!("{} MERGE", data.0.train.len())
+}
+
+/// Each teacher's test accuracy, and with several the ensemble's (combined as
+/// `distill.ensemble` at the first objective's temperature).
+fn teacher_summaries(
+    teachers: &[LoadedTeacher],
+    from_file: bool,
+    data: &Dataset,
+    c: &Config,
+    objective: &str,
+) -> Vec<TeacherSummary> {
+    let mut out = Vec::new();
+    let mut each = Vec::new();
+    for t in teachers {
+        let Ok(z) = crate::eval::try_logits(t.network.as_ref(), &data.test.images) else {
+            continue;
+        };
+        let acc = crate::eval::metrics(&z, &data.test.labels, None).acc;
+        each.push(z);
+        out.push(TeacherSummary {
+            teacher: t.path.display().to_string(),
+            arch: t.network.arch().spec(),
+            sha256: t.sha256.clone(),
+            from_file,
+            test_acc: acc,
+        });
+    }
+    if each.len() > 1 {
+        let how = c.distill.ensemble;
+        let t = c.distill.ensemble_temperature(objective);
+        let z = crate::ensemble::combine(&each, how, t);
+        out.push(TeacherSummary {
+            teacher: format!("ensemble of {} ({})", each.len(), how.describe(t)),
+            arch: "ensemble".into(),
+            sha256: String::new(),
+            from_file: false,
+            test_acc: crate::eval::metrics(&z, &data.test.labels, None).acc,
+        });
+    }
+    out
+}
+
+/// `results.md`, `results.json`, `comparison.png` and `gains.png` in `root`.
+fn write_results(root: &Path, results: &Results) -> Result<()> {
     let md = results.markdown();
     crate::outln!("\n{md}");
     crate::checkpoint::write_atomic(&root.join("results.md"), md.as_bytes())?;
     crate::checkpoint::write_atomic(
         &root.join("results.json"),
-        serde_json::to_string_pretty(&results)?.as_bytes(),
+        serde_json::to_string_pretty(results)?.as_bytes(),
     )?;
-    let labels: Vec<String> = results.runs.iter().map(label).collect();
-    let curves: Vec<(&str, &[f64])> = results
-        .runs
+    // Mean validation accuracy per epoch of each model over the seeds.
+    let mut labels: Vec<String> = Vec::new();
+    for r in &results.runs {
+        if !labels.contains(&label(r)) {
+            labels.push(label(r));
+        }
+    }
+    let means: Vec<(String, Vec<f64>)> = labels
         .iter()
-        .zip(&labels)
-        .map(|(r, l)| (l.as_str(), r.val_acc.as_slice()))
+        .map(|l| {
+            let rs: Vec<&RunOutcome> = results.runs.iter().filter(|r| &label(r) == l).collect();
+            let len = rs.iter().map(|r| r.val_acc.len()).min().unwrap_or(0);
+            let mean = (0..len)
+                .map(|i| rs.iter().map(|r| r.val_acc[i]).sum::<f64>() / rs.len() as f64)
+                .collect();
+            (l.clone(), mean)
+        })
         .collect();
+    let curves: Vec<(&str, &[f64])> = means
+        .iter()
+        .map(|(l, v)| (l.as_str(), v.as_slice()))
+        .collect();
+    let n = results.seeds.len();
     crate::plot::comparison_png(
         &root.join("comparison.png"),
         &format!(
-            "Validation accuracy per epoch ({} seed{})",
-            seeds.len(),
-            if seeds.len() == 1 { "" } else { "s" }
+            "Validation accuracy per epoch, mean over {n} seed{}",
+            if n == 1 { "" } else { "s" }
         ),
         &curves,
     )?;
+    crate::plot::gains_png(&root.join("gains.png"), &results.gains)?;
     crate::outln!(
-        "wrote {}, {} and {}",
+        "wrote {}, {}, {} and {}",
         root.join("results.md").display(),
         root.join("results.json").display(),
-        root.join("comparison.png").display()
+        root.join("comparison.png").display(),
+        root.join("gains.png").display()
     );
     Ok(())
 }

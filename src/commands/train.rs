@@ -20,7 +20,7 @@ pub fn run(s: &Settings, model: ModelArg) -> Result<()> {
     let mut run = Run::open(&s.config, kind, s.run_name.as_deref(), s.resume, s.quiet)?;
     let data = load_data(s, &dir).inspect_err(|_| run.abandon())?;
     // So does a run stopped before its first epoch completes.
-    let out = train_one(s, &s.config, &mut run, &CrossEntropy, None, &data)
+    let out = train_one(s, &s.config, &mut run, &CrossEntropy, &[], &data)
         .inspect_err(|_| run.abandon())?;
     print_result(&out);
     Ok(())

@@ -34,7 +34,14 @@ pub struct Overrides {
     pub teacher_epochs: Option<usize>,
     pub params: ObjectiveFlags,
     pub no_teacher_cache: bool,
-    pub teacher: Option<PathBuf>,
+    /// `reproduce --experiment`.
+    pub experiment: Option<crate::config::Experiment>,
+    /// `reproduce --train-teacher`.
+    pub train_teacher: bool,
+    /// `reproduce --teachers K`.
+    pub teachers: Option<usize>,
+    /// `--teacher`, once or more (an ensemble).
+    pub teacher: Vec<PathBuf>,
 }
 
 /// The objectives' hyper-parameter flags given (see [`crate::objective::FLAGS`]), as
@@ -210,8 +217,16 @@ impl Config {
         if o.no_teacher_cache {
             self.distill.teacher_cache = false;
         }
-        if let Some(t) = &o.teacher {
-            self.distill.teacher = t.clone();
+        match o.teacher.as_slice() {
+            [] => {}
+            [one] => {
+                self.distill.teacher = one.clone();
+                self.distill.teachers.clear();
+            }
+            many => {
+                self.distill.teacher = PathBuf::new();
+                self.distill.teachers = many.to_vec();
+            }
         }
         if let Some(s) = &o.seeds {
             self.reproduce.seeds = s.clone();
@@ -223,6 +238,20 @@ impl Config {
                 ));
             }
             self.reproduce.teacher_epochs = v;
+            // Epochs for a teacher mean training one.
+            self.reproduce.teacher_file = PathBuf::new();
+        }
+        if o.train_teacher {
+            self.reproduce.teacher_file = PathBuf::new();
+        }
+        if let Some(e) = o.experiment {
+            self.reproduce.experiment = e;
+        }
+        if let Some(k) = o.teachers {
+            if k == 0 || k > 100 {
+                return usage(format!("--teachers {k}: expected 1 to 100 teachers"));
+            }
+            self.reproduce.teachers = k;
         }
         if o.objectives.len() > 1 && !o.many_objectives {
             return usage(format!(

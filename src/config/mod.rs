@@ -90,7 +90,67 @@ pub struct ReproduceConfig {
     pub teacher_augment: String,
     /// Its epochs; 0 = `train.teacher_epochs`.
     pub teacher_epochs: usize,
+    /// Which comparison: see [`Experiment`].
+    pub experiment: Experiment,
+    /// A trained teacher to use instead of training one (a kdtrain checkpoint or
+    /// TorchScript file; a relative path is looked up from the working folder, then from
+    /// the repository's root); `""` = train it with the recipe above (`--train-teacher`).
+    /// Only for one teacher (`teachers = 1`).
+    pub teacher_file: PathBuf,
+    /// The SHA-256 (hex) `teacher_file` must have; `""` = not checked.
+    pub teacher_sha256: String,
+    /// Teachers trained (seeds: the first seed, +1, ...) and distilled as one ensemble;
+    /// 1 = one teacher. The `ensemble` experiment takes 3 when this is 1.
+    pub teachers: usize,
+    /// The `fraction` experiment's transfer set: this fraction of the training split
+    /// (`data.train_fraction`, unless that is set below 1).
+    pub fraction: f64,
+    /// The `omit` experiment's classes left out of the transfer set, names or indices
+    /// (`data.omit_classes`, unless that is set).
+    pub omit_classes: Vec<String>,
 }
+
+/// Which comparison `reproduce` runs (`reproduce.experiment`, `--experiment`). In each,
+/// per seed, the student trained alone and the distilled student(s) see the same
+/// training images, chosen on the validation split; the teacher keeps all its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Experiment {
+    /// All the training split (less any `data.train_fraction` / `data.omit_classes`).
+    #[default]
+    Full,
+    /// Hinton et al. 2015 §6, soft targets as a regulariser: a small transfer set
+    /// (`reproduce.fraction` of the training split).
+    Fraction,
+    /// §3, a class never seen: `reproduce.omit_classes` left out of the transfer set,
+    /// then the omitted classes' bias shift chosen on validation.
+    Omit,
+    /// §4, an ensemble: `reproduce.teachers` teachers (3 when 1); per seed the student
+    /// alone, distilled from the first teacher and from the ensemble.
+    Ensemble,
+    /// Fraction, omit, ensemble and full in turn, beside the paper's figures.
+    Paper,
+}
+
+impl Experiment {
+    /// The config value.
+    pub fn key(self) -> &'static str {
+        match self {
+            Experiment::Full => "full",
+            Experiment::Fraction => "fraction",
+            Experiment::Omit => "omit",
+            Experiment::Ensemble => "ensemble",
+            Experiment::Paper => "paper",
+        }
+    }
+}
+
+/// The teacher shipped in the repository (`teachers/fashion-mnist-cnn.toml` says how it
+/// was made), the default `reproduce.teacher_file`.
+pub const SHIPPED_TEACHER: &str = "teachers/fashion-mnist-cnn.safetensors";
+/// Its SHA-256.
+pub const SHIPPED_TEACHER_SHA256: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The reference's `DATA_CONFIG`, plus where the data lives and how validation is drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +307,11 @@ macro_rules! distill_config {
             pub teacher_cache: bool,
             /// Teacher checkpoint; empty = the newest `<out_dir>/teacher-*/model.safetensors`.
             pub teacher: PathBuf,
+            /// Several teachers distilled as one ensemble (checkpoints or TorchScript files,
+            /// mixed); `[]` = the one of `teacher`. Setting both is an error.
+            pub teachers: Vec<PathBuf>,
+            /// How an ensemble's logits are combined: see [`crate::ensemble::Combine`].
+            pub ensemble: crate::ensemble::Combine,
             $(
                 #[doc = concat!("`[distill.", stringify!($name), "]`, see [`crate::objective::", stringify!($module), "`].")]
                 pub $name: crate::objective::$module::$table,
@@ -260,6 +325,8 @@ macro_rules! distill_config {
                     objective: "kd".into(),
                     teacher_cache: true,
                     teacher: PathBuf::new(),
+                    teachers: Vec::new(),
+                    ensemble: crate::ensemble::Combine::Probabilities,
                     $($name: Default::default(),)*
                 }
             }
@@ -311,6 +378,25 @@ impl DistillConfig {
     }
 
     /// The temperature and alpha in force for `objective` (for tables and the heatmap).
+    /// The teacher files named: `teachers`, or `[teacher]`, or none (the newest in the
+    /// out-dir is then found by [`crate::teacher::load_teachers`]).
+    pub fn teacher_paths(&self) -> Vec<PathBuf> {
+        match (
+            self.teachers.is_empty(),
+            self.teacher.as_os_str().is_empty(),
+        ) {
+            (false, _) => self.teachers.clone(),
+            (true, false) => vec![self.teacher.clone()],
+            (true, true) => Vec::new(),
+        }
+    }
+
+    /// The temperature at which an ensemble of teachers is combined for `objective`: its
+    /// T, or 1 for an objective without one.
+    pub fn ensemble_temperature(&self, objective: &str) -> f64 {
+        self.t_alpha(objective).0.unwrap_or(1.0)
+    }
+
     pub fn t_alpha(&self, objective: &str) -> (Option<f64>, Option<f64>) {
         match (crate::objective::spec(objective), self.table(objective)) {
             (Some(spec), Some(table)) => spec.t_alpha(&table),
@@ -449,12 +535,18 @@ impl Default for AugmentConfig {
 impl Default for ReproduceConfig {
     fn default() -> Self {
         ReproduceConfig {
-            seeds: vec![0, 1, 2],
+            seeds: vec![0, 1, 2, 3, 4],
             objectives: Vec::new(),
             teacher_per_seed: false,
-            teacher: "cnn:32,64,256,dropout=0.3".into(),
-            teacher_augment: "shift2,flip".into(),
-            teacher_epochs: 15,
+            teacher: "cnn:32,64,128,256,dropout=0.3".into(),
+            teacher_augment: "shift1,flip".into(),
+            teacher_epochs: 60,
+            experiment: Experiment::Full,
+            teacher_file: PathBuf::from(SHIPPED_TEACHER),
+            teacher_sha256: SHIPPED_TEACHER_SHA256.into(),
+            teachers: 1,
+            fraction: 0.03,
+            omit_classes: vec!["1".into()],
         }
     }
 }

@@ -230,6 +230,35 @@ impl Config {
         for name in &r.objectives {
             check_objective(name, "config key `reproduce.objectives`")?;
         }
+        if r.teachers == 0 || r.teachers > 100 {
+            return bad("reproduce.teachers", r.teachers, "1 to 100 teachers");
+        }
+        if !(r.fraction > 0.0 && r.fraction <= 1.0) {
+            return bad("reproduce.fraction", r.fraction, "a fraction in (0, 1]");
+        }
+        if r.omit_classes.is_empty() {
+            return bad(
+                "reproduce.omit_classes",
+                "[]",
+                "at least one class name or index",
+            );
+        }
+        if r.teacher_file.to_str().is_none() {
+            return bad(
+                "reproduce.teacher_file",
+                format!("{:?}", r.teacher_file),
+                "a path in UTF-8",
+            );
+        }
+        let hex64 =
+            r.teacher_sha256.len() == 64 && r.teacher_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !r.teacher_sha256.is_empty() && !hex64 {
+            return bad(
+                "reproduce.teacher_sha256",
+                format!("{:?}", r.teacher_sha256),
+                "64 hex digits, or \"\" for none",
+            );
+        }
         let mut objectives = r.objectives.clone();
         objectives.sort();
         objectives.dedup();
@@ -259,11 +288,25 @@ impl Config {
         // Every run writes its resolved config, paths included, as TOML (UTF-8): a path
         // that is not UTF-8 is refused here, before any folder is made, rather than
         // renamed lossily or refused after the run folder exists.
-        for (key, path) in [
+        if !self.distill.teachers.is_empty() && !self.distill.teacher.as_os_str().is_empty() {
+            return bad(
+                "distill.teachers",
+                format!("{} files", self.distill.teachers.len()),
+                "one of distill.teacher (one teacher) and distill.teachers (an ensemble), \
+                 not both; move distill.teacher into the list",
+            );
+        }
+        let paths = [
             ("data.dir", &self.data.dir),
             ("distill.teacher", &self.distill.teacher),
             ("runtime.out_dir", &self.runtime.out_dir),
-        ] {
+        ];
+        let teachers = self
+            .distill
+            .teachers
+            .iter()
+            .map(|p| ("distill.teachers", p));
+        for (key, path) in paths.into_iter().chain(teachers) {
             if path.to_str().is_none() {
                 return bad(
                     key,
@@ -302,7 +345,7 @@ fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
         "runtime.threads" => " (--threads)",
         "runtime.out_dir" => " (--out-dir)",
         "data.dir" => " (--data-dir)",
-        "distill.teacher" => " (--teacher)",
+        "distill.teacher" | "distill.teachers" => " (--teacher)",
         _ => "",
     };
     let flag = objective_flag.as_deref().unwrap_or(flag);

@@ -25,6 +25,7 @@ use plotters_backend::{BackendColor, BackendCoord, BackendTextStyle, DrawingErro
 
 mod canvas;
 mod confusion;
+mod gains;
 mod lines;
 
 pub(crate) use canvas::*;
@@ -173,6 +174,16 @@ pub fn comparison_png(path: &Path, title: &str, runs: &[(&str, &[f64])]) -> Resu
             pct,
             Corner::LowerRight,
         )
+    })
+}
+
+/// Writes `gains.png` ([`gains::GAINS_SIZE`], 800 x 500 px): for each paired gain of a
+/// `reproduce` (a distilled student over the student alone, same seed), one column: each
+/// seed's gain as a dot, the mean as a thick bar, the 95% t-interval as a whisker, and a
+/// line at zero. y axis: gain in percentage points of test accuracy.
+pub fn gains_png(path: &Path, gains: &[crate::report::Gain]) -> Result<()> {
+    render(path, gains::GAINS_SIZE, |root| {
+        self::gains::gains(root, gains)
     })
 }
 

@@ -10,6 +10,7 @@ mod common;
 mod cli;
 mod cnn_augment;
 mod docs;
+mod ensemble;
 mod faults;
 mod objectives;
 mod own_data;
