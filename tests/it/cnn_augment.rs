@@ -270,7 +270,7 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
     let hint = quoted_command(&err, "kdtrain train teacher");
     assert!(
         hint.contains("--run-name teacher --epochs 2")
-            && hint.contains("--arch cnn:32,64,256,dropout=0.3 --augment shift2,flip"),
+            && hint.contains("--arch cnn:32,64,128,256,dropout=0.3 --augment shift1,flip"),
         "{hint}"
     );
     // The config file reproduce was given is part of the command.
