@@ -35,6 +35,10 @@ pub struct Overrides {
     pub params: ObjectiveFlags,
     pub no_teacher_cache: bool,
     pub teacher: Option<PathBuf>,
+    /// `--train-fraction`.
+    pub train_fraction: Option<f64>,
+    /// `--omit-class`, repeated; replaces `data.omit_classes` when given.
+    pub omit_classes: Option<Vec<String>>,
 }
 
 /// The objectives' hyper-parameter flags given (see [`crate::objective::FLAGS`]), as
@@ -191,6 +195,12 @@ impl Config {
                 crate::model::RunKind::Teacher => self.augment.teacher = a,
                 _ => self.augment.student = a,
             }
+        }
+        if let Some(v) = o.train_fraction {
+            self.data.train_fraction = v;
+        }
+        if let Some(v) = &o.omit_classes {
+            self.data.omit_classes = v.clone();
         }
         if let Some(v) = o.batch_size {
             self.data.batch_size = v;
