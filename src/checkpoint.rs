@@ -249,6 +249,8 @@ impl Checkpoint {
     /// Copies the weights into `model`, checking that the checkpoint was trained on data
     /// of the model's [`DataSpec`] and that every tensor is present with the right shape.
     ///
+    /// Then adds the logit shifts of [`Checkpoint::logit_bias`] to the output bias.
+    ///
     /// # Errors
     /// A [`UsageError`] naming both data specs ([`crate::data::spec_mismatch`]); or names
     /// the tensor and both shapes; or names a tensor that holds NaN or infinite values.
@@ -309,6 +311,27 @@ impl Checkpoint {
                 p.copy_(src);
             }
             Ok(())
+        })?;
+        // A run that omitted classes stores their logit shift beside the weights as
+        // trained; every network built from the file adds it once, here.
+        self.logit_bias()?
+            .fold_into(model)
+            .with_context(|| format!("checkpoint {}", self.path.display()))
+    }
+
+    /// The logit shifts recorded in the metadata ([`crate::bias::META_LOGIT_BIAS`]);
+    /// empty when there are none.
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the file and the key whose value is unreadable.
+    pub fn logit_bias(&self) -> Result<crate::bias::LogitBias> {
+        let classes = self.data_spec()?.classes();
+        crate::bias::LogitBias::from_metadata(&self.metadata, classes).map_err(|e| {
+            UsageError(format!(
+                "checkpoint {}: {e}; pass a model.safetensors written by kdtrain",
+                self.path.display()
+            ))
+            .into()
         })
     }
 

@@ -39,6 +39,8 @@ pub enum Command {
         /// ("shift2,flip") [config: augment.teacher / augment.student].
         #[arg(long, value_name = "VIEWS")]
         augment: Option<String>,
+        #[command(flatten)]
+        transfer: TransferArgs,
     },
     /// Distil the trained teacher into a fresh student (model.student: the MLP with one
     /// hidden layer of 128 and dropout 0.1).
@@ -138,11 +140,37 @@ impl clap::Args for ObjectiveArgs {
     }
 }
 
+/// The transfer set: the training images a model trains on (override `data.train_fraction`
+/// and `data.omit_classes`).
+#[derive(Debug, Args, Default, Clone)]
+pub struct TransferArgs {
+    /// Train on this fraction of the training split (0 < F <= 1), drawn by
+    /// data.subset_seed, not by --seed [config: data.train_fraction, default 1].
+    #[arg(long, value_name = "F")]
+    pub train_fraction: Option<f64>,
+    /// Leave a class out of the training set (not validation or test), by name
+    /// ("Trouser") or index; repeatable. Its logits are then shifted by the bias that
+    /// maximises validation accuracy [config: data.omit_classes, default none].
+    #[arg(long = "omit-class", value_name = "NAME|INDEX")]
+    pub omit_class: Vec<String>,
+}
+
+impl TransferArgs {
+    fn apply(&self, o: &mut Overrides) {
+        o.train_fraction = self.train_fraction;
+        if !self.omit_class.is_empty() {
+            o.omit_classes = Some(self.omit_class.clone());
+        }
+    }
+}
+
 /// Distillation settings (override `[distill]` in the config).
 #[derive(Debug, Args, Default, Clone)]
 pub struct DistillArgs {
     #[command(flatten)]
     pub objective: ObjectiveArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     /// Teacher checkpoint or TorchScript file; repeat it for an ensemble of teachers,
     /// combined as distill.ensemble says [config: distill.teacher / distill.teachers;
     /// default: the newest <out-dir>/teacher-*/model.safetensors].
@@ -166,6 +194,8 @@ pub struct DistillArgs {
 pub struct ReproduceArgs {
     #[command(flatten)]
     pub objective: ObjectiveArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     /// Seeds: a comma list (0,1,2; one seed as 7,) or a count N for seeds 0 to N-1
     /// [config: reproduce.seeds, default 0,1,2].
     #[arg(long, value_name = "LIST|N")]
@@ -209,6 +239,10 @@ pub struct EvaluateArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Add VALUE to class CLASS's logit (a name or an index; repeatable), in place of
+    /// the shift the checkpoint stores for that class (kdtrain.logit_bias).
+    #[arg(long = "bias", value_name = "CLASS=VALUE")]
+    pub bias: Vec<String>,
 }
 
 /// Flags shared by every command.
@@ -294,6 +328,7 @@ impl Cli {
         match &self.command {
             Command::Distill(d) => {
                 d.objective.apply(&mut o);
+                d.transfer.apply(&mut o);
                 o.no_teacher_cache = d.no_teacher_cache;
                 o.teacher = d.teacher.clone();
                 o.augment = d
@@ -303,6 +338,7 @@ impl Cli {
             }
             Command::Reproduce(r) => {
                 r.objective.apply(&mut o);
+                r.transfer.apply(&mut o);
                 o.many_objectives = true;
                 o.no_teacher_cache = r.no_teacher_cache;
                 o.teacher_epochs = r.teacher_epochs;
@@ -318,7 +354,9 @@ impl Cli {
                 model,
                 arch,
                 augment,
+                transfer,
             } => {
+                transfer.apply(&mut o);
                 let kind = match model {
                     ModelArg::Teacher => crate::model::RunKind::Teacher,
                     ModelArg::Student => crate::model::RunKind::Student,

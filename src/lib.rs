@@ -8,6 +8,7 @@
 //! command of [`cli`] to these stages.
 
 pub mod augment;
+pub mod bias;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

@@ -47,6 +47,8 @@ pub struct RunOutcome {
     pub train_examples: i64,
     pub train_loss: f64,
     pub train_acc: f64,
+    /// Test figures of the checkpoint as saved: with classes omitted, of the corrected
+    /// logits (the shift of `bias_correction` added), as `evaluate` computes them.
     pub test_loss: f64,
     pub test_acc: f64,
     /// Expected calibration error on the test set (15 bins).
@@ -70,6 +72,10 @@ pub struct RunOutcome {
     /// The teachers distilled: 0 (a teacher or a student alone), 1, or an ensemble's
     /// members.
     pub teachers: usize,
+    /// With omitted classes (`data.omit_classes`): the shift chosen on validation and
+    /// the accuracies before and after it; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bias_correction: Option<crate::bias::BiasCorrection>,
 }
 
 /// A teacher of a `reproduce`, or its ensemble, on the test set.

@@ -115,6 +115,8 @@ pub struct Run {
     split: Option<SplitInfo>,
     /// How the data's pixels became inputs, once they are loaded.
     normalize: Option<crate::data::Normalize>,
+    /// The omitted classes' logit shift, once chosen; only the final model carries it.
+    logit_bias: Option<crate::bias::LogitBias>,
     /// Flags the resume command needs besides `--out-dir`, `--run-name`, `--epochs` and
     /// `--resume` (a `reproduce` stage's `--seed`, objective and teacher), for the Ctrl-C
     /// message.
@@ -278,6 +280,7 @@ impl Run {
             terms: &[],
             split: None,
             normalize: None,
+            logit_bias: None,
             resume_args: String::new(),
             created,
             _lock: lock,
@@ -350,7 +353,16 @@ impl Run {
         if let Some(n) = &self.normalize {
             meta.insert(crate::data::META_NORMALIZE.to_string(), n.to_json());
         }
+        if let Some(b) = &self.logit_bias {
+            meta.insert(crate::bias::META_LOGIT_BIAS.to_string(), b.to_json());
+        }
         meta
+    }
+
+    /// Sets the logit shift that [`Run::finish`] records in the final checkpoint
+    /// ([`crate::bias::META_LOGIT_BIAS`]); the saved weights stay as trained.
+    pub fn set_logit_bias(&mut self, bias: crate::bias::LogitBias) {
+        self.logit_bias = Some(bias);
     }
 
     /// The run folder's name.

@@ -32,9 +32,25 @@ fn raw(n: usize) -> RawData {
 fn validation_split_is_disjoint_from_training_and_independent_of_the_seed() {
     let raw = raw(600);
     tch::manual_seed(7); // a "training seed" drawn before, as a run does
-    let teacher = prepare(&raw, Some(100), 5, NormalizeKind::Unit, Device::Cpu).unwrap();
+    let teacher = prepare(
+        &raw,
+        Some(100),
+        5,
+        NormalizeKind::Unit,
+        &Default::default(),
+        Device::Cpu,
+    )
+    .unwrap();
     tch::manual_seed(42);
-    let student = prepare(&raw, Some(100), 5, NormalizeKind::Unit, Device::Cpu).unwrap();
+    let student = prepare(
+        &raw,
+        Some(100),
+        5,
+        NormalizeKind::Unit,
+        &Default::default(),
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(student.val_index.len(), 100);
     assert_eq!(student.train_index.len(), 500);
     let train: std::collections::HashSet<i64> = teacher.train_index.iter().copied().collect();
@@ -46,7 +62,15 @@ fn validation_split_is_disjoint_from_training_and_independent_of_the_seed() {
     assert_eq!(overlap, 0);
     assert_eq!(teacher.split, student.split);
     // Another split seed draws other images, and the hash says so.
-    let other = prepare(&raw, Some(100), 6, NormalizeKind::Unit, Device::Cpu).unwrap();
+    let other = prepare(
+        &raw,
+        Some(100),
+        6,
+        NormalizeKind::Unit,
+        &Default::default(),
+        Device::Cpu,
+    )
+    .unwrap();
     assert_ne!(other.val_index, student.val_index);
     assert!(!other.split.same_as(&student.split));
     // Round trip through checkpoint metadata.
@@ -54,7 +78,15 @@ fn validation_split_is_disjoint_from_training_and_independent_of_the_seed() {
         student.split.to_metadata().into_iter().collect();
     assert_eq!(SplitInfo::from_metadata(&meta), Some(student.split.clone()));
     // Validating on the test set: no held-out images, the whole training set.
-    let t = prepare(&raw, None, 5, NormalizeKind::Unit, Device::Cpu).unwrap();
+    let t = prepare(
+        &raw,
+        None,
+        5,
+        NormalizeKind::Unit,
+        &Default::default(),
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(t.split, SplitInfo::test_set(50));
     assert_eq!(t.train.len(), 600);
 }
@@ -82,9 +114,25 @@ fn standardize_takes_its_statistics_from_the_training_images_only() {
     };
     raw.train.pixels = img(300, 40);
     raw.test.pixels = img(50, 40);
-    let unit = prepare(&raw, Some(100), 5, NormalizeKind::Unit, Device::Cpu).unwrap();
+    let unit = prepare(
+        &raw,
+        Some(100),
+        5,
+        NormalizeKind::Unit,
+        &Default::default(),
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(unit.normalize, Normalize::Unit);
-    let st = prepare(&raw, Some(100), 5, NormalizeKind::Standardize, Device::Cpu).unwrap();
+    let st = prepare(
+        &raw,
+        Some(100),
+        5,
+        NormalizeKind::Standardize,
+        &Default::default(),
+        Device::Cpu,
+    )
+    .unwrap();
     let Normalize::Standardize { mean, sd } = &st.normalize else {
         panic!("{:?}", st.normalize)
     };
@@ -141,7 +189,15 @@ fn a_data_sets_own_validation_split_is_used_instead_of_holding_out() {
         pixels: vec![3; 20 * 784],
         labels: vec![1; 20],
     });
-    let d = prepare(&raw, Some(100), 5, NormalizeKind::Unit, Device::Cpu).unwrap();
+    let d = prepare(
+        &raw,
+        Some(100),
+        5,
+        NormalizeKind::Unit,
+        &Default::default(),
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!((d.train.len(), d.val.len(), d.test.len()), (300, 20, 50));
     assert_eq!(d.split.validation, "folder");
     assert_eq!(d.split.validation_size, 20);
@@ -151,4 +207,84 @@ fn a_data_sets_own_validation_split_is_used_instead_of_holding_out() {
         d.split.describe()
     );
     assert_eq!(d.val.labels, Tensor::from_slice(&[1i64; 20]));
+}
+
+/// The transfer set: drawn by `subset_seed` alone (not libtorch's generator, not the
+/// training seed), a subset of the training split and so disjoint from validation, and
+/// without the omitted classes, which stay in validation and test.
+#[test]
+fn transfer_set_is_seeded_disjoint_from_validation_and_omits_classes() {
+    use kdtrain::data::TransferSpec;
+    let raw = raw(600);
+    let spec = |fraction: f64, subset_seed: u64, omit: &[&str]| TransferSpec {
+        fraction,
+        subset_seed,
+        omit: omit.iter().map(|s| s.to_string()).collect(),
+    };
+    let prep = |t: &TransferSpec, training_seed: i64| {
+        tch::manual_seed(training_seed);
+        prepare(&raw, Some(100), 5, NormalizeKind::Unit, t, Device::Cpu).unwrap()
+    };
+    let full = prep(&TransferSpec::default(), 1);
+    let a = prep(&spec(0.3, 7, &[]), 1);
+    let b = prep(&spec(0.3, 7, &[]), 2);
+    let c = prep(&spec(0.3, 8, &[]), 1);
+    assert_eq!(a.train_index.len(), 150);
+    assert_eq!(a.train_index, b.train_index);
+    assert_ne!(a.train_index, c.train_index);
+    assert_eq!(a.val_index, full.val_index);
+    assert!(a.train_index.windows(2).all(|w| w[0] < w[1]));
+    assert!(a.train_index.iter().all(|i| full.train_index.contains(i)));
+    assert!(a.train_index.iter().all(|i| !a.val_index.contains(i)));
+    assert_eq!(a.transfer.examples, 150);
+    assert_eq!(
+        a.transfer.hash,
+        kdtrain::data::transfer::hash(&a.train_index)
+    );
+    assert_ne!(a.transfer.hash, c.transfer.hash);
+    // `train` holds exactly the images at train_index.
+    let labels: Vec<i64> = Vec::try_from(&a.train.labels).unwrap();
+    let want: Vec<i64> = a
+        .train_index
+        .iter()
+        .map(|&i| raw.train.labels[i as usize])
+        .collect();
+    assert_eq!(labels, want);
+    let images = Tensor::from_slice(&raw.train.pixels)
+        .view([600, 784])
+        .to_kind(tch::Kind::Float)
+        / 255.0;
+    let idx = Tensor::from_slice(&a.train_index);
+    assert!(a.train.images.equal(&images.index_select(0, &idx)));
+
+    // Omitted: by name or index; gone from training only.
+    let o = prep(&spec(1.0, 7, &["Trouser", "3"]), 1);
+    assert_eq!(o.transfer.omitted, vec![1, 3]);
+    assert_eq!(o.transfer.omitted_names, vec!["Trouser", "Dress"]);
+    assert!(
+        o.train_index
+            .iter()
+            .all(|&i| !matches!(raw.train.labels[i as usize], 1 | 3))
+    );
+    let kept = full
+        .train_index
+        .iter()
+        .filter(|&&i| !matches!(raw.train.labels[i as usize], 1 | 3))
+        .count();
+    assert_eq!(o.train_index.len(), kept);
+    let val: Vec<i64> = Vec::try_from(&o.val.labels).unwrap();
+    let test: Vec<i64> = Vec::try_from(&o.test.labels).unwrap();
+    assert!(val.contains(&1) && val.contains(&3) && test.contains(&1) && test.contains(&3));
+    // With a fraction: that fraction's images less the omitted classes.
+    let oa = prep(&spec(0.3, 7, &["Trouser"]), 1);
+    let want: Vec<i64> = a
+        .train_index
+        .iter()
+        .copied()
+        .filter(|&i| raw.train.labels[i as usize] != 1)
+        .collect();
+    assert_eq!(oa.train_index, want);
+    // The defaults change nothing.
+    assert_eq!(full.transfer.examples, 500);
+    assert_eq!(full.transfer.fraction, 1.0);
 }

@@ -17,7 +17,15 @@ use crate::model::Network;
 /// Evaluates `args.checkpoint` and prints the report (or JSON with `--json`).
 pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
     let path = args.checkpoint.as_path();
-    let ckpt = Checkpoint::read(path)?;
+    let mut ckpt = Checkpoint::read(path)?;
+    // --bias replaces the stored shift of the classes it names, before the network is
+    // built (which folds the shifts into its output bias).
+    let stored = ckpt.logit_bias()?;
+    let given = parse_bias(&args.bias, &ckpt.data_spec()?)?;
+    let mut bias = stored.clone();
+    bias.0.extend(given.0.iter().map(|(c, v)| (*c, *v)));
+    ckpt.metadata
+        .insert(crate::bias::META_LOGIT_BIAS.to_string(), bias.to_json());
     let model = ckpt.network(s.device)?;
     let arch = model.arch().clone();
     let spec = model.data_spec().clone();
@@ -139,9 +147,27 @@ pub fn run(s: &Settings, args: &EvaluateArgs) -> Result<()> {
             "train": train_r,
             "test": test_r,
             "confusion_png": confusion_png.as_ref().map(|p| p.display().to_string()),
+            "logit_bias": bias.0.iter().map(|(c, v)| serde_json::json!({
+                "class": c,
+                "name": spec.class_name(*c),
+                "shift": v,
+                "from": if given.0.contains_key(c) { "--bias" } else { "checkpoint" },
+            })).collect::<Vec<_>>(),
         });
         crate::outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
+    }
+    if !bias.is_empty() {
+        let from = |c: &i64| match given.0.contains_key(c) {
+            true => "--bias",
+            false => "stored",
+        };
+        let parts: Vec<String> = bias
+            .0
+            .iter()
+            .map(|(c, v)| format!("{} {v:+.4} ({})", spec.class_name(*c), from(c)))
+            .collect();
+        crate::outln!("logit bias added: {}", parts.join(", "));
     }
     print_report(
         path,
@@ -228,4 +254,55 @@ fn print_report(
         }
         crate::outln!();
     }
+}
+
+/// `--bias CLASS=VALUE` flags: CLASS a class name of `spec` (else an index), VALUE a
+/// finite number; a class named twice takes the last value.
+///
+/// # Errors
+/// A [`UsageError`] naming `--bias`: no `=`, an unknown class (listing the names), a
+/// value that is not a finite number.
+pub fn parse_bias(flags: &[String], spec: &data::DataSpec) -> Result<crate::bias::LogitBias> {
+    let mut out = crate::bias::LogitBias::default();
+    for f in flags {
+        let Some((class, value)) = f.rsplit_once('=') else {
+            return Err(UsageError(format!(
+                "--bias {f:?}: expected CLASS=VALUE, a class name or index and the shift added \
+                 to its logit (--bias Trouser=3.5)"
+            ))
+            .into());
+        };
+        let label = match spec.class_names.iter().position(|n| n == class) {
+            Some(i) => i as i64,
+            None => match class.trim().parse::<i64>() {
+                Ok(i) if (0..spec.classes()).contains(&i) => i,
+                _ => {
+                    return Err(UsageError(format!(
+                        "--bias {f:?}: {class:?} is not a class of the checkpoint; expected \
+                         one of {} or an index from 0 to {}",
+                        spec.class_names
+                            .iter()
+                            .map(|n| format!("{n:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        spec.classes() - 1
+                    ))
+                    .into());
+                }
+            },
+        };
+        match value.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => {
+                out.0.insert(label, v);
+            }
+            _ => {
+                return Err(UsageError(format!(
+                    "--bias {f:?}: {value:?} is not a finite number; expected CLASS=VALUE \
+                     (--bias Trouser=3.5)"
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(out)
 }

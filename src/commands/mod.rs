@@ -158,7 +158,7 @@ pub fn prepare_data_with(
         Validation::Split => Some(c.validation_size),
         Validation::Test => None,
     };
-    let ds = data::prepare(raw, val, c.split_seed, c.normalize, s.device)?;
+    let ds = data::prepare(raw, val, c.split_seed, c.normalize, &c.transfer(), s.device)?;
     let secs = read_secs + t0.elapsed().as_secs_f64();
     s.say(&format!(
         "data: {} train, {} validation: {}, {} test; inputs {}; device {:?}, {} threads",
@@ -170,6 +170,9 @@ pub fn prepare_data_with(
         s.device,
         s.threads
     ));
+    if ds.transfer.fraction < 1.0 || !ds.transfer.omitted.is_empty() {
+        s.say(&format!("data: transfer set {}", ds.transfer.describe()));
+    }
     Ok((ds, secs))
 }
 
@@ -262,14 +265,60 @@ pub fn train_one(
         &loop_cfg,
     )
     .map_err(|e| with_resume_command(e, run, epochs))?;
+    // Omitted classes: the shift of their logits chosen on validation, recorded in the
+    // final checkpoint, which stores the weights as trained.
+    let omitted = &data.transfer.omitted;
+    let val_before = match omitted.is_empty() {
+        true => None,
+        false => Some(eval::logits(model.as_ref(), &data.val.images)),
+    };
+    let search = match &val_before {
+        Some(z) => crate::bias::search(z, &data.val.labels, omitted)?,
+        None => None,
+    };
+    let bias = search
+        .as_ref()
+        .map(|s| crate::bias::LogitBias::uniform(omitted, s.shift));
+    if let Some(b) = &bias {
+        run.set_logit_bias(b.clone());
+    }
     run.finish(model.as_ref(), fit.best_epoch)?;
     if std::env::var_os(INTERRUPT_HOOK).is_some_and(|v| v == "final-evaluation") {
         crate::error::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     let t0 = Instant::now();
-    let test_logits = eval::logits(model.as_ref(), &data.test.images);
-    let test = eval::report(&test_logits, &data.test.labels, &data.spec, None)?;
+    let mut test_logits = eval::logits(model.as_ref(), &data.test.images);
+    let mut test = eval::report(&test_logits, &data.test.labels, &data.spec, None)?;
+    let mut bias_correction = None;
+    if let (Some(b), Some(z)) = (&bias, &val_before) {
+        // From here on the model computes what its checkpoint computes when loaded.
+        b.fold_into(model.as_ref())?;
+        let before = test;
+        test_logits = eval::logits(model.as_ref(), &data.test.images);
+        test = eval::report(&test_logits, &data.test.labels, &data.spec, None)?;
+        let val = |z: &tch::Tensor| eval::metrics(z, &data.val.labels, None).acc;
+        let bc = crate::bias::BiasCorrection {
+            shift: b.0.values().next().copied().unwrap_or(0.0),
+            classes: omitted.clone(),
+            class_names: data.transfer.omitted_names.clone(),
+            val_acc_before: val(z),
+            val_acc_after: val(&eval::logits(model.as_ref(), &data.val.images)),
+            test_acc_before: before.acc,
+            test_acc_after: test.acc,
+            per_class: omitted
+                .iter()
+                .map(|&c| crate::bias::ClassAccuracy {
+                    class: c,
+                    name: data.spec.class_name(c),
+                    test_acc_before: before.per_class[c as usize].1,
+                    test_acc_after: test.per_class[c as usize].1,
+                })
+                .collect(),
+        };
+        report_bias_correction(&bc);
+        bias_correction = Some(bc);
+    }
     let eval_test_seconds = t0.elapsed().as_secs_f64();
     let train_m: Metrics = eval::metrics(
         &eval::logits(model.as_ref(), &data.train.images),
@@ -339,6 +388,7 @@ pub fn train_one(
         data: data.record(),
         val_acc: history.iter().map(|r| r.val.acc).collect(),
         teachers: teachers.len(),
+        bias_correction,
     };
     crate::checkpoint::write_atomic(
         &run.dir.join("summary.json"),
@@ -358,6 +408,30 @@ pub fn train_one(
         curves(run, &history)?;
     }
     Ok(out)
+}
+
+/// The bias correction's lines on stderr (results, so also with `--quiet`): the shift, and validation,
+/// test and each omitted class's test accuracy before and after it.
+fn report_bias_correction(b: &crate::bias::BiasCorrection) {
+    crate::errln!(
+        "bias correction: logit shift {:+.4} for {} (chosen on validation): val acc {:.4} -> \
+         {:.4}, test acc {:.4} -> {:.4}",
+        b.shift,
+        b.class_names.join(", "),
+        b.val_acc_before,
+        b.val_acc_after,
+        b.test_acc_before,
+        b.test_acc_after
+    );
+    for c in &b.per_class {
+        crate::errln!(
+            "bias correction: {} (class {}) test acc {:.4} -> {:.4}",
+            c.name,
+            c.class,
+            c.test_acc_before,
+            c.test_acc_after
+        );
+    }
 }
 
 /// The loop's settings for a `kind` run of `c` with `steps_per_epoch` optimizer steps an

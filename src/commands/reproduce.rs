@@ -163,11 +163,27 @@ fn remove_empty(root: &Path) {
     let _ = std::fs::remove_dir(root);
 }
 
-fn student_config(c: &Config, _e: Experiment) -> Config {
-    c.clone() // MERGE
+/// The config of the students of experiment `e` (its transfer set) from the user's.
+fn student_config(c: &Config, e: Experiment) -> Config {
+    let mut c = c.clone();
+    match e {
+        Experiment::Fraction if c.data.train_fraction >= 1.0 => {
+            c.data.train_fraction = c.reproduce.fraction;
+        }
+        Experiment::Omit if c.data.omit_classes.is_empty() => {
+            c.data.omit_classes = c.reproduce.omit_classes.clone();
+        }
+        _ => {}
+    }
+    c
 }
+
+/// The config of the teachers: all the training split, whatever the students'.
 fn teacher_config(c: &Config) -> Config {
-    c.clone() // MERGE
+    let mut c = c.clone();
+    c.data.train_fraction = 1.0;
+    c.data.omit_classes.clear();
+    c
 }
 
 /// One experiment in `root`: teachers, then per seed the student alone and the
@@ -376,8 +392,31 @@ fn one_experiment(
     Ok(results)
 }
 
-fn describe_transfer(_c: &Config, data: &(Dataset, f64)) -> String {
-    format!("{} MERGE", data.0.train.len())
+/// The transfer set of the students, in words: "all N images of the training split", or
+/// the fraction and omitted classes.
+fn describe_transfer(c: &Config, data: &(Dataset, f64)) -> String {
+    let n = data.0.train.len();
+    let mut parts = Vec::new();
+    if c.data.train_fraction < 1.0 {
+        parts.push(format!(
+            "a fraction {} of the training split drawn by data.subset_seed {}",
+            c.data.train_fraction, c.data.subset_seed
+        ));
+    }
+    if !c.data.omit_classes.is_empty() {
+        let names: Vec<String> = data
+            .0
+            .transfer
+            .omitted
+            .iter()
+            .map(|&k| data.0.spec.class_name(k))
+            .collect();
+        parts.push(format!("without class {}", names.join(", ")));
+    }
+    match parts.is_empty() {
+        true => format!("all {n} images of the training split"),
+        false => format!("{n} images: {}", parts.join(", ")),
+    }
 }
 
 /// Each teacher's test accuracy, and with several the ensemble's (combined as

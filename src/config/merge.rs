@@ -42,6 +42,10 @@ pub struct Overrides {
     pub teachers: Option<usize>,
     /// `--teacher`, once or more (an ensemble).
     pub teacher: Vec<PathBuf>,
+    /// `--train-fraction`.
+    pub train_fraction: Option<f64>,
+    /// `--omit-class`, repeated; replaces `data.omit_classes` when given.
+    pub omit_classes: Option<Vec<String>>,
 }
 
 /// The objectives' hyper-parameter flags given (see [`crate::objective::FLAGS`]), as
@@ -198,6 +202,12 @@ impl Config {
                 crate::model::RunKind::Teacher => self.augment.teacher = a,
                 _ => self.augment.student = a,
             }
+        }
+        if let Some(v) = o.train_fraction {
+            self.data.train_fraction = v;
+        }
+        if let Some(v) = &o.omit_classes {
+            self.data.omit_classes = v.clone();
         }
         if let Some(v) = o.batch_size {
             self.data.batch_size = v;

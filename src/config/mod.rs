@@ -187,6 +187,16 @@ pub struct DataConfig {
     /// Seed of the validation split, separate from the training seed, so that every
     /// seed of a run, and the teacher, hold out the same images.
     pub split_seed: u64,
+    /// The transfer set (`--train-fraction`): the fraction of the training split (after
+    /// the validation images are held out) that every model trains on, in (0, 1].
+    pub train_fraction: f64,
+    /// Seed of that subset, separate from the training seed, so that a student alone and
+    /// a distilled one see the same images whatever their seeds.
+    pub subset_seed: u64,
+    /// Classes left out of the transfer set (`--omit-class`), by name or index (as
+    /// strings); validation and test keep them. A run that omits any shifts their logits
+    /// by the bias that maximises validation accuracy (Hinton et al. 2015, section 3).
+    pub omit_classes: Vec<String>,
     /// Base URL for `--download`; the four official file names are appended.
     pub download_url: String,
 }
@@ -203,6 +213,15 @@ impl DataConfig {
             },
             layout: self.layout,
             classes: (self.classes > 0).then_some(self.classes),
+        }
+    }
+
+    /// The transfer set asked for (`train_fraction`, `subset_seed`, `omit_classes`).
+    pub fn transfer(&self) -> crate::data::TransferSpec {
+        crate::data::TransferSpec {
+            fraction: self.train_fraction,
+            subset_seed: self.subset_seed,
+            omit: self.omit_classes.clone(),
         }
     }
 }
@@ -461,6 +480,9 @@ impl Default for DataConfig {
             validation: Validation::Split,
             validation_size: 5000,
             split_seed: DEFAULT_SPLIT_SEED,
+            train_fraction: 1.0,
+            subset_seed: DEFAULT_SUBSET_SEED,
+            omit_classes: Vec::new(),
             download_url: crate::data::OFFICIAL_URL.to_string(),
         }
     }
@@ -510,6 +532,9 @@ impl Default for EarlyStoppingConfig {
 
 /// The default `data.split_seed`.
 pub const DEFAULT_SPLIT_SEED: u64 = 20_150_309;
+
+/// The default `data.subset_seed`.
+pub const DEFAULT_SUBSET_SEED: u64 = 20_150_310;
 
 impl Default for ModelConfig {
     fn default() -> Self {

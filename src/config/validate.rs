@@ -55,6 +55,26 @@ impl Config {
                 "0 (from the data) to 1000000",
             );
         }
+        let f = self.data.train_fraction;
+        if !(f > 0.0 && f <= 1.0) {
+            return bad(
+                "data.train_fraction",
+                f,
+                "a fraction of the training split in (0, 1] (1 = all of it)",
+            );
+        }
+        let omit = &self.data.omit_classes;
+        if let Some(twice) = omit
+            .iter()
+            .enumerate()
+            .find(|(i, c)| omit[..*i].contains(c))
+        {
+            return bad(
+                "data.omit_classes",
+                format!("{omit:?}"),
+                &format!("each class once ({:?} is named twice)", twice.1),
+            );
+        }
         if self.data.validation == Validation::Split && self.data.validation_size == 0 {
             return bad(
                 "data.validation_size",
@@ -346,6 +366,8 @@ fn bad<T>(key: &str, found: impl fmt::Display, expected: &str) -> Result<T> {
         "runtime.out_dir" => " (--out-dir)",
         "data.dir" => " (--data-dir)",
         "distill.teacher" | "distill.teachers" => " (--teacher)",
+        "data.train_fraction" => " (--train-fraction)",
+        "data.omit_classes" => " (--omit-class)",
         _ => "",
     };
     let flag = objective_flag.as_deref().unwrap_or(flag);

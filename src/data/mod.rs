@@ -19,8 +19,10 @@ pub mod folder;
 pub mod idx;
 pub mod npz;
 pub mod pixels;
+pub mod transfer;
 
 pub use idx::{Idx, encode_idx, parse_idx, read_idx, read_split};
+pub use transfer::{TransferSet, TransferSpec};
 
 use crate::error::UsageError;
 
@@ -667,6 +669,8 @@ pub struct DataRecord {
     pub classes: i64,
     pub class_names: Vec<String>,
     pub normalize: Normalize,
+    /// The transfer set: the training images the run trained on.
+    pub transfer: TransferSet,
 }
 
 impl Dataset {
@@ -679,6 +683,7 @@ impl Dataset {
             classes: self.spec.classes(),
             class_names: self.spec.class_names.clone(),
             normalize: self.normalize.clone(),
+            transfer: self.transfer.clone(),
         }
     }
 }
@@ -698,13 +703,16 @@ pub struct Dataset {
     pub spec: DataSpec,
     /// How pixels became inputs.
     pub normalize: Normalize,
-    /// Indices into the original 60,000 training images of `train`, in order.
+    /// Indices into the original training images of `train`, in order (after the
+    /// transfer set's subset and omitted classes).
     pub train_index: Vec<i64>,
     /// Indices into the original training images of `val` (empty when the test set
     /// validates).
     pub val_index: Vec<i64>,
     /// Which split this is, as recorded in checkpoints and `meta.json`.
     pub split: SplitInfo,
+    /// The transfer set `train` is: its fraction, seed, omitted classes and hash.
+    pub transfer: TransferSet,
 }
 
 /// The validation split, as recorded in `meta.json` and checkpoint metadata, so that a
@@ -965,15 +973,23 @@ impl Normalize {
 /// in the Keras reference. `normalize` = [`NormalizeKind::Standardize`] takes its
 /// statistics from the training images that remain.
 ///
+/// Then the training images are reduced to the transfer set ([`transfer`]): a fraction
+/// drawn by `transfer.subset_seed`, less the omitted classes. Normalisation statistics
+/// are those of the whole training split, so a teacher and its students on a subset
+/// share them. The default `transfer` (fraction 1, nothing omitted) changes nothing.
+///
 /// # Errors
-/// A [`UsageError`] when `v` is not smaller than the training set.
+/// A [`UsageError`] when `v` is not smaller than the training set; [`transfer`]'s
+/// (an unknown or repeated class, every class omitted, a class left without images).
 pub fn prepare(
     raw: &RawData,
     validation_size: Option<usize>,
     split_seed: u64,
     normalize: NormalizeKind,
+    transfer: &TransferSpec,
     device: Device,
 ) -> Result<Dataset> {
+    let omitted = transfer::resolve_omitted(&transfer.omit, &raw.spec)?;
     let all = Examples::from_split(&raw.train, device);
     let test = Examples::from_split(&raw.test, device);
     let n = all.len();
@@ -1020,6 +1036,22 @@ pub fn prepare(
         NormalizeKind::Unit => Normalize::Unit,
         NormalizeKind::Standardize => Normalize::fit(&train.images, raw.spec.channels),
     };
+    let (train, train_index) = if transfer.fraction >= 1.0 && omitted.is_empty() {
+        (train, train_index)
+    } else {
+        let labels: Vec<i64> = train_index
+            .iter()
+            .map(|&i| raw.train.labels[i as usize])
+            .collect();
+        let keep = transfer::select(&labels, transfer, &omitted, &raw.spec)?;
+        let rows: Vec<i64> = keep.iter().map(|&p| p as i64).collect();
+        let index: Vec<i64> = keep.iter().map(|&p| train_index[p]).collect();
+        (
+            train.select(&Tensor::from_slice(&rows).to_device(device)),
+            index,
+        )
+    };
+    let transfer = TransferSet::new(transfer, omitted, &raw.spec, &train_index);
     let (train, val, test) = (
         train.normalized(&norm),
         val.normalized(&norm),
@@ -1036,6 +1068,7 @@ pub fn prepare(
         train_index,
         val_index,
         split,
+        transfer,
     })
 }
 

@@ -18,5 +18,6 @@ mod predict_export;
 mod sweep;
 mod tensorboard;
 mod torchscript_teacher;
+mod transfer;
 mod trust;
 mod trust_loop;
