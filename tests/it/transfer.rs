@@ -63,7 +63,10 @@ fn bad_transfer_inputs_are_usage_errors_naming_the_flag() {
             &["--train-fraction", "(0, 1]"][..],
         ),
         (&["--train-fraction", "1.5"], &["--train-fraction", "= 1.5"]),
-        (&["--train-fraction", "NaN"], &["--train-fraction", "NaN"]),
+        (
+            &["--train-fraction", "NaN"],
+            &["--train-fraction", "= NaN", "(0, 1]"],
+        ),
         (
             &["--train-fraction", "0.001"],
             &["--train-fraction", "no image of class(es)", "or more does"],
