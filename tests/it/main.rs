@@ -11,6 +11,7 @@ mod cli;
 mod cnn_augment;
 mod docs;
 mod ensemble;
+mod experiments;
 mod faults;
 mod objectives;
 mod own_data;
