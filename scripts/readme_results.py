@@ -2,7 +2,8 @@
 the committed files', never typed by hand: docs/results/results.md into the Results
 section (`<!-- results:begin -->` ... `<!-- results:end -->`) and
 docs/results/digits/results.md into Your own data (`<!-- digits:begin -->` ...
-`<!-- digits:end -->`). tests/it/docs.rs fails when they differ.
+`<!-- digits:end -->`), and the paper's experiments (fraction, omit, ensemble) from
+docs/results/<experiment>/results.md between their markers. tests/it/docs.rs fails when they differ.
 
 Run: python3 scripts/readme_results.py
 """
@@ -12,7 +13,16 @@ import re
 root = pathlib.Path(__file__).resolve().parent.parent
 readme = root / "README.md"
 text = readme.read_text()
-for marker, source in [("results", "docs/results/results.md"), ("digits", "docs/results/digits/results.md")]:
+for marker, source in [
+    ("results", "docs/results/results.md"),
+    ("fraction", "docs/results/fraction/results.md"),
+    ("omit", "docs/results/omit/results.md"),
+    ("ensemble", "docs/results/ensemble/results.md"),
+    ("digits", "docs/results/digits/results.md"),
+]:
+    if not (root / source).exists():
+        print(f"README.md: {marker} left as it is: {source} is not made yet")
+        continue
     results = (root / source).read_text()
     pattern = re.compile(r"(<!-- " + marker + r":begin[^\n]*-->\n).*?(<!-- " + marker + r":end -->)", re.S)
     if not pattern.search(text):

@@ -441,6 +441,30 @@ impl RunLock {
     }
 }
 
+/// The SHA-256 of a safetensors file's tensors alone, as 64 hex digits: for each tensor
+/// in name order, its name, dtype, shape and bytes. Two checkpoints with the same weights
+/// and other metadata (a run's folder, say) have the same value: what
+/// `teachers/fashion-mnist-cnn.epoch1.sha256` records of the shipped teacher's recipe.
+///
+/// # Errors
+/// The file cannot be read or is not safetensors (named).
+pub fn weights_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut h = Sha256::new();
+    for n in names {
+        let v = st.tensor(&n)?;
+        h.update(n.as_bytes());
+        h.update(format!("{:?}{:?}", v.dtype(), v.shape()).as_bytes());
+        h.update(v.data());
+    }
+    Ok(crate::hex(&h.finalize()))
+}
+
 /// The SHA-256 of the file at `path`, as 64 hex digits: which teacher (or checkpoint) a
 /// run used, whatever its path.
 ///

@@ -386,6 +386,10 @@ fn one_experiment(
     );
     results.experiment = e.key().to_string();
     results.teachers = summaries;
+    // A teacher file is named as the config names it, not by this machine's path.
+    if let (Some(_), Some(t)) = (teacher_file, results.teachers.first_mut()) {
+        t.teacher = c.reproduce.teacher_file.display().to_string();
+    }
     results.transfer = describe_transfer(&base_student, student_data);
     let _ = t0;
     write_results(root, &results)?;

@@ -150,7 +150,7 @@ impl Experiment {
 pub const SHIPPED_TEACHER: &str = "teachers/fashion-mnist-cnn.safetensors";
 /// Its SHA-256.
 pub const SHIPPED_TEACHER_SHA256: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
+    "c2e1c1328c56e6fca58e5231506c49fe34a0eeb6a90656a53b56ac9127ecf6b6";
 
 /// The reference's `DATA_CONFIG`, plus where the data lives and how validation is drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

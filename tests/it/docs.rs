@@ -14,6 +14,9 @@ fn readme_results_are_the_committed_results() {
     let readme = read("README.md");
     for (marker, file) in [
         ("results", "docs/results/results.md"),
+        ("fraction", "docs/results/fraction/results.md"),
+        ("omit", "docs/results/omit/results.md"),
+        ("ensemble", "docs/results/ensemble/results.md"),
         ("digits", "docs/results/digits/results.md"),
     ] {
         let start = readme
@@ -47,6 +50,9 @@ fn committed_results_md_agrees_with_results_json() {
         "docs/results/deep-teacher-dropout",
         "docs/results/mlp-teacher",
         "docs/results/digits",
+        "docs/results/fraction",
+        "docs/results/omit",
+        "docs/results/ensemble",
     ] {
         check_results(dir);
     }
@@ -118,6 +124,9 @@ fn committed_results_come_from_the_configs_named_for_them() {
             "configs/deep-teacher-dropout.toml",
         ),
         ("docs/results/digits", "configs/digits.toml"),
+        ("docs/results/fraction", "config.toml"),
+        ("docs/results/omit", "config.toml"),
+        ("docs/results/ensemble", "configs/ensemble.toml"),
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(config);
         let c = kdtrain::config::Config::load(&path, true).unwrap();

@@ -32,7 +32,16 @@ fn summary(dir: &Path) -> serde_json::Value {
 #[test]
 fn fraction_trains_the_students_on_one_subset_and_the_teacher_on_all() {
     let s = sandbox("fraction = 0.5");
-    let o = s.kd(&["reproduce", "--experiment", "fraction", "--seeds", "0,1", "--epochs", "1", "-q"]);
+    let o = s.kd(&[
+        "reproduce",
+        "--experiment",
+        "fraction",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "1",
+        "-q",
+    ]);
     assert_ok(&o);
     let r = root(&s);
     let teacher = summary(&r.join("teacher"));
@@ -47,11 +56,18 @@ fn fraction_trains_the_students_on_one_subset_and_the_teacher_on_all() {
         }
     }
     hashes.dedup();
-    assert_eq!(hashes.len(), 1, "every student sees the same images: {hashes:?}");
+    assert_eq!(
+        hashes.len(),
+        1,
+        "every student sees the same images: {hashes:?}"
+    );
     let results = json(&r.join("results.json"));
     assert_eq!(results["experiment"], "fraction");
     let md = std::fs::read_to_string(r.join("results.md")).unwrap();
-    assert!(md.contains("experiment fraction") && md.contains("250 images: a fraction 0.5"), "{md}");
+    assert!(
+        md.contains("experiment fraction") && md.contains("250 images: a fraction 0.5"),
+        "{md}"
+    );
     assert!(r.join("gains.png").is_file() && r.join("comparison.png").is_file());
     let g = &results["gains"][0];
     assert_eq!(g["baseline"], "student", "{g}");
@@ -63,20 +79,39 @@ fn fraction_trains_the_students_on_one_subset_and_the_teacher_on_all() {
 #[test]
 fn omit_leaves_a_class_out_of_the_students_and_tables_the_shift() {
     let s = sandbox("");
-    let o = s.kd(&["reproduce", "--experiment", "omit", "--seeds", "0,", "--epochs", "2", "-q"]);
+    let o = s.kd(&[
+        "reproduce",
+        "--experiment",
+        "omit",
+        "--seeds",
+        "0,",
+        "--epochs",
+        "2",
+        "-q",
+    ]);
     assert_ok(&o);
     let r = root(&s);
     let teacher = summary(&r.join("teacher"));
-    assert_eq!(teacher["data"]["transfer"]["omitted"], serde_json::json!([]));
+    assert_eq!(
+        teacher["data"]["transfer"]["omitted"],
+        serde_json::json!([])
+    );
     for run in ["student", "distilled-kd"] {
         let sm = summary(&r.join(format!("seed-0/{run}")));
-        assert_eq!(sm["data"]["transfer"]["omitted"], serde_json::json!([1]), "{run}");
+        assert_eq!(
+            sm["data"]["transfer"]["omitted"],
+            serde_json::json!([1]),
+            "{run}"
+        );
         let bc = &sm["bias_correction"];
         assert!(bc["shift"].is_number(), "{run}: {sm}");
         assert_eq!(bc["class_names"], serde_json::json!(["Trouser"]));
     }
     let md = std::fs::read_to_string(r.join("results.md")).unwrap();
-    assert!(md.contains("Omitted classes") && md.contains("| student | Trouser |"), "{md}");
+    assert!(
+        md.contains("Omitted classes") && md.contains("| student | Trouser |"),
+        "{md}"
+    );
     assert!(md.contains("without class Trouser"), "{md}");
 }
 
@@ -87,7 +122,16 @@ fn omit_leaves_a_class_out_of_the_students_and_tables_the_shift() {
 #[test]
 fn ensemble_compares_one_teacher_with_three() {
     let s = sandbox("");
-    let o = s.kd(&["reproduce", "--experiment", "ensemble", "--seeds", "0,1", "--epochs", "1", "-q"]);
+    let o = s.kd(&[
+        "reproduce",
+        "--experiment",
+        "ensemble",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "1",
+        "-q",
+    ]);
     assert_ok(&o);
     let r = root(&s);
     for k in 1..=3 {
@@ -102,15 +146,35 @@ fn ensemble_compares_one_teacher_with_three() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| (g["objective"].as_str().unwrap().into(), g["baseline"].as_str().unwrap().into()))
+        .map(|g| {
+            (
+                g["objective"].as_str().unwrap().into(),
+                g["baseline"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     let ens = "distilled (kd, ensemble of 3)".to_string();
-    assert!(gains.contains(&("kd".into(), "student".into())), "{gains:?}");
-    assert!(gains.contains(&(ens.clone(), "student".into())), "{gains:?}");
+    assert!(
+        gains.contains(&("kd".into(), "student".into())),
+        "{gains:?}"
+    );
+    assert!(
+        gains.contains(&(ens.clone(), "student".into())),
+        "{gains:?}"
+    );
     assert!(gains.contains(&(ens, "distilled (kd)".into())), "{gains:?}");
     let teachers = results["teachers"].as_array().unwrap();
-    assert_eq!(teachers.len(), 4, "three members and the ensemble: {teachers:?}");
-    assert!(teachers[3]["teacher"].as_str().unwrap().starts_with("ensemble of 3"));
+    assert_eq!(
+        teachers.len(),
+        4,
+        "three members and the ensemble: {teachers:?}"
+    );
+    assert!(
+        teachers[3]["teacher"]
+            .as_str()
+            .unwrap()
+            .starts_with("ensemble of 3")
+    );
 }
 
 /// A teacher file instead of a trained teacher: its SHA-256 is checked (a wrong one is
@@ -137,14 +201,29 @@ fn a_teacher_file_is_checked_and_used_instead_of_training() {
     };
     let wrong = "0".repeat(64);
     let c = config(&wrong);
-    let args = ["reproduce", "--shipped-teacher", "--config", c.to_str().unwrap(), "--seeds", "0,", "--epochs", "1", "-q"];
+    let args = [
+        "reproduce",
+        "--shipped-teacher",
+        "--config",
+        c.to_str().unwrap(),
+        "--seeds",
+        "0,",
+        "--epochs",
+        "1",
+        "-q",
+    ];
     let o = s.kd(&args);
-    assert_fails(&o, 2, &["is not the recorded teacher", "reproduce.teacher_sha256"]);
-    assert!(std::fs::read_dir(s.runs()).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with("reproduce-")));
+    assert_fails(
+        &o,
+        2,
+        &["is not the recorded teacher", "reproduce.teacher_sha256"],
+    );
+    assert!(std::fs::read_dir(s.runs()).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("reproduce-")
+    }));
     config(&sha);
     assert_ok(&s.kd(&args));
     let r = root(&s);
@@ -165,14 +244,33 @@ fn a_teacher_file_is_checked_and_used_instead_of_training() {
 #[test]
 fn paper_runs_the_four_and_puts_the_papers_figures_beside() {
     let s = sandbox("fraction = 0.5");
-    let o = s.kd(&["reproduce", "--experiment", "paper", "--seeds", "0,1", "--epochs", "1", "-q"]);
+    let o = s.kd(&[
+        "reproduce",
+        "--experiment",
+        "paper",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "1",
+        "-q",
+    ]);
     assert_ok(&o);
     let r = root(&s);
     for e in ["fraction", "omit", "ensemble", "full"] {
         assert!(r.join(e).join("results.json").is_file(), "{e}");
     }
     let paper = std::fs::read_to_string(r.join("paper.md")).unwrap();
-    for needle in ["| fraction | speech", "| omit | MNIST", "| ensemble | speech", "| full | MNIST", "57.0", "61.1"] {
-        assert!(paper.contains(needle), "paper.md lacks {needle:?}:\n{paper}");
+    for needle in [
+        "| fraction | speech",
+        "| omit | MNIST",
+        "| ensemble | speech",
+        "| full | MNIST",
+        "57.0",
+        "61.1",
+    ] {
+        assert!(
+            paper.contains(needle),
+            "paper.md lacks {needle:?}:\n{paper}"
+        );
     }
 }

@@ -16,6 +16,7 @@ mod faults;
 mod objectives;
 mod own_data;
 mod predict_export;
+mod shipped_teacher;
 mod sweep;
 mod tensorboard;
 mod torchscript_teacher;
