@@ -6,7 +6,7 @@
 //!
 //! The shift is stored in the checkpoint's metadata ([`META_LOGIT_BIAS`], JSON
 //! `{"class index": shift}`) beside the trained weights, which stay as trained; every
-//! network built from a checkpoint ([`crate::checkpoint::Checkpoint::load_into`]) adds
+//! network built from a checkpoint (`Checkpoint::load_into`, in checkpoint.rs) adds
 //! it to its output layer's bias once, so `evaluate`, `predict`, `export` and a teacher
 //! all compute the corrected logits. This module owns the search, the metadata and the
 //! fold; it does not decide when a run searches (that is `commands::train_one`).

@@ -398,7 +398,7 @@ impl DistillConfig {
 
     /// The temperature and alpha in force for `objective` (for tables and the heatmap).
     /// The teacher files named: `teachers`, or `[teacher]`, or none (the newest in the
-    /// out-dir is then found by [`crate::teacher::load_teachers`]).
+    /// out-dir is then found when the teachers are loaded).
     pub fn teacher_paths(&self) -> Vec<PathBuf> {
         match (
             self.teachers.is_empty(),
