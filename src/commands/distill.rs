@@ -59,10 +59,13 @@ pub fn run(s: &Settings) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
+            let (what, verb, original) = match teachers.len() {
+                1 => ("teacher", "is not the file", "teacher"),
+                _ => ("the teacher files", "are not the ones", "teachers"),
+            };
             return usage(format!(
-                "--resume: the teacher files ({}) are not the ones this run started with \
-                 (SHA-256 {} vs the recorded {}); resume with the original teachers, or start \
-                 a new run",
+                "--resume: {what} {} {verb} this run started with (SHA-256 {} vs the \
+                 recorded {}); resume with the original {original}, or start a new run",
                 teachers
                     .iter()
                     .map(|t| t.path.display().to_string())
