@@ -30,7 +30,6 @@ use crate::run::{Run, RunKind};
 
 /// Runs the comparison `reproduce.experiment` names.
 pub fn run(s: &Settings) -> Result<()> {
-    let t0 = Instant::now();
     if s.resume || s.run_name.is_some() {
         return usage(
             "reproduce takes neither --resume nor --run-name; it makes a new reproduce-<time> \
@@ -45,6 +44,13 @@ pub fn run(s: &Settings) -> Result<()> {
             "reproduce.teacher_per_seed = true with {k} teachers: an ensemble is trained once \
              for every seed; set one of them"
         ));
+    }
+    if c.reproduce.teacher_per_seed && k == 1 && !c.reproduce.teacher_file.as_os_str().is_empty() {
+        return usage(
+            "reproduce.teacher_per_seed = true trains a teacher for each seed, but \
+             reproduce.teacher_file names one to read; pass --train-teacher (or set \
+             reproduce.teacher_file = \"\"), or set teacher_per_seed = false",
+        );
     }
     let dir = data_dir(s)?;
     // The data and a teacher file are checked before any folder is made.
@@ -81,7 +87,7 @@ pub fn run(s: &Settings) -> Result<()> {
                 (1, None) => shipped_teacher(c)?,
                 _ => None,
             };
-            let results = one_experiment(s, e, &dir, &raw, secs, file.as_deref(), t0)?;
+            let results = one_experiment(s, e, &dir, &raw, secs, file.as_deref())?;
             all.push((e, results));
         }
         Ok(())
@@ -196,7 +202,6 @@ fn one_experiment(
     raw: &crate::data::RawData,
     read_secs: f64,
     teacher_file: Option<&Path>,
-    t0: Instant,
 ) -> Result<Results> {
     let t_start = Instant::now();
     let c = &s.config;
@@ -306,7 +311,6 @@ fn one_experiment(
             teachers = vec![load(&out.run_dir.join(crate::run::MODEL_FILE))?];
             runs.push(out);
         }
-        let paths: Vec<PathBuf> = teachers.iter().map(|t| t.path.clone()).collect();
         let for_seed = |tweak: &dyn Fn(&mut Config)| {
             let mut c = base_student.clone();
             c.seed = seed;
@@ -360,7 +364,6 @@ fn one_experiment(
                 runs.push(out);
             }
         }
-        let _ = &paths;
     }
     let validation = match c.data.validation {
         Validation::Split => student_data.0.split.describe(),
@@ -391,7 +394,6 @@ fn one_experiment(
         t.teacher = c.reproduce.teacher_file.display().to_string();
     }
     results.transfer = describe_transfer(&base_student, student_data);
-    let _ = t0;
     write_results(root, &results)?;
     Ok(results)
 }
