@@ -274,3 +274,19 @@ fn paper_runs_the_four_and_puts_the_papers_figures_beside() {
         );
     }
 }
+
+/// A teacher per seed cannot be read from one file: refused by name, before any folder.
+#[test]
+fn a_teacher_per_seed_with_a_teacher_file_is_refused() {
+    let s = sandbox("teacher_per_seed = true");
+    let o = s.kd(&[
+        "reproduce",
+        "--shipped-teacher",
+        "--seeds",
+        "0,",
+        "--epochs",
+        "1",
+    ]);
+    assert_fails(&o, 2, &["reproduce.teacher_per_seed", "--train-teacher"]);
+    assert!(!s.runs().exists() || std::fs::read_dir(s.runs()).unwrap().next().is_none());
+}
