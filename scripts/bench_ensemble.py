@@ -86,13 +86,14 @@ def main():
               "median_epoch_seconds": {"one": one, "ensemble": ens},
               "teacher_cache_seconds": {"one": c1, "ensemble": c3}}
     write_atomic(a.out, json.dumps(result, indent=2) + "\n")
+    loads = ", ".join(f"{x['load_1min_before']:.2f}" for x in records)
     md = (
         f"# Distillation from a cached ensemble of 3 teachers against one teacher\n\n"
         f"Made by scripts/bench_ensemble.py at commit {result['commit']} on {made}: "
         f"{a.rounds} rounds, order alternating, {a.epochs} epochs each, {a.threads} threads, "
         f"Fashion-MNIST, default student, teachers mlp:512,256,128. Medians over the rounds "
         f"(1-minute load averages before the runs: "
-        f"{', '.join(f'{x['load_1min_before']:.2f}' for x in records)}).\n\n"
+        f"{loads}).\n\n"
         f"| measure | one teacher | ensemble of 3 | ratio | target |\n| --- | --- | --- | --- | --- |\n"
         f"| distill epoch (s) | {one:.3f} | {ens:.3f} | {ens / one:.3f}x | <= 1.1x |\n"
         f"| teacher cache, once (s) | {c1:.2f} | {c3:.2f} | {c3 / c1:.2f}x | one pass per member |\n"

@@ -389,9 +389,15 @@ fn one_experiment(
     );
     results.experiment = e.key().to_string();
     results.teachers = summaries;
-    // A teacher file is named as the config names it, not by this machine's path.
+    // A teacher file is named as the config names it, and a trained teacher by its place
+    // in the reproduce folder, not by this machine's paths.
     if let (Some(_), Some(t)) = (teacher_file, results.teachers.first_mut()) {
         t.teacher = c.reproduce.teacher_file.display().to_string();
+    }
+    for t in results.teachers.iter_mut() {
+        if let Ok(rel) = Path::new(&t.teacher).strip_prefix(root) {
+            t.teacher = rel.display().to_string();
+        }
     }
     results.transfer = describe_transfer(&base_student, student_data);
     write_results(root, &results)?;

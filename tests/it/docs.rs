@@ -82,7 +82,11 @@ fn check_results(dir: &str) {
     assert!(json["seeds"].as_array().unwrap().len() >= 3);
     for m in models {
         let acc = m["test_acc_mean"].as_f64().unwrap() * 100.0;
-        let row = format!("| {} |", m["model"].as_str().unwrap());
+        let row = format!(
+            "| {} | {} |",
+            m["model"].as_str().unwrap(),
+            m["arch"].as_str().unwrap()
+        );
         let line = md
             .lines()
             .find(|l| l.starts_with(&row))

@@ -175,6 +175,8 @@ fn ensemble_compares_one_teacher_with_three() {
             .unwrap()
             .starts_with("ensemble of 3")
     );
+    // Trained teachers are named by their place in the reproduce folder.
+    assert_eq!(teachers[0]["teacher"], "teacher-1/model.safetensors");
 }
 
 /// A teacher file instead of a trained teacher: its SHA-256 is checked (a wrong one is
