@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retrains the teacher shipped in teachers/ with its recorded command
-# (teachers/fashion-mnist-cnn.toml: 60 epochs, about 28 minutes on 2 cores) and says
+# (teachers/fashion-mnist-cnn.toml: 60 epochs, about 27 minutes on 2 cores) and says
 # whether its weights are the shipped file's. EPOCHS=1 runs the shortened command, whose
 # weights teachers/fashion-mnist-cnn.epoch1.sha256 records (what the test
 # shipped_teacher::the_recorded_command_shortened_gives_the_recorded_weights checks).

@@ -2,7 +2,7 @@
 //! the file is the one `reproduce` checks for, its metadata holds the recipe of
 //! `teachers/fashion-mnist-cnn.toml`, and that command, shortened to one epoch, gives the
 //! weights recorded in `teachers/fashion-mnist-cnn.epoch1.sha256` (the full 60 epochs
-//! take about 28 minutes: `scripts/shipped_teacher.sh` runs them).
+//! take about 27 minutes: `scripts/shipped_teacher.sh` runs them).
 
 use std::path::{Path, PathBuf};
 
