@@ -272,24 +272,14 @@ pub fn parse_bias(flags: &[String], spec: &data::DataSpec) -> Result<crate::bias
             ))
             .into());
         };
-        let label = match spec.class_names.iter().position(|n| n == class) {
-            Some(i) => i as i64,
-            None => match class.trim().parse::<i64>() {
-                Ok(i) if (0..spec.classes()).contains(&i) => i,
-                _ => {
-                    return Err(UsageError(format!(
-                        "--bias {f:?}: {class:?} is not a class of the checkpoint; expected \
-                         one of {} or an index from 0 to {}",
-                        spec.class_names
-                            .iter()
-                            .map(|n| format!("{n:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        spec.classes() - 1
-                    ))
-                    .into());
-                }
-            },
+        let Some(label) = spec.label_of(class) else {
+            return Err(UsageError(format!(
+                "--bias {f:?}: {class:?} is not a class of the checkpoint; expected one of {} \
+                 or an index from 0 to {}",
+                spec.quoted_names(),
+                spec.classes() - 1
+            ))
+            .into());
         };
         match value.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => {

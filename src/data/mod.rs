@@ -103,6 +103,27 @@ impl DataSpec {
         self.class_names.len() as i64
     }
 
+    /// The label a user names: `given` as a class name, else as an index in range.
+    pub fn label_of(&self, given: &str) -> Option<i64> {
+        match self.class_names.iter().position(|n| n == given) {
+            Some(i) => Some(i as i64),
+            None => given
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|i| (0..self.classes()).contains(i)),
+        }
+    }
+
+    /// The class names, quoted and comma-separated, for the messages that list them.
+    pub fn quoted_names(&self) -> String {
+        self.class_names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The name of class `label`, or the label itself when it has none.
     pub fn class_name(&self, label: i64) -> String {
         usize::try_from(label)

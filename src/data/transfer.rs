@@ -109,24 +109,14 @@ pub fn resolve_omitted(omit: &[String], spec: &DataSpec) -> anyhow::Result<Vec<i
     let key = "--omit-class / data.omit_classes";
     let mut out: Vec<i64> = Vec::new();
     for given in omit {
-        let label = match spec.class_names.iter().position(|n| n == given) {
-            Some(i) => i as i64,
-            None => match given.trim().parse::<i64>() {
-                Ok(i) if (0..spec.classes()).contains(&i) => i,
-                _ => {
-                    return Err(UsageError(format!(
-                        "{key}: {given:?} is not a class of the data; expected one of the \
-                         names {} or an index from 0 to {}",
-                        spec.class_names
-                            .iter()
-                            .map(|n| format!("{n:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        spec.classes() - 1
-                    ))
-                    .into());
-                }
-            },
+        let Some(label) = spec.label_of(given) else {
+            return Err(UsageError(format!(
+                "{key}: {given:?} is not a class of the data; expected one of the names {} or \
+                 an index from 0 to {}",
+                spec.quoted_names(),
+                spec.classes() - 1
+            ))
+            .into());
         };
         if out.contains(&label) {
             return Err(UsageError(format!(
