@@ -278,6 +278,26 @@ pub struct BiasCorrection {
     pub per_class: Vec<ClassAccuracy>,
 }
 
+impl BiasCorrection {
+    /// The omitted classes' mean test accuracy in percent, without (`after` false) or
+    /// with the shift: every omitted class's images together when the classes are of
+    /// equal size, as in the test sets used here.
+    pub fn class_acc(&self, after: bool) -> f64 {
+        let v: Vec<f64> = self
+            .per_class
+            .iter()
+            .map(|c| {
+                if after {
+                    c.test_acc_after
+                } else {
+                    c.test_acc_before
+                }
+            })
+            .collect();
+        100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

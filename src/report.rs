@@ -456,26 +456,8 @@ impl Results {
                     .filter(|r| &label(r) == l)
                     .filter_map(|r| r.bias_correction.as_ref())
                     .collect();
-                // Every omitted class's images together: the per-class accuracies'
-                // mean (the classes are of equal size in the test sets used here).
-                let class_acc = |after: bool| -> Vec<f64> {
-                    bcs.iter()
-                        .map(|b| {
-                            let v: Vec<f64> = b
-                                .per_class
-                                .iter()
-                                .map(|c| {
-                                    if after {
-                                        c.test_acc_after
-                                    } else {
-                                        c.test_acc_before
-                                    }
-                                })
-                                .collect();
-                            100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64
-                        })
-                        .collect()
-                };
+                let class_acc =
+                    |after: bool| -> Vec<f64> { bcs.iter().map(|b| b.class_acc(after)).collect() };
                 s.push_str(&format!(
                     "| {l} | {} | {} | {} | {} | {} | {} |\n",
                     bcs[0].class_names.join(", "),
@@ -607,18 +589,8 @@ pub fn paper_markdown(all: &[(crate::config::Experiment, Results)]) -> String {
                     .filter_map(|x| x.bias_correction.as_ref())
                     .collect();
                 let class = |after: bool| {
-                    let v: Vec<f64> = bcs
-                        .iter()
-                        .flat_map(|b| &b.per_class)
-                        .map(|c| {
-                            if after {
-                                c.test_acc_after
-                            } else {
-                                c.test_acc_before
-                            }
-                        })
-                        .collect();
-                    100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64
+                    let v: Vec<f64> = bcs.iter().map(|b| b.class_acc(after)).collect();
+                    v.iter().sum::<f64>() / v.len().max(1) as f64
                 };
                 let names = bcs
                     .first()
