@@ -55,7 +55,9 @@ fn expected_md5s() -> Result<[String; 4]> {
 ///
 /// # Errors
 /// Names the URL or file: a connection or HTTP error, a file over 64 MiB, or an MD5
-/// that differs from the published one (or [`MD5S_ENV`]'s; the file is deleted).
+/// that differs from the published one (or [`MD5S_ENV`]'s; the file is deleted);
+/// [`crate::error::Interrupted`] after Ctrl-C, SIGTERM or SIGHUP (the partial file is
+/// deleted).
 pub fn download_all(base_url: &str, dir: &Path, quiet: bool) -> Result<PathBuf> {
     let md5s = expected_md5s()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -112,6 +114,18 @@ fn fetch(agent: &ureq::Agent, url: &str, target: &Path, md5: &str, quiet: bool) 
         let mut buf = vec![0u8; 1 << 16];
         let mut got: u64 = 0;
         loop {
+            // Ctrl-C, SIGTERM or SIGHUP: stop between chunks (64 KiB), not when training
+            // would have started. A connection that sends nothing blocks the read; the
+            // second signal ends the process at once.
+            if crate::error::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                bar.finish_and_clear();
+                return Err(crate::error::Interrupted::new(format!(
+                    "interrupted while downloading {url} (after {got} bytes); its partial \
+                     file was removed and the files already downloaded are kept: run the \
+                     command again to fetch the rest"
+                ))
+                .into());
+            }
             let k = reader
                 .read(&mut buf)
                 .map_err(|e| {

@@ -89,10 +89,14 @@ fn main() -> ExitCode {
 
 /// Commands that train stop at a step boundary on the first SIGINT, SIGTERM or SIGHUP
 /// and exit at once on the second; the others ([`STEPS`] false) exit at once on the
-/// first.
+/// first. A child the command waits on ([`kdtrain::waited_child`]: `sbatch --wait`) is
+/// sent SIGTERM first, so that it does not outlive the command.
 fn install_signal_handler() {
     let _ = ctrlc::set_handler(move || {
         if !STEPS.load(Ordering::SeqCst) || INTERRUPTED.swap(true, Ordering::SeqCst) {
+            if let Some(what) = kdtrain::stop_waited_child() {
+                kdtrain::errln!("\nkdtrain: interrupted; stopped {what}");
+            }
             kdtrain::errln!("\nkdtrain: interrupted; exiting now");
             exit_now(130);
         }
@@ -101,6 +105,49 @@ fn install_signal_handler() {
              step (the same again quits now)"
         );
     });
+}
+
+/// The first signal handler, from the executable's `.preinit_array`: it runs before any
+/// shared library's constructor, so before libtorch's (about 0.4 s of operator
+/// registration, twice when [`tune_openmp_wait`] runs the program again). Until `main`
+/// installs the real handler, SIGINT, SIGTERM and SIGHUP end the process with exit 130,
+/// as they do later, instead of the signal's default (exit 143 for SIGTERM); nothing has
+/// been written yet. A signal the parent set to be ignored (`nohup`) stays ignored.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".preinit_array")]
+static EARLY_SIGNALS: extern "C" fn() = early_signals;
+
+#[cfg(target_os = "linux")]
+extern "C" fn early_signals() {
+    type Handler = extern "C" fn(std::ffi::c_int);
+    unsafe extern "C" {
+        fn signal(signum: std::ffi::c_int, handler: usize) -> usize;
+    }
+    extern "C" fn on_signal(_: std::ffi::c_int) {
+        unsafe extern "C" {
+            fn write(fd: std::ffi::c_int, buf: *const u8, n: usize) -> isize;
+            fn _exit(status: std::ffi::c_int) -> !;
+        }
+        const MSG: &[u8] = b"\nkdtrain: interrupted while starting; exiting now\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer.
+        unsafe {
+            write(2, MSG.as_ptr(), MSG.len());
+            _exit(130)
+        }
+    }
+    const SIG_IGN: usize = 1;
+    const SIGNALS: [std::ffi::c_int; 3] = [1, 2, 15]; // SIGHUP, SIGINT, SIGTERM
+    let handler: Handler = on_signal;
+    for sig in SIGNALS {
+        // SAFETY: signal(2) with a valid signal number and an async-signal-safe handler;
+        // no other thread exists yet. An ignored signal is put back as it was.
+        unsafe {
+            if signal(sig, handler as usize) == SIG_IGN {
+                signal(sig, SIG_IGN);
+            }
+        }
+    }
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. Each step

@@ -720,9 +720,23 @@ pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
             ""
         }
     );
-    let status = cmd
-        .status()
+    let mut child = cmd
+        .spawn()
         .with_context(|| format!("running {}", sbatch.display()))?;
+    // A signal stops this command at once (it has no steps); the handler stops sbatch
+    // too, instead of leaving `sbatch --wait` running without us.
+    crate::waited_child(Some((
+        child.id(),
+        &format!(
+            "{} (pid {}); the array tasks already submitted stay in Slurm's queue: see \
+             `squeue --me`, and cancel them with `scancel` if they are not wanted",
+            if o.wait { "sbatch --wait" } else { "sbatch" },
+            child.id()
+        ),
+    )));
+    let status = child.wait();
+    crate::waited_child(None);
+    let status = status.with_context(|| format!("waiting for {}", sbatch.display()))?;
     if !status.success() {
         anyhow::bail!(
             "sbatch {} exited with {}{}; see {}/logs/slurm-*.out and `kdtrain sweep collect {}`",

@@ -1212,6 +1212,29 @@ fn sigterm_and_sighup_stop_at_a_step_with_the_resume_command() {
     }
 }
 
+/// A SIGTERM while the program starts (libtorch's constructors run for about 0.4 s
+/// before `main`, twice when the OpenMP wait is tuned and the program runs itself again)
+/// exits 130, as one that arrives later does, not with the signal's default 143.
+#[test]
+fn sigterm_while_starting_exits_130() {
+    let s = sandbox_with(2000, 100, "batch_size = 32");
+    for ms in [100u64, 250, 400, 550, 700, 900] {
+        let name = format!("early{ms}");
+        let mut args = s.args(&["train", "student", "--epochs", "500", "--run-name", &name]);
+        // Two threads, so that the OpenMP wait is tuned and the program starts twice.
+        let last = args.len() - 1;
+        assert_eq!(args[last - 1], "--threads");
+        args[last] = "2".into();
+        let mut child = spawn_raw(&s, &args, &name);
+        std::thread::sleep(Duration::from_millis(ms));
+        signal(child.id(), "TERM");
+        let st = wait(&mut child, Duration::from_secs(60));
+        let err = spawned_stderr(&s, &name);
+        assert_eq!(st.code(), Some(130), "SIGTERM after {ms} ms: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 /// The printed resume command is quoted for a POSIX shell: run as printed (plus the
 /// options the run started with), it resumes a run whose out-dir and name hold a space
 /// and a quote.
@@ -1793,6 +1816,8 @@ enum Reply {
     Full(Vec<u8>),
     /// 200 with a Content-Length of the full size, then only the first `n` bytes and a close.
     CutOff(Vec<u8>, usize),
+    /// 200 with these bytes, 1 KiB every 50 ms (until the client goes away).
+    Slow(Vec<u8>),
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1: one request per connection, 404 for unknown
@@ -1852,6 +1877,14 @@ impl Server {
                         .write_all(head(b.len()).as_bytes())
                         .and_then(|_| conn.write_all(&b[..*n]))
                         .and_then(|_| conn.flush()),
+                    Some(Reply::Slow(b)) => conn.write_all(head(b.len()).as_bytes()).and_then(|_| {
+                        for c in b.chunks(1024) {
+                            conn.write_all(c)?;
+                            conn.flush()?;
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Ok(())
+                    }),
                     None => conn.write_all(
                         b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
                     ),
@@ -2033,6 +2066,88 @@ fn download_cut_off_midway_leaves_no_partial_file() {
     // The first file completed and stays; the cut one is nowhere, not even as .part.
     assert_eq!(downloaded(&s), vec![TRAIN_IMAGES.to_string()]);
     server.stop();
+}
+
+/// A SIGTERM during `--download` stops it between chunks (exit 130, the partial file
+/// removed), not when training would have started after the slow download.
+#[test]
+fn sigterm_during_download_stops_it_at_once() {
+    let (fx, md5s) = fixtures();
+    let mut routes: HashMap<String, Reply> = fx
+        .iter()
+        .map(|(n, b)| (format!("/mirror/{n}"), Reply::Full(b.clone())))
+        .collect();
+    let images = fx[TRAIN_IMAGES].clone();
+    assert!(
+        images.len() > 100 * 1024,
+        "{} bytes: too fast to interrupt",
+        images.len()
+    );
+    routes.insert(format!("/mirror/{TRAIN_IMAGES}"), Reply::Slow(images));
+    let server = Server::start(routes);
+    let s = Sandbox::new();
+    s.write_config(&format!("download_url = \"{}\"", server.url));
+    let empty = s.path().join("no-system-data");
+    std::fs::create_dir_all(&empty).unwrap();
+    let config = s.path().join("test.toml");
+    let err = s.path().join("dl.err");
+    let mut child = s
+        .command(&[
+            "train",
+            "student",
+            "--download",
+            "--config",
+            config.to_str().unwrap(),
+            "--out-dir",
+            "runs",
+            "--threads",
+            "1",
+        ])
+        .env("KDTRAIN_SYSTEM_DATA_DIR", &empty)
+        .env("KDTRAIN_DOWNLOAD_MD5S", &md5s)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+        .spawn()
+        .unwrap();
+    let part = download_dir(&s).join(format!("{TRAIN_IMAGES}.part"));
+    let t0 = Instant::now();
+    while !part.is_file() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before downloading"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no {}",
+            part.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(child.id(), "TERM");
+    let t0 = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("still downloading 5 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(st.code(), Some(130), "{text}");
+    assert!(
+        text.contains("interrupted while downloading") && text.contains(TRAIN_IMAGES),
+        "{text}"
+    );
+    assert_eq!(
+        downloaded(&s),
+        Vec::<String>::new(),
+        "a partial file was left"
+    );
+    drop(server);
 }
 
 #[test]

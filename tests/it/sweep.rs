@@ -542,6 +542,81 @@ fn submit_writes_a_readable_array_script_and_needs_sbatch() {
     );
 }
 
+/// A SIGTERM to `sweep submit --wait` stops the `sbatch --wait` it waits on (a fake
+/// sbatch that sleeps), instead of leaving it running, and exits 130 naming it.
+#[test]
+fn sigterm_to_submit_wait_stops_sbatch() {
+    let s = sandbox();
+    let teacher = s.path().join("fake-teacher.safetensors");
+    let f = sweep_file(&s, "grid.toml", "", GRID);
+    let d = plan(&s, &f, &teacher);
+    let bin = s.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("sbatch");
+    let pid_file = s.path().join("sbatch.pid");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho $$ > {}.tmp && mv {0}.tmp {0}\nexec sleep 60\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = s
+        .command(&[
+            "sweep".as_ref(),
+            "submit".as_ref(),
+            d.as_os_str(),
+            "--slurm".as_ref(),
+            "--wait".as_ref(),
+        ])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(30, || pid_file.is_file()),
+        "the fake sbatch never started"
+    );
+    let sbatch: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(child.id(), "TERM");
+    let t0 = Instant::now();
+    let o = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "kdtrain did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("stopped sbatch --wait") && err.contains("scancel"),
+        "{err}"
+    );
+    // The fake sbatch is gone (or a zombie about to be reaped), not sleeping on.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{sbatch}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(
+        wait_for(10, || !alive()),
+        "sbatch --wait (pid {sbatch}) outlived kdtrain"
+    );
+}
+
 /// Tensors of two checkpoints, compared exactly.
 fn same_weights(a: &Path, b: &Path) -> bool {
     let (a, b) = (Checkpoint::read(a).unwrap(), Checkpoint::read(b).unwrap());
