@@ -85,17 +85,20 @@ impl Adam {
         }
     }
 
-    /// Clears the parameters' gradients.
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+    /// The gradients of `loss` (a scalar) with respect to the parameters, in their order:
+    /// fresh tensors from one backward pass (`torch.autograd.grad`), not accumulated
+    /// into the parameters' `.grad`, so nothing needs clearing before the next step and
+    /// the backward pass writes each gradient once instead of adding it to a zeroed
+    /// buffer. A parameter the loss does not use gets an undefined tensor (skipped by
+    /// [`Adam::step`]).
+    pub fn gradients(&self, loss: &Tensor) -> Vec<Tensor> {
+        Tensor::run_backward(&[loss], &self.params, false, false)
     }
 
-    /// One update with learning rate `lr`, using the gradients left by `backward`, which
-    /// it then clears (so no separate `zero_grad` pass is needed before the next
-    /// `backward`).
-    pub fn step(&mut self, lr: f64) {
+    /// One update with learning rate `lr` from `grads` ([`Adam::gradients`], one per
+    /// parameter in order).
+    pub fn step(&mut self, lr: f64, grads: &[Tensor]) {
+        assert_eq!(grads.len(), self.params.len(), "one gradient per parameter");
         self.step += 1;
         let t = self.step as i32;
         let c = self.cfg;
@@ -107,18 +110,18 @@ impl Adam {
             EpsPlacement::Keras => c.eps / bc2_sqrt,
         };
         tch::no_grad(|| {
-            for i in 0..self.params.len() {
-                let g = self.params[i].grad();
+            for (i, g) in grads.iter().enumerate() {
                 if !g.defined() {
                     continue;
                 }
                 if self.params[i].device() == Device::Cpu
                     && g.is_contiguous()
                     && g.kind() == Kind::Float
+                    && g.numel() == self.params[i].numel()
                 {
-                    self.step_cpu(i, &g, step_size as f32, bc2_sqrt as f32, eps as f32);
+                    self.step_cpu(i, g, step_size as f32, bc2_sqrt as f32, eps as f32);
                 } else {
-                    self.step_ops(i, &g, step_size, bc2_sqrt, eps);
+                    self.step_ops(i, g, step_size, bc2_sqrt, eps);
                 }
             }
         });
@@ -136,37 +139,41 @@ impl Adam {
         let neg_step = -step_size;
         // SAFETY: all five tensors are distinct, contiguous, f32, on the CPU, with `n`
         // elements (the moments were made with `zeros_like` of the parameter, and the
-        // gradient has the parameter's shape); nothing else touches them during the step.
+        // gradient's size was checked by the caller); nothing else touches them during the
+        // step, and the gradient is only read.
         let (p, g, m, v, vm) = unsafe {
             (
                 std::slice::from_raw_parts_mut(self.params[i].data_ptr() as *mut f32, n),
-                std::slice::from_raw_parts_mut(g.data_ptr() as *mut f32, n),
+                std::slice::from_raw_parts(g.data_ptr() as *const f32, n),
                 std::slice::from_raw_parts_mut(self.m[i].data_ptr() as *mut f32, n),
                 std::slice::from_raw_parts_mut(self.v[i].data_ptr() as *mut f32, n),
                 std::slice::from_raw_parts_mut(self.vmax[i].data_ptr() as *mut f32, n),
             )
         };
-        // Zipped iterators, so the loop has no bounds checks and can be vectorised.
-        let it = p
-            .iter_mut()
-            .zip(g)
-            .zip(m.iter_mut())
-            .zip(v.iter_mut())
-            .zip(vm.iter_mut());
-        for ((((p, g), m), v), vm) in it {
-            let g = std::mem::take(g); // read the gradient and clear it in the same pass
-            let mj = *m * b1 + one_minus_b1 * g;
-            let vj = *v * b2 + one_minus_b2 * g * g;
-            *m = mj;
-            *v = vj;
-            let second = if ams {
-                *vm = vm.max(vj);
-                *vm
-            } else {
-                vj
-            };
-            *p += neg_step * mj / (second.sqrt() / bc2_sqrt + eps);
+        let k = Kernel {
+            b1,
+            b2,
+            one_minus_b1,
+            one_minus_b2,
+            neg_step,
+            bc2_sqrt,
+            eps,
+            ams,
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                unsafe { k.run_avx512(p, g, m, v, vm) };
+                return;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                unsafe { k.run_avx2(p, g, m, v, vm) };
+                return;
+            }
         }
+        k.run(p, g, m, v, vm);
     }
 
     fn step_ops(&mut self, i: usize, grad: &Tensor, step_size: f64, bc2_sqrt: f64, eps: f64) {
@@ -188,7 +195,6 @@ impl Adam {
         let denom = second.sqrt() / bc2_sqrt + eps;
         let upd = (&self.m[i] / denom) * step_size;
         let _ = self.params[i].g_sub_(&upd);
-        let _ = grad.shallow_clone().zero_();
     }
 
     /// The moments as named tensors, for a checkpoint: `adam.<name>.m`, `.v`, `.vmax`,
@@ -238,6 +244,89 @@ impl Adam {
         })?;
         self.step = step;
         Ok(())
+    }
+}
+
+/// The per-element update of [`Adam::step`] with its constants, compiled three times:
+/// for the baseline x86-64 (4 floats per instruction), AVX2 (8) and AVX-512 (16), chosen
+/// at run time. Each element's arithmetic is the same IEEE operations in the same order
+/// in all three (Rust never contracts `a * b + c` into a fused multiply-add), so the
+/// results are bit-identical; only the width of the vector instructions changes (on 2
+/// cores the AVX-512 loop took a third of the baseline's time for the 567,434 weights of
+/// the default MLP teacher, measured with a throwaway timing loop, not committed).
+#[derive(Clone, Copy)]
+struct Kernel {
+    b1: f32,
+    b2: f32,
+    one_minus_b1: f32,
+    one_minus_b2: f32,
+    neg_step: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    ams: bool,
+}
+
+impl Kernel {
+    /// The update over slices of equal length: parameters `p`, gradients `g`, first and
+    /// second moments `m`, `v`, and the running maximum `vm`.
+    #[inline(always)]
+    fn run(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], vm: &mut [f32]) {
+        let k = *self;
+        // Zipped iterators, so the loop has no bounds checks and can be vectorised.
+        let it = p
+            .iter_mut()
+            .zip(g)
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+            .zip(vm.iter_mut());
+        for ((((p, g), m), v), vm) in it {
+            let g = *g;
+            let mj = *m * k.b1 + k.one_minus_b1 * g;
+            let vj = *v * k.b2 + k.one_minus_b2 * g * g;
+            *m = mj;
+            *v = vj;
+            let second = if k.ams {
+                *vm = vm.max(vj);
+                *vm
+            } else {
+                vj
+            };
+            *p += k.neg_step * mj / (second.sqrt() / k.bc2_sqrt + k.eps);
+        }
+    }
+
+    /// [`Kernel::run`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(
+        &self,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        vm: &mut [f32],
+    ) {
+        self.run(p, g, m, v, vm)
+    }
+
+    /// [`Kernel::run`] compiled for AVX-512F.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_avx512(
+        &self,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        vm: &mut [f32],
+    ) {
+        self.run(p, g, m, v, vm)
     }
 }
 
@@ -297,9 +386,8 @@ mod tests {
         for step in 0..100u64 {
             let lr = 1e-3 * (1.0 - step as f64 / 200.0);
             let xs = &x * (1.0 + 0.01 * step as f64); // a different gradient each step
-            opt.zero_grad();
-            crate::objective::cross_entropy(&ours.forward(&xs), &y).backward();
-            opt.step(lr);
+            let g = opt.gradients(&crate::objective::cross_entropy(&ours.forward(&xs), &y));
+            opt.step(lr, &g);
             ref_opt.zero_grad();
             crate::objective::cross_entropy(&theirs.forward(&xs), &y).backward();
             ref_opt.set_lr(lr);
@@ -329,19 +417,17 @@ mod tests {
         let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
         for _ in 0..10 {
             for (m, o, fused) in [(&a, &mut oa, true), (&b, &mut ob, false)] {
-                o.zero_grad();
-                crate::objective::cross_entropy(&m.forward(&x), &y).backward();
+                let g = o.gradients(&crate::objective::cross_entropy(&m.forward(&x), &y));
                 if fused {
-                    o.step(1e-3);
+                    o.step(1e-3, &g);
                 } else {
                     o.step += 1;
                     let t = o.step as i32;
                     let bc1 = 1.0 - 0.9f64.powi(t);
                     let bc2 = (1.0 - 0.999f64.powi(t)).sqrt();
                     tch::no_grad(|| {
-                        for i in 0..o.params.len() {
-                            let g = o.params[i].grad();
-                            o.step_ops(i, &g, 1e-3 / bc1, bc2, 1e-7);
+                        for (i, g) in g.iter().enumerate() {
+                            o.step_ops(i, g, 1e-3 / bc1, bc2, 1e-7);
                         }
                     });
                 }
@@ -385,14 +471,10 @@ mod tests {
                     ..KERAS
                 };
                 let mut opt = Adam::new(model.parameters(), cfg);
-                model.forward(&x).cross_entropy_for_logits(&y).backward();
-                let grads: Vec<Tensor> = model
-                    .parameters()
-                    .iter()
-                    .map(|p| p.grad().to_kind(Kind::Double).copy())
-                    .collect();
+                let g = opt.gradients(&model.forward(&x).cross_entropy_for_logits(&y));
+                let grads: Vec<Tensor> = g.iter().map(|g| g.to_kind(Kind::Double)).collect();
                 if fused {
-                    opt.step(lr);
+                    opt.step(lr, &g);
                 } else {
                     opt.step = 1;
                     let bc2 = (1.0 - 0.999f64).sqrt();
@@ -401,9 +483,8 @@ mod tests {
                         EpsPlacement::Keras => 1e-3 / bc2,
                     };
                     tch::no_grad(|| {
-                        for i in 0..opt.params.len() {
-                            let g = opt.params[i].grad();
-                            opt.step_ops(i, &g, lr / (1.0 - 0.9), bc2, eps);
+                        for (i, g) in g.iter().enumerate() {
+                            opt.step_ops(i, g, lr / (1.0 - 0.9), bc2, eps);
                         }
                     });
                 }

@@ -259,15 +259,15 @@ impl Step<'_> {
         let terms = self
             .objective
             .loss(&logits, &batch.y, teacher.as_ref(), epoch);
-        // No zero_grad: `opt.step` clears each gradient as it consumes it.
-        terms.total.backward();
+        // Fresh gradients, not accumulated into `.grad`: nothing to clear between steps.
+        let grads = opt.gradients(&terms.total);
         // Stop before a non-finite or diverged loss reaches the weights. On the CPU the
         // read is free; on a GPU it is one scalar copy per step.
         let value = terms.total.double_value(&[]);
         if !(value.is_finite() && value <= DIVERGED_LOSS) {
             return StepOutcome::Diverged(value);
         }
-        opt.step(lr);
+        opt.step(lr, &grads);
         StepOutcome::Done(Done { terms, logits })
     }
 }
