@@ -165,6 +165,10 @@ mod tests {
         assert_eq!(cores_in("processor\t: 0\n\nprocessor\t: 1\n", 2), 2);
         // The last block needs no trailing blank line.
         assert_eq!(cores_in(info.trim_end(), 8), 4);
-        assert!(physical_cores() >= 1);
+        // One core per socket and core id, however many blocks name it; a block without
+        // a core id does not count as a core of its own.
+        let partial = "processor\t: 0\nphysical id\t: 0\ncore id\t: 0\n\n\
+                       processor\t: 1\nphysical id\t: 0\n\n";
+        assert_eq!(cores_in(partial, 2), 1);
     }
 }

@@ -206,10 +206,95 @@ pub fn confusion_png(
     })
 }
 
+/// Decoded charts for the tests: which pixels have which colour.
+#[cfg(test)]
+pub(crate) mod test_image {
+    use plotters::style::RGBColor;
+
+    /// An RGB image read back from a PNG.
+    pub(crate) struct Image {
+        pub(crate) w: u32,
+        pub(crate) h: u32,
+        rgb: Vec<u8>,
+    }
+
+    impl Image {
+        /// Decodes the PNG at `path` (RGB, 8 bits, as [`super::render`] writes).
+        pub(crate) fn read(path: &std::path::Path) -> Image {
+            let bytes = std::fs::read(path).unwrap();
+            assert!(bytes.starts_with(&[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]));
+            let mut reader = png::Decoder::new(std::io::Cursor::new(&bytes))
+                .read_info()
+                .unwrap();
+            let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+            let info = reader.next_frame(&mut rgb).unwrap();
+            assert_eq!(info.color_type, png::ColorType::Rgb);
+            Image {
+                w: info.width,
+                h: info.height,
+                rgb,
+            }
+        }
+
+        /// The pixels `(x, y)` of exactly colour `c` with `x` in `xs`.
+        pub(crate) fn pixels(&self, c: RGBColor, xs: std::ops::Range<u32>) -> Vec<(u32, u32)> {
+            let mut out = Vec::new();
+            for y in 0..self.h {
+                for x in xs.start..xs.end.min(self.w) {
+                    let i = ((y * self.w + x) * 3) as usize;
+                    if self.rgb[i..i + 3] == [c.0, c.1, c.2] {
+                        out.push((x, y));
+                    }
+                }
+            }
+            out
+        }
+
+        /// How many pixels have exactly colour `c`.
+        pub(crate) fn count(&self, c: RGBColor) -> usize {
+            self.pixels(c, 0..self.w).len()
+        }
+
+        /// For a line of colour `c` within `xs`: its leftmost and rightmost columns, each
+        /// with the mean row of the colour's pixels there (`(x, y)`, y down).
+        pub(crate) fn ends(
+            &self,
+            c: RGBColor,
+            xs: std::ops::Range<u32>,
+        ) -> ((u32, f64), (u32, f64)) {
+            self.ends_in(c, xs, 0..self.h)
+        }
+
+        /// [`Image::ends`] among the rows `ys` only (to leave a legend out).
+        pub(crate) fn ends_in(
+            &self,
+            c: RGBColor,
+            xs: std::ops::Range<u32>,
+            ys: std::ops::Range<u32>,
+        ) -> ((u32, f64), (u32, f64)) {
+            let mut px = self.pixels(c, xs);
+            px.retain(|p| ys.contains(&p.1));
+            assert!(!px.is_empty(), "no pixel of {c:?}");
+            let at = |x: u32| {
+                let ys: Vec<f64> = px
+                    .iter()
+                    .filter(|p| p.0 == x)
+                    .map(|p| f64::from(p.1))
+                    .collect();
+                ys.iter().sum::<f64>() / ys.len() as f64
+            };
+            let lo = px.iter().map(|p| p.0).min().unwrap();
+            let hi = px.iter().map(|p| p.0).max().unwrap();
+            ((lo, at(lo)), (hi, at(hi)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::PathBuf;
+    use test_image::Image;
 
     /// A fresh path in the system temp dir, unique to this process and test.
     fn tmp(name: &str) -> PathBuf {
@@ -241,6 +326,12 @@ mod tests {
             .collect()
     }
 
+    /// Which of the palette's six colours the chart uses (series and legend samples; the
+    /// palette's grey and black also occur in anti-aliased text, so they are not asked).
+    fn palette_used(img: &Image) -> Vec<usize> {
+        (0..6).filter(|&i| img.count(PALETTE[i]) > 0).collect()
+    }
+
     #[test]
     fn curves_typical() {
         let (tl, vl) = (decay(30, 2.3, 0.2, 8.0), decay(30, 2.2, 0.4, 9.0));
@@ -254,7 +345,34 @@ mod tests {
         };
         let p = tmp("curves.png");
         curves_png(&p, &c).unwrap();
+        let img = Image::read(&p);
         assert!(check_png(&p, CURVES_SIZE) < 200_000);
+        // Train in blue, validation in vermillion, in both panels, and nothing else.
+        assert_eq!(palette_used(&img), vec![0, 1]);
+        let half = CURVES_SIZE.0 / 2;
+        let (left, right) = (0..half, half..CURVES_SIZE.0);
+        for c in [PALETTE[0], PALETTE[1]] {
+            // Loss falls (its first point is higher on the image than its last), accuracy
+            // rises, and each line spans most of its panel's width (not a legend sample).
+            let ((x0, y0), (x1, y1)) = img.ends(c, left.clone());
+            assert!(
+                y0 < y1 - 100.0 && x1 - x0 > half * 3 / 5,
+                "loss {c:?}: {x0},{y0} {x1},{y1}"
+            );
+            let ((x0, y0), (x1, y1)) = img.ends(c, right.clone());
+            assert!(
+                y0 > y1 + 100.0 && x1 - x0 > half * 3 / 5,
+                "acc {c:?}: {x0},{y0} {x1},{y1}"
+            );
+        }
+        // At the last epoch the training loss (0.2) lies below the validation loss (0.4)
+        // and the training accuracy (98%) above the validation accuracy (91%).
+        let (_, (_, train_loss)) = img.ends(PALETTE[0], left.clone());
+        let (_, (_, val_loss)) = img.ends(PALETTE[1], left);
+        assert!(train_loss > val_loss + 10.0, "{train_loss} {val_loss}");
+        let (_, (_, train_acc)) = img.ends(PALETTE[0], right.clone());
+        let (_, (_, val_acc)) = img.ends(PALETTE[1], right);
+        assert!(train_acc < val_acc - 5.0, "{train_acc} {val_acc}");
     }
 
     #[test]
@@ -269,7 +387,29 @@ mod tests {
             ("distilled student", &d[..]),
         ];
         comparison_png(&p, "Validation accuracy", &runs).unwrap();
+        let img = Image::read(&p);
         assert!(check_png(&p, COMPARISON_SIZE) < 200_000);
+        // One colour per run, in order, and no other.
+        assert_eq!(palette_used(&img), vec![0, 1, 2]);
+        // Where each line starts (anywhere) and ends (in the top half: the curves end
+        // above 85%, and the legend sits in the lower right).
+        let (all, top) = (0..COMPARISON_SIZE.0, 0..COMPARISON_SIZE.1 / 2);
+        let end = |c| img.ends_in(c, all.clone(), top.clone()).1;
+        // All three start at epoch 1 with 10%, where the last drawn (distilled) covers
+        // the others' first markers.
+        let d0 = img.ends(PALETTE[2], all.clone()).0.0;
+        let ((t40, t_end), (s25, s_end), (d25, d_end)) =
+            (end(PALETTE[0]), end(PALETTE[1]), end(PALETTE[2]));
+        // The students end at epoch 25 of the teacher's 40.
+        let at25 = f64::from(d0) + 24.0 / 39.0 * f64::from(t40 - d0);
+        for x in [s25, d25] {
+            assert!(
+                (f64::from(x) - at25).abs() <= 4.0,
+                "epoch 25 at x {x}, expected {at25}"
+            );
+        }
+        // Final accuracies: teacher 93% above distilled 89% above student 86%.
+        assert!(t_end < d_end && d_end < s_end, "{t_end} {d_end} {s_end}");
     }
 
     #[test]
@@ -289,7 +429,15 @@ mod tests {
             .collect();
         let p = tmp("confusion.png");
         confusion_png(&p, "Confusion matrix", &NAMES, &counts).unwrap();
+        let img = Image::read(&p);
         assert!(check_png(&p, CONFUSION_SIZE) < 200_000);
+        // Each diagonal cell is shaded by its share of the row: a block of that colour
+        // (a cell is about 50 x 50 px, less its number).
+        for (r, row) in counts.iter().enumerate() {
+            let share = row[r] as f64 / row.iter().sum::<u64>() as f64;
+            let n = img.count(heat(share));
+            assert!(n > 1000, "row {r}: {n} pixels of heat({share})");
+        }
     }
 
     #[test]
@@ -348,10 +496,22 @@ mod tests {
                 },
             ),
         ];
-        for (name, c) in &cases {
+        // Both colours, always: a series without data keeps its legend entry, labelled
+        // "(no data)".
+        let expected: [&[usize]; 5] = [&[0, 1], &[0, 1], &[0, 1], &[0, 1], &[0, 1]];
+        for ((name, c), want) in cases.iter().zip(expected) {
             let p = tmp(&format!("curves-{name}.png"));
             curves_png(&p, c).unwrap();
+            let img = Image::read(&p);
             check_png(&p, CURVES_SIZE);
+            assert_eq!(palette_used(&img), want, "{name}");
+            let half = CURVES_SIZE.0 / 2;
+            // Flat series are horizontal lines across the panel (validation, drawn last,
+            // covers the equal training loss).
+            if *name == "flat" {
+                let ((x0, y0), (x1, y1)) = img.ends(PALETTE[1], 0..half);
+                assert!((y0 - y1).abs() < 1.0 && x1 - x0 > half / 2, "{name}");
+            }
         }
     }
 
@@ -367,10 +527,15 @@ mod tests {
             ("flat", vec![("a", &[0.5; 3]), ("b", &nan)]),
             ("many", (0..12).map(|_| ("run", &long[..])).collect()),
         ];
-        for (name, runs) in &cases {
+        // Runs that share a name share a colour: twelve seeds of one model are one
+        // colour; no run at all, no colour.
+        let expected: [&[usize]; 5] = [&[], &[0, 1], &[0], &[0, 1], &[0]];
+        for ((name, runs), want) in cases.iter().zip(expected) {
             let p = tmp(&format!("comparison-{name}.png"));
             comparison_png(&p, name, runs).unwrap();
+            let img = Image::read(&p);
             check_png(&p, COMPARISON_SIZE);
+            assert_eq!(palette_used(&img), want, "{name}");
         }
     }
 
@@ -402,7 +567,20 @@ mod tests {
         for (name, names, counts) in &cases {
             let p = tmp(&format!("confusion-{name}.png"));
             confusion_png(&p, name, names, counts).unwrap();
+            let img = Image::read(&p);
             check_png(&p, CONFUSION_SIZE);
+            let darkest = img.count(heat(1.0));
+            match *name {
+                // No cell: nothing shaded.
+                "empty" => assert_eq!(img.count(heat(0.0)), 0, "{name}"),
+                // Rows without examples are near-white throughout.
+                "zeros" => assert!(img.count(heat(0.0)) > 10_000 && darkest == 0, "{name}"),
+                // Row 0 of "huge" holds two halves, row 1 all of column 1.
+                "huge" => assert!(img.count(heat(0.5)) > 1000 && darkest > 1000, "{name}"),
+                // Every row of "big" is 120 equal shares.
+                "big" => assert!(img.count(heat(1.0 / 120.0)) > 5000, "{name}"),
+                _ => {}
+            }
         }
         let p = tmp("confusion-too-many.png");
         let err = confusion_png(&p, "x", &[], &vec![vec![]; MAX_CLASSES + 1]).unwrap_err();

@@ -226,9 +226,27 @@ mod tests {
         ];
         let p = dir.join("h.png");
         heatmap_png(&p, &cells, Some(2), Some(0.81)).unwrap();
-        let bytes = std::fs::read(&p).unwrap();
-        assert!(bytes.starts_with(b"\x89PNG"));
-        heatmap_png(&dir.join("e.png"), &[], None, None).unwrap();
+        let img = crate::plot::test_image::Image::read(&p);
+        // Two panels (kd, dist) side by side.
+        assert_eq!((img.w, img.h), (2 * PANEL.0, PANEL.1));
+        let (kd, dist) = (0..PANEL.0, PANEL.0..2 * PANEL.0);
+        // The lowest mean (kd, T 2: 80%) in the lightest shade, the highest (dist: 82%)
+        // in the darkest, the cell with no finished run grey; each in its own panel.
+        let (low, high, grey) = (heat(0.1), heat(0.9), RGBColor(220, 220, 220));
+        let outline = RGBColor(230, 159, 0);
+        assert!(img.pixels(low, kd.clone()).len() > 5000);
+        assert!(img.pixels(grey, kd.clone()).len() > 5000);
+        assert!(img.pixels(high, kd.clone()).is_empty());
+        assert!(img.pixels(high, dist.clone()).len() > 5000);
+        assert!(img.pixels(low, dist.clone()).is_empty());
+        // The best cell (index 2, dist) is outlined, and only it.
+        assert!(img.pixels(outline, dist).len() > 500);
+        assert!(img.pixels(outline, kd).is_empty());
+        let e = dir.join("e.png");
+        heatmap_png(&e, &[], None, None).unwrap();
+        let img = crate::plot::test_image::Image::read(&e);
+        assert_eq!(img.w, PANEL.0);
+        assert_eq!(img.count(low) + img.count(high), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -93,8 +93,25 @@ fn train_teacher_then_student_then_distill_then_evaluate() {
     ] {
         assert!(header.iter().any(|x| x == h), "{h} missing in {header:?}");
     }
-    let kd = header.iter().position(|h| h == "train_kl").unwrap();
-    assert!(rows.iter().all(|r| r[kd] > 0.0));
+    // Each epoch's loss is the kd objective of its terms (Hinton et al. 2015, section 2):
+    // alpha * CE + (1 - alpha) * T^2 * KL, with T 4 and alpha 0.5 as given below; the
+    // terms are logged unscaled. Means over the same batches, so equal to rounding.
+    let col = |h: &str| header.iter().position(|x| x == h).unwrap();
+    for set in ["train", "val"] {
+        let (loss, ce, kl) = (
+            col(&format!("{set}_loss")),
+            col(&format!("{set}_ce")),
+            col(&format!("{set}_kl")),
+        );
+        for r in &rows {
+            let want = 0.5 * r[ce] + 0.5 * 16.0 * r[kl];
+            assert!(
+                r[kl] > 0.0 && (r[loss] - want).abs() <= 1e-4 * want,
+                "{set}: loss {} vs 0.5 ce + 8 kl = {want} ({r:?})",
+                r[loss]
+            );
+        }
+    }
     let cfg = std::fs::read_to_string(distilled.join("config.toml")).unwrap();
     assert!(
         cfg.contains("temperature = 4.0") && cfg.contains("alpha = 0.5"),

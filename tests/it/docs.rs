@@ -18,6 +18,7 @@ fn readme_results_are_the_committed_results() {
         ("omit", "docs/results/omit/results.md"),
         ("ensemble", "docs/results/ensemble/results.md"),
         ("digits", "docs/results/digits/results.md"),
+        ("speed", "bench/SPEED.md"),
     ] {
         let start = readme
             .find(&format!("<!-- {marker}:begin"))
