@@ -3,9 +3,11 @@
 # machine; prints the tables and writes bench/RESULTS.md.
 #
 # For each model (teacher, student, distill) and each round, the runs are interleaved:
-# kdtrain, [kdtrain --no-teacher-cache for distill,] pytorch-memory, pytorch-dataloader,
-# [and for distill the two PyTorch pipelines again with --teacher-cache, the same teacher
-# cache kdtrain uses by default: pytorch-memory-cache, pytorch-dataloader-cache].
+# kdtrain, [kdtrain --no-teacher-cache for distill,] then the PyTorch twin with each
+# Adam implementation (pytorch-memory-fused, -foreach, -single) and torch.compile
+# (pytorch-memory-fused-compile), [and for distill the same again with --teacher-cache,
+# the same teacher cache kdtrain uses by default: pytorch-memory-fused-cache, ...]. The
+# report compares kdtrain with the fastest PyTorch run of each model, like with like.
 # Each run's peak RSS is taken with GNU time (or getrusage). The distill runs use the
 # teacher that kdtrain trained in round 1 of the teacher runs. Then fp32 matmul GFLOP/s
 # is measured through the venv's torch (the same libtorch kdtrain links) and turned into
@@ -21,7 +23,12 @@
 #                   student with and without --augment shift2,flip, interleaved) and
 #                   "distill-aug" (distillation from the cnn teacher with --augment
 #                   shift2,flip: the teacher cached on 8 views, and --no-teacher-cache)
-#   BENCH_PIPELINES PyTorch pipelines to compare with (default "memory dataloader")
+#   BENCH_PIPELINES PyTorch pipelines to compare with (default "memory"; "dataloader" adds
+#                   the idiomatic DataLoader pipeline, slower than "memory" in every run)
+#   BENCH_ADAMS     torch.optim.Adam implementations for the twin (default "fused foreach
+#                   single": fused=True, foreach=True, the single-tensor loop)
+#   BENCH_COMPILE   1 (default) adds a torch.compile run of the twin (memory pipeline, the
+#                   first of BENCH_ADAMS); 0 leaves it out
 #   BENCH_OUT       output prefix (default bench/RESULTS: bench/RESULTS.md, and the raw
 #                   records in bench/results.jsonl and bench/gflops.json; another prefix P
 #                   writes P.md, P.jsonl and P-gflops.json)
@@ -44,7 +51,9 @@ EPOCHS=${BENCH_EPOCHS:-3}
 THREADS=${BENCH_THREADS:-$(nproc)}
 SEED=${BENCH_SEED:-42}
 MODELS=${BENCH_MODELS:-teacher student distill}
-PIPELINES=${BENCH_PIPELINES:-memory dataloader}
+PIPELINES=${BENCH_PIPELINES:-memory}
+ADAMS=${BENCH_ADAMS:-fused foreach single}
+COMPILE=${BENCH_COMPILE:-1}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-120}
 BUSY_LIMIT=${BENCH_BUSY_LIMIT:-15}
 
@@ -211,10 +220,12 @@ run_ours() {
   record "$model" "$variant" "$round" "$tmp/ours/$name/summary.json" "$tmp/$name.measure" "$la"
 }
 
-# run_ref MODEL ROUND PIPELINE [cache]
+# run_ref MODEL ROUND PIPELINE ADAM COMPILE(0|1) [cache]
 run_ref() {
-  local model=$1 round=$2 pipeline=$3 cache=${4:-}
-  local variant="pytorch-$pipeline${cache:+-cache}"
+  local model=$1 round=$2 pipeline=$3 adam=$4 compile=$5 cache=${6:-}
+  local variant="pytorch-$pipeline-$adam"
+  [ "$compile" = 1 ] && variant+="-compile"
+  variant+="${cache:+-cache}"
   local name="$model-$variant-r$round" la
   la=$(wait_idle)
   local cmd
@@ -223,8 +234,9 @@ run_ref() {
     student-aug) cmd=("$python" "$ref" student --augment shift2,flip) ;;
     *) cmd=("$python" "$ref" "$model") ;;
   esac
-  cmd+=(--epochs "$EPOCHS" --pipeline "$pipeline" --seed "$SEED" --threads "$THREADS"
-        --out "$tmp/$name.json")
+  cmd+=(--epochs "$EPOCHS" --pipeline "$pipeline" --adam "$adam" --seed "$SEED"
+        --threads "$THREADS" --out "$tmp/$name.json")
+  [ "$compile" = 1 ] && cmd+=(--compile)
   [ "$model" = distill ] && cmd+=(--teacher "$teacher_ckpt")
   [ -n "$cache" ] && cmd+=(--teacher-cache)
   measure "$tmp/$name.measure" "$tmp/$name.log" "${cmd[@]}" || die "reference run $name failed (log: $tmp/$name.log)"
@@ -272,14 +284,18 @@ for model in $MODELS; do
     esac
     # No PyTorch twin of augmented distillation.
     [ "$model" = distill-aug ] && continue
-    for pipeline in $PIPELINES; do
-      run_ref "$model" "$round" "$pipeline"
-    done
-    if [ "$model" = distill ]; then
+    caches=("")
+    [ "$model" = distill ] && caches+=(cache)
+    for cache in "${caches[@]}"; do
       for pipeline in $PIPELINES; do
-        run_ref "$model" "$round" "$pipeline" cache
+        for adam in $ADAMS; do
+          run_ref "$model" "$round" "$pipeline" "$adam" 0 $cache
+        done
       done
-    fi
+      if [ "$COMPILE" = 1 ]; then
+        run_ref "$model" "$round" memory "${ADAMS%% *}" 1 $cache
+      fi
+    done
   done
 done
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -25,8 +26,11 @@ LAYERS = {
 # ones named in the brief; the fourth is the student's first layer.
 TRAIN_SHAPES = [(256, 784, 512), (256, 512, 256), (256, 256, 128), (256, 784, 128)]
 SQUARE = (2048, 2048, 2048)
-VARIANTS = ["kdtrain", "kdtrain-nocache", "kdtrain-noaug", "pytorch-memory",
-            "pytorch-dataloader", "pytorch-memory-cache", "pytorch-dataloader-cache"]
+# kdtrain's variants, in table order; the PyTorch twin's are `pytorch-<pipeline>-<adam>`
+# with `-compile` and `-cache` suffixes (see scripts/bench.sh), listed fastest first.
+OURS = ["kdtrain", "kdtrain-nocache", "kdtrain-noaug"]
+VARIANT_RE = re.compile(r"^(kdtrain(-nocache|-noaug)?|pytorch-(memory|dataloader)"
+                        r"(-(fused|foreach|single))?(-compile)?(-cache)?)$")
 # `cnn`: the --arch cnn teacher with shift2,flip augmentation; `student-aug`: the student
 # with shift2,flip augmentation (its `kdtrain-noaug` variant: the same run without).
 MODELS = ("teacher", "student", "distill", "cnn", "student-aug", "distill-aug")
@@ -35,12 +39,18 @@ MODELS = ("teacher", "student", "distill", "cnn", "student-aug", "distill-aug")
 CNN_MACS = 28 * 28 * 1 * 32 * 9 + 14 * 14 * 32 * 64 * 9 + 3136 * 256 + 256 * 10
 
 
-def reference_of(model, variant, pipeline):
-    """The PyTorch variant a kdtrain variant is compared with: like with like, so kdtrain's
-    distillation with its teacher cache against PyTorch with the same cache."""
-    if model == "distill" and variant == "kdtrain":
-        return f"pytorch-{pipeline}-cache"
-    return f"pytorch-{pipeline}"
+def fastest_reference(agg, model, variant):
+    """The PyTorch variant a kdtrain variant is compared with: the fastest twin run of the
+    model, like with like (kdtrain's distillation with its teacher cache against PyTorch
+    with the same cache, --no-teacher-cache against PyTorch running the teacher on every
+    batch). None for kdtrain-noaug (compared with kdtrain) or when there is none."""
+    if variant == "kdtrain-noaug":
+        return None
+    want_cache = model in ("distill", "distill-aug") and variant == "kdtrain"
+    rows = [(a["epoch"], v) for (m, v), a in agg.items()
+            if m == model and v.startswith("pytorch-") and v.endswith("-cache") == want_cache
+            and a["epoch"] is not None]
+    return min(rows)[1] if rows else None
 
 
 # ----------------------------------------------------------------------------- gflops
@@ -86,13 +96,24 @@ def cmd_gflops(args):
 
 
 # ----------------------------------------------------------------------------- record
+def steady_median(epochs):
+    """A run's seconds per epoch: the median of its epochs after the first (the first
+    pays for warm-up: torch.compile's compilation, the allocator's first pages, libgomp's
+    threads), or of all of them when there is only one."""
+    if not epochs:
+        return None
+    return statistics.median(epochs[1:] if len(epochs) > 1 else epochs)
+
+
 def cmd_record(args):
+    if not VARIANT_RE.match(args.variant):
+        sys.exit(f"bench_report.py record: unknown --variant {args.variant!r}")
     with open(args.summary) as f:
         s = json.load(f)
     rec = {
         "model": args.model, "variant": args.variant, "round": args.round,
         "impl": s.get("impl"),
-        "median_epoch_seconds": s.get("median_epoch_seconds"),
+        "median_epoch_seconds": steady_median(s.get("epoch_seconds")),
         "epoch_seconds": s.get("epoch_seconds"),
         "epochs_run": s.get("epochs_run"),
         "eval_test_seconds": s.get("eval_test_seconds"),
@@ -107,8 +128,6 @@ def cmd_record(args):
         "cpu_busy_before": args.cpu_busy,
         "cpu_other_during": args.cpu_other,
     }
-    if rec["median_epoch_seconds"] is None and rec["epoch_seconds"]:
-        rec["median_epoch_seconds"] = statistics.median(rec["epoch_seconds"])
     print(json.dumps(rec))
 
 
@@ -160,26 +179,34 @@ def ratio(a, b):
     return a / b
 
 
-def cmd_report(args):
-    recs = []
-    with open(args.results) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                recs.append(json.loads(line))
-    with open(args.gflops) as f:
-        gf = json.load(f)
-    with open(args.header) as f:
-        hdr = json.load(f)
+def git_commit():
+    """The checkout's commit, and the tracked files that differ from it (the code the
+    benchmark ran may include them), as one line; '?' outside a git checkout."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True,
+                               check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    files = sorted(line[3:] for line in dirty if line.strip())
+    return head + (f" with uncommitted changes to {', '.join(files)}" if files else "")
 
-    # Aggregate: median over rounds of each run's figures.
+
+def aggregate(recs, busy_limit):
+    """{(model, variant): medians over rounds of each run's figures}, from clean runs
+    (other processes used at most `busy_limit`% of the CPUs) unless a variant has none."""
     agg = {}
+    variants = OURS + sorted({r["variant"] for r in recs} - set(OURS))
     for model in MODELS:
-        for variant in VARIANTS:
+        for variant in variants:
             all_rs = [r for r in recs if r["model"] == model and r["variant"] == variant]
             if not all_rs:
                 continue
-            clean = [r for r in all_rs if (r.get("cpu_other_during") or 0) <= args.busy_limit]
+            clean = [r for r in all_rs if (r.get("cpu_other_during") or 0) <= busy_limit]
             rs = clean or all_rs
             ep = [r["median_epoch_seconds"] for r in rs if r["median_epoch_seconds"] is not None]
             agg[(model, variant)] = {
@@ -198,11 +225,81 @@ def cmd_report(args):
                 "cache": med([r.get("teacher_cache_seconds") for r in rs]),
             }
 
+    return agg
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+SPEED_ROWS = [
+    ("MLP teacher (784-512-256-128-10)", "teacher", "kdtrain"),
+    ("student (784-128-10)", "student", "kdtrain"),
+    ("distill, teacher cache on both sides", "distill", "kdtrain"),
+    ("distill, teacher on every batch", "distill", "kdtrain-nocache"),
+    ("CNN teacher, shift2,flip", "cnn", "kdtrain"),
+]
+
+
+def cmd_speed(args):
+    """The README's speed table: each model's kdtrain run against the fastest PyTorch run
+    of the same benchmark file, like with like, with time and peak memory ratios."""
+    out = ["| model | kdtrain s/epoch | fastest PyTorch run | its s/epoch | kdtrain / PyTorch "
+           "| kdtrain peak RSS MB | PyTorch peak RSS MB | kdtrain / PyTorch |",
+           "|---|---:|---|---:|---:|---:|---:|---:|"]
+    sources = []
+    for path in args.results:
+        agg = aggregate(read_jsonl(path), args.busy_limit)
+        md = os.path.splitext(path)[0]
+        md = os.path.join(os.path.dirname(path), os.path.basename(md).upper() + ".md") \
+            if os.path.basename(md) == "results" else md + ".md"
+        head = {}
+        if os.path.exists(md):
+            for line in open(md):
+                for key in ("Date", "Commit"):
+                    if line.startswith(f"- {key}: "):
+                        head[key] = line[len(key) + 4:].strip()
+        sources.append(f"`{os.path.relpath(md, args.root)}` (made {head.get('Date', '?')}, "
+                       f"commit {head.get('Commit', '?')})")
+        for label, model, ours in SPEED_ROWS:
+            a = agg.get((model, ours))
+            if not a:
+                continue
+            ref = fastest_reference(agg, model, ours)
+            b = agg.get((model, ref), {})
+            out.append(f"| {label} | {fmt(a['epoch'], '.3f')} | {ref or '–'} "
+                       f"| {fmt(b.get('epoch'), '.3f')} | {fmt(ratio(a['epoch'], b.get('epoch')), '.2f')} "
+                       f"| {fmt(a['rss'], '.0f')} | {fmt(b.get('rss'), '.0f')} "
+                       f"| {fmt(ratio(a['rss'], b.get('rss')), '.2f')} |")
+    text = "\n".join(out) + "\n\nFrom " + " and ".join(sources) + ".\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_report(args):
+    recs = []
+    with open(args.results) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                recs.append(json.loads(line))
+    with open(args.gflops) as f:
+        gf = json.load(f)
+    with open(args.header) as f:
+        hdr = json.load(f)
+
+    agg = aggregate(recs, args.busy_limit)
+
     out = []
     w = out.append
     w("# kdtrain benchmark results")
     w("")
     w(f"- Date: {hdr.get('date', '?')}")
+    w(f"- Commit: {hdr.get('commit') or git_commit()}")
     w(f"- CPU: {hdr.get('cpu', '?')}")
     w(f"- Cores: {hdr.get('nproc', '?')} logical (nproc), {hdr.get('physical_cores', '?')} physical")
     w(f"- Threads used (kdtrain and PyTorch): {hdr.get('threads', '?')}")
@@ -210,41 +307,46 @@ def cmd_report(args):
     w(f"- kdtrain: {hdr.get('kdtrain', '?')}")
     w(f"- rustc: {hdr.get('rustc', '?')}")
     w(f"- Epochs per run: {hdr.get('epochs', '?')}; rounds: {hdr.get('rounds', '?')} "
-      "(runs interleaved kdtrain, pytorch-memory, pytorch-dataloader within each round)")
+      "(within each round the runs are interleaved: kdtrain, then each PyTorch variant)")
     w(f"- Load average (1 min) at start / end: {hdr.get('loadavg_start', '?')} / {hdr.get('loadavg_end', '?')} "
       "(includes the benchmark's own runs)")
     w("")
     w("Every figure is the median over rounds of one run's figure; a run's seconds per epoch "
-      "is the median of its epochs' training-loop times (evaluation excluded); (min–max) is "
+      "is the median of its epochs' training-loop times after the first (the first pays for "
+      "warm-up and torch.compile's compilation; evaluation excluded); (min–max) is "
       "the range of those run medians and 'best epoch' the fastest single epoch of all rounds. "
-      "Ratios are kdtrain / PyTorch (below 1 = kdtrain faster). Peak RSS is the maximum "
+      "Ratios are kdtrain / the fastest PyTorch row of the same model, like with like "
+      "(below 1 = kdtrain faster, or smaller). PyTorch rows are named "
+      "pytorch-<pipeline>-<Adam> (fused=True, foreach=True, or the single-tensor loop), "
+      "-compile for torch.compile, -cache for the teacher cache. Peak RSS is the maximum "
       "resident set of the whole process (GNU time %M or getrusage). A run is 'clean' when "
       f"other processes used at most {args.busy_limit:g}% of the CPUs while it ran; only "
       "clean runs enter the medians unless a variant has none.")
     w("")
 
     for model in MODELS:
-        rows = [(v, agg[(model, v)]) for v in VARIANTS if (model, v) in agg]
+        ours = [(v, agg[(model, v)]) for v in OURS if (model, v) in agg]
+        theirs = sorted(((v, a) for (m, v), a in agg.items() if m == model and v not in OURS),
+                        key=lambda va: (va[0].endswith("-cache"), va[1]["epoch"] or 1e9))
+        rows = ours + theirs
         if not rows:
             continue
         w(f"## {model}")
         w("")
         if model == "distill":
-            w("Ratios compare like with like: kdtrain with its teacher cache against PyTorch with "
-              "the same cache (`-cache` rows), `--no-teacher-cache` against PyTorch running the "
-              "teacher on every batch.")
+            w("Like with like: kdtrain with its teacher cache against the fastest PyTorch row "
+              "with the same cache (`-cache` rows), `--no-teacher-cache` against the fastest "
+              "PyTorch row running the teacher on every batch.")
             w("")
-        w("| implementation | s/epoch | (min–max) | best epoch s | vs pytorch-memory | vs pytorch-dataloader "
-          "| eval test s | startup s | data load s | peak RSS MB | test acc | clean runs |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        w("| implementation | s/epoch | (min–max) | best epoch s | compared with | time ratio "
+          "| peak RSS ratio | eval test s | startup s | data load s | peak RSS MB | test acc "
+          "| clean runs |")
+        w("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for v, a in rows:
-            is_ours = v.startswith("kdtrain")
-            mem = agg.get((model, reference_of(model, v, "memory")), {}).get("epoch")
-            dl = agg.get((model, reference_of(model, v, "dataloader")), {}).get("epoch")
-            # kdtrain-noaug is compared with kdtrain, not with the augmented twin.
-            compared = is_ours and v != "kdtrain-noaug"
-            r_mem = fmt(ratio(a["epoch"], mem), ".2f") if compared else ""
-            r_dl = fmt(ratio(a["epoch"], dl), ".2f") if compared else ""
+            ref = fastest_reference(agg, model, v) if v in OURS else None
+            ra = agg.get((model, ref), {})
+            r_t = fmt(ratio(a["epoch"], ra.get("epoch")), ".2f") if ref else ""
+            r_m = fmt(ratio(a["rss"], ra.get("rss")), ".2f") if ref else ""
             name = v
             if v == "kdtrain" and model == "distill":
                 name = "kdtrain (teacher cache)"
@@ -257,7 +359,8 @@ def cmd_report(args):
             elif v.endswith("-cache"):
                 name = f"{v[:-len('-cache')]} (teacher cache)"
             w(f"| {name} | {fmt(a['epoch'], '.3f')} | {fmt(a['epoch_min'], '.3f')}–"
-              f"{fmt(a['epoch_max'], '.3f')} | {fmt(a['best'], '.3f')} | {r_mem} | {r_dl} | {fmt(a['eval'], '.4f')} "
+              f"{fmt(a['epoch_max'], '.3f')} | {fmt(a['best'], '.3f')} | {ref or ''} | {r_t} "
+              f"| {r_m} | {fmt(a['eval'], '.4f')} "
               f"| {fmt(a['startup'], '.2f')} | {fmt(a['data'], '.3f')} | {fmt(a['rss'], '.0f')} "
               f"| {fmt(a['acc'], '.4f')} | {a['n']} |")
         w("")
@@ -326,25 +429,26 @@ def cmd_report(args):
       "The bound counts matmuls only, at the best training-shape rate.")
     w("")
     w("| run | GFLOP/epoch | bound s/epoch | kdtrain s/epoch | kdtrain / bound "
-      "| pytorch-memory / bound | GFLOP/epoch (exact) | bound s (exact) | kdtrain / bound (exact) |")
+      "| fastest PyTorch / bound | GFLOP/epoch (exact) | bound s (exact) | kdtrain / bound (exact) |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     bound_rows = [
-        ("teacher", "teacher", ("teacher", "kdtrain"), ("teacher", "pytorch-memory")),
-        ("student", "student", ("student", "kdtrain"), ("student", "pytorch-memory")),
-        ("distill (teacher cache)", "distill-cached", ("distill", "kdtrain"),
-         ("distill", "pytorch-memory-cache")),
-        ("distill (no cache)", "distill", ("distill", "kdtrain-nocache"), ("distill", "pytorch-memory")),
+        ("teacher", "teacher", ("teacher", "kdtrain")),
+        ("student", "student", ("student", "kdtrain")),
+        ("distill (teacher cache)", "distill-cached", ("distill", "kdtrain")),
+        ("distill (no cache)", "distill", ("distill", "kdtrain-nocache")),
+        ("cnn teacher, shift2,flip", "cnn", ("cnn", "kdtrain")),
     ]
-    bound_rows.append(("cnn teacher, shift2,flip", "cnn", ("cnn", "kdtrain"), ("cnn", "pytorch-memory")))
+    bound_rows = [(label, key, ours, (ours[0], fastest_reference(agg, *ours)))
+                  for label, key, ours in bound_rows]
     bound_rows = [r for r in bound_rows if r[2] in agg]
     for label, key, ours_key, pt_key in bound_rows:
         fl = epoch_gflop(key)
         fle = epoch_gflop(key, exact=True)
         b, be = fl / g, fle / g
         ours = agg.get(ours_key, {}).get("epoch")
-        pt = agg.get(pt_key, {}).get("epoch") if pt_key else None
+        pt = agg.get(pt_key, {}).get("epoch") if pt_key[1] else None
         w(f"| {label} | {fl:.2f} | {b:.3f} | {fmt(ours, '.3f')} | {fmt(ratio(ours, b), '.2f')} "
-          f"| {fmt(ratio(pt, b), '.2f') if pt_key else ''} | {fle:.2f} | {be:.3f} "
+          f"| {fmt(ratio(pt, b), '.2f') if pt_key[1] else ''} | {fle:.2f} | {be:.3f} "
           f"| {fmt(ratio(ours, be), '.2f')} |")
     w("")
     notes = hdr.get("notes") or []
@@ -368,7 +472,7 @@ def main():
     p = sub.add_parser("record")
     p.add_argument("--summary", required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--variant", required=True)
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--rss-kb", type=float)
     p.add_argument("--wall", type=float)
@@ -380,8 +484,15 @@ def main():
     p.add_argument("--header", required=True)
     p.add_argument("--busy-limit", type=float, default=100.0,
                    help="drop runs with cpu_other_during above this when the variant has others")
+    p = sub.add_parser("speed", help="the README's speed table (bench/SPEED.md)")
+    p.add_argument("--results", action="append", required=True,
+                   help="a benchmark's raw runs (bench/results.jsonl; repeat for more)")
+    p.add_argument("--busy-limit", type=float, default=15.0)
+    p.add_argument("--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p.add_argument("--out")
     args = ap.parse_args()
-    {"gflops": cmd_gflops, "record": cmd_record, "report": cmd_report}[args.cmd](args)
+    {"gflops": cmd_gflops, "record": cmd_record, "report": cmd_report,
+     "speed": cmd_speed}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@
 #   t1   --threads 1
 #
 # "busy" runs one other CPU-bound process (`yes > /dev/null`, not pinned; BUSY_PIN=1 pins
-# it to CPU 0) for the length of each run. Conditions and variants are interleaved round
+# it to CPU 0) for the length of each run; "late" starts the same process BUSY_LATE
+# seconds (default 1.5) after kdtrain, once it has chosen how its OpenMP workers wait
+# and its first epoch is under way, and keeps it to the end of the run. Conditions and variants are interleaved round
 # by round. Each run is `train teacher --epochs BUSY_EPOCHS --quiet` on the real data;
 # the figure is the median of its summary.json `epoch_seconds`. Every run starts on an
 # idle machine (it waits for one), and the CPU time that processes other than kdtrain and
@@ -17,13 +19,16 @@
 # out of the medians when its variant has clean runs. The medians over rounds go to
 # bench/busy.json, every run to bench/busy.jsonl, and a table to bench/BUSY.md.
 #
-# Targets: busy `new` <= 1.5x idle `t1`; idle `new` <= 1.1x idle `old`.
+# Targets: busy `new` <= 1.5x idle `t1`; idle `new` <= 1.1x idle `old`. For "late" the
+# same 1.5x bound is reported (late `new` / idle `t1`).
 #
 # Environment:
 #   BUSY_ROUNDS   rounds (default 3)
 #   BUSY_EPOCHS   epochs per run (default 3)
 #   BUSY_SPINS    extra variants "spin-N" with GOMP_SPINCOUNT=N, e.g. "0 1000 100000"
 #   BUSY_PIN=1    pin the busy process to CPU 0
+#   BUSY_CONDITIONS conditions to run (default "idle busy late")
+#   BUSY_LATE     seconds after kdtrain starts that "late" starts the busy process
 #   BUSY_IDLE_WAIT before each run, wait up to this many seconds for other processes
 #                 to leave the CPUs idle (<= 10% busy); default 600
 #   BUSY_OTHER_LIMIT, BUSY_RETRIES  see above (default 10 and 3)
@@ -110,8 +115,14 @@ run_once() {
   esac
   before=$(wait_idle)
   read -r b0 t0 < <(jiffies)
-  if [ "$cond" = busy ]; then
-    if [ "${BUSY_PIN:-0}" = 1 ]; then taskset -c 0 yes >/dev/null & else yes >/dev/null & fi
+  local delay=0
+  [ "$cond" = late ] && delay=${BUSY_LATE:-1.5}
+  if [ "$cond" = busy ] || [ "$cond" = late ]; then
+    if [ "${BUSY_PIN:-0}" = 1 ]; then
+      (sleep "$delay"; exec taskset -c 0 yes >/dev/null) &
+    else
+      (sleep "$delay"; exec yes >/dev/null) &
+    fi
     hog=$!
   fi
   /usr/bin/time -f '%U %S' -o "$tmp/$name.cpu" \
@@ -144,14 +155,16 @@ PY
 }
 
 say "load before: $(cut -d' ' -f1-3 /proc/loadavg); variants: ${variants[*]}; $ROUNDS rounds of $EPOCHS epochs"
+CONDITIONS=${BUSY_CONDITIONS:-idle busy late}
 for round in $(seq 1 "$ROUNDS"); do
-  for cond in idle busy; do
+  for cond in $CONDITIONS; do
     for v in "${variants[@]}"; do run "$v" "$cond" "$round"; done
   done
 done
 
 cp "$jsonl" "$OUT/busy.jsonl"
-H_DATE=$(date '+%Y-%m-%d %H:%M:%S %Z') \
+H_DATE=$(date '+%Y-%m-%d %H:%M:%S %Z') H_LATE=${BUSY_LATE:-1.5} \
+H_COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || echo '?')$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' with uncommitted changes')" \
 H_CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1) \
 H_NPROC=$(nproc) H_KD=$("$bin" --version 2>/dev/null || echo '?') H_EPOCHS=$EPOCHS \
 H_ROUNDS=$ROUNDS H_PIN=${BUSY_PIN:-0} H_LIMIT=$OTHER_LIMIT \
@@ -161,8 +174,9 @@ e = os.environ
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 variants = list(dict.fromkeys(r["variant"] for r in rows))
 med, n_clean = {}, {}
+conds = [c for c in ("idle", "busy", "late") if any(r["condition"] == c for r in rows)]
 for v in variants:
-    for c in ("idle", "busy"):
+    for c in conds:
         rs = [r for r in rows if r["variant"] == v and r["condition"] == c]
         rs = [r for r in rs if r["clean"]] or rs
         xs = [r["median_epoch_seconds"] for r in rs]
@@ -175,8 +189,11 @@ targets = {
     "idle new / idle old (target <= 1.1)": m("new", "idle") / m("old", "idle"),
     "busy old / idle old": m("old", "busy") / m("old", "idle"),
 }
+if "late" in conds:
+    targets["late new / idle t1 (target <= 1.5)"] = m("new", "late") / m("t1", "idle")
+    targets["late new / busy new"] = m("new", "late") / m("new", "busy")
 out = {
-    "date": e["H_DATE"], "cpu": e["H_CPU"], "nproc": int(e["H_NPROC"]), "kdtrain": e["H_KD"],
+    "date": e["H_DATE"], "commit": e["H_COMMIT"], "cpu": e["H_CPU"], "nproc": int(e["H_NPROC"]), "kdtrain": e["H_KD"],
     "epochs_per_run": int(e["H_EPOCHS"]), "rounds": int(e["H_ROUNDS"]),
     "busy_process": "yes > /dev/null" + (" pinned to CPU 0" if e["H_PIN"] == "1" else ""),
     "median_epoch_seconds": {f"{v}/{c}": med[(v, c)][0] for (v, c) in med if med[(v, c)]},
@@ -190,26 +207,29 @@ desc = {
 }
 with open(sys.argv[3], "w") as f:
     f.write("# Teacher epochs on an idle and a busy machine\n\n")
-    f.write(f"Written by `scripts/busy_bench.sh` on {e['H_DATE']}: {e['H_CPU']}, {e['H_NPROC']} CPUs, "
+    f.write(f"Written by `scripts/busy_bench.sh` on {e['H_DATE']} (commit {e['H_COMMIT']}): "
+            f"{e['H_CPU']}, {e['H_NPROC']} CPUs, "
             f"{e['H_KD']}. {e['H_ROUNDS']} interleaved rounds of `train teacher --epochs {e['H_EPOCHS']} "
             f"--quiet`; each figure is the median over rounds of a run's median epoch seconds "
-            f"(min-max in brackets). Busy: one `{out['busy_process']}` running alongside. "
+            f"(min-max in brackets). Busy: one `{out['busy_process']}` running alongside; "
+            f"late: the same, started {e['H_LATE']} s after kdtrain. "
             "Raw runs: `bench/busy.jsonl`. Each run started on an idle machine; runs during "
             f"which other processes took more than {e['H_LIMIT']}% of the CPUs "
             "(`cpu_other_during_pct`) were repeated and are left out here.\n\n")
-    f.write("| variant | idle s/epoch | busy s/epoch | busy / idle |\n| --- | --- | --- | --- |\n")
+    f.write("| variant | " + " | ".join(f"{c} s/epoch" for c in conds)
+            + " | busy / idle |\n|" + " --- |" * (len(conds) + 2) + "\n")
     for v in variants:
         cells = []
-        for c in ("idle", "busy"):
+        for c in conds:
             x = med.get((v, c))
             cells.append(f"{x[0]:.3f} ({x[1]:.3f}-{x[2]:.3f})" if x else "")
         f.write(f"| {v}: {desc.get(v, 'GOMP_SPINCOUNT=' + v[5:] if v.startswith('spin-') else v)} | "
-                f"{cells[0]} | {cells[1]} | {m(v, 'busy') / m(v, 'idle'):.2f} |\n")
+                + " | ".join(cells) + f" | {m(v, 'busy') / m(v, 'idle'):.2f} |\n")
     f.write("\n")
     for k, x in targets.items():
         f.write(f"- {k}: {x:.2f}\n")
-    f.write("\nClean runs per variant (idle, busy): " + ", ".join(
-        f"{v} {n_clean.get((v, 'idle'), 0)}/{n_clean.get((v, 'busy'), 0)}" for v in variants) + ".\n")
+    f.write(f"\nClean runs per variant ({', '.join(conds)}): " + ", ".join(
+        f"{v} " + "/".join(str(n_clean.get((v, c), 0)) for c in conds) for v in variants) + ".\n")
 print(open(sys.argv[3]).read())
 PY
 say "wrote $OUT/busy.json, $OUT/busy.jsonl, $OUT/BUSY.md"

@@ -3,7 +3,9 @@ the committed files', never typed by hand: docs/results/results.md into the Resu
 section (`<!-- results:begin -->` ... `<!-- results:end -->`) and
 docs/results/digits/results.md into Your own data (`<!-- digits:begin -->` ...
 `<!-- digits:end -->`), and the paper's experiments (fraction, omit, ensemble) from
-docs/results/<experiment>/results.md between their markers. tests/it/docs.rs fails when they differ.
+docs/results/<experiment>/results.md between their markers, and the speed table
+bench/SPEED.md (`scripts/bench_report.py speed`) into Speed. tests/it/docs.rs fails when
+they differ.
 
 Run: python3 scripts/readme_results.py
 """
@@ -19,6 +21,7 @@ for marker, source in [
     ("omit", "docs/results/omit/results.md"),
     ("ensemble", "docs/results/ensemble/results.md"),
     ("digits", "docs/results/digits/results.md"),
+    ("speed", "bench/SPEED.md"),
 ]:
     if not (root / source).exists():
         print(f"README.md: {marker} left as it is: {source} is not made yet")

@@ -4,7 +4,7 @@
     reference_pytorch.py {teacher,student,distill,cnn} --epochs N --pipeline {dataloader,memory}
         [--teacher PATH.safetensors] [--teacher-cache] [--augment shift2,flip] [--seed S]
         [--threads K] [--data-dir DIR] [--out FILE.json] [--save PATH.safetensors]
-        [--flush-denormal] [-v]
+        [--adam {fused,foreach,single}] [--compile] [--flush-denormal] [-v]
 
 `cnn` is kdtrain's `--arch cnn` teacher (cnn:32,64,256,dropout=0.3): conv 3x3 (padding 1)
 -> batch norm -> ReLU -> max-pool 2 for 32 then 64 channels, linear 3136-256, ReLU,
@@ -223,6 +223,12 @@ def main():
                     help="distill: compute the teacher's outputs once, gather them per batch")
     ap.add_argument("--augment", default="none",
                     help="none, or shiftN and/or flip, comma-separated (e.g. shift2,flip)")
+    ap.add_argument("--adam", choices=["fused", "foreach", "single"], default="fused",
+                    help="torch.optim.Adam's implementation: fused=True (one kernel for all "
+                         "parameters), foreach=True (multi-tensor ops), or the single-tensor "
+                         "loop (PyTorch's CPU default before 2.x fused support); default fused")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (inductor, default mode) before training")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--data-dir")
@@ -285,7 +291,12 @@ def main():
         for p in teacher.parameters():
             p.requires_grad_(False)
 
-    opt = torch.optim.Adam(model.parameters(), lr=LR0, betas=(0.9, 0.999), eps=1e-7, amsgrad=True)
+    adam_impl = {"fused": {"fused": True}, "foreach": {"foreach": True},
+                 "single": {"foreach": False, "fused": False}}[args.adam]
+    opt = torch.optim.Adam(model.parameters(), lr=LR0, betas=(0.9, 0.999), eps=1e-7, amsgrad=True,
+                           **adam_impl)
+    # The compiled module shares its parameters with `model` (saved and evaluated as is).
+    forward = torch.compile(model) if args.compile else model
     steps_per_epoch = math.ceil(n_train / BATCH)
     decay_steps = args.epochs * steps_per_epoch
 
@@ -331,7 +342,7 @@ def main():
                 group["lr"] = cosine_lr(step, decay_steps)
             if aug_shift or aug_flip:
                 xb = augment(xb, aug_shift, aug_flip)
-            z = model(xb)
+            z = forward(xb)
             if cache is not None:
                 loss = kd_loss(z, yb, t=cache[idx])
             elif teacher is not None:
@@ -370,7 +381,10 @@ def main():
         save_file(state, args.save)
 
     summary = {
-        "impl": f"pytorch-{args.pipeline}" + ("-cache" if args.teacher_cache else ""),
+        "impl": f"pytorch-{args.pipeline}-{args.adam}" + ("-compile" if args.compile else "")
+                + ("-cache" if args.teacher_cache else ""),
+        "adam": args.adam,
+        "compile": args.compile,
         "model": args.model,
         "epochs_run": args.epochs,
         "epoch_seconds": epoch_seconds,
