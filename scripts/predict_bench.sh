@@ -72,6 +72,10 @@ def part(name):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(json.dumps({
     "what": "wall seconds of kdtrain predict, medians over rounds (scripts/predict_bench.sh)",
+    "date": subprocess.run(["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True,
+                           text=True).stdout.strip(),
+    "commit": subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True).stdout.strip() or "?",
     "rounds": int(sys.argv[3]),
     "machine": {"cpu": cpu, "cores": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
                 "os": platform.platform()},

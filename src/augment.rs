@@ -17,7 +17,7 @@
 //! reductions in the teacher's batched forward pass); the cache is the default because
 //! its cost does not grow with the epochs: K passes of the teacher over the training set
 //! once, against one pass per epoch (the measured seconds, with the CNN teacher on 2
-//! cores, are in `bench/CNN.md`).
+//! cores, are in `bench/AUG.md`).
 //!
 //! A view is stored as the index of its (dx, dy, flip) combination, and applied as one
 //! gather through a small table of source pixels per combination (built once per run by

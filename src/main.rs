@@ -112,7 +112,9 @@ fn install_signal_handler() {
 /// registration, twice when [`tune_openmp_wait`] runs the program again). Until `main`
 /// installs the real handler, SIGINT, SIGTERM and SIGHUP end the process with exit 130,
 /// as they do later, instead of the signal's default (exit 143 for SIGTERM); nothing has
-/// been written yet. A signal the parent set to be ignored (`nohup`) stays ignored.
+/// been written yet. A signal the parent set to be ignored (`nohup`) stays ignored; the
+/// three are unblocked (the program blocks them across its own `exec`). What remains is
+/// the dynamic loader's own few milliseconds at the very start of the process.
 #[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".preinit_array")]
@@ -120,33 +122,50 @@ static EARLY_SIGNALS: extern "C" fn() = early_signals;
 
 #[cfg(target_os = "linux")]
 extern "C" fn early_signals() {
-    type Handler = extern "C" fn(std::ffi::c_int);
-    unsafe extern "C" {
-        fn signal(signum: std::ffi::c_int, handler: usize) -> usize;
-    }
-    extern "C" fn on_signal(_: std::ffi::c_int) {
-        unsafe extern "C" {
-            fn write(fd: std::ffi::c_int, buf: *const u8, n: usize) -> isize;
-            fn _exit(status: std::ffi::c_int) -> !;
-        }
+    extern "C" fn on_signal(_: libc::c_int) {
         const MSG: &[u8] = b"\nkdtrain: interrupted while starting; exiting now\n";
         // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer.
         unsafe {
-            write(2, MSG.as_ptr(), MSG.len());
-            _exit(130)
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(130)
         }
     }
-    const SIG_IGN: usize = 1;
-    const SIGNALS: [std::ffi::c_int; 3] = [1, 2, 15]; // SIGHUP, SIGINT, SIGTERM
-    let handler: Handler = on_signal;
-    for sig in SIGNALS {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    for sig in STOP_SIGNALS {
         // SAFETY: signal(2) with a valid signal number and an async-signal-safe handler;
         // no other thread exists yet. An ignored signal is put back as it was.
         unsafe {
-            if signal(sig, handler as usize) == SIG_IGN {
-                signal(sig, SIG_IGN);
+            if libc::signal(sig, handler as libc::sighandler_t) == libc::SIG_IGN {
+                libc::signal(sig, libc::SIG_IGN);
             }
         }
+    }
+    // Blocked by the image before this one ([`tune_openmp_wait`]): a signal that came
+    // while this one loaded is delivered now, to the handler above.
+    block_stop_signals(false);
+}
+
+/// SIGHUP, SIGINT and SIGTERM: the signals that stop a run.
+#[cfg(target_os = "linux")]
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM];
+
+/// Blocks (`true`) or unblocks [`STOP_SIGNALS`] for the calling thread; whether it did.
+#[cfg(target_os = "linux")]
+fn block_stop_signals(block: bool) -> bool {
+    // SAFETY: sigemptyset/sigaddset fill a local sigset_t; pthread_sigmask only changes
+    // this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        let how = if block {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut()) == 0
     }
 }
 
@@ -260,11 +279,19 @@ fn tune_openmp_wait() {
         if let Some(arg0) = args.next() {
             cmd.arg0(arg0);
         }
+        // SIGINT, SIGTERM and SIGHUP stay blocked across `exec`, so that one arriving
+        // while the new image loads waits (pending) for its `.preinit_array` handler,
+        // which unblocks them, instead of ending the process with the default action.
+        let blocked = block_stop_signals(true);
         let _ = cmd
             .args(args)
             .env("GOMP_SPINCOUNT", spin)
             .env(kdtrain::device::CHOSEN_SPINCOUNT, spin)
             .exec();
+        // `exec` failed: the run goes on here, with the signals as they were.
+        if blocked {
+            block_stop_signals(false);
+        }
     }
 }
 

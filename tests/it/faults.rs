@@ -1227,12 +1227,40 @@ fn sigterm_while_starting_exits_130() {
         args[last] = "2".into();
         let mut child = spawn_raw(&s, &args, &name);
         std::thread::sleep(Duration::from_millis(ms));
+        // The dynamic loader's few milliseconds, at the start and again when the program
+        // runs itself anew, come before any code of the program's: wait them out (at most
+        // 250 ms; libtorch's constructors alone take longer, so a handler installed only
+        // in `main` would still be seen missing).
+        let t0 = Instant::now();
+        while !catches_or_blocks_sigterm(child.id()) {
+            assert!(
+                t0.elapsed() < Duration::from_millis(250),
+                "SIGTERM neither caught nor blocked {} ms after start",
+                ms + 250
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         signal(child.id(), "TERM");
         let st = wait(&mut child, Duration::from_secs(60));
         let err = spawned_stderr(&s, &name);
         assert_eq!(st.code(), Some(130), "SIGTERM after {ms} ms: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// Whether process `pid` has a handler for SIGTERM or blocks it (`SigCgt` or `SigBlk` in
+/// `/proc/<pid>/status`; bit 14 is signal 15).
+fn catches_or_blocks_sigterm(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    ["SigCgt:", "SigBlk:"].iter().any(|key| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << 14) != 0)
+    })
 }
 
 /// The printed resume command is quoted for a POSIX shell: run as printed (plus the
