@@ -51,7 +51,7 @@ log=docs/REGENERATED.md
 record() { # STAGE SECONDS
   local line="| $1 | $(date -u '+%Y-%m-%d %H:%M UTC') | $commit | $2 |"
   if [ ! -f "$log" ]; then
-    printf '# When each README figure was last regenerated\n\nWritten by `scripts/regenerate.sh`.\n\n| stage | finished | commit | seconds |\n|---|---|---|---:|\n' >"$log"
+    printf '# When each README figure was last regenerated\n\nWritten by `scripts/regenerate.sh`; a row without seconds is a stage whose scripts were run by hand, as the stage runs them. The commit is the one checked out; each file also records its own.\n\n| stage | finished | commit | seconds |\n|---|---|---|---:|\n' >"$log"
   fi
   grep -v "^| $1 |" "$log" >"$log.tmp" || true
   echo "$line" >>"$log.tmp"

@@ -103,6 +103,8 @@ for r in rows:
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(json.dumps({
     "what": "wall seconds of `kdtrain sweep run` over 8 kd jobs (2 T x 2 alpha x 2 seeds) on Fashion-MNIST (scripts/sweep_bench.sh)",
+    "date": subprocess.run(["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True, text=True).stdout.strip(),
+    "commit": subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip() or "?",
     "epochs_per_job": epochs, "rounds": rounds, "forced_on_busy_machine": forced,
     "machine": {"cpu": cpu, "cores": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
                 "os": platform.platform()},

@@ -32,8 +32,8 @@ teacher=$tmp/runs/teacher/model.safetensors
   echo "# kdtrain sweep plan docs/sweep/grid.toml --teacher .../teacher/model.safetensors"
 } >>"$log"
 "$kd" sweep plan docs/sweep/grid.toml --teacher "$teacher" --out-dir "$tmp/sweeps" \
-  --run-name sweep "${data[@]}" 2>&1 | tee -a "$log"
-sweep=$tmp/sweeps/sweep
+  "${data[@]}" 2>&1 | tee -a "$log"
+sweep=$(ls -d "$tmp"/sweeps/sweep-* | head -n1)
 {
   echo
   echo "# time kdtrain sweep run <sweep> --jobs 2"
