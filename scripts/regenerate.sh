@@ -22,6 +22,7 @@
 #   paper     docs/results/{fraction,omit,ensemble}/                        ~3 h
 #   digits    docs/results/digits/                                          ~20 min
 #   ensemble-bench  bench/ENSEMBLE.md                                       ~5 min
+#   folder    bench/FOLDER.md: the image-folder reader against torchvision  ~10 min
 #   readme    README.md's tables from the files above (always run last)
 #
 # The benchmark stages want a quiet machine: they wait for idle CPUs before each run and
@@ -30,7 +31,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-all=(speed aug busy predict sweep results paper digits ensemble-bench readme)
+all=(speed aug busy predict sweep results paper digits ensemble-bench folder readme)
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=("${all[@]}")
 for s in "${stages[@]}"; do
@@ -90,6 +91,7 @@ for stage in "${stages[@]}"; do
       ;;
     digits) scripts/digits_results.sh ;;
     ensemble-bench) "$python" scripts/bench_ensemble.py ;;
+    folder) "$python" scripts/bench_folder.py ;;
     readme) "$python" scripts/readme_results.py ;;
   esac
   record "$stage" $(($(date +%s) - t0))
