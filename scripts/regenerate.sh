@@ -91,7 +91,7 @@ for stage in "${stages[@]}"; do
       ;;
     digits) scripts/digits_results.sh ;;
     ensemble-bench) "$python" scripts/bench_ensemble.py ;;
-    folder) "$python" scripts/bench_folder.py ;;
+    folder) "$python" scripts/bench_folder.py --rounds 5 --epochs 10 --out bench/FOLDER.json ;;
     readme) "$python" scripts/readme_results.py ;;
   esac
   record "$stage" $(($(date +%s) - t0))
