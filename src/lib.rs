@@ -104,47 +104,32 @@ pub fn process_seconds() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
-/// The child process the command is waiting on (`sbatch --wait`), with what to call it;
-/// 0 when none. Read by the signal handler, which stops it before exiting.
-static WAITED_CHILD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-static WAITED_WHAT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+/// The child process the command is waiting on (`sbatch --wait`) and what to call it;
+/// read by the signal handler, which stops it before exiting.
+static WAITED_CHILD: std::sync::Mutex<Option<(u32, String)>> = std::sync::Mutex::new(None);
 
 /// Records `pid` as the child this process waits on (see [`stop_waited_child`]); `None`
 /// once it has been reaped.
 pub fn waited_child(pid: Option<(u32, &str)>) {
-    use std::sync::atomic::Ordering;
-    if let Ok(mut w) = WAITED_WHAT.lock() {
-        *w = pid.map(|(_, what)| what.to_string()).unwrap_or_default();
+    if let Ok(mut w) = WAITED_CHILD.lock() {
+        *w = pid.map(|(p, what)| (p, what.to_string()));
     }
-    WAITED_CHILD.store(pid.map_or(0, |(p, _)| p), Ordering::SeqCst);
 }
 
 /// Sends SIGTERM to the child recorded by [`waited_child`], if any, and says what it
-/// was; for the signal handler just before the process exits.
+/// was; for the signal handler (a thread of its own, not a signal context) just before
+/// the process exits.
 pub fn stop_waited_child() -> Option<String> {
-    use std::sync::atomic::Ordering;
-    let pid = WAITED_CHILD.swap(0, Ordering::SeqCst);
-    if pid == 0 {
-        return None;
-    }
+    let (pid, what) = WAITED_CHILD.lock().ok()?.take()?;
+    // SAFETY: POSIX kill with the pid of our child. It is cleared right after the wait
+    // that reaps it returns, so only a signal in that instant could reach a reused pid.
     #[cfg(unix)]
-    {
-        unsafe extern "C" {
-            fn kill(pid: std::ffi::c_int, sig: std::ffi::c_int) -> std::ffi::c_int;
-        }
-        const SIGTERM: std::ffi::c_int = 15;
-        // SAFETY: POSIX kill with the pid of a child that has not been reaped (it is
-        // cleared before the wait returns).
-        unsafe {
-            kill(pid as std::ffi::c_int, SIGTERM);
-        }
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
     }
-    Some(
-        WAITED_WHAT
-            .lock()
-            .map(|w| w.clone())
-            .unwrap_or_else(|_| format!("process {pid}")),
-    )
+    #[cfg(not(unix))]
+    let _ = pid;
+    Some(what)
 }
 
 /// Lower-case hex of `bytes` (digests in file names, metadata and messages).

@@ -250,6 +250,11 @@ pub(crate) mod test_image {
             out
         }
 
+        /// Whether any channel of any pixel is below 128 (something dark was drawn).
+        pub(crate) fn has_dark(&self) -> bool {
+            self.rgb.iter().any(|&b| b < 128)
+        }
+
         /// How many pixels have exactly colour `c`.
         pub(crate) fn count(&self, c: RGBColor) -> usize {
             self.pixels(c, 0..self.w).len()
@@ -301,21 +306,15 @@ mod tests {
         std::env::temp_dir().join(format!("kdtrain-plot-test-{}-{name}", std::process::id()))
     }
 
-    /// Checks that `path` is a PNG of `size` that decodes; returns its length in bytes and
-    /// deletes it.
-    fn check_png(path: &Path, size: (u32, u32)) -> usize {
-        let bytes = std::fs::read(path).unwrap();
+    /// Checks that `path` is a PNG of `size` that decodes, with something besides the
+    /// white background drawn; deletes it and returns it decoded, with its length in bytes.
+    fn check_png(path: &Path, size: (u32, u32)) -> (Image, u64) {
+        let img = Image::read(path);
+        let len = std::fs::metadata(path).unwrap().len();
         std::fs::remove_file(path).unwrap();
-        assert!(bytes.starts_with(&[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]));
-        let mut reader = png::Decoder::new(std::io::Cursor::new(&bytes))
-            .read_info()
-            .unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width, info.height), size);
-        // Something besides the white background was drawn.
-        assert!(buf.iter().any(|&b| b < 128));
-        bytes.len()
+        assert_eq!((img.w, img.h), size);
+        assert!(img.has_dark(), "nothing drawn");
+        (img, len)
     }
 
     const NAMES: [&str; 10] = crate::data::cifar::CIFAR10_NAMES;
@@ -345,8 +344,8 @@ mod tests {
         };
         let p = tmp("curves.png");
         curves_png(&p, &c).unwrap();
-        let img = Image::read(&p);
-        assert!(check_png(&p, CURVES_SIZE) < 200_000);
+        let (img, len) = check_png(&p, CURVES_SIZE);
+        assert!(len < 200_000);
         // Train in blue, validation in vermillion, in both panels, and nothing else.
         assert_eq!(palette_used(&img), vec![0, 1]);
         let half = CURVES_SIZE.0 / 2;
@@ -387,8 +386,8 @@ mod tests {
             ("distilled student", &d[..]),
         ];
         comparison_png(&p, "Validation accuracy", &runs).unwrap();
-        let img = Image::read(&p);
-        assert!(check_png(&p, COMPARISON_SIZE) < 200_000);
+        let (img, len) = check_png(&p, COMPARISON_SIZE);
+        assert!(len < 200_000);
         // One colour per run, in order, and no other.
         assert_eq!(palette_used(&img), vec![0, 1, 2]);
         // Where each line starts (anywhere) and ends (in the top half: the curves end
@@ -429,8 +428,8 @@ mod tests {
             .collect();
         let p = tmp("confusion.png");
         confusion_png(&p, "Confusion matrix", &NAMES, &counts).unwrap();
-        let img = Image::read(&p);
-        assert!(check_png(&p, CONFUSION_SIZE) < 200_000);
+        let (img, len) = check_png(&p, CONFUSION_SIZE);
+        assert!(len < 200_000);
         // Each diagonal cell is shaded by its share of the row: a block of that colour
         // (a cell is about 50 x 50 px, less its number).
         for (r, row) in counts.iter().enumerate() {
@@ -502,8 +501,7 @@ mod tests {
         for ((name, c), want) in cases.iter().zip(expected) {
             let p = tmp(&format!("curves-{name}.png"));
             curves_png(&p, c).unwrap();
-            let img = Image::read(&p);
-            check_png(&p, CURVES_SIZE);
+            let (img, _) = check_png(&p, CURVES_SIZE);
             assert_eq!(palette_used(&img), want, "{name}");
             let half = CURVES_SIZE.0 / 2;
             // Flat series are horizontal lines across the panel (validation, drawn last,
@@ -533,8 +531,7 @@ mod tests {
         for ((name, runs), want) in cases.iter().zip(expected) {
             let p = tmp(&format!("comparison-{name}.png"));
             comparison_png(&p, name, runs).unwrap();
-            let img = Image::read(&p);
-            check_png(&p, COMPARISON_SIZE);
+            let (img, _) = check_png(&p, COMPARISON_SIZE);
             assert_eq!(palette_used(&img), want, "{name}");
         }
     }
@@ -567,8 +564,7 @@ mod tests {
         for (name, names, counts) in &cases {
             let p = tmp(&format!("confusion-{name}.png"));
             confusion_png(&p, name, names, counts).unwrap();
-            let img = Image::read(&p);
-            check_png(&p, CONFUSION_SIZE);
+            let (img, _) = check_png(&p, CONFUSION_SIZE);
             let darkest = img.count(heat(1.0));
             match *name {
                 // No cell: nothing shaded.

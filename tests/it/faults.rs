@@ -1971,6 +1971,16 @@ fn run_download(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> std::process::Output {
+    download_command(s, url, args, env).output().unwrap()
+}
+
+/// The command [`run_download`] runs, to spawn it instead.
+fn download_command(
+    s: &Sandbox,
+    url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Command {
     s.write_config(&format!("download_url = \"{url}\""));
     let empty = s.path().join("no-system-data");
     std::fs::create_dir_all(&empty).unwrap();
@@ -1990,7 +2000,14 @@ fn run_download(
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().unwrap()
+    c
+}
+
+/// Every fixture file served whole under /mirror/.
+fn mirror_routes(fx: &HashMap<String, Vec<u8>>) -> HashMap<String, Reply> {
+    fx.iter()
+        .map(|(n, b)| (format!("/mirror/{n}"), Reply::Full(b.clone())))
+        .collect()
 }
 
 fn download_dir(s: &Sandbox) -> PathBuf {
@@ -2012,10 +2029,7 @@ fn downloaded(s: &Sandbox) -> Vec<String> {
 #[test]
 fn download_from_a_mirror_with_its_checksums() {
     let (fx, md5s) = fixtures();
-    let routes = fx
-        .iter()
-        .map(|(n, b)| (format!("/mirror/{n}"), Reply::Full(b.clone())))
-        .collect();
+    let routes = mirror_routes(&fx);
     let server = Server::start(routes);
     let s = Sandbox::new();
     let o = run_download(
@@ -2046,10 +2060,7 @@ fn download_from_a_mirror_with_its_checksums() {
 #[test]
 fn download_with_a_wrong_checksum_is_rejected_and_removed() {
     let (fx, _) = fixtures();
-    let routes = fx
-        .iter()
-        .map(|(n, b)| (format!("/mirror/{n}"), Reply::Full(b.clone())))
-        .collect();
+    let routes = mirror_routes(&fx);
     let server = Server::start(routes);
     let s = Sandbox::new();
     // The official checksums: the synthetic fixtures do not match them.
@@ -2072,10 +2083,7 @@ fn download_with_a_wrong_checksum_is_rejected_and_removed() {
 #[test]
 fn download_cut_off_midway_leaves_no_partial_file() {
     let (fx, md5s) = fixtures();
-    let mut routes: HashMap<String, Reply> = fx
-        .iter()
-        .map(|(n, b)| (format!("/mirror/{n}"), Reply::Full(b.clone())))
-        .collect();
+    let mut routes = mirror_routes(&fx);
     let labels = fx[TRAIN_LABELS].clone();
     let half = labels.len() / 2;
     routes.insert(
@@ -2101,10 +2109,7 @@ fn download_cut_off_midway_leaves_no_partial_file() {
 #[test]
 fn sigterm_during_download_stops_it_at_once() {
     let (fx, md5s) = fixtures();
-    let mut routes: HashMap<String, Reply> = fx
-        .iter()
-        .map(|(n, b)| (format!("/mirror/{n}"), Reply::Full(b.clone())))
-        .collect();
+    let mut routes = mirror_routes(&fx);
     let images = fx[TRAIN_IMAGES].clone();
     assert!(
         images.len() > 100 * 1024,
@@ -2114,29 +2119,17 @@ fn sigterm_during_download_stops_it_at_once() {
     routes.insert(format!("/mirror/{TRAIN_IMAGES}"), Reply::Slow(images));
     let server = Server::start(routes);
     let s = Sandbox::new();
-    s.write_config(&format!("download_url = \"{}\"", server.url));
-    let empty = s.path().join("no-system-data");
-    std::fs::create_dir_all(&empty).unwrap();
-    let config = s.path().join("test.toml");
     let err = s.path().join("dl.err");
-    let mut child = s
-        .command(&[
-            "train",
-            "student",
-            "--download",
-            "--config",
-            config.to_str().unwrap(),
-            "--out-dir",
-            "runs",
-            "--threads",
-            "1",
-        ])
-        .env("KDTRAIN_SYSTEM_DATA_DIR", &empty)
-        .env("KDTRAIN_DOWNLOAD_MD5S", &md5s)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
-        .spawn()
-        .unwrap();
+    let mut child = download_command(
+        &s,
+        &server.url,
+        &["train", "student", "--download"],
+        &[("KDTRAIN_DOWNLOAD_MD5S", &md5s)],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+    .spawn()
+    .unwrap();
     let part = download_dir(&s).join(format!("{TRAIN_IMAGES}.part"));
     let t0 = Instant::now();
     while !part.is_file() {
