@@ -573,7 +573,9 @@ fn sigterm_to_submit_wait_stops_sbatch() {
             "--wait".as_ref(),
         ])
         .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-        .stderr(std::process::Stdio::piped())
+        // A file, not a pipe: a sleeping sbatch that kept the pipe open would make
+        // reading it wait for the sleep, and so pass late instead of failing.
+        .stderr(std::fs::File::create(s.path().join("submit.err")).unwrap())
         .spawn()
         .unwrap();
     assert!(
@@ -587,9 +589,9 @@ fn sigterm_to_submit_wait_stops_sbatch() {
         .unwrap();
     signal(child.id(), "TERM");
     let t0 = Instant::now();
-    let o = loop {
-        if child.try_wait().unwrap().is_some() {
-            break child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(20),
@@ -597,8 +599,8 @@ fn sigterm_to_submit_wait_stops_sbatch() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(130), "{err}");
+    let err = std::fs::read_to_string(s.path().join("submit.err")).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
     assert!(
         err.contains("stopped sbatch --wait") && err.contains("scancel"),
         "{err}"
