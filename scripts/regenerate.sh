@@ -19,7 +19,12 @@
 #   sweep     docs/sweep/ (the kd T x alpha sweep: teacher, plan, run, collect) ~12 min
 #             and bench/sweep.json (local throughput)                       ~5 min
 #   results   docs/results/ (the Quick start's reproduce, shipped teacher)  ~15 min
-#   paper     docs/results/{fraction,omit,ensemble}/                        ~3 h
+#   fraction  docs/results/fraction/ (the paper's 3% transfer set)          ~2 min
+#   omit      docs/results/omit/ (the paper's class never seen)             ~12 min
+#   ensemble  docs/results/ensemble/ (three CNN teachers as one)            ~1 h
+#   comparisons  docs/results/{teacher15,no-student-dropout}/ (the first
+#             comparison, with and without the student's dropout)          ~30 min
+#   (paper: fraction, omit and ensemble)
 #   digits    docs/results/digits/                                          ~20 min
 #   ensemble-bench  bench/ENSEMBLE.md                                       ~5 min
 #   folder    bench/FOLDER.md: the image-folder reader against torchvision  ~10 min
@@ -31,11 +36,15 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-all=(speed aug busy predict sweep results paper digits ensemble-bench folder readme)
-stages=("$@")
+all=(speed aug busy predict sweep results fraction omit ensemble comparisons digits ensemble-bench
+  folder readme)
+stages=()
+for s in "$@"; do
+  if [ "$s" = paper ]; then stages+=(fraction omit ensemble); else stages+=("$s"); fi
+done
 [ ${#stages[@]} -gt 0 ] || stages=("${all[@]}")
 for s in "${stages[@]}"; do
-  case " ${all[*]} " in *" $s "*) ;; *) echo "regenerate: unknown stage '$s' (one of: ${all[*]})" >&2; exit 2 ;; esac
+  case " ${all[*]} " in *" $s "*) ;; *) echo "regenerate: unknown stage '$s' (one of: ${all[*]} paper)" >&2; exit 2 ;; esac
 done
 
 python=$(sed -n 's/^KDTRAIN_PYTHON *= *"\(.*\)"/\1/p' .cargo/config.toml 2>/dev/null | head -n1)
@@ -84,10 +93,15 @@ for stage in "${stages[@]}"; do
       scripts/sweep_bench.sh docs/sweep/teacher.safetensors 3 3
       ;;
     results) scripts/reproduce_results.sh ;;
-    paper)
-      RESULTS_DIR=docs/results/fraction scripts/reproduce_results.sh --experiment fraction
-      RESULTS_DIR=docs/results/omit scripts/reproduce_results.sh --experiment omit
+    fraction) RESULTS_DIR=docs/results/fraction scripts/reproduce_results.sh --experiment fraction ;;
+    omit) RESULTS_DIR=docs/results/omit scripts/reproduce_results.sh --experiment omit ;;
+    ensemble)
       RESULTS_DIR=docs/results/ensemble scripts/reproduce_results.sh --config configs/ensemble.toml
+      ;;
+    comparisons)
+      RESULTS_DIR=docs/results/teacher15 scripts/reproduce_results.sh --config configs/teacher15.toml
+      RESULTS_DIR=docs/results/no-student-dropout scripts/reproduce_results.sh \
+        --config configs/no-student-dropout.toml
       ;;
     digits) scripts/digits_results.sh ;;
     ensemble-bench) "$python" scripts/bench_ensemble.py ;;

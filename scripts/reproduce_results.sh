@@ -12,7 +12,8 @@
 #     --config configs/teacher15.toml --teacher-epochs 20
 #   RESULTS_DIR=docs/results/no-student-dropout scripts/reproduce_results.sh \
 #     --config configs/no-student-dropout.toml   the student without dropout.
-# The wall time on the machine it ran on is in results.md.
+# The wall time on the machine it ran on is in results.md. SKIP_README=1 leaves README.md
+# alone (copy the tables later with scripts/readme_results.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -22,5 +23,5 @@ root=$(ls -d "$out"/reproduce-*)
 dest=${RESULTS_DIR:-docs/results}
 mkdir -p "$dest"
 cp "$root/results.md" "$root/results.json" "$root/comparison.png" "$root/gains.png" "$dest/"
-python3 scripts/readme_results.py
+[ "${SKIP_README:-0}" = 1 ] || python3 scripts/readme_results.py
 echo "$dest/ updated from $root"
