@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The recipe search behind config.toml's defaults, as a table.
 
-    python3 scripts/recipe_table.py [docs/recipe]
+    python3 scripts/recipe_table.py [docs/history/recipe]
 
-Reads every docs/recipe/runs/<name>/{summary.json,config.toml,meta.json} (one seed
-each, copied from the runs as kdtrain wrote them) and writes docs/recipe/README.md: per
+Reads every docs/history/recipe/runs/<name>/{summary.json,config.toml,meta.json} (one seed
+each, copied from the runs as kdtrain wrote them) and writes docs/history/recipe/README.md: per
 run the model, architecture, objective, augmentation, epochs, the validation accuracy
 of the selected epoch and the test accuracy. Choices were made on validation accuracy.
 """
@@ -15,7 +15,7 @@ import tomllib
 
 
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else "docs/recipe"
+    root = sys.argv[1] if len(sys.argv) > 1 else "docs/history/recipe"
     runs = os.path.join(root, "runs")
     # A teacher is named by its checkpoint's SHA-256 where teachers.json knows it (the same
     # weights may sit in checkpoints written by different versions), else by its folder.
@@ -58,7 +58,7 @@ def main():
         "defaults in `config.toml` were chosen on **validation** accuracy; the test column is",
         "shown, not used. Teachers: `cnn20` is `cnn:32,64,256,dropout=0.3` with shift2,flip for",
         "20 epochs, `cnn3` is `cnn:32,64,128,256,dropout=0.3` with shift1,flip for 20 epochs,",
-        "`deep` the same for 60 epochs (the teacher of `docs/results/deep-teacher/`);",
+        "`deep` the same for 60 epochs (the teacher of `docs/history/results/deep-teacher/`);",
         "`ta` is a teacher assistant (Mirzadeh et al. 2020): run `M-ta-kd-t2-a05-s0`, the",
         "reference's MLP teacher distilled from cnn20 for 100 epochs, exported as TorchScript;",
         "`mlp-*` are the reference's MLP teacher with dropout (`mlp-default-seedN`: the",

@@ -7,7 +7,7 @@ building anything into kdtrain.
     python3 fm.py --teacher TEACHER.pt --mode kd|alone|fm [--extra mix|erase] >> results.jsonl
 
 TEACHER.pt is a teacher exported with `kdtrain export CKPT --format torchscript` (here
-the cnn20 teacher of docs/recipe). `alone`: cross-entropy on the labels; `kd`: kd at T,
+the cnn20 teacher of docs/history/recipe). `alone`: cross-entropy on the labels; `kd`: kd at T,
 alpha with the T^2-scaled KL (Hinton et al. 2015, section 2) on the training images, the
 teacher's logits cached; `fm`: the same kd loss plus, at every step, a second batch of
 extra views with the KL term alone (weight w * (1 - alpha), no labels), so the clean
