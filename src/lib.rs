@@ -21,6 +21,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod image_input;
+pub mod load;
 pub mod model;
 pub mod objective;
 pub mod optim;

@@ -190,21 +190,6 @@ fn keep_freed_memory() {
     }
 }
 
-/// libgomp's spin count (`GOMP_SPINCOUNT`: how long libtorch's OpenMP workers spin
-/// between parallel regions before they sleep) when the CPUs the workers will run on are
-/// free: about 0.1 ms. libgomp's own default, 300,000 spins, keeps a core from any other
-/// process that wants it.
-const SPIN_WHEN_FREE: &str = "10000";
-
-/// The spin count when other processes already keep some of those CPUs busy: sleep at
-/// once. A worker that shares its core with another process then gives the core up at
-/// each barrier and gets it back when woken, instead of spinning through its time slice
-/// while the parallel region waits for a sibling that the other process holds off. On a
-/// free machine sleeping costs a wake-up at every parallel region, which makes epochs
-/// slower, hence two values. Measured by `scripts/busy_bench.sh` (`bench/BUSY.md`; its
-/// `BUSY_SPINS` variants time fixed spin counts).
-const SPIN_WHEN_BUSY: &str = "0";
-
 /// The commands that train, for which the wait is tuned; the others (short, or no
 /// libtorch work at all) start once, with libgomp's default, instead of twice.
 const TRAINING_COMMANDS: [&str; 4] = ["train", "distill", "reproduce", "sweep"];
@@ -212,7 +197,7 @@ const TRAINING_COMMANDS: [&str; 4] = ["train", "distill", "reproduce", "sweep"];
 /// How long [`other_load`] watches the CPUs.
 const LOAD_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Chooses libgomp's spin count ([`SPIN_WHEN_FREE`] or [`SPIN_WHEN_BUSY`]), puts it into
+/// Chooses libgomp's spin count ([`kdtrain::load::SPIN_WHEN_FREE`] or [`kdtrain::load::SPIN_WHEN_BUSY`]), puts it into
 /// the environment and runs this program again with the same arguments (the same
 /// process: `exec`). libgomp reads its environment once, in its ELF constructor, before
 /// `main` runs, and libc's own start-up resets the environment after an executable's
@@ -268,11 +253,11 @@ fn tune_openmp_wait() {
         let threads = requested
             .filter(|&t| t > 0)
             .unwrap_or_else(kdtrain::device::physical_cores);
-        let mut spin = SPIN_WHEN_FREE;
+        let mut spin = kdtrain::load::SPIN_WHEN_FREE;
         if let Some((cpus, load)) = other_load()
-            && too_busy(cpus, load, threads)
+            && kdtrain::load::too_busy(cpus, load, threads)
         {
-            spin = SPIN_WHEN_BUSY;
+            spin = kdtrain::load::SPIN_WHEN_BUSY;
         }
         let mut args = std::env::args_os();
         let mut cmd = std::process::Command::new("/proc/self/exe");
@@ -295,75 +280,24 @@ fn tune_openmp_wait() {
     }
 }
 
-/// Whether fewer of the `cpus` CPUs are left free by other processes' `load` (in CPUs)
-/// than `threads` workers need, with half a CPU of slack.
-fn too_busy(cpus: usize, load: f64, threads: usize) -> bool {
-    (cpus as f64 - load) < threads.min(cpus) as f64 - 0.5
-}
-
-/// The CPUs this process may run on (`Cpus_allowed_list` in `/proc/self/status`) and how
-/// many of them, in CPUs, other processes kept busy over [`LOAD_SAMPLE`] (user, nice,
-/// system, irq, softirq and steal time in `/proc/stat`; this process sleeps meanwhile).
+/// The CPUs this process may use and how many of them, in CPUs, other processes kept
+/// busy over [`LOAD_SAMPLE`] ([`kdtrain::load`]; this process sleeps meanwhile).
 /// `KDTRAIN_TEST_OTHER_LOAD=<cpus>` replaces the measured load (for tests). `None` when
 /// `/proc` cannot be read or parsed.
 #[cfg(target_os = "linux")]
 fn other_load() -> Option<(usize, f64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-        .trim();
-    let mut allowed = Vec::new();
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-        allowed.extend(a..=b.min(a + 4096));
-    }
-    if allowed.is_empty() {
-        return None;
-    }
+    use kdtrain::load;
+    let cpus = load::allowed_cpus()?;
     if let Some(v) = std::env::var_os("KDTRAIN_TEST_OTHER_LOAD") {
-        return Some((allowed.len(), v.to_str()?.parse().ok()?));
+        return Some((cpus.len(), v.to_str()?.parse().ok()?));
     }
-    // Per allowed CPU: (busy, total) jiffies.
-    let sample = || -> Option<Vec<(u64, u64)>> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let mut out = Vec::with_capacity(allowed.len());
-        for &cpu in &allowed {
-            let name = format!("cpu{cpu}");
-            let line = stat
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
-            let f: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .take(8)
-                .map(|x| x.parse().unwrap_or(0))
-                .collect();
-            if f.len() < 8 {
-                return None;
-            }
-            let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
-            out.push((busy, busy + f[3] + f[4]));
-        }
-        Some(out)
-    };
-    let before = sample()?;
+    let (before, own_before) = (load::cpu_ticks(&cpus)?, load::own_ticks()?);
     std::thread::sleep(LOAD_SAMPLE);
-    let after = sample()?;
-    let busy = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| {
-            let total = a.1.saturating_sub(b.1);
-            if total == 0 {
-                0.0
-            } else {
-                a.0.saturating_sub(b.0) as f64 / total as f64
-            }
-        })
-        .sum();
-    Some((allowed.len(), busy))
+    let (after, own_after) = (load::cpu_ticks(&cpus)?, load::own_ticks()?);
+    Some((
+        cpus.len(),
+        load::others(&before, &after, own_after.saturating_sub(own_before)),
+    ))
 }
 
 /// Ends the process at once with `code`, from the Ctrl-C thread while the main thread
@@ -381,22 +315,4 @@ fn exit_now(code: i32) -> ! {
     }
     #[cfg(not(unix))]
     std::process::exit(code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::too_busy;
-
-    #[test]
-    fn workers_sleep_when_other_processes_leave_too_few_cpus_free() {
-        // 2 CPUs, 2 threads: idle, a little noise, one CPU taken.
-        assert!(!too_busy(2, 0.0, 2));
-        assert!(!too_busy(2, 0.4, 2));
-        assert!(too_busy(2, 0.6, 2));
-        assert!(too_busy(2, 1.0, 2));
-        // More threads than CPUs count as one per CPU; many free CPUs absorb the load.
-        assert!(!too_busy(2, 0.0, 8));
-        assert!(!too_busy(16, 3.0, 8));
-        assert!(too_busy(16, 8.0, 9));
-    }
 }

@@ -171,6 +171,13 @@ pub fn fit(
     };
 
     let mut epoch_seconds = Vec::new();
+    // A load that arrives after start slows epochs that kdtrain cannot speed up again
+    // in this process; say so once (crate::load::LateLoad).
+    let mut late_load = if device == tch::Device::Cpu {
+        crate::load::LateLoad::start(tch::get_num_threads().max(1) as usize)
+    } else {
+        None
+    };
     let mut startup_seconds = None;
     let mut stopped_early = false;
     // A run killed after early stopping fired but before it finished does not train on.
@@ -233,6 +240,14 @@ pub fn fit(
             best_weights = model.snapshot();
         }
         run.end_epoch(model, &opt, &names, &state, &record, improved)?;
+        if let Some(note) = late_load.as_mut().and_then(|w| {
+            w.check(
+                epoch,
+                "stop with Ctrl-C and run the resume command it prints",
+            )
+        }) {
+            crate::errln!("{note}");
+        }
         // Test hook: `KDTRAIN_TEST_INTERRUPT=epoch:N` acts as a Ctrl-C right after epoch N
         // is saved (resume tests need a stop at a known epoch).
         if std::env::var(crate::error::INTERRUPT_HOOK).is_ok_and(|v| v == format!("epoch:{epoch}"))
