@@ -224,3 +224,74 @@ fn meta_json_records_the_openmp_spin_count() {
     assert_eq!(user["openmp_spincount"], "123");
     assert_eq!(user["openmp_spincount_chosen_by"], "the user");
 }
+
+/// A load that arrives after kdtrain chose to let its workers spin (free CPUs at start)
+/// is said once, after the epoch it slowed, even with `-q`; not when the workers already
+/// sleep (busy at start), and not when the CPUs stay free.
+#[test]
+fn a_load_that_arrives_mid_run_is_said_once() {
+    let s = Sandbox::new();
+    s.write_data(300, 30);
+    s.write_config("batch_size = 64");
+    let run = |name: &str, env: &[(&str, &str)]| -> String {
+        let (config, data, runs) = (s.path().join("test.toml"), s.data_dir(), s.runs());
+        let mut c = s.command(&[
+            "train".as_ref(),
+            "student".as_ref(),
+            "--epochs".as_ref(),
+            "3".as_ref(),
+            "--threads".as_ref(),
+            "2".as_ref(),
+            "--run-name".as_ref(),
+            name.as_ref(),
+            "-q".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--out-dir".as_ref(),
+            runs.as_os_str(),
+        ] as &[&std::ffi::OsStr]);
+        c.env_remove("OMP_WAIT_POLICY").env_remove("GOMP_SPINCOUNT");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert_ok(&o);
+        stderr(&o)
+    };
+    let note = "other processes took";
+    let late = run(
+        "late",
+        &[
+            ("KDTRAIN_TEST_OTHER_LOAD", "0"),
+            ("KDTRAIN_TEST_EPOCH_LOAD", "1.0"),
+        ],
+    );
+    assert_eq!(late.matches(note).count(), 1, "{late}");
+    for want in [
+        "1.0 of the",
+        "during epoch 1",
+        "2 OpenMP workers spin",
+        "resume command",
+        "GOMP_SPINCOUNT=0",
+    ] {
+        assert!(late.contains(want), "lacks {want:?}: {late}");
+    }
+    let free = run(
+        "free",
+        &[
+            ("KDTRAIN_TEST_OTHER_LOAD", "0"),
+            ("KDTRAIN_TEST_EPOCH_LOAD", "0.3"),
+        ],
+    );
+    assert!(!free.contains(note), "{free}");
+    let busy = run(
+        "busy",
+        &[
+            ("KDTRAIN_TEST_OTHER_LOAD", "4096"),
+            ("KDTRAIN_TEST_EPOCH_LOAD", "1.0"),
+        ],
+    );
+    assert!(!busy.contains(note), "{busy}");
+}
