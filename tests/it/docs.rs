@@ -124,7 +124,10 @@ fn committed_results_come_from_the_configs_named_for_them() {
             "docs/history/results/no-student-dropout-teacher20",
             "configs/no-student-dropout.toml",
         ),
-        ("docs/history/results/deep-teacher", "configs/deep-teacher.toml"),
+        (
+            "docs/history/results/deep-teacher",
+            "configs/deep-teacher.toml",
+        ),
         (
             "docs/history/results/deep-teacher-dropout",
             "configs/deep-teacher-dropout.toml",
