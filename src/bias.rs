@@ -37,6 +37,10 @@ impl LogitBias {
         self.0.is_empty()
     }
 
+    /// The largest shift accepted, in logits (either sign): far beyond any logit a
+    /// model gives, and well inside f32, so that shifted logits stay finite.
+    pub const MAX_SHIFT: f64 = 1e4;
+
     /// The JSON stored under [`META_LOGIT_BIAS`].
     pub fn to_json(&self) -> String {
         let m: BTreeMap<String, f64> = self.0.iter().map(|(c, v)| (c.to_string(), *v)).collect();
@@ -47,7 +51,7 @@ impl LogitBias {
     ///
     /// # Errors
     /// A message naming the key when its value is not such JSON, names a class outside
-    /// `0..classes`, or holds a shift that is not finite.
+    /// `0..classes`, or holds a shift that is not finite or beyond [`Self::MAX_SHIFT`].
     pub fn from_metadata(
         m: &HashMap<String, String>,
         classes: i64,
@@ -58,15 +62,17 @@ impl LogitBias {
         let bad = || {
             format!(
                 "metadata `{META_LOGIT_BIAS}` is {v:?}: expected a JSON object of class indices \
-                 0 to {} and finite shifts, e.g. {{\"1\": 3.5}}",
-                classes - 1
+                 0 to {} and shifts from -{} to {}, e.g. {{\"1\": 3.5}}",
+                classes - 1,
+                Self::MAX_SHIFT,
+                Self::MAX_SHIFT
             )
         };
         let raw: BTreeMap<String, f64> = serde_json::from_str(v).map_err(|_| bad())?;
         let mut out = BTreeMap::new();
         for (k, shift) in raw {
             match k.parse::<i64>() {
-                Ok(c) if (0..classes).contains(&c) && shift.is_finite() => {
+                Ok(c) if (0..classes).contains(&c) && shift.abs() <= Self::MAX_SHIFT => {
                     out.insert(c, shift);
                 }
                 _ => return Err(bad()),

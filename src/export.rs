@@ -229,6 +229,18 @@ pub fn run(args: &ExportArgs, quiet: bool) -> Result<()> {
         .into());
     }
     for p in [&out, &sidecar] {
+        // Only a regular file is replaced: renaming over a device, a FIFO, a socket or a
+        // symbolic link would swap it for a plain file (`/dev/full`, say).
+        if let Ok(m) = std::fs::symlink_metadata(p)
+            && !m.is_file()
+        {
+            return Err(UsageError(format!(
+                "{} exists and is not a regular file (a symbolic link, device, FIFO or \
+                 socket); it is not replaced, even with --force; choose another -o",
+                p.display()
+            ))
+            .into());
+        }
         if p.exists() && !args.force {
             return Err(UsageError(format!(
                 "{} already exists; pass --force to overwrite it, or choose another -o",
@@ -337,6 +349,21 @@ fn temp_beside(out: &Path, tag: &str) -> Result<PathBuf> {
     )))
 }
 
+/// The bytes an unprivileged process may still write in the file system of `dir`
+/// (`statvfs`: available blocks times the fragment size); `None` when it cannot be read.
+/// `KDTRAIN_TEST_FREE_BYTES` replaces the figure (for tests).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(v) = std::env::var_os("KDTRAIN_TEST_FREE_BYTES") {
+        return v.to_str()?.parse().ok();
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a statvfs that the call fills.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// Flushes `tmp` to disk and renames it to `out` (same folder), then flushes the folder.
 fn persist(tmp: &Path, out: &Path) -> Result<()> {
     let result = (|| -> std::io::Result<()> {
@@ -394,6 +421,27 @@ fn export_torchscript(model: &LoadedModel, out: &Path) -> Result<()> {
              {:?}{diff})",
             got.size(),
             want.size()
+        );
+    }
+    // libtorch's archive writer aborts the process (a C++ exception in a destructor)
+    // when the disk fills up under it, so the space is checked first: the tensors'
+    // bytes and 1 MiB for the code and the zip records.
+    let bytes: i64 = module
+        .named_parameters()?
+        .iter()
+        .map(|(_, t)| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64)
+        .sum();
+    let need = bytes as u64 + (1 << 20);
+    let folder = out.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(free) = free_bytes(folder.unwrap_or(Path::new(".")))
+        && free < need
+    {
+        bail!(
+            "cannot write {}: its folder has {:.1} MB free and the TorchScript file needs \
+             about {:.1} MB; free some space or choose another -o",
+            out.display(),
+            free as f64 / 1e6,
+            need as f64 / 1e6
         );
     }
     let tmp = temp_beside(out, "pt")?;
@@ -482,15 +530,25 @@ fn run_onnx_exporter(
         let meta_json = serde_json::json!({ META_EXPORT: desc_json, META_ARCH: model.arch });
         std::fs::write(&meta, meta_json.to_string())
             .with_context(|| format!("cannot write {}", meta.display()))?;
-        let o = std::process::Command::new(python)
+        let child = std::process::Command::new(python)
             .arg("-c")
             .arg(EXPORT_ONNX_PY)
             .arg(input)
             .arg(widths)
             .arg(&tmp)
             .arg(&meta)
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .with_context(|| format!("cannot run {}", python.display()))?;
+        // A signal stops this command at once (it has no steps); the handler stops the
+        // exporter and removes the temporary files too.
+        let what = format!("the ONNX exporter (pid {})", child.id());
+        let files = [meta.clone(), tmp.clone(), input.to_path_buf()];
+        crate::waited_child(Some((child.id(), &what, &files)));
+        let o = child.wait_with_output();
+        crate::waited_child(None);
+        let o = o.with_context(|| format!("waiting for {}", python.display()))?;
         if !o.status.success() {
             let err = String::from_utf8_lossy(&o.stderr);
             let tail: Vec<&str> = err.lines().rev().take(6).collect();

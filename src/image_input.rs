@@ -1,4 +1,4 @@
-//! Image files to model inputs: a PNG or JPEG of any size and colour becomes one image of
+//! Image files to model inputs: a PNG, JPEG, BMP, GIF or WebP of any size and colour becomes one image of
 //! the model's [`DataSpec`], C x H x W values on the 0..255 scale: grey for a model of one
 //! channel (a light object on a dark background, as in Fashion-MNIST), RGB for three.
 //!
@@ -55,27 +55,36 @@ pub struct Prepared {
     pub original_size: (u32, u32),
 }
 
-/// Whether the first bytes of a file are a PNG or JPEG signature.
+/// The formats read, as the image-folder source reads them
+/// ([`crate::data::folder::IMAGE_EXTENSIONS`]).
+const FORMATS: [ImageFormat; 5] = [
+    ImageFormat::Png,
+    ImageFormat::Jpeg,
+    ImageFormat::Bmp,
+    ImageFormat::Gif,
+    ImageFormat::WebP,
+];
+
+/// Whether the first bytes of a file are a PNG, JPEG, BMP, GIF or WebP signature.
 pub fn looks_like_image(head: &[u8]) -> bool {
-    matches!(
-        image::guess_format(head),
-        Ok(ImageFormat::Png | ImageFormat::Jpeg)
-    )
+    image::guess_format(head).is_ok_and(|f| FORMATS.contains(&f))
 }
 
-/// Whether a file name ends in .png, .jpg or .jpeg (any case).
+/// Whether a file name ends in one of [`crate::data::folder::IMAGE_EXTENSIONS`] (any
+/// case).
 pub fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        crate::data::folder::IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+    })
 }
 
-/// Reads, decodes and prepares one PNG or JPEG file for a model of `spec` (steps 1 to 5
+/// Reads, decodes and prepares one PNG, JPEG, BMP, GIF (its first frame) or WebP file
+/// for a model of `spec` (steps 1 to 5
 /// of the module doc).
 ///
 /// # Errors
 /// Every message names the file: the model takes other than 1 or 3 channels; it cannot be
-/// opened; it is neither PNG nor JPEG (the first bytes are shown); its header gives more
+/// opened; it is none of those formats (the first bytes are shown); its header gives more
 /// than [`MAX_PIXELS`] pixels (checked before decoding) or a zero size; the data is
 /// corrupt or truncated (the decoder's message).
 pub fn load(path: &Path, invert: Invert, spec: &DataSpec) -> Result<Prepared> {
@@ -93,14 +102,14 @@ pub fn load(path: &Path, invert: Invert, spec: &DataSpec) -> Result<Prepared> {
         .with_guessed_format()
         .map_err(|e| anyhow!("cannot read {shown}: {e}"))?;
     match reader.format() {
-        Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
+        Some(f) if FORMATS.contains(&f) => {}
         _ => {
             let head = std::fs::read(path)
                 .map(|b| b[..b.len().min(8)].to_vec())
                 .unwrap_or_default();
             bail!(
-                "{shown} is not a PNG or JPEG image (it starts with {head:02x?}); \
-                 pass PNG or JPEG files, a folder of them, or an IDX file"
+                "{shown} is not a PNG, JPEG, BMP, GIF or WebP image (it starts with \
+                 {head:02x?}); pass such files, a folder of them, or an IDX file"
             );
         }
     }
@@ -599,7 +608,7 @@ mod tests {
         std::fs::write(&text, "hello").unwrap();
         let e = load(&text, Invert::Auto, &fm()).unwrap_err().to_string();
         assert!(
-            e.contains("notes.txt") && e.contains("not a PNG or JPEG"),
+            e.contains("notes.txt") && e.contains("not a PNG, JPEG, BMP, GIF or WebP"),
             "{e}"
         );
         let mut png = Vec::new();

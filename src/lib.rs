@@ -105,23 +105,26 @@ pub fn process_seconds() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
-/// The child process the command is waiting on (`sbatch --wait`) and what to call it;
-/// read by the signal handler, which stops it before exiting.
-static WAITED_CHILD: std::sync::Mutex<Option<(u32, String)>> = std::sync::Mutex::new(None);
+/// The child process the command is waiting on (`sbatch --wait`, the ONNX exporter),
+/// what to call it, and the temporary files it works on; read by the signal handler,
+/// which stops it and removes them before exiting.
+static WAITED_CHILD: std::sync::Mutex<Option<(u32, String, Vec<std::path::PathBuf>)>> =
+    std::sync::Mutex::new(None);
 
-/// Records `pid` as the child this process waits on (see [`stop_waited_child`]); `None`
-/// once it has been reaped.
-pub fn waited_child(pid: Option<(u32, &str)>) {
+/// Records `pid` as the child this process waits on, with the temporary files to remove
+/// if a signal stops the command (see [`stop_waited_child`]); `None` once it has been
+/// reaped.
+pub fn waited_child(pid: Option<(u32, &str, &[std::path::PathBuf])>) {
     if let Ok(mut w) = WAITED_CHILD.lock() {
-        *w = pid.map(|(p, what)| (p, what.to_string()));
+        *w = pid.map(|(p, what, files)| (p, what.to_string(), files.to_vec()));
     }
 }
 
-/// Sends SIGTERM to the child recorded by [`waited_child`], if any, and says what it
-/// was; for the signal handler (a thread of its own, not a signal context) just before
-/// the process exits.
+/// Sends SIGTERM to the child recorded by [`waited_child`], if any, removes its
+/// temporary files, and says what it was; for the signal handler (a thread of its own,
+/// not a signal context) just before the process exits.
 pub fn stop_waited_child() -> Option<String> {
-    let (pid, what) = WAITED_CHILD.lock().ok()?.take()?;
+    let (pid, what, files) = WAITED_CHILD.lock().ok()?.take()?;
     // SAFETY: POSIX kill with the pid of our child. It is cleared right after the wait
     // that reaps it returns, so only a signal in that instant could reach a reused pid.
     #[cfg(unix)]
@@ -130,6 +133,9 @@ pub fn stop_waited_child() -> Option<String> {
     }
     #[cfg(not(unix))]
     let _ = pid;
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
     Some(what)
 }
 

@@ -105,6 +105,16 @@ fn install_signal_handler() {
              step (the same again quits now)"
         );
     });
+    // ctrlc handles all three; a signal ignored when the process started stays ignored.
+    #[cfg(target_os = "linux")]
+    for (i, sig) in STOP_SIGNALS.into_iter().enumerate() {
+        if IGNORED_AT_START.load(Ordering::SeqCst) & (1 << i) != 0 {
+            // SAFETY: signal(2) with a valid signal number and SIG_IGN.
+            unsafe {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+        }
+    }
 }
 
 /// The first signal handler, from the executable's `.preinit_array`: it runs before any
@@ -131,12 +141,13 @@ extern "C" fn early_signals() {
         }
     }
     let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in STOP_SIGNALS {
+    for (i, sig) in STOP_SIGNALS.into_iter().enumerate() {
         // SAFETY: signal(2) with a valid signal number and an async-signal-safe handler;
         // no other thread exists yet. An ignored signal is put back as it was.
         unsafe {
             if libc::signal(sig, handler as libc::sighandler_t) == libc::SIG_IGN {
                 libc::signal(sig, libc::SIG_IGN);
+                IGNORED_AT_START.fetch_or(1 << i, Ordering::SeqCst);
             }
         }
     }
@@ -144,6 +155,11 @@ extern "C" fn early_signals() {
     // while this one loaded is delivered now, to the handler above.
     block_stop_signals(false);
 }
+
+/// Which of [`STOP_SIGNALS`] (bit i for the i-th) the parent left ignored (`nohup`, or
+/// a shell's `&` without job control for SIGINT): they stay ignored for the whole run.
+#[cfg(target_os = "linux")]
+static IGNORED_AT_START: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// SIGHUP, SIGINT and SIGTERM: the signals that stop a run.
 #[cfg(target_os = "linux")]

@@ -1,4 +1,4 @@
-//! The `predict` command: the top classes of images (PNG, JPEG, folders of them, IDX
+//! The `predict` command: the top classes of images (PNG, JPEG, BMP, GIF, WebP, folders of them, IDX
 //! files) under a checkpoint, one line per image or JSON Lines.
 //!
 //! Also [`load_network`], the one place where the commands `predict` and `export` touch
@@ -23,7 +23,7 @@ use crate::model::Network;
 pub struct PredictArgs {
     /// A checkpoint written by train or distill (`model.safetensors`).
     pub checkpoint: PathBuf,
-    /// PNG or JPEG files (any size and colour), folders of them (not recursive; other
+    /// PNG, JPEG, BMP, GIF or WebP files (any size and colour), folders of them (not recursive; other
     /// files are skipped with a note), or IDX image files such as
     /// t10k-images-idx3-ubyte.gz (every image, or the one at --index).
     #[arg(required = true, value_name = "INPUT")]
@@ -242,15 +242,17 @@ fn gather(args: &PredictArgs, spec: &DataSpec) -> Result<Gathered> {
                     if !image_input::looks_like_image(&head[..n])
                         && !image_input::has_image_extension(&f)
                     {
-                        g.notes
-                            .push(format!("skipping {}: not a PNG or JPEG file", f.display()));
+                        g.notes.push(format!(
+                            "skipping {}: not a PNG, JPEG, BMP, GIF or WebP file",
+                            f.display()
+                        ));
                         continue;
                     }
                     read_image(&mut g, &f, args.invert, spec);
                 }
                 if g.order.len() == before {
                     g.notes.push(format!(
-                        "folder {} holds no PNG or JPEG files",
+                        "folder {} holds no PNG, JPEG, BMP, GIF or WebP files",
                         input.display()
                     ));
                 }

@@ -575,11 +575,22 @@ impl Run {
         ev.flush()
     }
 
-    /// Marks the run finished (so `--resume` will not reopen it) and writes the final
-    /// model with the selected weights.
+    /// Writes the final model with the selected weights (`model.safetensors`). The run
+    /// is not finished until [`Run::mark_finished`]: a stop before then (after the last
+    /// epoch, during the final evaluation) leaves it for `--resume`, which evaluates
+    /// again and writes the summary.
     pub fn finish(&mut self, model: &dyn Network, state_epoch: usize) -> Result<()> {
         let meta = self.metadata(model, state_epoch);
         checkpoint::save_model(&self.dir.join(MODEL_FILE), model, meta)?;
+        Ok(())
+    }
+
+    /// Marks the run finished in `state.json`, so that `--resume` will not reopen it;
+    /// called once its `summary.json` is written.
+    ///
+    /// # Errors
+    /// An I/O error writing `state.json`.
+    pub fn mark_finished(&self) -> Result<()> {
         let path = self.dir.join(STATE_FILE);
         if let Ok(text) = std::fs::read_to_string(&path)
             && let Ok(mut s) = serde_json::from_str::<TrainState>(&text)

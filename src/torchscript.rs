@@ -163,6 +163,15 @@ impl TorchScriptNet {
         let z = net
             .run(&x)
             .map_err(|e| UsageError(format!("--teacher {shown}: {e}")))?;
+        // Non-finite outputs first: NaN would otherwise read as a determinism failure.
+        if !bool::try_from(z.isfinite().all()).unwrap_or(false) {
+            return Err(UsageError(format!(
+                "--teacher {shown} gives NaN or infinite outputs on a probe batch of 8 \
+                 images in [0, 1]; check its weights and its forward (a division by zero, \
+                 a log of 0), or retrain it"
+            ))
+            .into());
+        }
         if output == Output::Logits && net.spec.classes() > 1 {
             let kind = if z.min().double_value(&[]) >= 0.0
                 && (z.sum_dim_intlist(1, false, Kind::Double) - 1.0)

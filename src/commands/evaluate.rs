@@ -257,11 +257,11 @@ fn print_report(
 }
 
 /// `--bias CLASS=VALUE` flags: CLASS a class name of `spec` (else an index), VALUE a
-/// finite number; a class named twice takes the last value.
+/// number within ±[`crate::bias::LogitBias::MAX_SHIFT`]; each class at most once.
 ///
 /// # Errors
 /// A [`UsageError`] naming `--bias`: no `=`, an unknown class (listing the names), a
-/// value that is not a finite number.
+/// value that is not a number in range, a class named twice.
 pub fn parse_bias(flags: &[String], spec: &data::DataSpec) -> Result<crate::bias::LogitBias> {
     let mut out = crate::bias::LogitBias::default();
     for f in flags {
@@ -281,14 +281,21 @@ pub fn parse_bias(flags: &[String], spec: &data::DataSpec) -> Result<crate::bias
             ))
             .into());
         };
+        let max = crate::bias::LogitBias::MAX_SHIFT;
         match value.trim().parse::<f64>() {
-            Ok(v) if v.is_finite() => {
-                out.0.insert(label, v);
+            Ok(v) if v.abs() <= max => {
+                if out.0.insert(label, v).is_some() {
+                    return Err(UsageError(format!(
+                        "--bias {f:?}: class {class:?} is given a shift twice; give each \
+                         class one --bias"
+                    ))
+                    .into());
+                }
             }
             _ => {
                 return Err(UsageError(format!(
-                    "--bias {f:?}: {value:?} is not a finite number; expected CLASS=VALUE \
-                     (--bias Trouser=3.5)"
+                    "--bias {f:?}: {value:?} is not a number from -{max} to {max}; expected \
+                     CLASS=VALUE, the shift added to the class's logit (--bias Trouser=3.5)"
                 ))
                 .into());
             }

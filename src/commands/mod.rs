@@ -283,6 +283,11 @@ pub fn train_one(
         run.set_logit_bias(b.clone());
     }
     run.finish(model.as_ref(), fit.best_epoch)?;
+    // Test hook: `die-before-summary` ends the process as a kill would, between the
+    // final model and the summary (a resume must still complete the run).
+    if crate::error::hook_is("die-before-summary") {
+        std::process::exit(137);
+    }
     if std::env::var_os(INTERRUPT_HOOK).is_some_and(|v| v == "final-evaluation") {
         crate::error::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -394,6 +399,7 @@ pub fn train_one(
         &run.dir.join("summary.json"),
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;
+    run.mark_finished()?;
     if crate::error::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
         // Ctrl-C after the last epoch: the selected model was already saved, so the run
         // is finished; it says so, and a command with more runs to go stops at the next

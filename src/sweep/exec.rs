@@ -733,6 +733,7 @@ pub fn submit_slurm(sweep: &Path, o: &SlurmOptions) -> Result<()> {
             if o.wait { "sbatch --wait" } else { "sbatch" },
             child.id()
         ),
+        &[],
     )));
     let status = child.wait();
     crate::waited_child(None);

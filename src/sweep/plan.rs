@@ -415,6 +415,12 @@ pub fn expand(base: &Config, grid: &Grid) -> Result<Vec<PlannedJob>> {
                     seed: u64,
                     c: Config|
      -> Result<()> {
+        if jobs.len() >= MAX_JOBS {
+            return usage(format!(
+                "the grid has more than {MAX_JOBS} jobs (objectives x values x seeds); give \
+                 fewer values, or split it into several sweep files"
+            ));
+        }
         let mut c = c;
         c.runtime.out_dir = PathBuf::from("runs");
         let toml = c.to_toml()?;
@@ -573,13 +579,17 @@ fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// The most jobs one sweep may plan: ten times Slurm's default `MaxArraySize` (1001),
+/// and each job a folder of files.
+pub const MAX_JOBS: usize = 10_000;
+
 /// Plans a sweep: reads `file`, expands it, and writes a new `sweep-<date>-<time>` folder
 /// under the out-dir with `plan.json`, `jobs.txt`, `jobs/<id>.toml` and a copy of the
 /// sweep file. Returns the folder.
 ///
 /// # Errors
-/// Usage errors for the sweep file (see [`read_sweep_file`], [`expand`]); runtime errors
-/// writing the folder.
+/// Usage errors for the sweep file (see [`read_sweep_file`], [`expand`]; more than
+/// [`MAX_JOBS`] jobs); runtime errors writing the folder.
 pub fn plan(file: &Path, opts: &PlanOptions) -> Result<(PathBuf, Plan)> {
     let (base, grid) = read_sweep_file(file, opts)?;
     let planned = expand(&base, &grid)

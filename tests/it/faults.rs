@@ -1248,6 +1248,53 @@ fn sigterm_while_starting_exits_130() {
     }
 }
 
+/// A signal ignored when kdtrain starts (SIGINT for a shell's `&` job without job
+/// control, `nohup`'s SIGHUP) stays ignored once the run's handler is installed; the
+/// others still stop the run (exit 130).
+#[test]
+fn a_signal_ignored_at_start_stays_ignored() {
+    use std::os::unix::process::CommandExt;
+    let s = sandbox_with(2000, 100, "batch_size = 32");
+    let mut args = s.args(&["train", "student", "--epochs", "500", "--run-name", "ign"]);
+    let last = args.len() - 1;
+    args[last] = "2".into();
+    let err = s.path().join("ign.err");
+    let mut c = s.command(&args);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&err).unwrap()));
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = Proc {
+        child: c.spawn().unwrap(),
+        err,
+    };
+    // Training has started (the handler is installed before the run folder is made).
+    let t0 = Instant::now();
+    while !s.runs().join("ign/metrics.csv").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{}", child.stderr());
+        assert!(child.try_wait().unwrap().is_none(), "{}", child.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(child.id(), "INT");
+    signal(child.id(), "HUP");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "an ignored SIGINT or SIGHUP stopped the run: {}",
+        child.stderr()
+    );
+    signal(child.id(), "TERM");
+    let st = wait(&mut child, Duration::from_secs(60));
+    assert_eq!(st.code(), Some(130), "{}", child.stderr());
+}
+
 /// Whether process `pid` has a handler for SIGTERM or blocks it (`SigCgt` or `SigBlk` in
 /// `/proc/<pid>/status`; bit 14 is signal 15).
 fn catches_or_blocks_sigterm(pid: u32) -> bool {

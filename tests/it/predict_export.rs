@@ -270,7 +270,7 @@ fn png_files_give_the_same_predictions_as_the_idx() {
     ]);
     assert_ok(&o);
     assert!(
-        stderr(&o).contains("README.txt: not a PNG or JPEG file"),
+        stderr(&o).contains("README.txt: not a PNG, JPEG, BMP, GIF or WebP file"),
         "{}",
         stderr(&o)
     );
@@ -278,6 +278,34 @@ fn png_files_give_the_same_predictions_as_the_idx() {
     assert_eq!(lines.len(), files.len());
     let logits = library_logits(&ckpt);
     let want = argmax_rows(&logits);
+    // The image folder's other formats (BMP, GIF, lossless WebP) read the same pixels,
+    // so they give the IDX's classes and the PNG's probabilities.
+    let others = s.path().join("others");
+    std::fs::create_dir_all(&others).unwrap();
+    let mut paths = Vec::new();
+    for ((png, i), ext) in files.iter().zip(["bmp", "gif", "webp"]) {
+        let p = others.join(format!("{i:05}.{ext}"));
+        image::open(png).unwrap().to_rgba8().save(&p).unwrap();
+        paths.push((p, *i, png));
+    }
+    let args: Vec<&std::ffi::OsStr> = ["predict".as_ref(), ckpt.as_os_str(), "--json".as_ref()]
+        .into_iter()
+        .chain(paths.iter().map(|(p, _, _)| p.as_os_str()))
+        .collect();
+    let o = s.raw(&args);
+    assert_ok(&o);
+    for ((p, i, png), l) in paths.iter().zip(json_lines(&o)) {
+        assert_eq!(l["class"].as_i64().unwrap(), want[*i], "{}", p.display());
+        let from_png = lines
+            .iter()
+            .find(|m| m["source"] == png.display().to_string())
+            .unwrap();
+        assert!(
+            (l["probability"].as_f64().unwrap() - from_png["probability"].as_f64().unwrap()).abs()
+                < 1e-6,
+            "{l} vs {from_png}"
+        );
+    }
     for ((path, i), l) in files.iter().zip(&lines) {
         assert_eq!(l["source"], path.display().to_string());
         assert_eq!(l["class"].as_i64().unwrap(), want[*i], "{}", path.display());
@@ -724,6 +752,121 @@ fn export_refuses_to_overwrite_and_defaults_next_to_the_checkpoint() {
         )])
         .unwrap();
     assert_eq!(y.size(), vec![5, 10]);
+}
+
+/// `--force` replaces a regular file only: a FIFO or a symbolic link given as -o (or
+/// where the sidecar goes) is left as it is. A folder without room for the TorchScript
+/// file is an error that says so, not libtorch's abort, and leaves no temporary file.
+#[test]
+fn export_replaces_only_regular_files_and_checks_the_space() {
+    let t = trained();
+    let s = Sandbox::new();
+    let ckpt = s.path().join("model.safetensors");
+    std::fs::copy(t.ckpt("student"), &ckpt).unwrap();
+    let c = ckpt.to_str().unwrap();
+    let fifo = s.path().join("fifo.pt");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let target = s.path().join("target.pt");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = s.path().join("link.pt");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let side = s.path().join("side.pt");
+    std::os::unix::fs::symlink(&target, s.path().join("side.pt.json")).unwrap();
+    for out in [&fifo, &link, &side] {
+        let args = ["export", c, "--format", "torchscript", "-o"];
+        let o = s.raw(&[&args[..], &[out.to_str().unwrap(), "--force"]].concat());
+        assert_fails(&o, 2, &["is not a regular file", "choose another -o"]);
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert!(!side.exists());
+    // 100 kB free: less than the student's 407 kB of weights.
+    let mut cmd = s.command(&["export", c, "--format", "torchscript", "-o", "small.pt"]);
+    let o = cmd
+        .current_dir(s.path())
+        .env("KDTRAIN_TEST_FREE_BYTES", "100000")
+        .output()
+        .unwrap();
+    assert_fails(&o, 1, &["small.pt", "0.1 MB free", "free some space"]);
+    let names: Vec<_> = std::fs::read_dir(s.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("small.pt"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+/// The processes whose command line mentions `needle` (other than this test's).
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// SIGTERM while the ONNX exporter (a Python child) runs: kdtrain exits 130, the
+/// exporter is stopped with it, and no temporary file is left.
+#[test]
+fn sigterm_during_onnx_export_stops_the_exporter() {
+    let t = trained();
+    let s = Sandbox::new();
+    let ckpt = s.path().join("model.safetensors");
+    std::fs::copy(t.ckpt("student"), &ckpt).unwrap();
+    let out = s.path().join("m.onnx");
+    let mut child = s
+        .command(&[
+            "export".as_ref(),
+            ckpt.as_os_str(),
+            "--format".as_ref(),
+            "onnx".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The exporter's command line names its temporary files, in the sandbox.
+    let needle = s.path().join(".m.onnx.").display().to_string();
+    let t0 = std::time::Instant::now();
+    while processes_mentioning(&needle).is_empty() {
+        assert!(t0.elapsed().as_secs() < 60, "no exporter started");
+        assert!(child.try_wait().unwrap().is_none(), "kdtrain ended first");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signal(child.id(), "TERM");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopped the ONNX exporter"), "{err}");
+    let t0 = std::time::Instant::now();
+    while !processes_mentioning(&needle).is_empty() {
+        assert!(t0.elapsed().as_secs() < 5, "the exporter outlived kdtrain");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left: Vec<_> = std::fs::read_dir(s.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("m.onnx"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

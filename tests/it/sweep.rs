@@ -219,6 +219,25 @@ fn bad_sweep_files_exit_2_naming_the_key() {
             &["optimizer.beta3"],
         ),
         ("", "t = [1, \"x\"]", &["`sweep.t`", "not a number"]),
+        // 101 x 100 values: more jobs than a sweep may plan.
+        (
+            "",
+            Box::leak(
+                format!(
+                    "t = [{}]\nalpha = [{}]",
+                    (1..=101)
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    (0..100)
+                        .map(|a| format!("{:.2}", a as f64 / 100.0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+                .into_boxed_str(),
+            ),
+            &["more than 10000 jobs", "split it"],
+        ),
     ] {
         let f = sweep_file(&s, "bad.toml", head, body);
         let (o, _) = plan_with(&s, &f, &teacher, &[]);

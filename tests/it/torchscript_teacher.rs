@@ -8,7 +8,8 @@ use crate::common::*;
 /// torch.jit (as `kind`: "good", "tuple", "shape", "flat", "state_dict", "fixed": its
 /// batch size traced in as 2; "softmax" and "log_softmax": its forward ends in them;
 /// "big": logits times 5000; "train_mode": with dropout, traced in training mode;
-/// "limit": failing on batches over 100; "double": f64 weights), and prints
+/// "limit": failing on batches over 100; "double": f64 weights; "nan": NaN logits), and
+/// prints
 /// its test accuracy.
 const MAKE: &str = r#"
 import gzip, struct, sys, torch
@@ -46,6 +47,9 @@ class LogSoftmax(torch.nn.Module):
 class Big(torch.nn.Module):
     def __init__(self, n): super().__init__(); self.n = n
     def forward(self, x): return self.n(x) * 5000.0
+class NaN(torch.nn.Module):
+    def __init__(self, n): super().__init__(); self.n = n
+    def forward(self, x): return self.n(x) * float("nan")
 class Limit(torch.nn.Module):
     # Batches of up to 100 images: the traced slice of a [100, 10] buffer follows the batch.
     def __init__(self, n): super().__init__(); self.n = n; self.register_buffer("pad", torch.zeros(100, 10))
@@ -64,7 +68,7 @@ elif kind == "double":
 else:
     m = {"good": net, "tuple": Tuple(net), "shape": Five(net), "fixed": Fixed(net),
          "softmax": Softmax(net), "log_softmax": LogSoftmax(net), "big": Big(net),
-         "limit": Limit(net)}[kind]
+         "limit": Limit(net), "nan": NaN(net)}[kind]
     torch.jit.save(torch.jit.trace(m, x[:2]), out)
 with torch.no_grad():
     print((net(xt).argmax(1) == yt).float().mean().item())
@@ -270,6 +274,12 @@ fn teachers_that_are_not_what_they_claim() {
         2,
         &["not deterministic in eval mode", "traced in training mode"],
     );
+
+    // NaN logits are named as such, not taken for a teacher that is not deterministic.
+    let (nan, _) = make(&s, "nan");
+    let o = distill(&nan, &[]);
+    assert_fails(&o, 2, &["gives NaN or infinite outputs"]);
+    assert!(!stderr(&o).contains("deterministic"), "{}", stderr(&o));
 
     // The probe's batches pass; the cache's first chunk (256 images) fails.
     let (limit, _) = make(&s, "limit");

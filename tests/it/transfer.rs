@@ -180,10 +180,19 @@ fn an_omitted_class_gets_a_shift_that_evaluate_applies() {
         2,
         &["--bias", "\"Sock\"", "\"Trouser\""],
     );
+    // Not a number, or one whose shifted logits would overflow f32 (NaN loss, every
+    // image in class 0), or a class given twice.
+    for v in ["Trouser=x", "Trouser=1e300", "Trouser=-2e4", "Trouser=inf"] {
+        assert_fails(
+            &s.kd(&["evaluate", ckpt, "--bias", v]),
+            2,
+            &["--bias", "not a number from -10000 to 10000"],
+        );
+    }
     assert_fails(
-        &s.kd(&["evaluate", ckpt, "--bias", "Trouser=x"]),
+        &s.kd(&["evaluate", ckpt, "--bias", "Trouser=1", "--bias", "1=2"]),
         2,
-        &["--bias", "finite number"],
+        &["--bias", "given a shift twice"],
     );
     assert_fails(
         &s.kd(&["evaluate", ckpt, "--bias", "Trouser"]),

@@ -301,6 +301,37 @@ fn ctrl_c_during_the_final_evaluation() {
     assert!(!root.join("results.md").exists());
 }
 
+/// A run killed after its final model is written but before its summary is not
+/// finished: `--resume` evaluates it again, writes the summary and marks it finished,
+/// with the figures of a run that was never stopped.
+#[test]
+fn a_run_killed_before_its_summary_is_completed_by_resume() {
+    let s = sandbox();
+    let args = |name: &str| s.args(&["train", "student", "--epochs", "2", "--run-name", name]);
+    let mut c = s.command(&args("k"));
+    let o = c
+        .env("KDTRAIN_TEST_INTERRUPT", "die-before-summary")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    let k = s.runs().join("k");
+    assert!(k.join("model.safetensors").is_file());
+    assert!(!k.join("summary.json").exists());
+    assert_eq!(json(&k.join("state.json"))["finished"], false);
+    let mut resume = args("k");
+    resume.push("--resume".into());
+    assert_ok(&s.command(&resume).output().unwrap());
+    assert_eq!(json(&k.join("state.json"))["finished"], true);
+    assert_ok(&s.command(&args("u")).output().unwrap());
+    let (a, b) = (
+        json(&k.join("summary.json")),
+        json(&s.runs().join("u/summary.json")),
+    );
+    for key in ["test_acc", "test_loss", "best_epoch", "best_val_acc"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+}
+
 /// A resumed distill keeps the teacher it started with, even when a newer teacher is in
 /// the out-dir, and refuses a teacher file with other bytes.
 #[test]
