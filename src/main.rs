@@ -32,10 +32,26 @@ fn main() -> ExitCode {
         Err(e) => {
             use clap::error::ErrorKind;
             match e.kind() {
-                // --help, --version, and no command at all: clap's own output.
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+                // --help and --version: clap's own output, on standard output, which
+                // must be written (exit 1 when it cannot be, as for every result).
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    use std::io::Write as _;
+                    return match e.print().and_then(|()| std::io::stdout().flush()) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        // A reader that went away (`| head`) is not a failure.
+                        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                            ExitCode::SUCCESS
+                        }
+                        Err(err) => {
+                            kdtrain::errln!(
+                                "error: cannot write the help to standard output: {err}"
+                            );
+                            ExitCode::from(1)
+                        }
+                    };
+                }
+                // No command at all: clap's help, on standard error (exit 2).
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
                 _ => {
                     // One line, like every other error: clap's first line, then a pointer.
                     // clap's message up to its usage block, on one line.

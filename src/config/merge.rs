@@ -76,8 +76,9 @@ impl ObjectiveFlags {
         self.0.get(flag).cloned()
     }
 
-    /// The objective flags given, in the order `--help` lists them.
-    fn given(&self) -> Vec<&'static str> {
+    /// The objective flags given (`--t`, `--alpha`, ...), in the order `--help` lists
+    /// them.
+    pub fn given(&self) -> Vec<&'static str> {
         crate::objective::FLAGS
             .iter()
             .map(|f| f.name)

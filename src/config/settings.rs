@@ -97,6 +97,23 @@ impl Settings {
                 ));
             }
         }
+        // evaluate's objective flags choose the terms it reports against --teacher.
+        if let Command::Evaluate(e) = &cli.command
+            && e.teacher.is_empty()
+        {
+            let mut given = e.objective.params.given();
+            if e.objective.objective.is_some() {
+                given.insert(0, "--objective");
+            }
+            if !given.is_empty() {
+                let it = if given.len() == 1 { "it" } else { "them" };
+                return usage(format!(
+                    "evaluate takes {} only with --teacher (the objective's terms are \
+                     reported against the teacher); pass --teacher, or drop {it}",
+                    given.join(", ")
+                ));
+            }
+        }
         let overrides = cli.overrides()?;
         Settings::from_config_file(
             c.config.as_deref(),

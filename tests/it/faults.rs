@@ -2292,6 +2292,20 @@ fn results_that_cannot_be_written_to_stdout_are_an_error() {
         .unwrap();
     assert_fails(&o, 1, &["cannot write the results to standard output"]);
     assert_ok(&s.kd(&["evaluate", ckpt.to_str().unwrap(), "--json"]));
+    // The help and the version too; a closed pipe stays a success.
+    for args in [&["--help"][..], &["--version"], &["train", "--help"]] {
+        let o = s.command(args).stdout(full()).output().unwrap();
+        assert_fails(&o, 1, &["cannot write the help to standard output"]);
+        let mut child = s
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_ok(&o);
+    }
 }
 
 #[test]
@@ -2442,5 +2456,19 @@ fn reproduce_stopped_at_a_stage_start_leaves_no_empty_folder() {
         std::fs::read_dir(root.join("seed-0"))
             .unwrap()
             .collect::<Vec<_>>()
+    );
+}
+
+/// evaluate's objective flags only choose the terms reported against --teacher: without
+/// one they would do nothing, and are refused by name.
+#[test]
+fn evaluate_refuses_objective_flags_without_a_teacher() {
+    rejects(
+        &["evaluate", "m.safetensors", "--objective", "dkd"],
+        &["evaluate takes --objective only with --teacher", "drop it"],
+    );
+    rejects(
+        &["evaluate", "m.safetensors", "--t", "3", "--alpha", "0.2"],
+        &["--t, --alpha only with --teacher", "drop them"],
     );
 }
