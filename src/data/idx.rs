@@ -235,6 +235,15 @@ fn is_fashion_mnist(train: &Split, test: &Split) -> bool {
 /// `data.resize` area-averages the images and `data.channels = 3` repeats the grey
 /// channel, as in the other readers.
 pub fn load(dir: &Path, o: &ReadOptions) -> Result<RawData> {
+    if dir.is_file() {
+        return Err(crate::error::UsageError(format!(
+            "data.dir (--data-dir) {} is a file; the idx source reads a folder holding \
+             train-images-idx3-ubyte(.gz) and the three other IDX files (for an .npz, set \
+             data.source = \"npz\")",
+            dir.display()
+        ))
+        .into());
+    }
     let f = |i: usize| {
         find_file(dir, FILES[i].0)
             .with_context(|| format!("{} missing in {}", FILES[i].0, dir.display()))

@@ -2472,3 +2472,25 @@ fn evaluate_refuses_objective_flags_without_a_teacher() {
         &["--t, --alpha only with --teacher", "drop them"],
     );
 }
+
+/// `data.source = "idx"` with a file as the data folder (an .npz, say) is a usage error
+/// that says the path is a file, not "train-images-idx3-ubyte missing in FILE".
+#[test]
+fn the_idx_source_given_a_file_says_so() {
+    let s = sandbox();
+    let file = s.path().join("digits.npz");
+    std::fs::write(&file, b"PK\x03\x04 not really").unwrap();
+    let cfg = s.path().join("idx.toml");
+    std::fs::write(&cfg, "[data]\nsource = \"idx\"\n").unwrap();
+    let o = s.kd(&[
+        "train",
+        "student",
+        "--epochs",
+        "1",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        file.to_str().unwrap(),
+    ]);
+    assert_fails(&o, 2, &["digits.npz is a file", "data.source = \"npz\""]);
+}
