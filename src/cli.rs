@@ -48,10 +48,12 @@ pub enum Command {
     /// Report loss, accuracy, per-class accuracy, confusion matrix and calibration of a
     /// checkpoint; with --teacher, agreement and an objective's terms against it.
     Evaluate(EvaluateArgs),
-    /// Train the teacher, then per seed the student alone and the distilled student(s),
-    /// and compare them over seeds (mean, sd, paired gain with its 95% interval).
+    /// Read the shipped teacher (or train one), then per seed the student alone and the
+    /// distilled student(s), and compare them over seeds (mean, sd, paired gain with its
+    /// 95% interval). Takes neither --resume nor --run-name.
     Reproduce(ReproduceArgs),
-    /// Classify PNG/JPEG images, folders of them, or IDX files with a checkpoint.
+    /// Classify PNG, JPEG, BMP, GIF or WebP images, folders of them, or IDX files with a
+    /// checkpoint.
     Predict(crate::predict::PredictArgs),
     /// Export a checkpoint as TorchScript, ONNX or PyTorch-named safetensors.
     Export(crate::export::ExportArgs),
@@ -197,11 +199,12 @@ pub struct ReproduceArgs {
     #[command(flatten)]
     pub transfer: TransferArgs,
     /// Seeds: a comma list (0,1,2; one seed as 7,) or a count N for seeds 0 to N-1
-    /// [config: reproduce.seeds, default 0,1,2].
+    /// [config: reproduce.seeds, default 0,1,2,3,4].
     #[arg(long, value_name = "LIST|N")]
     pub seeds: Option<String>,
     /// The teacher's epochs (after --epochs, which sets every model's)
-    /// [config: reproduce.teacher_epochs, default 15].
+    /// [config: reproduce.teacher_epochs, default 60; used when reproduce trains its
+    /// teacher].
     #[arg(long, value_name = "N")]
     pub teacher_epochs: Option<usize>,
     /// Run the teacher on every batch instead of caching its logits once.
@@ -263,7 +266,7 @@ pub struct Common {
     #[arg(long, global = true, value_name = "NAME")]
     pub run_name: Option<String>,
     /// Epochs (full passes over the training set) of every model trained, the teacher
-    /// included [default: 200, the teacher 60, reproduce's teacher 15].
+    /// included [default: 200, the teacher 60, reproduce's teacher 60].
     #[arg(long, global = true)]
     pub epochs: Option<usize>,
     /// Examples per optimizer step [default: 256].

@@ -1023,7 +1023,9 @@ pub fn prepare(
         (None, Some(v)) => {
             if v as i64 >= n {
                 return Err(UsageError(format!(
-                    "data.validation_size = {v} but the training set has only {n} images; use a smaller value"
+                    "data.validation_size = {v} but the training set has only {n} images; \
+                     set a smaller data.validation_size in a --config file (configs/digits.toml \
+                     sets one for the digits)"
                 ))
                 .into());
             }

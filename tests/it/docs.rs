@@ -44,7 +44,7 @@ fn committed_results_md_agrees_with_results_json() {
     for dir in [
         "docs/results",
         "docs/results/teacher15",
-        "docs/results/no-student-dropout",
+        "docs/history/results/no-student-dropout",
         "docs/history/results/no-student-dropout-teacher20",
         "docs/history/results/teacher20",
         "docs/history/results/deep-teacher",
@@ -116,7 +116,7 @@ fn committed_results_come_from_the_configs_named_for_them() {
         ("docs/results", "config.toml"),
         ("docs/results/teacher15", "configs/teacher15.toml"),
         (
-            "docs/results/no-student-dropout",
+            "docs/history/results/no-student-dropout",
             "configs/no-student-dropout.toml",
         ),
         ("docs/history/results/teacher20", "configs/teacher15.toml"),
