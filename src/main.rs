@@ -15,10 +15,12 @@ use kdtrain::error::INTERRUPTED;
 static STEPS: AtomicBool = AtomicBool::new(false);
 
 fn main() -> ExitCode {
-    // First of all, so that a signal during start-up (the load sample, the parse) is
-    // answered with exit 130 like any other.
-    install_signal_handler();
+    // Before the handler: a signal that ctrlc's handler took in the instant before this
+    // image is replaced by `exec` would be lost with its thread (the run then went on to
+    // the end, exit 0). Until the handler is installed, the `.preinit_array` handler
+    // answers a signal with exit 130 (nothing has been written yet).
     tune_openmp_wait();
+    install_signal_handler();
     kdtrain::mark_start();
     keep_freed_memory();
     // A bug must still end in one line, not a backtrace.
