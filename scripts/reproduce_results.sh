@@ -8,9 +8,9 @@
 #   RESULTS_DIR=docs/results/fraction scripts/reproduce_results.sh --experiment fraction
 #   RESULTS_DIR=docs/results/omit scripts/reproduce_results.sh --experiment omit
 #   RESULTS_DIR=docs/results/ensemble scripts/reproduce_results.sh --config configs/ensemble.toml
-#   RESULTS_DIR=docs/results/teacher20 scripts/reproduce_results.sh \
+#   RESULTS_DIR=docs/history/results/teacher20 scripts/reproduce_results.sh \
 #     --config configs/teacher15.toml --teacher-epochs 20
-#   RESULTS_DIR=docs/results/no-student-dropout scripts/reproduce_results.sh \
+#   RESULTS_DIR=docs/history/results/no-student-dropout scripts/reproduce_results.sh \
 #     --config configs/no-student-dropout.toml   the student without dropout.
 # The wall time on the machine it ran on is in results.md. SKIP_README=1 leaves README.md
 # alone (copy the tables later with scripts/readme_results.py).
