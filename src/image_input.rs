@@ -55,8 +55,11 @@ pub struct Prepared {
     pub original_size: (u32, u32),
 }
 
-/// The formats read, as the image-folder source reads them
-/// ([`crate::data::folder::IMAGE_EXTENSIONS`]).
+/// The extensions read as images (compared without regard to case), by `predict` and
+/// by the image-folder source.
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "gif", "webp"];
+
+/// The formats read: those of [`IMAGE_EXTENSIONS`].
 const FORMATS: [ImageFormat; 5] = [
     ImageFormat::Png,
     ImageFormat::Jpeg,
@@ -70,12 +73,11 @@ pub fn looks_like_image(head: &[u8]) -> bool {
     image::guess_format(head).is_ok_and(|f| FORMATS.contains(&f))
 }
 
-/// Whether a file name ends in one of [`crate::data::folder::IMAGE_EXTENSIONS`] (any
-/// case).
+/// Whether a file name ends in one of [`IMAGE_EXTENSIONS`] (any case).
 pub fn has_image_extension(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        crate::data::folder::IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-    })
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Reads, decodes and prepares one PNG, JPEG, BMP, GIF (its first frame) or WebP file

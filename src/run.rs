@@ -428,6 +428,10 @@ impl Run {
         // is written after last.safetensors, so it may not have them yet), else
         // model.safetensors.
         let best = if state.best_epoch == state.epoch {
+            // And model.safetensors gets them now: a later resume, after an epoch that
+            // did not improve, reads the best weights from that file.
+            let meta = self.metadata(model, state.epoch);
+            checkpoint::save_model(&self.dir.join(MODEL_FILE), model, meta)?;
             model.snapshot()
         } else {
             Checkpoint::read(&self.dir.join(MODEL_FILE))?
@@ -471,6 +475,11 @@ impl Run {
             &self.dir.join(LAST_FILE),
             &checkpoint::to_safetensors(&tensors, last_meta)?,
         )?;
+        // Test hook: `die-after-last:N` ends the process as a kill would, between epoch
+        // N's last.safetensors and its model.safetensors.
+        if crate::error::hook_is(&format!("die-after-last:{}", rec.epoch)) {
+            std::process::exit(137);
+        }
         if improved {
             checkpoint::save_model(&self.dir.join(MODEL_FILE), model, meta)?;
         }

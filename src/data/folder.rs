@@ -22,8 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{Channels, DataSpec, RawData, ReadOptions, Source, Split, pixels};
 use crate::error::UsageError;
 
-/// The extensions read as images (compared without regard to case).
-pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "gif", "webp"];
+pub use crate::image_input::IMAGE_EXTENSIONS;
 
 /// The splits, in the order they are listed, keyed and cached.
 const SPLITS: [&str; 3] = ["train", "test", "val"];

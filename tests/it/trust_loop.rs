@@ -4,7 +4,7 @@
 //! file alone, `--no-t-squared` matters, and the reports name the set they cover.
 
 use crate::common::*;
-use kdtrain::checkpoint::Checkpoint;
+use kdtrain::checkpoint::{Checkpoint, META_EPOCH};
 
 fn sandbox() -> Sandbox {
     let s = Sandbox::new();
@@ -329,6 +329,53 @@ fn a_run_killed_before_its_summary_is_completed_by_resume() {
     );
     for key in ["test_acc", "test_loss", "best_epoch", "best_val_acc"] {
         assert_eq!(a[key], b[key], "{key}");
+    }
+}
+
+/// A kill between an improved epoch's last.safetensors and its model.safetensors, a
+/// resume, an epoch that does not improve and another stop: the best weights must still
+/// be that epoch's, so the final model is the unstopped run's. (The resume took them
+/// from last.safetensors but left model.safetensors stale, and the second resume read
+/// the stale file; a random-kill test found it.)
+#[test]
+fn best_weights_survive_a_kill_before_model_safetensors_and_two_resumes() {
+    let s = sandbox();
+    // A learning rate so small that epoch 2 does not beat epoch 1 on validation.
+    let args = |name: &str, epochs: &str| {
+        s.args(&[
+            "train",
+            "student",
+            "--epochs",
+            epochs,
+            "--lr",
+            "1e-9",
+            "--run-name",
+            name,
+        ])
+    };
+    let run = |a: Vec<String>, hook: Option<&str>| {
+        let mut c = s.command(&a);
+        if let Some(h) = hook {
+            c.env("KDTRAIN_TEST_INTERRUPT", h);
+        }
+        c.output().unwrap()
+    };
+    let o = run(args("k", "3"), Some("die-after-last:1"));
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    let mut resume = args("k", "3");
+    resume.push("--resume".into());
+    let o = run(resume.clone(), Some("epoch:2"));
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_eq!(json(&s.runs().join("k/state.json"))["best_epoch"], 1);
+    assert_ok(&run(resume, None));
+    assert_ok(&run(args("u", "3"), None));
+    let (a, b) = (
+        Checkpoint::read(&s.runs().join("k/model.safetensors")).unwrap(),
+        Checkpoint::read(&s.runs().join("u/model.safetensors")).unwrap(),
+    );
+    assert_eq!(a.metadata[META_EPOCH], b.metadata[META_EPOCH]);
+    for (k, t) in &b.tensors {
+        assert!(a.tensors[k].equal(t), "{k} differs");
     }
 }
 
