@@ -350,18 +350,13 @@ fn temp_beside(out: &Path, tag: &str) -> Result<PathBuf> {
 }
 
 /// The bytes an unprivileged process may still write in the file system of `dir`
-/// (`statvfs`: available blocks times the fragment size); `None` when it cannot be read.
-/// `KDTRAIN_TEST_FREE_BYTES` replaces the figure (for tests).
+/// (`fs2::available_space`: statvfs's available blocks times the fragment size); `None`
+/// when it cannot be read. `KDTRAIN_TEST_FREE_BYTES` replaces the figure (for tests).
 fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
     if let Some(v) = std::env::var_os("KDTRAIN_TEST_FREE_BYTES") {
         return v.to_str()?.parse().ok();
     }
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a statvfs that the call fills.
-    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
-        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    fs2::available_space(dir).ok()
 }
 
 /// Flushes `tmp` to disk and renames it to `out` (same folder), then flushes the folder.

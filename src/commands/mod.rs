@@ -288,7 +288,7 @@ pub fn train_one(
     if crate::error::hook_is("die-before-summary") {
         std::process::exit(137);
     }
-    if std::env::var_os(INTERRUPT_HOOK).is_some_and(|v| v == "final-evaluation") {
+    if crate::error::hook_is("final-evaluation") {
         crate::error::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 

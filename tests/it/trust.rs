@@ -179,6 +179,42 @@ fn openmp_workers_spin_briefly_unless_the_user_says_otherwise() {
     assert_eq!(gomp_spincount(&["--threads", "1"], &[]), "300000");
 }
 
+/// `train student --epochs N -q` with two threads (the sandbox's usual arguments add
+/// --threads 1, which skips the spin-count choice: the data, config and out-dir are given
+/// here instead), without the user's OpenMP settings and with `env`; checks it succeeds.
+fn train_two_threads(
+    s: &Sandbox,
+    name: &str,
+    epochs: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let (config, data, runs) = (s.path().join("test.toml"), s.data_dir(), s.runs());
+    let mut c = s.command(&[
+        "train".as_ref(),
+        "student".as_ref(),
+        "--epochs".as_ref(),
+        epochs.as_ref(),
+        "--threads".as_ref(),
+        "2".as_ref(),
+        "--run-name".as_ref(),
+        name.as_ref(),
+        "-q".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--out-dir".as_ref(),
+        runs.as_os_str(),
+    ] as &[&std::ffi::OsStr]);
+    c.env_remove("OMP_WAIT_POLICY").env_remove("GOMP_SPINCOUNT");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    assert_ok(&o);
+    o
+}
+
 /// A run's meta.json records the spin count its workers waited with, and who chose it.
 #[test]
 fn meta_json_records_the_openmp_spin_count() {
@@ -186,32 +222,7 @@ fn meta_json_records_the_openmp_spin_count() {
     s.write_data(300, 30);
     s.write_config("batch_size = 64");
     let run = |name: &str, env: &[(&str, &str)]| -> serde_json::Value {
-        // Two threads (the sandbox's usual arguments add --threads 1, which skips the
-        // choice): the data, config and out-dir given here instead.
-        let (config, data, runs) = (s.path().join("test.toml"), s.data_dir(), s.runs());
-        let mut c = s.command(&[
-            "train".as_ref(),
-            "student".as_ref(),
-            "--epochs".as_ref(),
-            "1".as_ref(),
-            "--threads".as_ref(),
-            "2".as_ref(),
-            "--run-name".as_ref(),
-            name.as_ref(),
-            "-q".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-            "--out-dir".as_ref(),
-            runs.as_os_str(),
-        ] as &[&std::ffi::OsStr]);
-        c.env_remove("OMP_WAIT_POLICY").env_remove("GOMP_SPINCOUNT");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let o = c.output().unwrap();
-        assert_ok(&o);
+        train_two_threads(&s, name, "1", env);
         json(&s.runs().join(name).join("meta.json"))
     };
     let busy = run("busy", &[("KDTRAIN_TEST_OTHER_LOAD", "4096")]);
@@ -233,33 +244,7 @@ fn a_load_that_arrives_mid_run_is_said_once() {
     let s = Sandbox::new();
     s.write_data(300, 30);
     s.write_config("batch_size = 64");
-    let run = |name: &str, env: &[(&str, &str)]| -> String {
-        let (config, data, runs) = (s.path().join("test.toml"), s.data_dir(), s.runs());
-        let mut c = s.command(&[
-            "train".as_ref(),
-            "student".as_ref(),
-            "--epochs".as_ref(),
-            "3".as_ref(),
-            "--threads".as_ref(),
-            "2".as_ref(),
-            "--run-name".as_ref(),
-            name.as_ref(),
-            "-q".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-            "--out-dir".as_ref(),
-            runs.as_os_str(),
-        ] as &[&std::ffi::OsStr]);
-        c.env_remove("OMP_WAIT_POLICY").env_remove("GOMP_SPINCOUNT");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let o = c.output().unwrap();
-        assert_ok(&o);
-        stderr(&o)
-    };
+    let run = |name: &str, env: &[(&str, &str)]| stderr(&train_two_threads(&s, name, "3", env));
     let note = "other processes took";
     let late = run(
         "late",
