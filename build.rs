@@ -46,8 +46,13 @@ fn main() {
             println!("cargo:rerun-if-changed={dir}/{file}");
         }
     }
+    // Only when it exists: cargo counts a missing file as changed, and would then rerun
+    // this script and rebuild the crate on every cargo command.
     if let Some(dir) = git(&["rev-parse", "--git-common-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
+        let packed = Path::new(&dir).join("packed-refs");
+        if packed.exists() {
+            println!("cargo:rerun-if-changed={}", packed.display());
+        }
     }
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch");

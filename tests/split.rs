@@ -1,7 +1,8 @@
-//! The validation split, in a test binary of its own: the split is drawn from libtorch's
-//! global CPU generator, which every test that builds a model or draws a tensor also
-//! uses, so beside them (the unit tests run in parallel threads of one process) another
-//! thread's draw could fall between the split's seeding and its permutation.
+//! The validation split and the transfer set. Both draw from generators of their own
+//! (the split libtorch's `randperm` algorithm, `tests/split_generator.rs`), so these tests
+//! may seed libtorch's global generator in parallel threads without changing them; until
+//! the split had its own generator, a seeding between its `manual_seed` and `randperm`
+//! made the transfer-set test fail now and then.
 
 use std::path::PathBuf;
 

@@ -1029,8 +1029,10 @@ pub fn prepare(
                 ))
                 .into());
             }
-            tch::manual_seed(split_seed as i64 ^ 0x5eed_5b1d);
-            let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+            // The permutation `randperm` drew from libtorch's global generator before;
+            // the same one, from a generator of the split's own.
+            let perm = transfer::libtorch_randperm(n as usize, split_seed ^ 0x5eed_5b1d);
+            let perm = Tensor::from_slice(&perm);
             let val_idx = perm.narrow(0, 0, v as i64);
             let mut train_idx = perm.narrow(0, v as i64, n - v as i64);
             // Sorted, so the training set keeps the file's order before shuffling.

@@ -163,6 +163,32 @@ pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
+/// `0..n` permuted exactly as libtorch's CPU `randperm(n)` does after
+/// `manual_seed(seed)`, but from a generator of its own, so that neither another thread's
+/// draws nor the caller's generator state can change it, and the caller's is untouched.
+///
+/// libtorch (`aten/src/ATen/native/TensorFactories.cpp`, `randperm_cpu`) seeds a
+/// 32-bit Mersenne Twister (mt19937) with the seed's low 32 bits and swaps position `i`
+/// with `i + random() % (n - i)` for `i` in `0..n-1`; from `n >= u32::MAX / 20` it
+/// draws 64 bits (`random64()`, the first draw high) per swap.
+/// `tests/randperm.rs` compares this with `Tensor::randperm` over many seeds and sizes.
+pub fn libtorch_randperm(n: usize, seed: u64) -> Vec<i64> {
+    let mut mt = rand_mt::Mt::new(seed as u32);
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    let small = (n as u64) < u64::from(u32::MAX / 20);
+    for i in 0..n.saturating_sub(1) {
+        let r = if small {
+            u64::from(mt.next_u32())
+        } else {
+            let hi = u64::from(mt.next_u32());
+            (hi << 32) | u64::from(mt.next_u32())
+        };
+        let z = (r % (n - i) as u64) as usize;
+        order.swap(i, i + z);
+    }
+    order
+}
+
 /// The positions (into the training split, whose labels are `labels`) of the transfer
 /// set, ascending: a fraction drawn by the seed, less the `omitted` classes.
 ///
