@@ -53,6 +53,9 @@ pub struct Interrupted {
     /// Whether a completed epoch is on disk, so that the run can be resumed (the command
     /// that started it adds [`Interrupted::resume`]).
     pub resumable: bool,
+    /// What the interruption left undone beyond this run (`reproduce`'s runs that did
+    /// not start), said after the resume command; empty when nothing.
+    pub left: String,
 }
 
 impl Interrupted {
@@ -62,6 +65,7 @@ impl Interrupted {
             what: what.into(),
             resume: None,
             resumable: false,
+            left: String::new(),
         }
     }
 }
@@ -69,12 +73,16 @@ impl Interrupted {
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.resume {
-            None => f.write_str(&self.what),
+            None => f.write_str(&self.what)?,
             Some(cmd) => write!(
                 f,
                 "{}; continue it with `{cmd}` (plus the options you started it with)",
                 self.what
-            ),
+            )?,
+        }
+        match self.left.as_str() {
+            "" => Ok(()),
+            left => write!(f, ". {left}"),
         }
     }
 }

@@ -23,7 +23,7 @@ use super::{
 use crate::config::settings::Settings;
 use crate::config::{Config, Experiment, Validation};
 use crate::data::Dataset;
-use crate::error::{UsageError, usage};
+use crate::error::{Interrupted, UsageError, usage};
 use crate::objective::CrossEntropy;
 use crate::report::{Results, TeacherSummary, label};
 use crate::run::{Run, RunKind};
@@ -213,6 +213,17 @@ fn one_experiment(
     };
     let k = teacher_count(c, e);
     let per_seed_teacher = c.reproduce.teacher_per_seed && teacher_file.is_none();
+    // Every run, for a stop's message: the teachers, then per seed the student alone and
+    // a distilled student per objective (and per arm: the ensemble's first teacher alone).
+    let arms = if e == Experiment::Ensemble { 2 } else { 1 };
+    let teacher_runs = match (teacher_file, per_seed_teacher) {
+        (Some(_), _) => 0,
+        (None, true) => seeds.len(),
+        (None, false) => k,
+    };
+    let planned = teacher_runs + seeds.len() * (1 + objectives.len() * arms);
+    let stopped = |err: anyhow::Error, done: usize| with_runs_left(err, root, done, planned);
+    let next_run = |done: usize| stop_between_runs(root, done, planned);
     std::fs::create_dir_all(root).map_err(|err| {
         UsageError(format!(
             "cannot create {} ({err}); choose a writable --out-dir",
@@ -298,7 +309,9 @@ fn one_experiment(
                     1 => "teacher".to_string(),
                     _ => format!("teacher-{}", j + 1),
                 };
-                let out = train_teacher(seeds[0] + j as u64, root, &name)?;
+                next_run(runs.len())?;
+                let out = train_teacher(seeds[0] + j as u64, root, &name)
+                    .map_err(|err| stopped(err, runs.len()))?;
                 teachers.push(load(&out.run_dir.join(crate::run::MODEL_FILE))?);
                 runs.push(out);
             }
@@ -307,7 +320,9 @@ fn one_experiment(
     for &seed in &seeds {
         let seed_dir = root.join(format!("seed-{seed}"));
         if per_seed_teacher {
-            let out = train_teacher(seed, &seed_dir, "teacher")?;
+            next_run(runs.len())?;
+            let out = train_teacher(seed, &seed_dir, "teacher")
+                .map_err(|err| stopped(err, runs.len()))?;
             teachers = vec![load(&out.run_dir.join(crate::run::MODEL_FILE))?];
             runs.push(out);
         }
@@ -319,10 +334,12 @@ fn one_experiment(
             c
         };
         let config = for_seed(&|_| {});
+        next_run(runs.len())?;
         let mut run = Run::open(&config, RunKind::Student, Some("student"), false, q)?;
         run.resume_args = format!("{config_flag} --seed {seed}");
         let out = train_one(s, &config, &mut run, &CrossEntropy, &[], student_data)
-            .inspect_err(|_| run.abandon())?;
+            .inspect_err(|_| run.abandon())
+            .map_err(|err| stopped(err, runs.len()))?;
         print_result(&out);
         runs.push(out);
         // (folder suffix, the teachers): the ensemble experiment also distils its first
@@ -349,6 +366,7 @@ fn one_experiment(
                 });
                 let objective = config.distill.build_chosen()?;
                 let folder = format!("distilled-{name}{suffix}");
+                next_run(runs.len())?;
                 let mut run = Run::open(&config, RunKind::Distilled, Some(&folder), false, q)?;
                 let teacher_flags: String = ts
                     .iter()
@@ -359,7 +377,8 @@ fn one_experiment(
                 let t = config.distill.ensemble_temperature(name);
                 run.add_meta(teachers_meta(ts, config.distill.ensemble, t))?;
                 let out = train_one(s, &config, &mut run, objective.as_ref(), ts, student_data)
-                    .inspect_err(|_| run.abandon())?;
+                    .inspect_err(|_| run.abandon())
+                    .map_err(|err| stopped(err, runs.len()))?;
                 print_result(&out);
                 runs.push(out);
             }
@@ -402,6 +421,50 @@ fn one_experiment(
     results.transfer = describe_transfer(&base_student, student_data);
     write_results(root, &results)?;
     Ok(results)
+}
+
+/// `err` with what a stop left of reproduce when it is an [`Interrupted`] run: `done` of
+/// the `planned` runs had completed, and those after this one did not start.
+fn with_runs_left(err: anyhow::Error, root: &Path, done: usize, planned: usize) -> anyhow::Error {
+    match err.downcast::<Interrupted>() {
+        Ok(mut stop) => {
+            let after = match planned.saturating_sub(done + 1) {
+                0 => "it was the last".to_string(),
+                1 => "the one after it did not start".to_string(),
+                n => format!("the {n} after it did not start"),
+            };
+            stop.left = format!(
+                "reproduce ({}) had completed {done} of its {planned} runs before this one, \
+                 and {after}; reproduce does not resume as a whole: the command above \
+                 completes this run alone, and results.json is written only by a \
+                 `kdtrain reproduce` that runs to its end (a new folder)",
+                root.display()
+            );
+            stop.into()
+        }
+        Err(err) => err,
+    }
+}
+
+/// Before each run: a stop that came while the previous run was finishing (in its last
+/// epoch or its final evaluation) ends reproduce here, saying what did not start,
+/// instead of starting a run that would stop at once.
+///
+/// # Errors
+/// An [`Interrupted`] (exit 130) when Ctrl-C, SIGTERM or SIGHUP has arrived.
+fn stop_between_runs(root: &Path, done: usize, planned: usize) -> Result<()> {
+    if !crate::error::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    Err(Interrupted::new(format!(
+        "interrupted between runs: reproduce ({}) had completed {done} of its {planned} runs \
+         (each in its own folder there), and the {} left did not start; reproduce does not \
+         resume as a whole: results.json is written only by a `kdtrain reproduce` that runs \
+         to its end (a new folder)",
+        root.display(),
+        planned - done
+    ))
+    .into())
 }
 
 /// The transfer set of the students, in words: "all N images of the training split", or

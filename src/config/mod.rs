@@ -615,6 +615,16 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     })
 }
 
+/// The table header (`data` for `[data]`, `distill.kd` for `[distill.kd]`) on the line
+/// holding byte `at` of `text`, if that line is one.
+fn table_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let l = line.split('#').next().unwrap_or("").trim();
+    let name = l.strip_prefix('[')?.strip_suffix(']')?.trim();
+    (!name.is_empty() && !name.starts_with('[')).then(|| name.to_string())
+}
+
 pub use merge::{ObjectiveFlags, Overrides, check_objective, objective_flags, parse_seeds};
 
 impl Config {
@@ -697,9 +707,14 @@ impl Config {
                 Some(span) => {
                     let start = span.start.min(text.len());
                     let line = text[..start].matches('\n').count() + 1;
-                    match key_at(text, start) {
-                        Some(key) => format!("line {line}, key `{key}`: {msg}"),
-                        None => format!("line {line}: {msg}"),
+                    match (key_at(text, start), table_at(text, start)) {
+                        (Some(key), _) => format!("line {line}, key `{key}`: {msg}"),
+                        (None, Some(table)) if msg.starts_with("duplicate key") => format!(
+                            "line {line}, table `[{table}]`: {msg}: the table appears \
+                             earlier in the file; write its keys under one `[{table}]`"
+                        ),
+                        (None, Some(table)) => format!("line {line}, table `[{table}]`: {msg}"),
+                        (None, None) => format!("line {line}: {msg}"),
                     }
                 }
                 None => msg,
@@ -838,6 +853,17 @@ mod tests {
         assert!(e.starts_with("line 5, key `distill.kd.temprature`"), "{e}");
         let e = Config::parse("seed = \"x\"\n").unwrap_err();
         assert!(e.starts_with("line 1, key `seed`"), "{e}");
+    }
+
+    #[test]
+    fn a_table_given_twice_is_named() {
+        let e = Config::parse("[data]\nbatch_size = 64\n\n[data] # again\nbatch_size = 32\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("line 4, table `[data]`: duplicate key")
+                && e.contains("under one `[data]`"),
+            "{e}"
+        );
     }
 
     #[test]

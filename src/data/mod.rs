@@ -986,11 +986,10 @@ impl Normalize {
 ///
 /// With a validation split in the data (`raw.val`, an image folder's `val/`), that split
 /// validates. Else, with `validation_size` `Some(v)`, the held-out images are drawn by
-/// `split_seed` alone (a permutation from libtorch's CPU generator, seeded just for
-/// this), never by the training seed, so every training seed and the teacher hold out
-/// the same images (the generator is global: no other thread of the process may draw
-/// from it meanwhile, which holds in kdtrain, whose runs load their data on the main
-/// thread before training). With `None` the test set doubles as the validation set, as
+/// `split_seed` alone ([`transfer::libtorch_randperm`]: libtorch's CPU `randperm` from a
+/// generator of its own, so libtorch's global generator is neither read nor moved), never
+/// by the training seed, so every training seed and the teacher hold out the same
+/// images. With `None` the test set doubles as the validation set, as
 /// in the Keras reference. `normalize` = [`NormalizeKind::Standardize`] takes its
 /// statistics from the training images that remain.
 ///

@@ -390,6 +390,7 @@ fn interruption(state: &TrainState, epoch: usize, run: &Run) -> Interrupted {
             ),
             resume: None,
             resumable: true,
+            left: String::new(),
         },
     }
 }

@@ -266,6 +266,13 @@ fn an_interrupted_reproduce_teacher_resumes_with_the_printed_command() {
     let s = sandbox("[train]\nepochs = 2\n[reproduce]\nteacher_epochs = 2");
     let o = stopped_after_epoch_1(&s, &["reproduce", "--seeds", "0,", "-q"]);
     let err = stderr(&o);
+    // What reproduce left: the teacher was its first run of three.
+    assert!(
+        err.contains(
+            "had completed 0 of its 3 runs before this one, and the 2 after it did not start"
+        ),
+        "{err}"
+    );
     // reproduce's teacher recipe ([reproduce] teacher, teacher_augment) is in the hint.
     let hint = quoted_command(&err, "kdtrain train teacher");
     assert!(

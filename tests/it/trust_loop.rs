@@ -273,7 +273,8 @@ fn validating_on_the_test_set_end_to_end() {
 }
 
 /// Ctrl-C during the final evaluation: the model is already saved, so `train` finishes
-/// cleanly and says so (exit 0); `reproduce` stops at the next run (exit 130).
+/// cleanly and says so (exit 0); `reproduce` stops before the next run (exit 130) and
+/// says which runs did not start.
 #[test]
 fn ctrl_c_during_the_final_evaluation() {
     let s = sandbox();
@@ -299,6 +300,16 @@ fn ctrl_c_during_the_final_evaluation() {
     let root = run_dir(&s.runs(), "reproduce-");
     assert!(root.join("teacher/summary.json").is_file());
     assert!(!root.join("results.md").exists());
+    // It stops before the next run, not in it, and says what did not start: the student
+    // alone and the kd student of seed 1.
+    let err = stderr(&o);
+    assert!(
+        err.contains("interrupted between runs")
+            && err.contains("had completed 1 of its 3 runs")
+            && err.contains("the 2 left did not start"),
+        "{err}"
+    );
+    assert!(!root.join("seed-1/student").exists());
 }
 
 /// A run killed after its final model is written but before its summary is not
