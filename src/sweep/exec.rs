@@ -8,6 +8,12 @@
 //! unfinished one with a completed epoch is resumed (`--resume`), and a folder with no
 //! completed epoch is removed and the job started again. Each job's exit status and
 //! wall-clock seconds go to `<sweep>/status/<id>.json`.
+//!
+//! Before it looks at a job, the process that will run it (`sweep run`, for as long as
+//! its child runs; `run-one`) takes the job's claim, a lock on `<sweep>/claims/<id>.lock`
+//! ([`Claim`]): two `sweep run` on one sweep, or a `sweep run` beside Slurm's tasks, then
+//! share the jobs out instead of starting one twice (the second would fail on the run
+//! lock, count as failed and overwrite the first's log).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -47,6 +53,36 @@ impl JobState {
             JobState::Running => "running",
             JobState::Finished => "finished",
         }
+    }
+}
+
+/// A process's claim on a job: held from before the job's state is read until its run
+/// has ended, so that no other `sweep run` or `run-one` starts it meanwhile. Released
+/// when dropped, or by the kernel when the process dies.
+pub struct Claim {
+    _file: std::fs::File,
+}
+
+impl Claim {
+    /// Takes the claim on `job`, or `None` when another process holds it.
+    ///
+    /// # Errors
+    /// `<sweep>/claims/<id>.lock` cannot be created (named).
+    pub fn take(sweep: &Path, job: &Job) -> Result<Option<Claim>> {
+        use fs2::FileExt;
+        let dir = sweep.join("claims");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{}.lock", job.id));
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("creating the job claim {}", path.display()))?;
+        Ok(file
+            .try_lock_exclusive()
+            .is_ok()
+            .then_some(Claim { _file: file }))
     }
 }
 
@@ -207,6 +243,17 @@ pub fn run_one(
 ) -> Result<()> {
     let plan = Plan::load(sweep)?;
     let job = plan.job(index)?.clone();
+    let Some(_claim) = Claim::take(sweep, &job)? else {
+        return usage(format!(
+            "job {index} ({}) is running in another process (a sweep run or run-one holds \
+             its claim {}); wait for it (`kdtrain sweep collect` lists the jobs not finished)",
+            job.id,
+            sweep
+                .join("claims")
+                .join(format!("{}.lock", job.id))
+                .display()
+        ));
+    };
     let Some(resume) = prepare(sweep, &job)? else {
         crate::outln!(
             "job {index} ({}, {} seed {}) already finished; nothing to do",
@@ -348,8 +395,10 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
     ));
     let t0 = Instant::now();
     let mut queue = pending.into_iter();
-    let mut running: Vec<(Child, &Job, Instant, bool)> = Vec::new();
+    let mut running: Vec<(Child, &Job, Instant, bool, Claim)> = Vec::new();
     let (mut done, mut failed) = (0usize, Vec::<(&Job, i32)>::new());
+    // Jobs another process took after this one listed them: running, or finished there.
+    let mut taken = Vec::<&Job>::new();
     let mut interrupted = false;
     let mut notes: Vec<String> = Vec::new();
     // The scheduling loop; on an error of its own (a log that cannot be created, say) the
@@ -365,10 +414,23 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
             }
             while !interrupted && running.len() < jobs {
                 let Some(job) = queue.next() else { break };
+                let claim = match Claim::take(sweep, job)? {
+                    Some(c) if job_state(sweep, job) != JobState::Running => c,
+                    _ => {
+                        say(&format!(
+                            "job {} ({}) is running in another process; not started here",
+                            job.index, job.id
+                        ));
+                        bar.inc(1);
+                        taken.push(job);
+                        continue;
+                    }
+                };
                 let resume = match prepare(sweep, job) {
                     Ok(Some(r)) => r,
                     Ok(None) => {
-                        done += 1;
+                        bar.inc(1);
+                        taken.push(job);
                         continue;
                     }
                     Err(e) => {
@@ -378,7 +440,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                     }
                 };
                 let child = spawn_job(&exe, sweep, job, resume)?;
-                running.push((child, job, Instant::now(), resume));
+                running.push((child, job, Instant::now(), resume, claim));
             }
             // One line per job that ended, with the counts after the free slots were refilled.
             for note in notes.drain(..) {
@@ -406,7 +468,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                     i += 1;
                     continue;
                 };
-                let (_, job, started, resumed) = running.swap_remove(i);
+                let (_, job, started, resumed, _claim) = running.swap_remove(i);
                 let secs = started.elapsed().as_secs_f64();
                 // A job stopped by our SIGINT before it could catch it (still starting) dies
                 // of the signal: it was interrupted as the others were, not failed.
@@ -484,8 +546,14 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
             quote(sweep)
         );
     }
+    let others = match taken.len() {
+        0 => String::new(),
+        t => format!(
+            ", {t} taken by another process (`kdtrain sweep collect` lists the jobs not finished)"
+        ),
+    };
     crate::outln!(
-        "sweep {}: {done} jobs run in {secs:.1} s ({skipped} already finished); `kdtrain sweep collect {}` makes the table",
+        "sweep {}: {done} jobs run in {secs:.1} s ({skipped} already finished{others}); `kdtrain sweep collect {}` makes the table",
         sweep.display(),
         quote(sweep)
     );

@@ -14,6 +14,7 @@ fn readme_results_are_the_committed_results() {
     let readme = read("README.md");
     for (marker, file) in [
         ("results", "docs/results/results.md"),
+        ("baseline", "docs/results/pytorch-student/results.md"),
         ("fraction", "docs/results/fraction/results.md"),
         ("omit", "docs/results/omit/results.md"),
         ("ensemble", "docs/results/ensemble/results.md"),

@@ -724,6 +724,49 @@ fn ctrl_c_stops_every_local_job_and_the_next_run_completes_them() {
     assert_eq!(st["resumed"], true);
 }
 
+/// Two `sweep run` on one sweep at once share the jobs out: each job runs once, none
+/// counts as failed, and no log is overwritten by a second start.
+#[test]
+fn two_sweep_runs_at_once_share_the_jobs() {
+    let (s, teacher) = sandbox_with_teacher();
+    let f = sweep_file(
+        &s,
+        "pair.toml",
+        "",
+        "t = [1, 2, 4]\nalpha = [0.5]\nseeds = [0, 1]\nstudent = false",
+    );
+    let d = plan(&s, &f, &teacher);
+    let plan = Plan::load(&d).unwrap();
+    let start = || {
+        sweep_command(&s, &["run", "--jobs", "1"], &d)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for o in [&a, &b] {
+        assert_ok(o);
+    }
+    let both = format!("{}{}", stderr(&a), stderr(&b));
+    assert!(
+        both.contains("is running in another process; not started here"),
+        "{both}"
+    );
+    for j in &plan.jobs {
+        let st: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join("status").join(format!("{}.json", j.id))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(st["exit_code"], 0, "job {}", j.id);
+        let log = std::fs::read_to_string(d.join("logs").join(format!("{}.log", j.id))).unwrap();
+        assert!(!log.contains("in use by another kdtrain process"), "{log}");
+        assert!(log.contains("distilled: train loss"), "job {}: {log}", j.id);
+        assert_eq!(epochs_done(&d.join("runs").join(&j.id)), 2);
+    }
+}
+
 /// `SLURM_CONF` of the cluster `scripts/slurm.sh start` runs, when `sinfo` answers;
 /// otherwise a failure saying why and how to start it.
 fn slurm() -> PathBuf {
