@@ -1,6 +1,7 @@
 """Copies committed results into README.md between markers, so the README's figures are
 the committed files', never typed by hand: docs/results/results.md into the Results
-section (`<!-- results:begin -->` ... `<!-- results:end -->`) and
+section (`<!-- results:begin -->` ... `<!-- results:end -->`), the PyTorch twin's run of its
+student alone, docs/results/pytorch-student/results.md, just after it (`baseline`), and
 docs/results/digits/results.md into Your own data (`<!-- digits:begin -->` ...
 `<!-- digits:end -->`), and the paper's experiments (fraction, omit, ensemble) from
 docs/results/<experiment>/results.md between their markers, and the speed table
@@ -17,6 +18,7 @@ readme = root / "README.md"
 text = readme.read_text()
 for marker, source in [
     ("results", "docs/results/results.md"),
+    ("baseline", "docs/results/pytorch-student/results.md"),
     ("fraction", "docs/results/fraction/results.md"),
     ("omit", "docs/results/omit/results.md"),
     ("ensemble", "docs/results/ensemble/results.md"),

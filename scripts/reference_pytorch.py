@@ -5,6 +5,7 @@
         [--teacher PATH.safetensors] [--teacher-cache] [--augment shift2,flip] [--seed S]
         [--threads K] [--data-dir DIR] [--out FILE.json] [--save PATH.safetensors]
         [--adam {fused,foreach,single}] [--compile] [--flush-denormal] [-v]
+        [--dropout P] [--split-seed S] [--select]
 
 `cnn` is kdtrain's `--arch cnn` teacher (cnn:32,64,256,dropout=0.3): conv 3x3 (padding 1)
 -> batch norm -> ReLU -> max-pool 2 for 32 then 64 channels, linear 3136-256, ReLU,
@@ -28,6 +29,14 @@ The pipelines: `memory` indexes in-memory tensors with a torch.randperm per epoc
 `dataloader` is the idiomatic DataLoader(TensorDataset(x, y), batch_size=256,
 shuffle=True) with num_workers=0 (with --teacher-cache the dataset also yields each
 example's index).
+
+For accuracy rather than timing, three options make it kdtrain's recipe for the
+README's student alone (`mlp:128,dropout=0.1`, selected on validation accuracy):
+`--dropout P` adds dropout P after each hidden ReLU of the MLP (kdtrain's place);
+`--split-seed S` holds out kdtrain's validation images (libtorch's randperm seeded with
+S ^ 0x5eed5b1d, as kdtrain's src/data/transfer.rs `libtorch_randperm`; the training
+images keep the file's order); `--select` keeps the epoch of the highest validation
+accuracy (the first of equals, as kdtrain) and reports the test set at its weights.
 
 Writes one JSON object (to --out, else stdout) with the keys of kdtrain's summary.json.
 """
@@ -121,7 +130,7 @@ def load_split(data_dir, split):
 
 
 # --------------------------------------------------------------------------- models
-def mlp(sizes):
+def mlp(sizes, dropout=0.0):
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(n_in, n_out)
@@ -130,6 +139,8 @@ def mlp(sizes):
         layers.append((f"fc{i + 1}", lin))
         if i < len(sizes) - 2:
             layers.append((f"relu{i + 1}", nn.ReLU()))
+            if dropout > 0:
+                layers.append((f"dropout{i + 1}", nn.Dropout(dropout)))
     from collections import OrderedDict
     return nn.Sequential(OrderedDict(layers))
 
@@ -158,12 +169,12 @@ def augment(x, shift, flip):
     return padded.gather(1, idx.view(b, side * side))
 
 
-def teacher_model():
-    return mlp([784, 512, 256, 128, 10])
+def teacher_model(dropout=0.0):
+    return mlp([784, 512, 256, 128, 10], dropout)
 
 
-def student_model():
-    return mlp([784, 128, 10])
+def student_model(dropout=0.0):
+    return mlp([784, 128, 10], dropout)
 
 
 def load_teacher(path):
@@ -238,6 +249,13 @@ def main():
     ap.add_argument("--flush-denormal", action="store_true",
                     help="torch.set_flush_denormal(True) (off by default, as in a plain script)")
     ap.add_argument("--verbose", "-v", action="store_true", help="per-epoch lines on stderr")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="dropout after each hidden ReLU of the MLP (default 0)")
+    ap.add_argument("--split-seed", type=int,
+                    help="hold out kdtrain's validation images for this data.split_seed "
+                         "(default: drawn by --seed)")
+    ap.add_argument("--select", action="store_true",
+                    help="keep the weights of the best validation-accuracy epoch, as kdtrain")
     args = ap.parse_args()
     if args.epochs < 1:
         ap.error("--epochs must be >= 1")
@@ -254,9 +272,17 @@ def main():
     t0 = time.time()
     x_all, y_all = load_split(args.data_dir, "train")
     x_test, y_test = load_split(args.data_dir, "test")
-    g = torch.Generator().manual_seed(args.seed)
-    perm = torch.randperm(x_all.shape[0], generator=g)
-    val_idx, train_idx = perm[:VAL_SIZE], perm[VAL_SIZE:]
+    if args.split_seed is None:
+        g = torch.Generator().manual_seed(args.seed)
+        perm = torch.randperm(x_all.shape[0], generator=g)
+        val_idx, train_idx = perm[:VAL_SIZE], perm[VAL_SIZE:]
+    else:
+        g = torch.Generator().manual_seed((args.split_seed ^ 0x5EED5B1D) & 0xFFFFFFFFFFFFFFFF)
+        perm = torch.randperm(x_all.shape[0], generator=g)
+        val_idx, train_idx = perm[:VAL_SIZE], perm[VAL_SIZE:].sort().values
+    # kdtrain's split_hash: the first 8 bytes of SHA-256 over the held-out indices (i64 LE).
+    import hashlib
+    split_hash = hashlib.sha256(val_idx.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()[:16]
     x_train, y_train = x_all[train_idx].contiguous(), y_all[train_idx].contiguous()
     x_val, y_val = x_all[val_idx].contiguous(), y_all[val_idx].contiguous()
     del x_all, y_all
@@ -274,11 +300,11 @@ def main():
         elif part != "none":
             ap.error(f"--augment {args.augment!r}: expected none, shiftN, flip")
     if args.model == "teacher":
-        model = teacher_model()
+        model = teacher_model(args.dropout)
     elif args.model == "cnn":
         model = cnn_model()
     else:
-        model = student_model()
+        model = student_model(args.dropout)
     if args.model == "distill":
         if args.teacher:
             teacher = load_teacher(args.teacher)
@@ -330,6 +356,7 @@ def main():
 
     step = 0
     epoch_seconds, history = [], []
+    best = None  # (val_acc, epoch, weights) with --select
     startup_seconds = None
     for epoch in range(1, args.epochs + 1):
         model.train()
@@ -361,12 +388,16 @@ def main():
         epoch_seconds.append(time.perf_counter() - t_epoch)
         train_loss = float(loss_sum) / seen
         val_loss, val_acc = evaluate(model, x_val, y_val)
+        if args.select and (best is None or val_acc > best[0]):
+            best = (val_acc, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                         "val_acc": val_acc, "seconds": epoch_seconds[-1]})
         if args.verbose:
             print(f"epoch {epoch}: {epoch_seconds[-1]:.3f}s train_loss {train_loss:.4f} "
                   f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}", file=sys.stderr)
 
+    if best is not None:
+        model.load_state_dict(best[2])
     eval_times = []
     for _ in range(EVAL_REPEATS):
         t0 = time.perf_counter()
@@ -397,6 +428,11 @@ def main():
         "threads": torch.get_num_threads(),
         # Extras (not in kdtrain's summary.json).
         "seed": args.seed,
+        "dropout": args.dropout,
+        "split_seed": args.split_seed,
+        "split_hash": split_hash,
+        "best_epoch": best[1] if best else None,
+        "best_val_acc": best[0] if best else None,
         "val_acc": history[-1]["val_acc"],
         "val_loss": history[-1]["val_loss"],
         "history": history,

@@ -19,6 +19,8 @@
 #   sweep     docs/sweep/ (the kd T x alpha sweep: teacher, plan, run, collect) ~12 min
 #             and bench/sweep.json (local throughput)                       ~5 min
 #   results   docs/results/ (the Quick start's reproduce, shipped teacher)  ~15 min
+#   baseline  docs/results/pytorch-student/ (the PyTorch twin's student alone, compared
+#             with the results stage's; run it after that one)              ~8 min
 #   fraction  docs/results/fraction/ (the paper's 3% transfer set)          ~2 min
 #   omit      docs/results/omit/ (the paper's class never seen)             ~12 min
 #   ensemble  docs/results/ensemble/ (three CNN teachers as one)            ~1 h
@@ -36,7 +38,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-all=(speed aug busy predict sweep results fraction omit ensemble comparisons digits ensemble-bench
+all=(speed aug busy predict sweep results baseline fraction omit ensemble comparisons digits ensemble-bench
   folder readme)
 stages=()
 for s in "$@"; do
@@ -93,6 +95,7 @@ for stage in "${stages[@]}"; do
       scripts/sweep_bench.sh docs/sweep/teacher.safetensors 3 3
       ;;
     results) scripts/reproduce_results.sh ;;
+    baseline) scripts/pytorch_baseline.sh ;;
     fraction) RESULTS_DIR=docs/results/fraction scripts/reproduce_results.sh --experiment fraction ;;
     omit) RESULTS_DIR=docs/results/omit scripts/reproduce_results.sh --experiment omit ;;
     ensemble)

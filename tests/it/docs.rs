@@ -1,6 +1,7 @@
 //! The README's figures come from committed files: its Results section is
 //! docs/results/results.md and its digits table docs/results/digits/results.md, copied
-//! by scripts/readme_results.py, and each agrees with the results.json beside it.
+//! by scripts/readme_results.py, and each agrees with the results.json beside it; the
+//! PyTorch twin's baseline (docs/results/pytorch-student) compares with the committed run.
 
 use std::path::Path;
 
@@ -199,4 +200,68 @@ fn readme_objective_defaults_are_the_configs() {
             "README's {name} row lacks its defaults \"{defaults}\":\n{row}"
         );
     }
+}
+
+/// The PyTorch twin's baseline is compared with the committed Quick start: its kdtrain
+/// figures are docs/results/results.json's student runs, seed by seed, its table's means
+/// are its own results.json's, and the twin held out the same validation images.
+#[test]
+fn the_pytorch_baseline_compares_with_the_committed_quick_start() {
+    let dir = "docs/results/pytorch-student";
+    let base: serde_json::Value =
+        serde_json::from_str(&read(&format!("{dir}/results.json"))).unwrap();
+    let kd: serde_json::Value = serde_json::from_str(&read("docs/results/results.json")).unwrap();
+    assert_eq!(
+        base["kdtrain_commit"], kd["commit"],
+        "{dir} compares with another run: scripts/pytorch_baseline.sh"
+    );
+    assert_eq!(base["seeds"], kd["seeds"]);
+    assert_eq!(base["validation"], kd["validation"]);
+    let seeds: Vec<u64> = kd["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    let runs = kd["runs"].as_array().unwrap();
+    for (i, seed) in seeds.iter().enumerate() {
+        let student = runs
+            .iter()
+            .find(|r| r["model"] == "student" && r["seed"].as_u64() == Some(*seed))
+            .unwrap();
+        let want = 100.0 * student["test_acc"].as_f64().unwrap();
+        let got = base["kdtrain_test_acc"][i].as_f64().unwrap();
+        assert!(
+            (want - got).abs() < 1e-9,
+            "seed {seed}: {got} vs results.json's {want}"
+        );
+        let twin: serde_json::Value =
+            serde_json::from_str(&read(&format!("{dir}/seed-{seed}.json"))).unwrap();
+        let t = 100.0 * twin["test_acc"].as_f64().unwrap();
+        assert!((t - base["pytorch_test_acc"][i].as_f64().unwrap()).abs() < 1e-9);
+        assert!(
+            kd["validation"]
+                .as_str()
+                .unwrap()
+                .contains(twin["split_hash"].as_str().unwrap())
+        );
+    }
+    let mean_sd = |key: &str| {
+        let v: Vec<f64> = base[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
+        format!("{m:.2} ± {sd:.2}")
+    };
+    let row = format!(
+        "| test accuracy | {} | {} |",
+        mean_sd("kdtrain_test_acc"),
+        mean_sd("pytorch_test_acc")
+    );
+    let md = read(&format!("{dir}/results.md"));
+    assert!(md.contains(&row), "{row} not in {dir}/results.md");
 }
