@@ -171,7 +171,8 @@ pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
 /// 32-bit Mersenne Twister (mt19937) with the seed's low 32 bits and swaps position `i`
 /// with `i + random() % (n - i)` for `i` in `0..n-1`; from `n >= u32::MAX / 20` it
 /// draws 64 bits (`random64()`, the first draw high) per swap.
-/// `tests/randperm.rs` compares this with `Tensor::randperm` over many seeds and sizes.
+/// `tests/split_generator.rs` compares this with `Tensor::randperm` over many seeds and
+/// sizes up to 60,000; the 64-bit branch (214 million images and more) is not tested.
 pub fn libtorch_randperm(n: usize, seed: u64) -> Vec<i64> {
     let mut mt = rand_mt::Mt::new(seed as u32);
     let mut order: Vec<i64> = (0..n as i64).collect();
