@@ -418,26 +418,37 @@ impl RunLock {
     /// # Errors
     /// A usage error when another process holds it.
     pub fn acquire(run_dir: &Path) -> Result<RunLock> {
-        use fs2::FileExt;
         let path = run_dir.join("run.lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot create lock file {}", path.display()))?;
-        if file.try_lock_exclusive().is_err() {
-            return Err(UsageError(format!(
+        RunLock::try_file(&path)?.ok_or_else(|| {
+            UsageError(format!(
                 "run folder {} is in use by another kdtrain process (lock {} is held); \
                  wait for it to finish or choose another --run-name",
                 run_dir.display(),
                 path.display()
             ))
-            .into());
+            .into()
+        })
+    }
+
+    /// Takes an OS file lock on `path` (created if missing, our pid written into it), or
+    /// `None` when another process holds it.
+    ///
+    /// # Errors
+    /// `path` cannot be created (named).
+    pub fn try_file(path: &Path) -> Result<Option<RunLock>> {
+        use fs2::FileExt;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot create lock file {}", path.display()))?;
+        if file.try_lock_exclusive().is_err() {
+            return Ok(None);
         }
         let mut f = &file;
         let _ = f.write_all(format!("{}\n", std::process::id()).as_bytes());
-        Ok(RunLock { _file: file })
+        Ok(Some(RunLock { _file: file }))
     }
 }
 

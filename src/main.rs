@@ -232,8 +232,8 @@ const TRAINING_COMMANDS: [&str; 4] = ["train", "distill", "reproduce", "sweep"];
 const LOAD_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Chooses libgomp's spin count ([`kdtrain::load::SPIN_WHEN_FREE`] or
-/// [`kdtrain::load::SPIN_WHEN_BUSY`]), puts it into the environment and runs this program again with the same arguments (the same
-/// process: `exec`). libgomp reads its environment once, in its ELF constructor, before
+/// [`kdtrain::load::SPIN_WHEN_BUSY`]), puts it into the environment and runs this
+/// program again with the same arguments (the same process: `exec`). libgomp reads its environment once, in its ELF constructor, before
 /// `main` runs, and libc's own start-up resets the environment after an executable's
 /// `.preinit_array`, so setting the variable here and carrying on would have no effect.
 ///

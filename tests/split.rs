@@ -4,28 +4,11 @@
 //! the split had its own generator, a seeding between its `manual_seed` and `randperm`
 //! made the transfer-set test fail now and then.
 
-use std::path::PathBuf;
+mod split_data;
 
-use kdtrain::data::{
-    DataSpec, Normalize, NormalizeKind, RawData, Source, Split, SplitInfo, prepare,
-};
+use kdtrain::data::{DataSpec, Normalize, NormalizeKind, Split, SplitInfo, prepare};
+use split_data::raw;
 use tch::{Device, Tensor};
-
-fn raw(n: usize) -> RawData {
-    let split = |n: usize| Split {
-        pixels: (0..n * 784).map(|i| (i % 251) as u8).collect(),
-        labels: (0..n).map(|i| (i % 10) as i64).collect(),
-    };
-    RawData {
-        path: PathBuf::from("."),
-        source: Source::Idx,
-        spec: DataSpec::fashion_mnist(),
-        train: split(n),
-        test: split(50),
-        val: None,
-        note: None,
-    }
-}
 
 /// The split depends on `split_seed` alone: whatever training seed comes before,
 /// no image a teacher trained on is in a student's validation set.

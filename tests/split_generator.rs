@@ -2,10 +2,11 @@
 //! draws from libtorch's global CPU generator, which any other test running in a
 //! parallel thread of the same process could seed or draw from in between.
 
-use std::path::PathBuf;
+mod split_data;
 
 use kdtrain::data::transfer::libtorch_randperm;
-use kdtrain::data::{DataSpec, NormalizeKind, RawData, Source, Split, prepare};
+use kdtrain::data::{NormalizeKind, prepare};
+use split_data::raw;
 use tch::{Device, Kind, Tensor};
 
 /// `libtorch_randperm(n, seed)` is the permutation `manual_seed(seed); randperm(n)`
@@ -41,19 +42,7 @@ fn the_split_is_libtorchs_randperm_from_a_generator_of_its_own() {
     }
 
     // The held-out split neither seeds nor draws from the global generator.
-    let split = |n: usize| Split {
-        pixels: vec![7; n * 784],
-        labels: (0..n).map(|i| (i % 10) as i64).collect(),
-    };
-    let raw = RawData {
-        path: PathBuf::from("."),
-        source: Source::Idx,
-        spec: DataSpec::fashion_mnist(),
-        train: split(300),
-        test: split(20),
-        val: None,
-        note: None,
-    };
+    let raw = raw(300);
     let draw = || Vec::<f32>::try_from(&Tensor::rand([4], (Kind::Float, Device::Cpu))).unwrap();
     tch::manual_seed(42);
     let _ = draw();

@@ -11,7 +11,7 @@
 //!
 //! Before it looks at a job, the process that will run it (`sweep run`, for as long as
 //! its child runs; `run-one`) takes the job's claim, a lock on `<sweep>/claims/<id>.lock`
-//! ([`Claim`]): two `sweep run` on one sweep, or a `sweep run` beside Slurm's tasks, then
+//! ([`claim`]): two `sweep run` on one sweep, or a `sweep run` beside Slurm's tasks, then
 //! share the jobs out instead of starting one twice (the second would fail on the run
 //! lock, count as failed and overwrite the first's log).
 
@@ -56,34 +56,17 @@ impl JobState {
     }
 }
 
-/// A process's claim on a job: held from before the job's state is read until its run
-/// has ended, so that no other `sweep run` or `run-one` starts it meanwhile. Released
-/// when dropped, or by the kernel when the process dies.
-pub struct Claim {
-    _file: std::fs::File,
-}
-
-impl Claim {
-    /// Takes the claim on `job`, or `None` when another process holds it.
-    ///
-    /// # Errors
-    /// `<sweep>/claims/<id>.lock` cannot be created (named).
-    pub fn take(sweep: &Path, job: &Job) -> Result<Option<Claim>> {
-        use fs2::FileExt;
-        let dir = sweep.join("claims");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(format!("{}.lock", job.id));
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("creating the job claim {}", path.display()))?;
-        Ok(file
-            .try_lock_exclusive()
-            .is_ok()
-            .then_some(Claim { _file: file }))
-    }
+/// A process's claim on a job (`<sweep>/claims/<id>.lock`, a [`RunLock`] on that
+/// file): held from before the job's state is read until its run has ended, so that no
+/// other `sweep run` or `run-one` starts it meanwhile; `None` when another process holds
+/// it. Released when dropped, or by the kernel when the process dies.
+///
+/// # Errors
+/// The claims folder or the lock file cannot be created (named).
+pub fn claim(sweep: &Path, job: &Job) -> Result<Option<RunLock>> {
+    let dir = sweep.join("claims");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    RunLock::try_file(&dir.join(format!("{}.lock", job.id)))
 }
 
 /// A job's run folder.
@@ -243,7 +226,7 @@ pub fn run_one(
 ) -> Result<()> {
     let plan = Plan::load(sweep)?;
     let job = plan.job(index)?.clone();
-    let Some(_claim) = Claim::take(sweep, &job)? else {
+    let Some(_claim) = claim(sweep, &job)? else {
         return usage(format!(
             "job {index} ({}) is running in another process (a sweep run or run-one holds \
              its claim {}); wait for it (`kdtrain sweep collect` lists the jobs not finished)",
@@ -395,7 +378,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
     ));
     let t0 = Instant::now();
     let mut queue = pending.into_iter();
-    let mut running: Vec<(Child, &Job, Instant, bool, Claim)> = Vec::new();
+    let mut running: Vec<(Child, &Job, Instant, bool, RunLock)> = Vec::new();
     let (mut done, mut failed) = (0usize, Vec::<(&Job, i32)>::new());
     // Jobs another process took after this one listed them: running, or finished there.
     let mut taken = Vec::<&Job>::new();
@@ -414,7 +397,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
             }
             while !interrupted && running.len() < jobs {
                 let Some(job) = queue.next() else { break };
-                let claim = match Claim::take(sweep, job)? {
+                let held = match claim(sweep, job)? {
                     Some(c) if job_state(sweep, job) != JobState::Running => c,
                     _ => {
                         say(&format!(
@@ -440,7 +423,7 @@ pub fn run_local(sweep: &Path, jobs: usize, quiet: bool) -> Result<()> {
                     }
                 };
                 let child = spawn_job(&exe, sweep, job, resume)?;
-                running.push((child, job, Instant::now(), resume, claim));
+                running.push((child, job, Instant::now(), resume, held));
             }
             // One line per job that ended, with the counts after the free slots were refilled.
             for note in notes.drain(..) {
