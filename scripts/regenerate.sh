@@ -23,7 +23,7 @@
 #             with the results stage's; run it after that one)              ~8 min
 #   fraction  docs/results/fraction/ (the paper's 3% transfer set)          ~2 min
 #   omit      docs/results/omit/ (the paper's class never seen)             ~12 min
-#   ensemble  docs/results/ensemble/ (three CNN teachers as one)            ~1 h
+#   ensemble  docs/results/ensemble/ (three CNN teachers as one)            ~25 min
 #   comparisons  docs/results/teacher15/ (the first comparison: a CNN teacher
 #             trained for 15 epochs, three seeds)                         ~15 min
 #   (paper: fraction, omit and ensemble)
