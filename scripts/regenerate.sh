@@ -15,6 +15,8 @@
 #             from a CNN teacher on 8 cached views or on every batch        ~15 min
 #   busy      bench/BUSY.md: teacher epochs idle, busy from the start, busy from
 #             mid-run (scripts/busy_bench.sh)                               ~10 min
+#   spin      bench/SPIN.md: MLP student and teacher epochs under fixed OpenMP spin counts
+#             and kdtrain's own choice (scripts/spin_bench.sh)                ~4 min
 #   predict   docs/predict-example.txt (into README.md) and bench/predict.json  ~2 min
 #   sweep     docs/sweep/ (the kd T x alpha sweep: teacher, plan, run, collect) ~12 min
 #             and bench/sweep.json (local throughput)                       ~5 min
@@ -38,7 +40,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-all=(speed aug busy predict sweep results baseline fraction omit ensemble comparisons digits ensemble-bench
+all=(speed aug busy spin predict sweep results baseline fraction omit ensemble comparisons digits ensemble-bench
   folder readme)
 stages=()
 for s in "$@"; do
@@ -86,6 +88,7 @@ for stage in "${stages[@]}"; do
         scripts/bench.sh >/dev/null
       ;;
     busy) scripts/busy_bench.sh >/dev/null ;;
+    spin) scripts/spin_bench.sh ;;
     predict)
       scripts/predict_example.sh
       scripts/predict_bench.sh
