@@ -140,25 +140,17 @@ PY
 
 loadavg() { cut -d' ' -f1 /proc/loadavg; }
 
-# cpu_busy: percent of all CPUs busy over the next second (we are idle meanwhile), i.e.
-# what other processes take. With one OpenMP thread per core, any of it slows a run
-# badly (threads spin at barriers waiting for a descheduled sibling).
-cpu_busy() {
-  local a b
-  a=($(head -n1 /proc/stat)); sleep 1; b=($(head -n1 /proc/stat))
-  awk -v u="$(( b[1]+b[2]+b[3]+b[6]+b[7]+b[8] - a[1]-a[2]-a[3]-a[6]-a[7]-a[8] ))" \
-      -v i="$(( b[4]+b[5] - a[4]-a[5] ))" 'BEGIN { t = u + i; printf "%.0f\n", (t > 0 ? 100 * u / t : 0) }'
-}
+# cpu_busy and wait_idle (scripts/idle.sh): the share of the CPUs other processes take,
+# and a wait of up to BENCH_IDLE_WAIT seconds until it is at most 10%. With one OpenMP
+# thread per core, any of it slows a run badly (threads spin at barriers waiting for a
+# descheduled sibling).
+source "$repo/scripts/idle.sh"
 busy_runs=0
 
-# wait_idle: waits (up to BENCH_IDLE_WAIT seconds) until other processes use at most 10%
-# of the CPUs; prints the last reading.
-wait_idle() {
-  local b waited=0
-  b=$(cpu_busy)
-  while [ "$b" -gt 10 ] && [ "$waited" -lt "$IDLE_WAIT" ]; do
-    sleep 4; waited=$((waited + 5)); b=$(cpu_busy)
-  done
+# wait_idle, and a warning when the machine stayed busy; prints the last reading.
+wait_for_quiet() {
+  local b
+  b=$(wait_idle)
   [ "$b" -le 10 ] || say "machine still busy ($b% CPU) after ${IDLE_WAIT}s; running anyway"
   echo "$b"
 }
@@ -202,7 +194,7 @@ run_ours() {
   local model=$1 round=$2 variant=$3
   shift 3
   local name="$model-$variant-r$round" la
-  la=$(wait_idle)
+  la=$(wait_for_quiet)
   local cmd
   case $model in
     distill) cmd=("$bin" distill --teacher "$teacher_ckpt" --augment none) ;;
@@ -227,7 +219,7 @@ run_ref() {
   [ "$compile" = 1 ] && variant+="-compile"
   variant+="${cache:+-cache}"
   local name="$model-$variant-r$round" la
-  la=$(wait_idle)
+  la=$(wait_for_quiet)
   local cmd
   case $model in
     cnn) cmd=("$python" "$ref" cnn --augment shift2,flip) ;;
@@ -300,7 +292,7 @@ for model in $MODELS; do
 done
 
 say "measuring fp32 matmul GFLOP/s ($THREADS threads)"
-gf_busy=$(wait_idle)
+gf_busy=$(wait_for_quiet)
 [ "$gf_busy" -le 10 ] || notes+=("Other processes used $gf_busy% of the CPUs before the GFLOP/s measurement.")
 "$python" "$report" gflops --threads "$THREADS" --repeats 15 --out "$tmp/gflops.json"
 la_end=$(loadavg)

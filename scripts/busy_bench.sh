@@ -55,21 +55,8 @@ hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
 data_args=()
 [ -n "${KDTRAIN_DATA:-}" ] && data_args=(--data-dir "$KDTRAIN_DATA")
 
-# cpu_busy: percent of all CPUs busy over the next second (we are idle meanwhile).
-cpu_busy() {
-  local a b
-  a=($(head -n1 /proc/stat)); sleep 1; b=($(head -n1 /proc/stat))
-  awk -v u="$(( b[1]+b[2]+b[3]+b[6]+b[7]+b[8] - a[1]-a[2]-a[3]-a[6]-a[7]-a[8] ))" \
-      -v i="$(( b[4]+b[5] - a[4]-a[5] ))" 'BEGIN { t = u + i; printf "%.0f\n", (t > 0 ? 100 * u / t : 0) }'
-}
-wait_idle() {
-  local b waited=0
-  b=$(cpu_busy)
-  while [ "$b" -gt 10 ] && [ "$waited" -lt "$IDLE_WAIT" ]; do
-    sleep 4; waited=$((waited + 5)); b=$(cpu_busy)
-  done
-  echo "$b"
-}
+# cpu_busy and wait_idle (up to BUSY_IDLE_WAIT seconds): scripts/idle.sh.
+source "$repo/scripts/idle.sh"
 
 tmp=$(mktemp -d)
 hog=""

@@ -12,6 +12,8 @@
 #                 own default)
 #   SPIN_MODELS   roles to train (default "student teacher"), the Keras example's MLPs
 #                 without dropout, as in bench/SPEED.md
+#   SPIN_IDLE_WAIT  before each run, wait up to this many seconds for other processes to
+#                 use at most 10% of the CPUs (default 60)
 #   KDTRAIN_BIN   kdtrain binary (default target/release/kdtrain)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,18 +37,9 @@ trap 'rm -rf "$tmp"' EXIT
 out=bench/spin.jsonl
 : >"$tmp/runs.jsonl"
 
-# Waits (up to 60 s) until other processes leave the CPUs at least 90% idle over 1 s.
-wait_idle() {
-  local i a b
-  for i in $(seq 60); do
-    a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); d=y[2]-x[2];
-      exit !(d > 0 && (y[1]-x[1])/d < 0.10)}' && return 0
-  done
-  say "the CPUs did not become idle within 60 s; measuring anyway"
-}
+# cpu_busy and wait_idle (up to SPIN_IDLE_WAIT seconds, default 60): scripts/idle.sh.
+IDLE_WAIT=${SPIN_IDLE_WAIT:-60}
+source "$repo/scripts/idle.sh"
 
 for round in $(seq "$rounds"); do
   for model in $models; do
@@ -54,7 +47,8 @@ for round in $(seq "$rounds"); do
       name="$model-$spin-r$round"
       env=()
       [ "$spin" = chosen ] || env=(GOMP_SPINCOUNT="$spin")
-      wait_idle
+      busy=$(wait_idle)
+      [ "$busy" -le 10 ] || say "other processes still use $busy% of the CPUs after ${IDLE_WAIT}s; measuring anyway"
       env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT "${env[@]}" "$bin" train "$model" --arch mlp --augment none \
         --config configs/no-student-dropout.toml --epochs "$epochs" --out-dir "$tmp/runs" \
         --run-name "$name" --quiet --seed 0 --threads 2 --device cpu >"$tmp/$name.log" 2>&1 ||
